@@ -1,0 +1,108 @@
+"""The playbook of an exception class, loaded from YAML (instructions) and JSON (examples).
+
+A tiny planner decides reliably on a bounded class when it is shown approved examples of that
+class and made to state the deciding evidence before each step (measured: 39/40 with 8
+examples vs 20/40 without). The playbook carries both; the policy, not the playbook, decides
+what may run.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from opsagent.agents.case import ExceptionReport
+from opsagent.errors import ConfigError
+
+
+class EvidenceField(BaseModel):
+    """A fact the planner must copy from what it has read before it picks a step."""
+
+    model_config = {"extra": "forbid"}
+    values: list[str] | None = Field(
+        default=None, description="Allowed values; None means the value is copied from `source`."
+    )
+    unknown: str = Field(default="unknown", description="The value stated before it was read.")
+    description: str = Field(description="What the fact is and where it is found.")
+    source: str | None = Field(
+        default=None,
+        description="`tool.field` the fact is read from. Once that tool has answered, the output "
+        "grammar pins the fact to the value read, so the planner cannot misstate it.",
+    )
+
+
+class Turn(BaseModel):
+    """One planner output of an example, and what the system answered."""
+
+    output: dict[str, Any] = Field(description="The planner step, exactly as it should be emitted.")
+    observation: str | None = Field(default=None, description="The observation text that followed.")
+
+
+class Example(BaseModel):
+    """An approved, complete resolution of one instance of the class."""
+
+    report: ExceptionReport
+    turns: list[Turn] = Field(min_length=1)
+
+
+class Playbook(BaseModel):
+    """How the planner is prompted for one exception class."""
+
+    model_config = {"extra": "forbid"}
+    exception_type: str = Field(description="The exception class this playbook is for.")
+    goal: str = Field(description="One paragraph: what resolving this class means.")
+    evidence: dict[str, EvidenceField] = Field(
+        default_factory=dict, description="Facts stated in every step, before the tool."
+    )
+    observe: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per tool, the result fields the planner is shown (all when the tool is not "
+        "listed). The full result is still traced; a short prompt keeps a small model focused.",
+    )
+    prerequisites: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Per tool, the tools that must have succeeded before it is offered. "
+        "`finish:resolved` names what must have succeeded before the case may be resolved.",
+    )
+    bindings: dict[str, str] = Field(
+        default_factory=dict,
+        description="`tool.arg` -> `tool.field`: once the source was read, the grammar pins the "
+        "argument to the value read (amounts and weights come from the records, not the model).",
+    )
+    resolve_on: list[str] = Field(
+        default_factory=list,
+        description="Tools whose success resolves the case: the planner then finishes it as "
+        "resolved without another model call (the judgment was in choosing the tool).",
+    )
+    repeatable: list[str] = Field(
+        default_factory=list,
+        description="Tools offered again after they succeeded (others are offered once).",
+    )
+    max_steps: int = Field(default=6, ge=1, le=20, description="Planner steps before escalation.")
+    max_string: int = Field(default=100, ge=8, description="Longest free-text argument generated.")
+    examples: list[Example] = Field(default_factory=list, description="Worked examples.")
+
+
+def load_playbook(path: str | Path) -> Playbook:
+    """Load `<name>.yaml` and, if present beside it, the examples in `<name>.examples.json`."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        examples = path.with_suffix(".examples.json")
+        if examples.exists():
+            data["examples"] = json.loads(examples.read_text())
+        return Playbook.model_validate(data)
+    except (OSError, yaml.YAMLError, json.JSONDecodeError, ValidationError) as exc:
+        raise ConfigError(f"playbook {path}: {exc}") from exc
+
+
+def builtin_playbooks() -> dict[str, Playbook]:
+    """The playbooks shipped in this folder, keyed by exception class."""
+    folder = Path(str(resources.files(__package__)))
+    books = [load_playbook(p) for p in sorted(folder.glob("*.yaml"))]
+    return {b.exception_type: b for b in books}

@@ -1,0 +1,188 @@
+"""The case state machine: plan a step, let the policy dispose, execute, observe, repeat.
+
+The runner only talks to ports (async protocols), so the same code runs with plain objects in a
+unit test and with Ray actor handles in the cluster. Whatever goes wrong, a case ends in a
+definite status: `resolved`, `escalated`, `failed`, or paused as `awaiting_approval`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from opsagent.agents.case import Case, CaseStatus, Step
+from opsagent.agents.engines.base import GenerationResult
+from opsagent.agents.planner import PlannerTurn
+from opsagent.agents.step_schema import FINISH
+from opsagent.agents.tracing.records import (
+    ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent, TraceEvent,
+)
+from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.tools.registry import ToolRegistry
+from opsagent.tools.spec import ToolResult
+
+
+class PlannerPort(Protocol):
+    async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn: ...
+
+
+class PolicyPort(Protocol):
+    async def allowed_tools(self, exception_type: str) -> list[str]: ...
+    async def decide(self, request: ToolCallRequest) -> PolicyDecision: ...
+
+
+class ExecutorPort(Protocol):
+    async def execute(
+        self, tool: str, args: dict[str, Any], *, idempotency_key: str | None, dry_run: bool = False
+    ) -> ToolResult: ...
+
+
+class TracePort(Protocol):
+    async def export(self, events: Sequence[TraceEvent]) -> None: ...
+
+
+class CaseRunner:
+    """Drives one case at a time through planner, policy and executor; traces every move."""
+
+    def __init__(
+        self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort, tracer: TracePort,
+        registry: ToolRegistry, *, max_steps: int = 6, max_bad_outputs: int = 2,
+    ) -> None:
+        self.planner, self.policy, self.executor, self.tracer = planner, policy, executor, tracer
+        self.registry = registry
+        self.max_steps = max_steps
+        self.max_bad_outputs = max_bad_outputs
+
+    async def run(self, case: Case) -> Case:
+        """Advance `case` until it is final or waits for approval. Never raises for a case fault."""
+        try:
+            await self._run(case)
+        except Exception as exc:  # a crashed port must not lose the case
+            await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
+        return case
+
+    async def _run(self, case: Case) -> None:
+        if case.status == CaseStatus.received:
+            await self._set_status(case, CaseStatus.received)
+        allowed = await self.policy.allowed_tools(case.report.exception_type)
+        if not allowed:
+            await self._finish(case, CaseStatus.escalated,
+                               f"no tools allowed for class {case.report.exception_type!r}")
+            return
+        bad_outputs = 0
+        while len(case.steps) < self.max_steps:
+            await self._set_status(case, CaseStatus.planning)
+            turn = await self.planner.plan(case, allowed)
+            if turn.generation is not None:
+                case.planner_calls += 1
+                case.prompt_tokens += turn.generation.prompt_tokens
+                case.completion_tokens += turn.generation.completion_tokens
+                await self.tracer.export([_planner_event(case, turn, turn.generation)])
+            if turn.step is None:
+                bad_outputs += 1
+                if bad_outputs >= self.max_bad_outputs:
+                    await self._finish(case, CaseStatus.escalated, f"planner output unusable: {turn.error}")
+                    return
+                continue
+            planned = turn.step
+            if planned.tool == FINISH:
+                status = CaseStatus.resolved if planned.status == "resolved" else CaseStatus.escalated
+                await self._finish(case, status, planned.reason or planned.status or "finished")
+                return
+            step = Step(step=len(case.steps) + 1, tool=planned.tool, args=planned.args,
+                        evidence=planned.evidence)
+            case.steps.append(step)
+            if await self._act(case, step) == "paused":
+                return
+        await self._finish(case, CaseStatus.escalated, f"no resolution within {self.max_steps} steps")
+
+    async def _act(self, case: Case, step: Step) -> str:
+        """Ask the policy about one step and carry out what it allows."""
+        started = datetime.now(UTC)
+        request = ToolCallRequest(
+            case_id=case.case_id, exception_type=case.report.exception_type, step=step.step,
+            tool=step.tool, args=step.args, entities=case.report.entities,
+        )
+        decision = await self.policy.decide(request)
+        case.policy_version = decision.policy_version
+        step.verdict, step.risk, step.reasons = decision.verdict, decision.risk, decision.reasons
+        result: ToolResult | None = None
+        outcome = "continue"
+        if decision.verdict == "allow":
+            await self._set_status(case, CaseStatus.executing)
+            result = await self.executor.execute(
+                step.tool, step.args, idempotency_key=f"{case.case_id}:{step.step}"
+            )
+            step.executed, step.ok, step.result, step.error = True, result.ok, result.body, result.error
+            if result.ok and self.registry.get(step.tool).writes:
+                case.last_write_at = result.finished_at
+        elif decision.verdict == "require_approval":
+            result = await self._preview(step)
+            step.approval_id = f"apr-{uuid.uuid4().hex[:12]}"
+            await self.tracer.export([ApprovalEvent(
+                approval_id=step.approval_id, case_id=case.case_id, step=step.step, tool=step.tool,
+                args=step.args, args_digest=decision.args_digest, status="pending",
+                requested_at=datetime.now(UTC), decided_at=None, approver=None,
+                reason=None, recorded_at=datetime.now(UTC),
+            )])
+            outcome = "paused"
+        writes = step.tool in self.registry and self.registry.get(step.tool).writes
+        await self.tracer.export([_action_event(case, step, decision, result, started, writes)])
+        if outcome == "paused":
+            await self._set_status(case, CaseStatus.awaiting_approval,
+                                   f"{step.tool} needs approval ({step.approval_id})")
+        return outcome
+
+    async def _preview(self, step: Step) -> ToolResult | None:
+        """The system's own dry run of a held action: the diff an approver will see."""
+        if not self.registry.get(step.tool).supports_dry_run:
+            return None
+        preview = await self.executor.execute(step.tool, step.args, idempotency_key=None, dry_run=True)
+        step.result, step.error = preview.body, preview.error
+        return preview
+
+    async def _set_status(self, case: Case, status: CaseStatus, reason: str | None = None) -> None:
+        case.status = status
+        if reason is not None:
+            case.reason = reason
+        await self.tracer.export([_case_event(case)])
+
+    async def _finish(self, case: Case, status: CaseStatus, reason: str) -> None:
+        case.finished_at = datetime.now(UTC)
+        try:
+            await self._set_status(case, status, reason)
+        except Exception:  # the tracer itself is down: the status is still final in memory
+            case.status, case.reason = status, reason
+
+
+def _case_event(case: Case) -> CaseEvent:
+    return CaseEvent(
+        case_id=case.case_id, exception_type=case.report.exception_type, status=case.status.value,
+        description=case.report.description, entities=case.report.entities, reason=case.reason,
+        received_at=case.received_at, finished_at=case.finished_at, recorded_at=datetime.now(UTC),
+    )
+
+
+def _planner_event(case: Case, turn: PlannerTurn, g: GenerationResult) -> PlannerCallEvent:
+    return PlannerCallEvent(
+        case_id=case.case_id, step=len(case.steps) + 1, model=g.model,
+        prompt_digest=turn.prompt_digest or "", prompt_tokens=g.prompt_tokens,
+        completion_tokens=g.completion_tokens, output=g.text, finish_reason=g.finish_reason,
+        started_at=g.started_at, finished_at=g.finished_at, duration_ms=g.duration_ms,
+    )
+
+
+def _action_event(
+    case: Case, step: Step, decision: PolicyDecision, result: ToolResult | None, started: datetime,
+    writes: bool,
+) -> ActionEvent:
+    return ActionEvent(
+        case_id=case.case_id, step=step.step, tool=step.tool, args=step.args, risk=decision.risk,
+        decision=decision.verdict, reasons=decision.reasons, writes=writes, executed=step.executed,
+        dry_run=bool(result and result.dry_run), result=result.body if result else None,
+        error=result.error if result else None, started_at=started,
+        finished_at=result.finished_at if result else datetime.now(UTC),
+        policy_version=decision.policy_version, args_digest=decision.args_digest,
+    )

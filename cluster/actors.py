@@ -1,0 +1,95 @@
+"""Ray actors: thin shells around the plain classes in agents/, policy/ and tools/."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import ray
+
+from opsagent.agents.case import Case
+from opsagent.agents.engines.base import PlannerEngine
+from opsagent.agents.executor import Executor
+from opsagent.agents.planner import Planner, PlannerTurn
+from opsagent.agents.playbooks import Playbook
+from opsagent.agents.tracing.parquet import ParquetExporter
+from opsagent.agents.tracing.records import TraceEvent
+from opsagent.policy.config import PolicyConfig
+from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.tools.registry import ToolRegistry
+from opsagent.tools.spec import ToolResult
+
+
+@ray.remote
+class PlannerActor:
+    """Hosts one planner engine; async, so concurrent cases' calls reach the engine together."""
+
+    def __init__(self, engine: PlannerEngine, playbooks: dict[str, Playbook],
+                 registry: ToolRegistry, max_tokens: int = 160) -> None:
+        self._planner = Planner(engine, playbooks, registry, max_tokens=max_tokens)
+
+    async def start(self) -> str:
+        await self._planner.engine.start()
+        return self._planner.engine.model
+
+    async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn:
+        return await self._planner.plan(case, allowed_tools)
+
+    async def close(self) -> None:
+        await self._planner.engine.close()
+
+
+@ray.remote
+class PolicyActor:
+    """The one place tool calls are decided; every decision carries the policy version."""
+
+    def __init__(self, policy: PolicyConfig, registry: ToolRegistry) -> None:
+        self._engine = PolicyEngine(policy, registry)
+
+    def allowed_tools(self, exception_type: str) -> list[str]:
+        return self._engine.allowed_tools(exception_type)
+
+    def decide(self, request: ToolCallRequest) -> PolicyDecision:
+        return self._engine.decide(request)
+
+    def version(self) -> str:
+        return self._engine.config.version
+
+
+@ray.remote
+class ExecutorActor:
+    """Stateless: runs one tool call at a time (per request) and returns the observation."""
+
+    def __init__(self, registry: ToolRegistry, timeout_s: float = 10.0) -> None:
+        self._executor = Executor(registry, timeout=timeout_s)
+
+    async def execute(self, tool: str, args: dict[str, Any], idempotency_key: str | None,
+                      dry_run: bool = False) -> ToolResult:
+        return await self._executor.execute(tool, args, idempotency_key=idempotency_key,
+                                            dry_run=dry_run)
+
+
+@ray.remote
+class TraceWriterActor:
+    """Buffers trace events and publishes them as Parquet, at least every `flush_every_s`."""
+
+    def __init__(self, root: str, flush_every_s: float = 1.0) -> None:
+        self._exporter = ParquetExporter(Path(root))
+        self._every = flush_every_s
+        self._task: asyncio.Task | None = None
+
+    async def export(self, events: Sequence[TraceEvent]) -> None:
+        self._exporter.export(events)
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._flush_loop())
+
+    async def flush(self) -> None:
+        self._exporter.flush()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._every)
+            self._exporter.flush()

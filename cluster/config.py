@@ -1,0 +1,52 @@
+"""Configuration of an opsagent deployment, loadable from YAML; every field is described."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, Field, ValidationError
+
+from opsagent.agents.engines import OpenAIEngineConfig, VllmEngineConfig
+from opsagent.errors import ConfigError
+
+
+class PlannerConfig(BaseModel):
+    """Which engine the planner actor hosts and where it is placed."""
+
+    model_config = {"extra": "forbid"}
+    engine: Literal["vllm", "openai"] = Field(
+        default="vllm", description="vllm: in-process async engine; openai: a remote server."
+    )
+    vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="vLLM settings.")
+    openai: OpenAIEngineConfig | None = Field(default=None, description="Remote server settings.")
+    max_tokens: int = Field(default=160, gt=0, description="Output budget of one planner step.")
+    actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray actor options, e.g. {num_gpus: 1} on a GPU node.",
+    )
+
+
+class SystemConfig(BaseModel):
+    """One opsagent system: planner, executor pool, policy, trace store, case manager."""
+
+    model_config = {"extra": "forbid"}
+    planner: PlannerConfig = Field(default_factory=PlannerConfig, description="The planner.")
+    executors: int = Field(default=2, ge=1, le=64, description="Executor actors in the pool.")
+    executor_timeout_s: float = Field(default=10.0, gt=0, description="Per tool call timeout.")
+    policy_path: Path | None = Field(
+        default=None, description="Policy YAML; None means the default policy shipped in policy/."
+    )
+    traces_dir: Path = Field(default=Path("traces"), description="Root of the Parquet trace store.")
+    max_steps: int = Field(default=6, ge=1, le=50, description="Planner steps before escalation.")
+    max_open_cases: int = Field(
+        default=1000, ge=1, description="Cases in flight before submissions are refused (503)."
+    )
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "SystemConfig":
+        try:
+            return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
+        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            raise ConfigError(f"config {path}: {exc}") from exc

@@ -1,0 +1,92 @@
+"""`opsagent demo`: the whole system on one machine, on the embedded model, end to end.
+
+Starts the sandbox platform and injects weight-mismatch exceptions, starts Ray, the planner (vLLM),
+policy, executors, trace writer and the Serve front door, submits every exception over HTTP,
+waits for each case to reach a definite status and prints a summary read back from the traces.
+"""
+
+from __future__ import annotations
+
+import socket
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from opsagent.agents.tracing.report import demo_summary
+from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.runtime import start_ray, stop_ray
+from opsagent.cluster.system import OpsAgentSystem
+from opsagent.tools.platform.launcher import Platform
+from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch
+
+WAITING = {"received", "planning", "executing"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def submit_all(base_url: str, instances: list[InjectedException]) -> dict[str, InjectedException]:
+    """POST every exception to the front door; returns case id -> the instance it came from."""
+    cases = {}
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for inst in instances:
+            body = {"exception_type": inst.exception_type, "description": inst.description,
+                    "entities": inst.entities}
+            response = client.post("/v1/exceptions", json=body)
+            response.raise_for_status()
+            cases[response.json()["case_id"]] = inst
+    return cases
+
+
+def wait_all(base_url: str, case_ids: list[str], timeout_s: float) -> dict[str, dict]:
+    """Poll until every case is final or awaiting approval (or the time is up)."""
+    deadline = time.monotonic() + timeout_s
+    views: dict[str, dict] = {}
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        pending = list(case_ids)
+        while pending and time.monotonic() < deadline:
+            for case_id in list(pending):
+                views[case_id] = client.get(f"/v1/cases/{case_id}").json()
+                if views[case_id]["status"] not in WAITING:
+                    pending.remove(case_id)
+            if pending:
+                time.sleep(0.5)
+    return views
+
+
+def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, port: int,
+             timeout_s: float) -> int:
+    config = SystemConfig.from_yaml(config_path) if config_path else SystemConfig()
+    config = config.model_copy(update={"traces_dir": traces})
+    traces.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="opsagent-demo-") as data, Platform(Path(data)) as platform:
+        instances = inject_weight_mismatch(platform.base_urls, count=cases, seed=seed)
+        print(f"platform up: {platform.base_urls}; injected {len(instances)} weight mismatches")
+        start_ray(num_cpus=2)
+        system = OpsAgentSystem(config, platform.registry())
+        try:
+            t0 = time.monotonic()
+            system.start()
+            print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s")
+            base_url = system.serve(port=port or free_port())
+            submitted = submit_all(base_url, instances)
+            print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions")
+            views = wait_all(base_url, list(submitted), timeout_s)
+            system.flush_traces()
+        finally:
+            system.stop()
+            stop_ray()
+    lost = [cid for cid in submitted if views.get(cid, {}).get("status") in (None, *WAITING)]
+    correct = sum(views[cid]["status"] == inst.expected_status for cid, inst in submitted.items()
+                  if cid in views)
+    print(demo_summary(traces, case_ids=list(submitted)))
+    print(f"outcome as gold (resolved vs escalated): {correct}/{len(submitted)}")
+    if lost:
+        print(f"NOT FINISHED in {timeout_s:.0f} s: {len(lost)} case(s): {', '.join(lost)}")
+        return 1
+    return 0

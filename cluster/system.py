@@ -1,0 +1,102 @@
+"""Starts and stops one opsagent system on Ray: actors, then the Serve front door."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+from ray import serve
+
+from opsagent.agents.engines import OpenAIEngine, PlannerEngine, VllmEngine
+from opsagent.agents.playbooks import Playbook
+from opsagent.agents.playbooks.model import builtin_playbooks
+from opsagent.cluster.actors import ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor
+from opsagent.cluster.cases import CaseManager
+from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.runtime import NAMESPACE
+from opsagent.cluster.serve_app import ApiArgs, build_app
+from opsagent.errors import ConfigError
+from opsagent.policy.config import PolicyConfig, load_default_policy
+from opsagent.tools.registry import ToolRegistry
+
+CASE_MANAGER = "opsagent-cases"
+LIGHT = {"num_cpus": 0}  # on 2 cores the planner's engine needs them all; the rest is I/O
+
+
+def make_engine(config: SystemConfig) -> PlannerEngine:
+    if config.planner.engine == "openai":
+        if config.planner.openai is None:
+            raise ConfigError("planner.engine is 'openai' but planner.openai is not set")
+        return OpenAIEngine(config.planner.openai)
+    return VllmEngine(config.planner.vllm)
+
+
+class OpsAgentSystem:
+    """The actors of one deployment. Ray must already be initialised (`start_ray`)."""
+
+    def __init__(self, config: SystemConfig, registry: ToolRegistry, *,
+                 engine: PlannerEngine | None = None,
+                 playbooks: dict[str, Playbook] | None = None,
+                 policy: PolicyConfig | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.engine = engine or make_engine(config)
+        self.playbooks = playbooks if playbooks is not None else builtin_playbooks()
+        if policy is None:
+            policy = (PolicyConfig.from_yaml(config.policy_path) if config.policy_path
+                      else load_default_policy())
+        self.policy = policy
+        self.handles: dict[str, Any] = {}
+        self.model: str | None = None
+
+    def start(self) -> "OpsAgentSystem":
+        """Create the actors and wait until the planner's engine is loaded."""
+        c = self.config
+        planner = PlannerActor.options(name="opsagent-planner", **c.planner.actor_options).remote(
+            self.engine, self.playbooks, self.registry, c.planner.max_tokens)
+        policy = PolicyActor.options(name="opsagent-policy", **LIGHT).remote(self.policy, self.registry)
+        executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **LIGHT).remote(
+            self.registry, c.executor_timeout_s) for i in range(c.executors)]
+        tracer = TraceWriterActor.options(name="opsagent-traces", **LIGHT).remote(
+            str(c.traces_dir.resolve()))
+        cases = CaseManager.options(name=CASE_MANAGER, **LIGHT).remote(
+            planner, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases)
+        self.handles = dict(planner=planner, policy=policy, executors=executors, tracer=tracer,
+                            cases=cases)
+        self.model = ray.get(planner.start.remote())
+        return self
+
+    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> str:
+        """Start the Serve front door; returns its base URL."""
+        serve.start(http_options={"host": host, "port": port})
+        serve.run(build_app(ApiArgs(case_manager=CASE_MANAGER)), name="opsagent",
+                  route_prefix="/", blocking=False)
+        return f"http://{host}:{port}"
+
+    def flush_traces(self) -> None:
+        if "tracer" in self.handles:
+            ray.get(self.handles["tracer"].flush.remote())
+
+    def stop(self) -> None:
+        """Flush traces, stop Serve, release the engine and the actors."""
+        if not self.handles:
+            return
+        try:
+            self.flush_traces()
+        finally:
+            try:
+                serve.shutdown()
+            except Exception:
+                pass
+            try:
+                ray.get(self.handles["planner"].close.remote(), timeout=60)
+            except Exception:
+                pass
+            for handle in [*self.handles["executors"],
+                           *(self.handles[k] for k in ("planner", "policy", "tracer", "cases"))]:
+                ray.kill(handle)
+            self.handles = {}
+
+
+def case_manager() -> Any:
+    return ray.get_actor(CASE_MANAGER, namespace=NAMESPACE)

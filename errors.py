@@ -1,0 +1,63 @@
+"""Every error opsagent raises, split by cause.
+
+Control flow is not an error: a high-risk action that needs approval is a `PolicyDecision`
+with verdict `require_approval`, never an exception.
+"""
+
+from __future__ import annotations
+
+
+class OpsAgentError(Exception):
+    """Base class of every opsagent error."""
+
+
+class ConfigError(OpsAgentError):
+    """A configuration file or value is invalid (bad YAML, unknown field, missing model)."""
+
+
+class InputError(OpsAgentError):
+    """Input from outside (an exception report, a CLI argument) is malformed."""
+
+
+class ToolError(OpsAgentError):
+    """A tool definition is invalid or a tool name is unknown."""
+
+
+class ToolCallError(OpsAgentError):
+    """A call to a system of record failed at the transport level (timeout, connection refused)."""
+
+
+class PolicyError(OpsAgentError):
+    """The policy could not be evaluated (a bad policy file, a check that crashed)."""
+
+
+class PermitError(PolicyError):
+    """An executor was asked to run an action without a valid permit for exactly that action."""
+
+
+class EngineError(OpsAgentError):
+    """The planner engine failed: it could not start, or a generation did not finish."""
+
+
+class UnexpectedEngineCall(EngineError):
+    """A scripted engine was called when its script had no step left, or with the wrong request."""
+
+
+class PlannerOutputError(EngineError):
+    """The planner's output does not parse into a decision (truncated or invalid JSON)."""
+
+
+class TraceError(OpsAgentError):
+    """The trace store could not be written or read."""
+
+
+class CaseNotFound(OpsAgentError):
+    """No case has this id."""
+
+
+class OverloadedError(OpsAgentError):
+    """A bounded resource is full; the caller should retry later (the API answers 503)."""
+
+    def __init__(self, what: str, value: float, limit: float) -> None:
+        super().__init__(f"{what}: {value} reached the limit of {limit}")
+        self.what, self.value, self.limit = what, value, limit

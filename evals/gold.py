@@ -1,0 +1,69 @@
+"""Gold resolutions, written as a planner: given the conversation so far, the correct next step.
+
+Used to record a playbook's worked examples from real runs on the sandbox platform, and by tests
+as a scripted engine's responder. It reads only what the planner reads (the messages), so a gold
+run goes through exactly the same policy, executor and trace path as a model's run.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from opsagent.agents.engines.base import GenerationRequest
+from opsagent.errors import InputError
+
+_RESULT = re.compile(r"^Result of (\w+): (.*)$", re.S)
+_FAILED = re.compile(r"^(\w+) (?:failed|needs human approval)")
+_CASE = re.compile(r"^New exception \((\w+)\)\. Entities: (\{.*?\})\.\n", re.S)
+
+
+def conversation(request: GenerationRequest) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """This case's class, entities and the results read so far (tool -> body)."""
+    messages = request.messages
+    start = max(i for i, m in enumerate(messages) if m.role == "user" and _CASE.match(m.content))
+    match = _CASE.match(messages[start].content)
+    assert match is not None
+    results: dict[str, Any] = {}
+    for m in messages[start + 1:]:
+        if m.role == "user" and (r := _RESULT.match(m.content)):
+            results[r.group(1)] = json.loads(r.group(2))
+        elif m.role == "user" and (f := _FAILED.match(m.content)):
+            results[f.group(1)] = None  # tried, did not succeed
+    return match.group(1), json.loads(match.group(2)), results
+
+
+def gold_step(request: GenerationRequest) -> dict[str, Any]:
+    """The gold next step for the case at the end of `request`'s conversation."""
+    exception_type, entities, results = conversation(request)
+    if exception_type != "weight_mismatch":
+        raise InputError(f"no gold resolution for {exception_type!r}")
+    return _weight_mismatch(entities["shipment_id"], results)
+
+
+def _weight_mismatch(shipment_id: str, results: dict[str, Any]) -> dict[str, Any]:
+    wms = results.get("wms_get_shipment")
+    if any(t in results and results[t] is None for t in ("wms_get_shipment", "tms_get_shipment")):
+        return {"evidence": {"scale_check": "unknown"}, "tool": "finish", "status": "escalated",
+                "reason": "A shipment record could not be read."}
+    evidence = {"scale_check": wms["scale_check"] if wms else "unknown"}
+    if wms is None:
+        return {"evidence": evidence, "tool": "wms_get_shipment", "args": {"shipment_id": shipment_id}}
+    if "tms_get_shipment" not in results:
+        return {"evidence": evidence, "tool": "tms_get_shipment", "args": {"shipment_id": shipment_id}}
+    if wms["scale_check"] != "passed":
+        return {"evidence": evidence, "tool": "finish", "status": "escalated",
+                "reason": "Scale check failed, so the scan is not authoritative."}
+    if "tms_open_weight_dispute" in results and results["tms_open_weight_dispute"] is None:
+        return {"evidence": evidence, "tool": "finish", "status": "escalated",
+                "reason": "The carrier did not accept the weight dispute."}
+    dispute = results.get("tms_open_weight_dispute")
+    if dispute is None:
+        tms = results["tms_get_shipment"]
+        return {"evidence": evidence, "tool": "tms_open_weight_dispute", "args": {
+            "shipment_id": shipment_id, "claimed_weight_kg": wms["scanned_weight_kg"],
+            "reason": f"Scan {wms['scanned_weight_kg']} kg on a checked scale, billed {tms['billed_weight_kg']} kg.",
+        }}
+    return {"evidence": evidence, "tool": "finish", "status": "resolved",
+            "reason": f"Opened dispute {dispute.get('dispute_id', '')} for the scanned weight."}

@@ -1,0 +1,185 @@
+"""The ordered chain of small checks a proposed tool call goes through; the first block wins.
+
+A check is `(request, ctx) -> CheckResult | None`: None lets the call through to the next check,
+a `CheckResult` blocks it with a verdict (deny or require_approval) and the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import jsonschema
+from jsonschema.exceptions import best_match
+
+from opsagent.errors import ToolError
+from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy
+from opsagent.policy.records import ToolCallRequest
+
+if TYPE_CHECKING:
+    from opsagent.tools.registry import ToolRegistry
+    from opsagent.tools.spec import ToolSpec
+
+_MAX_MESSAGE = 200
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """A block: the call does not simply go ahead."""
+
+    verdict: Literal["deny", "require_approval"]
+    reason: str
+    risk: Risk | None = None
+
+
+@dataclass
+class CheckContext:
+    """What checks see besides the request; one per decision. Checks may record the risk tier."""
+
+    config: PolicyConfig
+    registry: ToolRegistry
+    validators: dict[str, Any] = field(default_factory=dict)  # tool name -> jsonschema validator, shared
+    risk: Risk | None = None
+
+    def class_policy(self, request: ToolCallRequest) -> ClassPolicy:
+        return self.config.classes[request.exception_type]
+
+    def tool_policy(self, request: ToolCallRequest) -> ToolPolicy:
+        return self.class_policy(request).tools[request.tool]
+
+    def spec(self, request: ToolCallRequest) -> ToolSpec:
+        return self.registry.get(request.tool)
+
+
+Check = Callable[[ToolCallRequest, CheckContext], CheckResult | None]
+
+
+def deny(reason: str) -> CheckResult:
+    return CheckResult("deny", reason)
+
+
+def known_class(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """The exception class is one the policy lists."""
+    if request.exception_type not in ctx.config.classes:
+        known = ", ".join(sorted(ctx.config.classes)) or "none"
+        return deny(f"unknown exception class {request.exception_type!r} (policy lists: {known})")
+    return None
+
+
+def allowlisted(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """The tool is on the class's allowlist."""
+    tools = ctx.class_policy(request).tools
+    if request.tool not in tools:
+        allowed = ", ".join(tools) or "none"
+        return deny(
+            f"tool {request.tool!r} is not allowed for exception class {request.exception_type!r} "
+            f"(allowed: {allowed})"
+        )
+    return None
+
+
+def registered(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """The tool exists in the tool registry."""
+    try:
+        ctx.spec(request)
+    except ToolError as err:
+        return deny(f"tool {request.tool!r} is not in the tool registry: {err}")
+    return None
+
+
+def schema_valid(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """The arguments validate against the tool's JSON schema."""
+    validator = ctx.validators.get(request.tool)
+    if validator is None:
+        schema = ctx.spec(request).parameters
+        cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+        cls.check_schema(schema)
+        validator = cls(schema, format_checker=cls.FORMAT_CHECKER)
+        ctx.validators[request.tool] = validator
+    errors = list(validator.iter_errors(request.args))
+    if not errors:
+        return None
+    error = best_match(errors)
+    where = ".".join(str(p) for p in error.absolute_path) or "arguments"
+    more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    message = error.message.replace(repr(error.instance), _short(repr(error.instance), 40))
+    return deny(f"invalid arguments for {request.tool!r}: {where}: {_short(message)}{more}")
+
+
+def constraints(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """Argument values are within the policy's limits for this class."""
+    policy = ctx.tool_policy(request)
+    known = _arg_names(ctx.spec(request))
+    for arg, constraint in policy.constraints.items():
+        if arg not in known:
+            return deny(f"policy constrains argument {arg!r}, which tool {request.tool!r} does not have")
+        if arg in request.args and (problem := constraint.violation(request.args[arg])):
+            return deny(f"{request.tool}: {arg} {_short(problem)}")
+    return None
+
+
+def scope(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """Scoped arguments name the case's own entities, nothing else."""
+    policy = ctx.tool_policy(request)
+    known = _arg_names(ctx.spec(request))
+    for arg, entity in policy.scope.items():
+        if arg not in known:
+            return deny(f"policy scopes argument {arg!r}, which tool {request.tool!r} does not have")
+        if arg not in request.args:
+            continue
+        if entity not in request.entities:
+            return deny(
+                f"{request.tool}: {arg} must be the case's {entity}, but case {request.case_id} names none"
+            )
+        value, expected = request.args[arg], request.entities[entity]
+        if not isinstance(value, str) or value != expected:
+            return deny(
+                f"{request.tool}: {arg}={_short(repr(value))} is outside case {request.case_id} "
+                f"(the case's {entity} is {expected!r})"
+            )
+    return None
+
+
+def risk_tier(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """Records the risk tier; high risk needs human approval."""
+    risk, why = assess_risk(ctx.tool_policy(request), request.args)
+    ctx.risk = risk
+    if risk == "high":
+        return CheckResult(
+            "require_approval", f"{request.tool} is high risk for {request.exception_type} ({why})", "high"
+        )
+    return None
+
+
+def assess_risk(policy: ToolPolicy, args: dict[str, Any]) -> tuple[Risk, str]:
+    """The tool's risk tier for these arguments, and why."""
+    if policy.risk == "high":
+        return "high", policy.note or "high-risk tool"
+    for condition in policy.high_if:
+        if (why := condition.matches(args)) is not None:
+            return "high", why
+    return "low", "low-risk tool" if not policy.high_if else "no high-risk condition matched"
+
+
+DEFAULT_CHECKS: tuple[Check, ...] = (
+    known_class,
+    allowlisted,
+    registered,
+    schema_valid,
+    constraints,
+    scope,
+    risk_tier,
+)
+
+
+def check_name(check: Check) -> str:
+    return getattr(check, "__name__", type(check).__name__)
+
+
+def _arg_names(spec: ToolSpec) -> set[str]:
+    return set(spec.parameters.get("properties", {}))
+
+
+def _short(text: str, limit: int = _MAX_MESSAGE) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -1,0 +1,231 @@
+"""The policy as configuration: which tools each exception class may use, under which limits.
+
+Anything the file does not name is denied: an unknown exception class, a tool not listed for the
+class, an argument that a constraint or scope names but the tool does not have.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal, Self
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from opsagent.errors import ConfigError
+
+Risk = Literal["low", "high"]
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArgConstraint(BaseModel):
+    """Limits on one argument's value, on top of the tool's own JSON schema."""
+
+    model_config = _Strict
+
+    gt: float | None = Field(None, description="The value must be a number > this.")
+    ge: float | None = Field(None, description="The value must be a number >= this.")
+    lt: float | None = Field(None, description="The value must be a number < this.")
+    le: float | None = Field(None, description="The value must be a number <= this.")
+    min_length: int | None = Field(None, ge=0, description="The value must be a string at least this long.")
+    max_length: int | None = Field(None, ge=0, description="The value must be a string at most this long.")
+    pattern: str | None = Field(None, description="The value must be a string the regex fully matches.")
+    one_of: list[Any] | None = Field(None, description="The value must equal one of these (1 is not true).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as err:
+                raise ValueError(f"invalid regular expression {value!r}: {err}") from err
+        return value
+
+    def violation(self, value: Any) -> str | None:
+        """Why `value` breaks this constraint, or None if it satisfies it."""
+        for bound, op in ((self.gt, ">"), (self.ge, ">="), (self.lt, "<"), (self.le, "<=")):
+            if bound is None:
+                continue
+            if not _is_number(value) or not _compare(value, op, bound):
+                return f"must be {op} {bound:g}, got {value!r}"
+        if self.min_length is not None or self.max_length is not None or self.pattern is not None:
+            if not isinstance(value, str):
+                return f"must be a string, got {type(value).__name__}"
+            if self.min_length is not None and len(value) < self.min_length:
+                return f"must be at least {self.min_length} characters, got {len(value)}"
+            if self.max_length is not None and len(value) > self.max_length:
+                return f"must be at most {self.max_length} characters, got {len(value)}"
+            if self.pattern is not None and re.fullmatch(self.pattern, value) is None:
+                return f"must match {self.pattern!r}, got {value!r}"
+        if self.one_of is not None and not any(_same(value, option) for option in self.one_of):
+            return f"must be one of {self.one_of!r}, got {value!r}"
+        return None
+
+
+class RiskCondition(BaseModel):
+    """A condition on one argument that raises a tool's risk to high; all set bounds must hold."""
+
+    model_config = _Strict
+
+    arg: str = Field(description="The argument the condition looks at.")
+    above: float | None = Field(None, description="Matches when the value is a number > this.")
+    at_least: float | None = Field(None, description="Matches when the value is a number >= this.")
+    below: float | None = Field(None, description="Matches when the value is a number < this.")
+    at_most: float | None = Field(None, description="Matches when the value is a number <= this.")
+    one_of: list[Any] | None = Field(None, description="Matches when the value equals one of these.")
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> Self:
+        if all(getattr(self, k) is None for k in ("above", "at_least", "below", "at_most", "one_of")):
+            raise ValueError(f"high_if on {self.arg!r} needs one of above, at_least, below, at_most, one_of")
+        return self
+
+    def matches(self, args: dict[str, Any]) -> str | None:
+        """A description of the match, or None if the condition does not hold.
+
+        Fails closed: a missing or non-numeric value under a numeric bound counts as a match.
+        """
+        if self.arg not in args:
+            return f"{self.arg} is missing"
+        value = args[self.arg]
+        parts = []
+        for bound, op in ((self.above, ">"), (self.at_least, ">="), (self.below, "<"), (self.at_most, "<=")):
+            if bound is None:
+                continue
+            if not _is_number(value):
+                return f"{self.arg}={value!r} is not a number"
+            if not _compare(value, op, bound):
+                return None
+            parts.append(f"{op} {bound:g}")
+        if self.one_of is not None:
+            if not any(_same(value, option) for option in self.one_of):
+                return None
+            parts.append(f"in {self.one_of!r}")
+        return f"{self.arg}={value!r} {' and '.join(parts)}"
+
+
+class ToolPolicy(BaseModel):
+    """How one tool may be used for one exception class."""
+
+    model_config = _Strict
+
+    risk: Risk = Field(description="Base risk tier: low runs directly, high needs human approval.")
+    high_if: list[RiskCondition] = Field(
+        default_factory=list,
+        description="Conditions on argument values that raise the risk to high; any one matching is enough.",
+    )
+    constraints: dict[str, ArgConstraint] = Field(
+        default_factory=dict, description="Limits on argument values, keyed by argument name."
+    )
+    scope: dict[str, str] = Field(
+        default_factory=dict,
+        description=(
+            "Arguments bound to the case's entities: argument name -> entity name; the argument's value "
+            "must equal that entity of the case. A list of names is shorthand for argument = entity name."
+        ),
+    )
+    note: str = Field("", description="Why the tool has this tier (for reviewers; not evaluated).")
+
+    @field_validator("scope", mode="before")
+    @classmethod
+    def _scope_list(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return {name: name for name in value}
+        return value
+
+    def named_args(self) -> set[str]:
+        """Every argument name this entry refers to."""
+        return set(self.constraints) | set(self.scope) | {c.arg for c in self.high_if}
+
+
+class ClassPolicy(BaseModel):
+    """The tools one exception class may use."""
+
+    model_config = _Strict
+
+    description: str = Field("", description="What this exception class is (for reviewers).")
+    tools: dict[str, ToolPolicy] = Field(
+        description="The allowlist: tool name -> how it may be used. Tools not listed are denied."
+    )
+
+
+class PolicyConfig(BaseModel):
+    """The whole policy: exception classes and their allowlisted tools. Unlisted = denied."""
+
+    model_config = _Strict
+
+    name: str = Field("default", description="A label for the policy, shown in decisions' reasons.")
+    classes: dict[str, ClassPolicy] = Field(
+        description="Exception class -> its policy. An exception class not listed is denied everything."
+    )
+
+    @property
+    def version(self) -> str:
+        """A short sha256 digest of the policy content (comments and key order do not count)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_yaml(cls, source: str | Path) -> PolicyConfig:
+        """Load from a YAML file path or YAML text; raises ConfigError with the cause."""
+        if isinstance(source, Path) or ("\n" not in source and _looks_like_path(source)):
+            path = Path(source)
+            try:
+                text = path.read_text()
+            except OSError as err:
+                raise ConfigError(f"cannot read policy file {path}: {err}") from err
+            where = str(path)
+        else:
+            text, where = source, "<policy text>"
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{where}: not valid YAML: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as err:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
+            )
+            raise ConfigError(f"{where}: invalid policy: {problems}") from err
+
+
+def load_default_policy() -> PolicyConfig:
+    """The policy shipped with opsagent (`policy/default.yaml`)."""
+    text = importlib.resources.files("opsagent.policy").joinpath("default.yaml").read_text()
+    return PolicyConfig.from_yaml(text)
+
+
+def _looks_like_path(text: str) -> bool:
+    if text.strip().endswith((".yaml", ".yml")):
+        return True
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and not (
+        isinstance(value, float) and math.isnan(value)
+    )
+
+
+def _compare(value: float, op: str, bound: float) -> bool:
+    return {">": value > bound, ">=": value >= bound, "<": value < bound, "<=": value <= bound}[op]
+
+
+def _same(value: Any, option: Any) -> bool:
+    """Equality that keeps booleans apart from numbers (`True == 1` in Python)."""
+    if _is_number(value) and _is_number(option):
+        return value == option
+    return type(value) is type(option) and value == option

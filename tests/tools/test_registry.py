@@ -1,0 +1,49 @@
+import pickle
+import socket
+
+import pytest
+
+from opsagent.errors import ToolCallError, ToolError
+from opsagent.tools.registry import ToolRegistry
+
+
+def test_unknown_names_raise_tool_error(registry: ToolRegistry):
+    with pytest.raises(ToolError, match="unknown tool 'tms_refund_everything'"):
+        registry.get("tms_refund_everything")
+    with pytest.raises(ToolError, match="unknown system"):
+        registry.base_url("billing")
+    with pytest.raises(ToolError):
+        registry.subset(["wms_get_shipment", "nope"])
+
+
+def test_registry_lists_both_systems(registry: ToolRegistry, platform):
+    assert "tms_open_weight_dispute" in registry and "wms_get_shipment" in registry
+    assert registry.names() == sorted(registry.names())
+    assert registry.get("wms_get_shipment").system == "warehouse"
+    assert registry.base_url("carrier") == platform.base_urls["carrier"]
+
+
+def test_subset_and_pickle(registry: ToolRegistry):
+    small = registry.subset(["tms_get_shipment", "wms_get_shipment"])
+    assert small.names() == ["tms_get_shipment", "wms_get_shipment"]
+    assert len(registry) > len(small)
+    clone = pickle.loads(pickle.dumps(small))
+    assert clone.names() == small.names()
+    assert clone.get("tms_get_shipment") == small.get("tms_get_shipment")
+    assert clone.base_urls == small.base_urls
+
+
+def test_construction_rejects_duplicates_and_unknown_systems(registry: ToolRegistry):
+    spec = registry.get("tms_get_shipment")
+    with pytest.raises(ToolError, match="duplicate"):
+        ToolRegistry([spec, spec], registry.base_urls)
+    with pytest.raises(ToolError, match="no base URL"):
+        ToolRegistry([spec], {"warehouse": "http://127.0.0.1:1"})
+
+
+def test_from_services_fails_clearly_when_a_service_is_down():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(ToolCallError, match="carrier"):
+        ToolRegistry.from_services({"carrier": f"http://127.0.0.1:{port}"})

@@ -1,0 +1,88 @@
+"""Invoke a tool over HTTP. HTTP errors and transport failures come back as a ToolResult."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from opsagent.errors import ToolError
+from opsagent.tools.spec import ToolResult, ToolSpec
+
+
+def build_request(spec: ToolSpec, base_url: str, args: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
+    """The URL (path params filled, URL-quoted) and JSON body of a call; ToolError on a bad shape."""
+    missing = [p for p in spec.path_params if args.get(p) is None]
+    if missing:
+        raise ToolError(f"{spec.name}: missing path parameter(s) {', '.join(missing)}")
+    unknown = sorted(set(args) - set(spec.path_params) - set(spec.body_params))
+    if unknown:
+        raise ToolError(f"{spec.name}: unknown argument(s) {', '.join(unknown)}")
+    path = spec.path
+    for name in spec.path_params:
+        path = path.replace("{" + name + "}", quote(str(args[name]), safe=""))
+    body = {k: v for k, v in args.items() if k in spec.body_params}
+    has_body = bool(spec.body_params) and spec.method != "GET"
+    return base_url.rstrip("/") + path, (body if has_body else None)
+
+
+async def call_tool(
+    client: httpx.AsyncClient,
+    spec: ToolSpec,
+    base_url: str,
+    args: dict,
+    *,
+    idempotency_key: str | None = None,
+    dry_run: bool = False,
+    timeout: float = 10.0,
+) -> ToolResult:
+    """Call one tool. Raises ToolError only for programming errors (bad argument shape, dry run
+    of a tool without dry-run support); every HTTP or transport failure is a ToolResult(ok=False)."""
+    if dry_run and not spec.supports_dry_run:
+        raise ToolError(f"{spec.name} does not support dry runs")
+    url, body = build_request(spec, base_url, args)
+    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+    params = {"dry_run": "true"} if dry_run else None
+    started, t0 = datetime.now(UTC), time.perf_counter()
+
+    def result(**fields: Any) -> ToolResult:
+        return ToolResult(dry_run=dry_run, started_at=started, finished_at=datetime.now(UTC),
+                          duration_ms=(time.perf_counter() - t0) * 1000, **fields)
+
+    try:
+        response = await client.request(spec.method, url, json=body, headers=headers, params=params,
+                                        timeout=timeout)
+    except httpx.TimeoutException:
+        return result(ok=False, status_code=None, body=None, error=f"timed out after {timeout:g}s")
+    except httpx.HTTPError as exc:
+        cause = str(exc) or "no detail"
+        return result(ok=False, status_code=None, body=None, error=f"{type(exc).__name__}: {cause}")
+    payload = _payload(response)
+    ok = response.is_success
+    return result(ok=ok, status_code=response.status_code, body=payload,
+                  error=None if ok else _error(response.status_code, payload))
+
+
+def _payload(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def _error(status: int, payload: Any) -> str:
+    """`HTTP 409: <detail>`, with FastAPI's validation errors summarised one per field."""
+    detail = payload.get("detail", payload) if isinstance(payload, dict) else payload
+    if isinstance(detail, list):
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in d.get('loc', [])[1:]) or 'request'}: {d.get('msg', d)}"
+            if isinstance(d, dict) else str(d)
+            for d in detail
+        )
+    text = str(detail) if detail not in (None, "") else "no detail"
+    return f"HTTP {status}: {text[:300]}"
