@@ -35,6 +35,9 @@ class PlannerActor:
         await self._planner.engine.start()
         return self._planner.engine.model
 
+    async def warm_up(self, allowed_tools: dict[str, list[str]]) -> int:
+        return await self._planner.warm_up(allowed_tools)
+
     async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn:
         return await self._planner.plan(case, allowed_tools)
 

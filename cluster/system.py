@@ -64,6 +64,8 @@ class OpsAgentSystem:
         self.handles = dict(planner=planner, policy=policy, executors=executors, tracer=tracer,
                             cases=cases)
         self.model = ray.get(planner.start.remote())
+        allowed = {c: ray.get(policy.allowed_tools.remote(c)) for c in self.playbooks}
+        ray.get(planner.warm_up.remote(allowed))
         return self
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> str:

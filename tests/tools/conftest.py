@@ -1,4 +1,4 @@
-"""Shared fixtures: one running sandbox platform for the whole tools test folder."""
+"""Fixtures of the tools tests (the running platform itself comes from tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -13,17 +13,6 @@ from opsagent.tools.http import call_tool
 from opsagent.tools.platform import InjectedException, Platform, inject_weight_mismatch
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
-
-
-@pytest.fixture(scope="session")
-def platform() -> Iterator[Platform]:
-    with Platform(background=10) as running:
-        yield running
-
-
-@pytest.fixture(scope="session")
-def registry(platform: Platform) -> ToolRegistry:
-    return platform.registry()
 
 
 _SEEDS = iter(range(1000, 100_000))

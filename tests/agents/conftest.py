@@ -1,0 +1,59 @@
+"""A case runner wired in-process to the real platform and policy, with a scripted engine."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+
+import pytest
+
+from opsagent.agents.case import Case, ExceptionReport
+from opsagent.agents.engines.scripted import ScriptedEngine, ScriptStep
+from opsagent.agents.executor import Executor
+from opsagent.agents.local import LocalPolicy, LocalTracer
+from opsagent.agents.planner import Planner
+from opsagent.agents.playbooks.model import builtin_playbooks
+from opsagent.agents.runner import CaseRunner
+from opsagent.agents.tracing.exporters import InMemoryExporter
+from opsagent.policy.config import load_default_policy
+from opsagent.policy.engine import PolicyEngine
+from opsagent.tools.platform import InjectedException, Platform, inject_weight_mismatch
+from opsagent.tools.registry import ToolRegistry
+
+_SEEDS = itertools.count(50_000)
+
+
+@pytest.fixture
+def instance(platform: Platform) -> Callable[..., InjectedException]:
+    """`instance(scale_ok=True)`: a freshly planted weight mismatch no other test touches."""
+
+    def make(scale_ok: bool = True) -> InjectedException:
+        share = 0.0 if scale_ok else 1.0
+        return inject_weight_mismatch(platform, count=1, seed=next(_SEEDS), suspect_share=share)[0]
+
+    return make
+
+
+class Harness:
+    """Runs one case through the real policy and executor; the engine follows `script`."""
+
+    def __init__(self, registry: ToolRegistry, script: list[ScriptStep], max_steps: int = 6):
+        self.engine = ScriptedEngine(script)
+        self.traces = InMemoryExporter()
+        self.policy = PolicyEngine(load_default_policy(), registry)
+        self.runner = CaseRunner(
+            Planner(self.engine, builtin_playbooks(), registry), LocalPolicy(self.policy),
+            Executor(registry), LocalTracer(self.traces), registry, max_steps=max_steps,
+        )
+
+    def run(self, inst: InjectedException) -> Case:
+        report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,
+                                 entities=inst.entities)
+        return asyncio.run(self.runner.run(Case(report=report)))
+
+
+@pytest.fixture
+def harness(registry: ToolRegistry) -> Callable[..., Harness]:
+    """`harness(script, registry=..., max_steps=...)`; the session's registry by default."""
+    return lambda script, registry=registry, **kw: Harness(registry, script, **kw)

@@ -1,0 +1,131 @@
+"""The case state machine against the real platform and policy, with scripted planner output."""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+
+from opsagent.agents.case import CaseStatus
+from opsagent.agents.tracing.records import ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent
+from opsagent.evals.gold import gold_step
+from opsagent.tools.registry import ToolRegistry
+
+UNKNOWN = {"scale_check": "unknown"}
+
+
+def _carrier(platform, shipment_id):
+    return httpx.get(f"{platform.base_urls['carrier']}/shipments/{shipment_id}").json()
+
+
+def test_gold_run_resolves_and_opens_the_dispute(harness, instance, platform):
+    inst = instance(scale_ok=True)
+    h = harness([gold_step] * 3)
+    case = h.run(inst)
+    h.engine.assert_done()
+    assert case.status == CaseStatus.resolved, case.reason
+    assert [s.tool for s in case.steps] == inst.gold_tools
+    assert all(s.verdict == "allow" and s.executed and s.ok for s in case.steps)
+    assert _carrier(platform, inst.entities["shipment_id"])["open_dispute_id"] is not None
+    assert case.last_write_at is not None and case.latency_s > 0
+    statuses = [e.status for e in h.traces.of_type(CaseEvent)]
+    assert statuses[0] == "received" and statuses[-1] == "resolved"
+    assert len(h.traces.of_type(PlannerCallEvent)) == 3  # the resolving write ends it, no 4th call
+    actions = h.traces.of_type(ActionEvent)
+    assert [(a.tool, a.writes) for a in actions] == [
+        ("wms_get_shipment", False), ("tms_get_shipment", False), ("tms_open_weight_dispute", True)]
+    assert all(a.policy_version == h.policy.config.version for a in actions)
+
+
+def test_gold_run_escalates_when_the_scale_failed(harness, instance, platform):
+    inst = instance(scale_ok=False)
+    h = harness([gold_step] * 3)
+    case = h.run(inst)
+    h.engine.assert_done()
+    assert case.status == CaseStatus.escalated and "Scale check failed" in case.reason
+    assert _carrier(platform, inst.entities["shipment_id"])["open_dispute_id"] is None
+
+
+def test_high_risk_action_pauses_for_approval_and_does_not_run(harness, instance, platform):
+    inst = instance()
+    sid = inst.entities["shipment_id"]
+    before = _carrier(platform, sid)["billed_weight_kg"]
+    adjust = {"evidence": UNKNOWN, "tool": "tms_adjust_billed_weight",
+              "args": {"shipment_id": sid, "billed_weight_kg": 1.0, "reason": "fix it"}}
+    h = harness([gold_step, gold_step, adjust])
+    case = h.run(inst)
+    h.engine.assert_done()
+    assert case.status == CaseStatus.awaiting_approval
+    held = case.steps[-1]
+    assert held.verdict == "require_approval" and not held.executed and held.approval_id
+    assert _carrier(platform, sid)["billed_weight_kg"] == before
+    (approval,) = h.traces.of_type(ApprovalEvent)
+    assert approval.status == "pending" and approval.approval_id == held.approval_id
+    action = h.traces.of_type(ActionEvent)[-1]
+    assert action.decision == "require_approval" and not action.executed and action.dry_run
+    assert action.result["dry_run"] is True and "diff" in action.result  # the preview an approver sees
+    assert h.traces.of_type(CaseEvent)[-1].status == "awaiting_approval"
+
+
+def test_denied_calls_are_traced_and_fed_back(harness, instance, platform):
+    inst = instance()
+    sid = inst.entities["shipment_id"]
+    script = [
+        {"evidence": UNKNOWN, "tool": "tms_withdraw_weight_dispute", "args": {"dispute_id": "WD-1"}},
+        {"evidence": UNKNOWN, "tool": "rm_rf", "args": {}},
+        {"evidence": UNKNOWN, "tool": "wms_get_shipment", "args": {"shipment_id": "SHP-000001"}},
+        {"evidence": UNKNOWN, "tool": "finish", "status": "escalated", "reason": "gave up"},
+    ]
+    h = harness(script)
+    case = h.run(inst)
+    h.engine.assert_done()
+    assert case.status == CaseStatus.escalated
+    assert [s.verdict for s in case.steps] == ["deny", "deny", "deny"]
+    assert not any(s.executed for s in case.steps)
+    denied = h.traces.of_type(ActionEvent)
+    assert all(a.decision == "deny" and a.reasons and not a.executed for a in denied)
+    assert "not allowed" in denied[0].reasons[0] or "allowlist" in denied[0].reasons[0]
+    assert "outside case" in denied[2].reasons[0] and sid in denied[2].reasons[0]
+    # the planner is told why, in the next prompt
+    assert "Policy denied tms_withdraw_weight_dispute" in h.engine.requests[1].messages[-1].content
+
+
+def test_unusable_planner_output_escalates_after_two(harness, instance):
+    h = harness(["{not json", '{"tool": "finish", "status": "resolved"'])
+    case = h.run(instance())
+    h.engine.assert_done()
+    assert case.status == CaseStatus.escalated and "planner output unusable" in case.reason
+    assert case.steps == []
+
+
+def test_engine_failure_fails_the_case_with_its_cause(harness, instance):
+    h = harness([gold_step])  # the second call finds no step left and raises
+    case = h.run(instance())
+    assert case.status == CaseStatus.failed
+    assert "UnexpectedEngineCall" in case.reason and case.finished_at is not None
+
+
+def test_step_budget_exhausted_escalates(harness, instance):
+    inst = instance()
+    sid = inst.entities["shipment_id"]
+    read = {"evidence": UNKNOWN, "tool": "wms_request_rescan",
+            "args": {"shipment_id": sid, "reason": "again", "priority": "bogus"}}
+    h = harness([read] * 3, max_steps=3)
+    case = h.run(inst)
+    h.engine.assert_done()
+    assert case.status == CaseStatus.escalated and "within 3 steps" in case.reason
+
+
+def test_system_down_is_an_observation_not_a_crash(harness, registry, instance):
+    """The carrier is unreachable: the read fails, the planner is told, the case escalates."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    down = ToolRegistry(registry.specs(), {**registry.base_urls, "carrier": closed})
+    h = harness([gold_step] * 3, registry=down)
+    case = h.run(instance())
+    h.engine.assert_done()
+    assert case.status == CaseStatus.escalated and "could not be read" in case.reason
+    failed = case.steps[-1]
+    assert failed.tool == "tms_get_shipment" and failed.executed and not failed.ok and failed.error
+    assert h.engine.requests[-1].messages[-1].content.startswith("tms_get_shipment failed")

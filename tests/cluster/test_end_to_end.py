@@ -1,0 +1,62 @@
+"""The real stack: vLLM's engine on the embedded model in the planner actor, Ray actors, Serve."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+
+from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
+from opsagent.agents.tracing.views import query
+from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.system import OpsAgentSystem
+from opsagent.tools.platform import inject_weight_mismatch
+
+pytestmark = pytest.mark.engine
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_weight_mismatches_end_to_end_on_the_embedded_model(ray_runtime, platform, tmp_path):
+    instances = inject_weight_mismatch(platform, count=4, seed=424242, suspect_share=0.5)
+    system = OpsAgentSystem(SystemConfig(traces_dir=tmp_path), platform.registry()).start()
+    try:
+        assert system.model == "SmolLM2-135M-Instruct"
+        url = system.serve(port=_free_port())
+        with httpx.Client(base_url=url, timeout=60) as client:
+            ids = {}
+            for inst in instances:
+                r = client.post("/v1/exceptions", json={
+                    "exception_type": inst.exception_type, "description": inst.description,
+                    "entities": inst.entities})
+                assert r.status_code == 202, r.text
+                ids[r.json()["case_id"]] = inst
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                views = {cid: client.get(f"/v1/cases/{cid}").json() for cid in ids}
+                if all(v["status"] not in ("received", "planning", "executing") for v in views.values()):
+                    break
+                time.sleep(1)
+        system.flush_traces()
+    finally:
+        system.stop()
+
+    for cid, view in views.items():
+        # a definite outcome from the model (not a crash, not a hang)
+        assert view["status"] in ("resolved", "escalated"), view
+        sid = ids[cid].entities["shipment_id"]
+        tms = httpx.get(f"{platform.base_urls['carrier']}/shipments/{sid}").json()
+        if view["status"] == "resolved":  # resolved only after its dispute really exists
+            assert tms["open_dispute_id"] is not None
+            assert view["steps"][-1]["tool"] == "tms_open_weight_dispute"
+    _, rows = query(tmp_path, "SELECT model, finish_reason, count(*) FROM planner_calls GROUP BY ALL")
+    assert rows and all(r[0] == "SmolLM2-135M-Instruct" and r[1] == "stop" for r in rows)
+    _, rows = query(tmp_path, "SELECT count(DISTINCT case_id) FROM cases WHERE finished_at IS NOT NULL")
+    assert rows == [(len(ids),)]
+    assert query(tmp_path, UNSUPERVISED_HIGH_RISK)[1] == [(0,)]
