@@ -8,7 +8,6 @@ waits for each case to reach a definite status and prints a summary read back fr
 from __future__ import annotations
 
 import socket
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import httpx
 
 from opsagent.agents.tracing.report import demo_summary
 from opsagent.cluster.config import SystemConfig
-from opsagent.cluster.runtime import start_ray, stop_ray
+from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.tools.platform.launcher import Platform
 from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch
@@ -59,12 +58,27 @@ def wait_all(base_url: str, case_ids: list[str], timeout_s: float) -> dict[str, 
     return views
 
 
+def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedException],
+                  views: dict[str, dict]) -> str:
+    """Read the carrier back: every resolved case must have an open dispute claiming the scan."""
+    resolved = [cid for cid in submitted if views.get(cid, {}).get("status") == "resolved"]
+    good = 0
+    with httpx.Client(base_url=base_urls["carrier"], timeout=10) as client:
+        for cid in resolved:
+            inst = submitted[cid]
+            shipment = client.get(f"/shipments/{inst.entities['shipment_id']}").json()
+            if shipment.get("open_dispute_id"):
+                dispute = client.get(f"/weight-disputes/{shipment['open_dispute_id']}").json()
+                good += dispute.get("claimed_weight_kg") == inst.facts.get("scanned_weight_kg")
+    return f"{good}/{len(resolved)} resolved cases have an open dispute claiming the scanned weight"
+
+
 def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, port: int,
              timeout_s: float) -> int:
     config = SystemConfig.from_yaml(config_path) if config_path else SystemConfig()
     config = config.model_copy(update={"traces_dir": traces})
     traces.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="opsagent-demo-") as data, Platform(Path(data)) as platform:
+    with private_tmpdir() as scratch, Platform(Path(scratch) / "platform") as platform:
         instances = inject_weight_mismatch(platform.base_urls, count=cases, seed=seed)
         print(f"platform up: {platform.base_urls}; injected {len(instances)} weight mismatches")
         start_ray(num_cpus=2)
@@ -78,6 +92,7 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
             print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions")
             views = wait_all(base_url, list(submitted), timeout_s)
             system.flush_traces()
+            records = check_records(platform.base_urls, submitted, views)
         finally:
             system.stop()
             stop_ray()
@@ -86,6 +101,7 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
                   if cid in views)
     print(demo_summary(traces, case_ids=list(submitted)))
     print(f"outcome as gold (resolved vs escalated): {correct}/{len(submitted)}")
+    print(f"system of record: {records}")
     if lost:
         print(f"NOT FINISHED in {timeout_s:.0f} s: {len(lost)} case(s): {', '.join(lost)}")
         return 1

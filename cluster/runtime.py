@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 
 import ray
 
@@ -30,3 +34,21 @@ def start_ray(*, address: str | None = None, num_cpus: int | None = None) -> Non
 def stop_ray() -> None:
     if ray.is_initialized():
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def private_tmpdir() -> Iterator[str]:
+    """Point this process's temp folder (inherited by the Ray and vLLM processes it starts) at a
+    fresh short folder and remove it afterwards: they leave session folders and IPC sockets."""
+    path = tempfile.mkdtemp(prefix="oa-", dir="/tmp" if os.path.isdir("/tmp") else None)
+    previous = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = path, None
+    try:
+        yield path
+    finally:
+        if previous is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = previous
+        tempfile.tempdir = None
+        shutil.rmtree(path, ignore_errors=True)

@@ -164,3 +164,12 @@ def test_problems(registry, engine) -> None:
         "c: tool 'ghost' is not in the registry",
         "c: wms_get_shipment has no argument 'shipment'",
     ]
+
+
+def test_default_policy_matches_the_platform_tools(platform) -> None:
+    """Every tool and argument the shipped policy names exists on the sandbox platform."""
+    from opsagent.policy import PolicyEngine, load_default_policy
+
+    engine = PolicyEngine(load_default_policy(), platform.registry())
+    assert engine.problems() == []
+    assert "tms_open_weight_dispute" in engine.allowed_tools("weight_mismatch")

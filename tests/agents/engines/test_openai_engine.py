@@ -49,8 +49,8 @@ def test_structured_output_from_a_vllm_openai_server(tmp_path):
     from opsagent.agents.engines.embedded_model import embedded_model_path
 
     port = _free_port()
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1",
-           "TMPDIR": str(tmp_path)}
+    # TMPDIR is the run's short temp folder (tests/conftest.py): vLLM puts IPC sockets there.
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
     server = subprocess.Popen(
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
          "--model", str(embedded_model_path()), "--served-model-name", "smollm2",
@@ -82,8 +82,17 @@ def test_structured_output_from_a_vllm_openai_server(tmp_path):
         jsonschema.validate(json.loads(result.text), SCHEMA)
         assert result.prompt_tokens > 10 and result.completion_tokens > 0
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
+        _stop(server)
+
+
+def _stop(server: subprocess.Popen) -> None:
+    """Stop the server's whole process group (API server, engine core, worker)."""
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
         try:
-            server.wait(timeout=30)
+            os.killpg(server.pid, sig)
+            server.wait(timeout=wait)
+            return
+        except ProcessLookupError:
+            return
         except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
+            continue
