@@ -51,6 +51,8 @@ def embedded_model_path() -> Path:
     try:
         _convert(source, work)
         (work / _DONE).write_text(source.name)
+        if (target / _DONE).exists():  # another process finished first: use its copy
+            return target
         if target.exists():  # a half-written folder from a crashed earlier run
             shutil.rmtree(target)
         os.replace(work, target)
