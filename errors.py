@@ -61,3 +61,16 @@ class OverloadedError(OpsAgentError):
     def __init__(self, what: str, value: float, limit: float) -> None:
         super().__init__(f"{what}: {value} reached the limit of {limit}")
         self.what, self.value, self.limit = what, value, limit
+
+
+class ApprovalError(OpsAgentError):
+    """An approval decision was refused: unknown id, not pending, expired, a different action
+    than the one previewed, or an identity that may not approve."""
+
+
+class AuthError(OpsAgentError):
+    """A request carried no valid credentials (401) or lacks the role it needs (403)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -18,14 +19,16 @@ class Executor:
         self.registry = registry
         self.timeout = timeout
         self._client: httpx.AsyncClient | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def execute(
         self, tool: str, args: dict[str, Any], *, idempotency_key: str | None, dry_run: bool = False
     ) -> ToolResult:
         """Run `tool` once. Transport and HTTP failures come back as `ToolResult(ok=False)`."""
         spec = self.registry.get(tool)
-        if self._client is None:
-            self._client = httpx.AsyncClient(timeout=self.timeout)
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._loop is not loop:  # a client belongs to one event loop
+            self._client, self._loop = httpx.AsyncClient(timeout=self.timeout), loop
         return await call_tool(
             self._client, spec, self.registry.base_url(spec.system), args,
             idempotency_key=idempotency_key if spec.writes else None,

@@ -3,24 +3,36 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from opsagent.agents.tracing.exporters import TraceExporter
 from opsagent.agents.tracing.records import TraceEvent
+from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.service import PolicyService
 from opsagent.policy.records import PolicyDecision, ToolCallRequest
 
 
 class LocalPolicy:
-    """The policy engine called in-process, behind the runner's async port."""
+    """The policy service called in-process, behind the runner's async port."""
 
-    def __init__(self, engine: PolicyEngine) -> None:
-        self.engine = engine
+    def __init__(self, service: PolicyService | PolicyEngine) -> None:
+        if isinstance(service, PolicyEngine):  # approvals kept in memory for this process only
+            service = PolicyService(service, ApprovalStore(":memory:"))
+        self.service = service
 
     async def allowed_tools(self, exception_type: str) -> list[str]:
-        return self.engine.allowed_tools(exception_type)
+        return self.service.allowed_tools(exception_type)
 
     async def decide(self, request: ToolCallRequest) -> PolicyDecision:
-        return self.engine.decide(request)
+        return self.service.decide(request)
+
+    async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
+                               preview: Any) -> ApprovalRequest:
+        return self.service.request_approval(request, decision, preview)
+
+    async def get_approval(self, approval_id: str) -> ApprovalRequest:
+        return self.service.get_approval(approval_id)
 
 
 class LocalTracer:

@@ -6,6 +6,8 @@ import hashlib
 import json
 import uuid
 
+import jsonschema
+
 from pydantic import BaseModel, ValidationError
 
 from opsagent.agents.case import Case
@@ -82,7 +84,7 @@ class Planner:
         ).hexdigest()[:16]
         generation = await self.engine.generate(request)
         try:
-            step = parse_step(generation)
+            step = parse_step(generation, request.json_schema)
         except PlannerOutputError as exc:
             return PlannerTurn(step=None, error=str(exc), generation=generation, prompt_digest=digest)
         return PlannerTurn(step=step, generation=generation, prompt_digest=digest)
@@ -97,8 +99,9 @@ def _resolving_step(playbook: Playbook, case: Case) -> PlannedStep | None:
                        reason=f"{last.tool} succeeded: {compact(last.result)[:200]}")
 
 
-def parse_step(generation: GenerationResult) -> PlannedStep:
-    """Parse the engine's text into a step; a truncated or malformed output is an error."""
+def parse_step(generation: GenerationResult, schema: dict | None = None) -> PlannedStep:
+    """Parse the engine's text into a step. A truncated or malformed output, or one outside the
+    schema it was asked for (an engine that ignored the grammar), is an error."""
     if generation.finish_reason not in ("stop", "eos"):
         raise PlannerOutputError(
             f"planner output cut off ({generation.finish_reason}) after "
@@ -106,6 +109,10 @@ def parse_step(generation: GenerationResult) -> PlannedStep:
         )
     try:
         data = json.loads(generation.text)
+        if schema is not None:
+            jsonschema.validate(data, schema)
         return PlannedStep.model_validate(data)
+    except jsonschema.ValidationError as exc:
+        raise PlannerOutputError(f"planner output is outside its schema: {exc.message}") from exc
     except (json.JSONDecodeError, ValidationError) as exc:
         raise PlannerOutputError(f"planner output is not a step: {exc}") from exc

@@ -38,6 +38,8 @@ def observation_message(step: Step, observe: dict[str, list[str]] | None = None)
     if step.verdict == "deny":
         return f"Policy denied {step.tool}: {'; '.join(step.reasons)}"
     if step.verdict == "require_approval" and not step.executed:
+        if step.error:
+            return f"A human did not approve {step.tool} ({step.error}); it was not run."
         return f"{step.tool} needs human approval and was not run."
     if step.ok:
         result = step.result

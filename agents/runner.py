@@ -7,7 +7,6 @@ definite status: `resolved`, `escalated`, `failed`, or paused as `awaiting_appro
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -19,6 +18,7 @@ from opsagent.agents.step_schema import FINISH
 from opsagent.agents.tracing.records import (
     ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent, TraceEvent,
 )
+from opsagent.policy.approvals import ApprovalRequest
 from opsagent.policy.records import PolicyDecision, ToolCallRequest
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
@@ -31,6 +31,9 @@ class PlannerPort(Protocol):
 class PolicyPort(Protocol):
     async def allowed_tools(self, exception_type: str) -> list[str]: ...
     async def decide(self, request: ToolCallRequest) -> PolicyDecision: ...
+    async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
+                               preview: Any) -> ApprovalRequest: ...
+    async def get_approval(self, approval_id: str) -> ApprovalRequest: ...
 
 
 class ExecutorPort(Protocol):
@@ -60,6 +63,30 @@ class CaseRunner:
         try:
             await self._run(case)
         except Exception as exc:  # a crashed port must not lose the case
+            await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
+        return case
+
+    async def resume(self, case: Case) -> Case:
+        """Continue a case paused for approval once its approval was decided (no-op while pending).
+
+        Approved: the held step goes through the policy again (under the current policy) and, if
+        allowed, runs. Rejected or expired: the planner is told and decides what next.
+        """
+        try:
+            held = case.steps[-1] if case.steps else None
+            if case.status != CaseStatus.awaiting_approval or held is None or not held.approval_id:
+                return case
+            approval = await self.policy.get_approval(held.approval_id)
+            if approval.status == "pending":
+                return case
+            await self.tracer.export([_approval_event(approval)])
+            if approval.status == "approved":
+                if await self._act(case, held) == "paused":
+                    return case
+            else:
+                held.error = f"{approval.status} by {approval.approver or 'nobody'}: {approval.reason}"
+            await self._run(case)
+        except Exception as exc:
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
         return case
 
@@ -120,13 +147,10 @@ class CaseRunner:
                 case.last_write_at = result.finished_at
         elif decision.verdict == "require_approval":
             result = await self._preview(step)
-            step.approval_id = f"apr-{uuid.uuid4().hex[:12]}"
-            await self.tracer.export([ApprovalEvent(
-                approval_id=step.approval_id, case_id=case.case_id, step=step.step, tool=step.tool,
-                args=step.args, args_digest=decision.args_digest, status="pending",
-                requested_at=datetime.now(UTC), decided_at=None, approver=None,
-                reason=None, recorded_at=datetime.now(UTC),
-            )])
+            approval = await self.policy.request_approval(
+                request, decision, result.body if result is not None else None)
+            step.approval_id = approval.approval_id
+            await self.tracer.export([_approval_event(approval)])
             outcome = "paused"
         writes = step.tool in self.registry and self.registry.get(step.tool).writes
         await self.tracer.export([_action_event(case, step, decision, result, started, writes)])
@@ -162,6 +186,16 @@ def _case_event(case: Case) -> CaseEvent:
         case_id=case.case_id, exception_type=case.report.exception_type, status=case.status.value,
         description=case.report.description, entities=case.report.entities, reason=case.reason,
         received_at=case.received_at, finished_at=case.finished_at, recorded_at=datetime.now(UTC),
+    )
+
+
+def _approval_event(approval: ApprovalRequest) -> ApprovalEvent:
+    return ApprovalEvent(
+        approval_id=approval.approval_id, case_id=approval.case_id, step=approval.step,
+        tool=approval.tool, args=approval.args, args_digest=approval.args_digest,
+        status=approval.status.value, risk=approval.risk, preview=approval.preview,
+        policy_version=approval.policy_version, requested_at=approval.requested_at,
+        decided_at=approval.decided_at, approver=approval.approver, reason=approval.reason,
     )
 
 

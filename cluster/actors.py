@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ from opsagent.agents.planner import Planner, PlannerTurn
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.tracing.parquet import ParquetExporter
 from opsagent.agents.tracing.records import TraceEvent
+from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.identity import Identity
 from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.policy.service import PolicyService
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
 
@@ -47,19 +51,37 @@ class PlannerActor:
 
 @ray.remote
 class PolicyActor:
-    """The one place tool calls are decided; every decision carries the policy version."""
+    """The one place tool calls are decided and held actions approved; every decision carries
+    the policy version. Approvals are kept in SQLite under the system's state folder."""
 
-    def __init__(self, policy: PolicyConfig, registry: ToolRegistry) -> None:
-        self._engine = PolicyEngine(policy, registry)
+    def __init__(self, policy: PolicyConfig, registry: ToolRegistry, approvals_path: str,
+                 approval_ttl_s: float = 86400.0) -> None:
+        store = ApprovalStore(approvals_path, ttl=timedelta(seconds=approval_ttl_s))
+        self._service = PolicyService(PolicyEngine(policy, registry), store)
 
     def allowed_tools(self, exception_type: str) -> list[str]:
-        return self._engine.allowed_tools(exception_type)
+        return self._service.allowed_tools(exception_type)
 
     def decide(self, request: ToolCallRequest) -> PolicyDecision:
-        return self._engine.decide(request)
+        return self._service.decide(request)
+
+    def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
+                         preview: Any) -> ApprovalRequest:
+        return self._service.request_approval(request, decision, preview)
+
+    def get_approval(self, approval_id: str) -> ApprovalRequest:
+        return self._service.get_approval(approval_id)
+
+    def list_approvals(self, status: str | None = None) -> list[ApprovalRequest]:
+        return self._service.list_approvals(status)
+
+    def decide_approval(self, approval_id: str, identity: Identity, approve: bool,
+                        args_digest: str, reason: str | None = None) -> ApprovalRequest:
+        return self._service.decide_approval(approval_id, identity=identity, approve=approve,
+                                             args_digest=args_digest, reason=reason)
 
     def version(self) -> str:
-        return self._engine.config.version
+        return self._service.engine.version
 
 
 @ray.remote

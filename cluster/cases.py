@@ -39,6 +39,15 @@ class CaseManager:
         task.add_done_callback(lambda _t, cid=case.case_id: self._tasks.pop(cid, None))
         return case
 
+    async def resume(self, case_id: str) -> Case:
+        """Continue a case whose held action was decided; a no-op unless it awaits approval."""
+        case = self.get(case_id)
+        if case_id not in self._tasks:
+            task = asyncio.get_running_loop().create_task(self._runner.resume(case))
+            self._tasks[case_id] = task
+            task.add_done_callback(lambda _t, cid=case_id: self._tasks.pop(cid, None))
+        return case
+
     def get(self, case_id: str) -> Case:
         try:
             return self._cases[case_id]

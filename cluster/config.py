@@ -39,6 +39,13 @@ class SystemConfig(BaseModel):
         default=None, description="Policy YAML; None means the default policy shipped in policy/."
     )
     traces_dir: Path = Field(default=Path("traces"), description="Root of the Parquet trace store.")
+    state_dir: Path = Field(
+        default=Path("state"),
+        description="Durable state: approvals.sqlite, tokens.json (API tokens, hashed).",
+    )
+    approval_ttl_s: float = Field(
+        default=86400.0, gt=0, description="Seconds a held action waits for a decision before expiring."
+    )
     max_steps: int = Field(default=6, ge=1, le=50, description="Planner steps before escalation.")
     max_open_cases: int = Field(
         default=1000, ge=1, description="Cases in flight before submissions are refused (503)."

@@ -17,6 +17,7 @@ from opsagent.agents.tracing.report import demo_summary
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.policy.identity import Role, TokenStore
 from opsagent.tools.platform.launcher import Platform
 from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch
 
@@ -29,10 +30,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def submit_all(base_url: str, instances: list[InjectedException]) -> dict[str, InjectedException]:
+def submit_all(base_url: str, token: str,
+               instances: list[InjectedException]) -> dict[str, InjectedException]:
     """POST every exception to the front door; returns case id -> the instance it came from."""
     cases = {}
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=30, headers=_auth(token)) as client:
         for inst in instances:
             body = {"exception_type": inst.exception_type, "description": inst.description,
                     "entities": inst.entities}
@@ -42,11 +44,15 @@ def submit_all(base_url: str, instances: list[InjectedException]) -> dict[str, I
     return cases
 
 
-def wait_all(base_url: str, case_ids: list[str], timeout_s: float) -> dict[str, dict]:
+def _auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def wait_all(base_url: str, token: str, case_ids: list[str], timeout_s: float) -> dict[str, dict]:
     """Poll until every case is final or awaiting approval (or the time is up)."""
     deadline = time.monotonic() + timeout_s
     views: dict[str, dict] = {}
-    with httpx.Client(base_url=base_url, timeout=30) as client:
+    with httpx.Client(base_url=base_url, timeout=30, headers=_auth(token)) as client:
         pending = list(case_ids)
         while pending and time.monotonic() < deadline:
             for case_id in list(pending):
@@ -76,9 +82,12 @@ def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedExcept
 def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, port: int,
              timeout_s: float) -> int:
     config = SystemConfig.from_yaml(config_path) if config_path else SystemConfig()
-    config = config.model_copy(update={"traces_dir": traces})
     traces.mkdir(parents=True, exist_ok=True)
     with private_tmpdir() as scratch, Platform(Path(scratch) / "platform") as platform:
+        update: dict = {"traces_dir": traces}
+        if config_path is None:  # the demo's approvals and tokens live and die with it
+            update["state_dir"] = Path(scratch) / "state"
+        config = config.model_copy(update=update)
         instances = inject_weight_mismatch(platform.base_urls, count=cases, seed=seed)
         print(f"platform up: {platform.base_urls}; injected {len(instances)} weight mismatches")
         start_ray(num_cpus=2)
@@ -88,9 +97,10 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
             system.start()
             print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s")
             base_url = system.serve(port=port or free_port())
-            submitted = submit_all(base_url, instances)
+            token = TokenStore(system.tokens_path).add("demo-ops", [Role.submitter, Role.auditor])
+            submitted = submit_all(base_url, token, instances)
             print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions")
-            views = wait_all(base_url, list(submitted), timeout_s)
+            views = wait_all(base_url, token, list(submitted), timeout_s)
             system.flush_traces()
             records = check_records(platform.base_urls, submitted, views)
         finally:

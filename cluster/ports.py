@@ -11,6 +11,7 @@ from ray.exceptions import RayActorError
 from opsagent.agents.case import Case
 from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.tracing.records import TraceEvent
+from opsagent.policy.approvals import ApprovalRequest
 from opsagent.policy.records import PolicyDecision, ToolCallRequest
 from opsagent.tools.spec import ToolResult
 
@@ -32,6 +33,13 @@ class PolicyHandle:
 
     async def decide(self, request: ToolCallRequest) -> PolicyDecision:
         return await self.handle.decide.remote(request)
+
+    async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
+                               preview: Any) -> ApprovalRequest:
+        return await self.handle.request_approval.remote(request, decision, preview)
+
+    async def get_approval(self, approval_id: str) -> ApprovalRequest:
+        return await self.handle.get_approval.remote(approval_id)
 
 
 class ExecutorPool:

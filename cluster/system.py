@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -20,6 +21,7 @@ from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.tools.registry import ToolRegistry
 
 CASE_MANAGER = "opsagent-cases"
+POLICY = "opsagent-policy"
 LIGHT = {"num_cpus": 0}  # on 2 cores the planner's engine needs them all; the rest is I/O
 
 
@@ -54,7 +56,10 @@ class OpsAgentSystem:
         c = self.config
         planner = PlannerActor.options(name="opsagent-planner", **c.planner.actor_options).remote(
             self.engine, self.playbooks, self.registry, c.planner.max_tokens)
-        policy = PolicyActor.options(name="opsagent-policy", **LIGHT).remote(self.policy, self.registry)
+        c.state_dir.mkdir(parents=True, exist_ok=True)
+        policy = PolicyActor.options(name=POLICY, **LIGHT).remote(
+            self.policy, self.registry, str((c.state_dir / "approvals.sqlite").resolve()),
+            c.approval_ttl_s)
         executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **LIGHT).remote(
             self.registry, c.executor_timeout_s) for i in range(c.executors)]
         tracer = TraceWriterActor.options(name="opsagent-traces", **LIGHT).remote(
@@ -71,9 +76,15 @@ class OpsAgentSystem:
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> str:
         """Start the Serve front door; returns its base URL."""
         serve.start(http_options={"host": host, "port": port})
-        serve.run(build_app(ApiArgs(case_manager=CASE_MANAGER)), name="opsagent",
+        args = ApiArgs(case_manager=CASE_MANAGER, policy=POLICY,
+                       tokens_path=str(self.tokens_path.resolve()))
+        serve.run(build_app(args), name="opsagent",
                   route_prefix="/", blocking=False)
         return f"http://{host}:{port}"
+
+    @property
+    def tokens_path(self) -> Path:
+        return self.config.state_dir / "tokens.json"
 
     def flush_traces(self) -> None:
         if "tracer" in self.handles:

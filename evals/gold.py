@@ -44,10 +44,10 @@ def gold_step(request: GenerationRequest) -> dict[str, Any]:
 
 def _weight_mismatch(shipment_id: str, results: dict[str, Any]) -> dict[str, Any]:
     wms = results.get("wms_get_shipment")
-    if any(t in results and results[t] is None for t in ("wms_get_shipment", "tms_get_shipment")):
-        return {"evidence": {"scale_check": "unknown"}, "tool": "finish", "status": "escalated",
-                "reason": "A shipment record could not be read."}
     evidence = {"scale_check": wms["scale_check"] if wms else "unknown"}
+    if any(t in results and results[t] is None for t in ("wms_get_shipment", "tms_get_shipment")):
+        return {"evidence": evidence, "tool": "finish", "status": "escalated",
+                "reason": "A shipment record could not be read."}
     if wms is None:
         return {"evidence": evidence, "tool": "wms_get_shipment", "args": {"shipment_id": shipment_id}}
     if "tms_get_shipment" not in results:

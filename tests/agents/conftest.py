@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -17,7 +18,9 @@ from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.runner import CaseRunner
 from opsagent.agents.tracing.exporters import InMemoryExporter
 from opsagent.policy.config import load_default_policy
+from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.service import PolicyService
 from opsagent.tools.platform import InjectedException, Platform, inject_weight_mismatch
 from opsagent.tools.registry import ToolRegistry
 
@@ -38,12 +41,14 @@ def instance(platform: Platform) -> Callable[..., InjectedException]:
 class Harness:
     """Runs one case through the real policy and executor; the engine follows `script`."""
 
-    def __init__(self, registry: ToolRegistry, script: list[ScriptStep], max_steps: int = 6):
+    def __init__(self, registry: ToolRegistry, script: list[ScriptStep], max_steps: int = 6,
+                 planner: Any = None):
         self.engine = ScriptedEngine(script)
         self.traces = InMemoryExporter()
         self.policy = PolicyEngine(load_default_policy(), registry)
+        self.service = PolicyService(self.policy, ApprovalStore(":memory:"))
         self.runner = CaseRunner(
-            Planner(self.engine, builtin_playbooks(), registry), LocalPolicy(self.policy),
+            planner or Planner(self.engine, builtin_playbooks(), registry), LocalPolicy(self.service),
             Executor(registry), LocalTracer(self.traces), registry, max_steps=max_steps,
         )
 
@@ -52,8 +57,12 @@ class Harness:
                                  entities=inst.entities)
         return asyncio.run(self.runner.run(Case(report=report)))
 
+    def resume(self, case: Case) -> Case:
+        return asyncio.run(self.runner.resume(case))
+
 
 @pytest.fixture
 def harness(registry: ToolRegistry) -> Callable[..., Harness]:
-    """`harness(script, registry=..., max_steps=...)`; the session's registry by default."""
+    """`harness(script, registry=..., max_steps=..., planner=...)`; the session's registry by
+    default; `planner` replaces the scripted engine's planner (e.g. a RawPlanner)."""
     return lambda script, registry=registry, **kw: Harness(registry, script, **kw)

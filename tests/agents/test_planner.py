@@ -70,7 +70,8 @@ def test_a_failed_resolving_write_goes_back_to_the_model(registry, allowed):
     case = _case()
     case.steps.append(Step(step=1, tool="tms_open_weight_dispute", executed=True, ok=False,
                            error="409 already open"))
-    engine = ScriptedEngine([{"evidence": {}, "tool": "finish", "status": "escalated", "reason": "409"}])
+    engine = ScriptedEngine([{"evidence": {"scale_check": "unknown"}, "tool": "finish",
+                              "status": "escalated", "reason": "409"}])
     turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(case, allowed))
     engine.assert_done()
     assert turn.step.status == "escalated"

@@ -9,7 +9,11 @@ import httpx
 from opsagent.agents.case import CaseStatus
 from opsagent.agents.tracing.records import ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent
 from opsagent.evals.gold import gold_step
+from opsagent.policy.identity import Identity, Role
 from opsagent.tools.registry import ToolRegistry
+from tests.fakes.planners import RawPlanner
+
+ALICE = Identity(name="alice", roles=frozenset({Role.approver}))
 
 UNKNOWN = {"scale_check": "unknown"}
 
@@ -46,48 +50,104 @@ def test_gold_run_escalates_when_the_scale_failed(harness, instance, platform):
     assert _carrier(platform, inst.entities["shipment_id"])["open_dispute_id"] is None
 
 
+def _reads(sid):
+    return [{"tool": "wms_get_shipment", "args": {"shipment_id": sid}},
+            {"tool": "tms_get_shipment", "args": {"shipment_id": sid}}]
+
+
+def _adjust(sid, kg=1.0):
+    return {"tool": "tms_adjust_billed_weight",
+            "args": {"shipment_id": sid, "billed_weight_kg": kg, "reason": "fix it"}}
+
+
 def test_high_risk_action_pauses_for_approval_and_does_not_run(harness, instance, platform):
     inst = instance()
     sid = inst.entities["shipment_id"]
     before = _carrier(platform, sid)["billed_weight_kg"]
-    adjust = {"evidence": UNKNOWN, "tool": "tms_adjust_billed_weight",
-              "args": {"shipment_id": sid, "billed_weight_kg": 1.0, "reason": "fix it"}}
-    h = harness([gold_step, gold_step, adjust])
+    h = harness([], planner=RawPlanner([*_reads(sid), _adjust(sid)]))
     case = h.run(inst)
-    h.engine.assert_done()
     assert case.status == CaseStatus.awaiting_approval
     held = case.steps[-1]
     assert held.verdict == "require_approval" and not held.executed and held.approval_id
     assert _carrier(platform, sid)["billed_weight_kg"] == before
     (approval,) = h.traces.of_type(ApprovalEvent)
     assert approval.status == "pending" and approval.approval_id == held.approval_id
+    assert approval.preview["dry_run"] is True and approval.risk == "high"
     action = h.traces.of_type(ActionEvent)[-1]
     assert action.decision == "require_approval" and not action.executed and action.dry_run
     assert action.result["dry_run"] is True and "diff" in action.result  # the preview an approver sees
     assert h.traces.of_type(CaseEvent)[-1].status == "awaiting_approval"
+    assert h.resume(case).status == CaseStatus.awaiting_approval  # still pending: nothing moves
+
+
+def test_approved_action_runs_once_then_the_case_continues(harness, instance, platform):
+    inst = instance()
+    sid = inst.entities["shipment_id"]
+    finish = {"tool": "finish", "status": "escalated", "reason": "billed weight corrected"}
+    h = harness([], planner=RawPlanner([*_reads(sid), _adjust(sid, 1.25), finish]))
+    case = h.run(inst)
+    approval = h.service.get_approval(case.steps[-1].approval_id)
+    h.service.decide_approval(approval.approval_id, identity=ALICE, approve=True,
+                              args_digest=approval.args_digest)
+    case = h.resume(case)
+    assert case.status == CaseStatus.escalated and case.reason == "billed weight corrected"
+    assert case.steps[-1].executed and case.steps[-1].ok and case.steps[-1].verdict == "allow"
+    assert _carrier(platform, sid)["billed_weight_kg"] == 1.25
+    statuses = [(a.status, a.approver) for a in h.traces.of_type(ApprovalEvent)]
+    assert statuses == [("pending", None), ("approved", "alice")]
+    executed = [a for a in h.traces.of_type(ActionEvent) if a.tool == "tms_adjust_billed_weight"]
+    assert [(a.decision, a.executed) for a in executed] == [("require_approval", False), ("allow", True)]
+    assert "approved by alice" in executed[-1].reasons[0]
+    h.resume(case)  # resuming a finished case does nothing: no second write
+    assert len([a for a in h.traces.of_type(ActionEvent) if a.executed and a.writes]) == 1
+
+
+def test_rejected_action_never_runs_and_the_planner_is_told(harness, instance, platform):
+    inst = instance()
+    sid = inst.entities["shipment_id"]
+    before = _carrier(platform, sid)["billed_weight_kg"]
+    finish = {"tool": "finish", "status": "escalated", "reason": "human said no"}
+    planner = RawPlanner([*_reads(sid), _adjust(sid), finish])
+    h = harness([], planner=planner)
+    case = h.run(inst)
+    approval = h.service.get_approval(case.steps[-1].approval_id)
+    h.service.decide_approval(approval.approval_id, identity=ALICE, approve=False,
+                              args_digest=approval.args_digest, reason="billed weight is right")
+    case = h.resume(case)
+    assert case.status == CaseStatus.escalated and not case.steps[-1].executed
+    assert "billed weight is right" in case.steps[-1].error
+    assert _carrier(platform, sid)["billed_weight_kg"] == before
+    assert [a.status for a in h.traces.of_type(ApprovalEvent)] == ["pending", "rejected"]
 
 
 def test_denied_calls_are_traced_and_fed_back(harness, instance, platform):
     inst = instance()
     sid = inst.entities["shipment_id"]
-    script = [
-        {"evidence": UNKNOWN, "tool": "tms_withdraw_weight_dispute", "args": {"dispute_id": "WD-1"}},
-        {"evidence": UNKNOWN, "tool": "rm_rf", "args": {}},
-        {"evidence": UNKNOWN, "tool": "wms_get_shipment", "args": {"shipment_id": "SHP-000001"}},
-        {"evidence": UNKNOWN, "tool": "finish", "status": "escalated", "reason": "gave up"},
+    steps = [
+        {"tool": "tms_withdraw_weight_dispute", "args": {"dispute_id": "WD-1"}},
+        {"tool": "rm_rf", "args": {}},
+        {"tool": "wms_get_shipment", "args": {"shipment_id": "SHP-000001"}},
+        {"tool": "finish", "status": "escalated", "reason": "gave up"},
     ]
-    h = harness(script)
+    h = harness([], planner=RawPlanner(steps))
     case = h.run(inst)
-    h.engine.assert_done()
     assert case.status == CaseStatus.escalated
     assert [s.verdict for s in case.steps] == ["deny", "deny", "deny"]
     assert not any(s.executed for s in case.steps)
     denied = h.traces.of_type(ActionEvent)
     assert all(a.decision == "deny" and a.reasons and not a.executed for a in denied)
-    assert "not allowed" in denied[0].reasons[0] or "allowlist" in denied[0].reasons[0]
     assert "outside case" in denied[2].reasons[0] and sid in denied[2].reasons[0]
-    # the planner is told why, in the next prompt
-    assert "Policy denied tms_withdraw_weight_dispute" in h.engine.requests[1].messages[-1].content
+
+
+def test_the_planner_rejects_output_outside_its_grammar(harness, instance):
+    """An engine that ignores the grammar (here: a tool the class may not use) gets nowhere:
+    the planner reports the output unusable and the policy is never even asked."""
+    bad = {"evidence": UNKNOWN, "tool": "tms_withdraw_weight_dispute", "args": {"dispute_id": "WD-1"}}
+    h = harness([bad, bad])
+    case = h.run(instance())
+    h.engine.assert_done()
+    assert case.status == CaseStatus.escalated and "outside its schema" in case.reason
+    assert case.steps == [] and h.traces.of_type(ActionEvent) == []
 
 
 def test_unusable_planner_output_escalates_after_two(harness, instance):
@@ -108,11 +168,9 @@ def test_engine_failure_fails_the_case_with_its_cause(harness, instance):
 def test_step_budget_exhausted_escalates(harness, instance):
     inst = instance()
     sid = inst.entities["shipment_id"]
-    read = {"evidence": UNKNOWN, "tool": "wms_request_rescan",
-            "args": {"shipment_id": sid, "reason": "again", "priority": "bogus"}}
-    h = harness([read] * 3, max_steps=3)
+    bad = {"tool": "wms_request_rescan", "args": {"shipment_id": sid, "reason": "x", "priority": "bogus"}}
+    h = harness([], planner=RawPlanner([bad] * 3), max_steps=3)
     case = h.run(inst)
-    h.engine.assert_done()
     assert case.status == CaseStatus.escalated and "within 3 steps" in case.reason
 
 

@@ -12,6 +12,7 @@ from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
 
 pytestmark = pytest.mark.engine
@@ -25,11 +26,13 @@ def _free_port() -> int:
 
 def test_weight_mismatches_end_to_end_on_the_embedded_model(ray_runtime, platform, tmp_path):
     instances = inject_weight_mismatch(platform, count=4, seed=424242, suspect_share=0.5)
-    system = OpsAgentSystem(SystemConfig(traces_dir=tmp_path), platform.registry()).start()
+    system = OpsAgentSystem(SystemConfig(traces_dir=tmp_path, state_dir=tmp_path / "state"),
+                            platform.registry()).start()
     try:
         assert system.model == "SmolLM2-135M-Instruct"
         url = system.serve(port=_free_port())
-        with httpx.Client(base_url=url, timeout=60) as client:
+        token = TokenStore(system.tokens_path).add("ops", ["submitter"])
+        with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:
             ids = {}
             for inst in instances:
                 r = client.post("/v1/exceptions", json={

@@ -10,10 +10,12 @@ import httpx
 import pytest
 
 from opsagent.agents.engines import ScriptedEngine
+from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
 from opsagent.cli import main as cli
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
 from tests.fakes.planners import gold_except
 
@@ -30,14 +32,19 @@ def _free_port() -> int:
 def scenario(ray_runtime, platform, tmp_path_factory):
     good = inject_weight_mismatch(platform, count=3, seed=9001, suspect_share=0.0)
     suspect = inject_weight_mismatch(platform, count=1, seed=9002, suspect_share=1.0)
-    risky = inject_weight_mismatch(platform, count=1, seed=9003, suspect_share=0.0)
-    responder = gold_except({risky[0].entities["shipment_id"]})
-    engine = ScriptedEngine([responder] * (1 + 3 * 3 + 3 + 3))  # warm-up + exactly the gold calls
-    traces = tmp_path_factory.mktemp("traces")
-    system = OpsAgentSystem(SystemConfig(traces_dir=traces, executors=2), platform.registry(),
-                            engine=engine).start()
+    risky = inject_weight_mismatch(platform, count=2, seed=9003, suspect_share=0.0)
+    responder = gold_except({r.entities["shipment_id"] for r in risky})
+    # warm-up + 3 calls per case + one more for each risky case once its approval is decided
+    engine = ScriptedEngine([responder] * (1 + 3 * 6 + 2))
+    traces, state = tmp_path_factory.mktemp("traces"), tmp_path_factory.mktemp("state")
+    system = OpsAgentSystem(SystemConfig(traces_dir=traces, state_dir=state, executors=2),
+                            platform.registry(), engine=engine).start()
     url = system.serve(port=_free_port())
-    yield dict(system=system, url=url, traces=traces, good=good, suspect=suspect, risky=risky)
+    tokens = TokenStore(system.tokens_path)
+    auth = {role: {"Authorization": f"Bearer {tokens.add(role, [role])}"}
+            for role in ("submitter", "approver", "auditor")}
+    yield dict(system=system, url=url, traces=traces, good=good, suspect=suspect, risky=risky,
+               auth=auth, cases={})
     system.stop()
 
 
@@ -59,42 +66,105 @@ def _wait(client, case_ids, timeout=120):
     pytest.fail(f"cases not final in {timeout} s: {views}")
 
 
+def _client(scenario, role="submitter"):
+    return httpx.Client(base_url=scenario["url"], timeout=30, headers=scenario["auth"].get(role, {}))
+
+
 def test_cases_run_concurrently_to_their_gold_outcome(scenario, platform):
-    with httpx.Client(base_url=scenario["url"], timeout=30) as client:
+    with _client(scenario) as client:
         everything = scenario["good"] + scenario["suspect"] + scenario["risky"]
         ids = {_submit(client, inst): inst for inst in everything}
         views = _wait(client, list(ids))
+    scenario["cases"].update(ids)
     by_status = {}
     for cid, inst in ids.items():
         by_status.setdefault(views[cid]["status"], []).append(inst)
     assert by_status.get("resolved") == scenario["good"], views
     assert by_status.get("escalated") == scenario["suspect"]
     assert by_status.get("awaiting_approval") == scenario["risky"]
-    risky_view = next(v for cid, v in views.items() if ids[cid] in scenario["risky"])
-    held = risky_view["steps"][-1]
-    assert held["tool"] == "tms_adjust_billed_weight" and held["verdict"] == "require_approval"
-    assert not held["executed"] and held["approval_id"]
+    for cid, view in views.items():
+        if ids[cid] in scenario["risky"]:
+            held = view["steps"][-1]
+            assert held["tool"] == "tms_adjust_billed_weight" and held["verdict"] == "require_approval"
+            assert not held["executed"] and held["approval_id"]
     for inst in scenario["good"]:
-        tms = httpx.get(f"{platform.base_urls['carrier']}/shipments/{inst.entities['shipment_id']}").json()
-        assert tms["open_dispute_id"] is not None
-    billed = httpx.get(f"{platform.base_urls['carrier']}/shipments/"
-                       f"{scenario['risky'][0].entities['shipment_id']}").json()["billed_weight_kg"]
-    assert billed != 0.5  # the held high-risk write never ran
+        assert _tms(platform, inst)["open_dispute_id"] is not None
+    for inst in scenario["risky"]:
+        assert _tms(platform, inst)["billed_weight_kg"] != 0.5  # the held high-risk write never ran
 
     scenario["system"].flush_traces()
     root = scenario["traces"]
     _, rows = query(root, "SELECT status, count(*) FROM cases GROUP BY 1 ORDER BY 1")
-    assert dict(rows) == {"awaiting_approval": 1, "escalated": 1, "resolved": 3}
+    assert dict(rows) == {"awaiting_approval": 2, "escalated": 1, "resolved": 3}
     _, rows = query(root, "SELECT count(*) FROM actions WHERE executed AND writes AND NOT dry_run")
     assert rows == [(3,)]
     _, rows = query(root, "SELECT tool, status, approver FROM approvals")
-    assert rows == [("tms_adjust_billed_weight", "pending", None)]
+    assert rows == [("tms_adjust_billed_weight", "pending", None)] * 2
     _, rows = query(root, "SELECT count(*) FROM planner_calls")
-    assert rows == [(15,)]
+    assert rows == [(18,)]
+
+
+def _tms(platform, inst):
+    return httpx.get(f"{platform.base_urls['carrier']}/shipments/{inst.entities['shipment_id']}").json()
+
+
+def test_approvals_need_an_approver_bound_to_the_previewed_action(scenario, platform):
+    with _client(scenario, "approver") as approver:
+        pending = approver.get("/v1/approvals", params={"status": "pending"}).json()
+        assert len(pending) == 2
+        assert all(p["preview"]["dry_run"] and p["risk"] == "high" for p in pending)
+        first, second = pending
+        with _client(scenario, "submitter") as submitter:
+            r = submitter.post(f"/v1/approvals/{first['approval_id']}/approve",
+                               json={"args_digest": first["args_digest"]})
+            assert r.status_code == 403
+            assert submitter.get("/v1/approvals").status_code == 403
+        with _client(scenario, None) as anonymous:
+            assert anonymous.get("/v1/approvals").status_code == 401
+            assert anonymous.post("/v1/exceptions", json={}).status_code in (401, 422)
+        r = approver.post(f"/v1/approvals/{first['approval_id']}/approve", json={"args_digest": "0" * 64})
+        assert r.status_code == 409 and "differs" in r.json()["detail"]
+        r = approver.post(f"/v1/approvals/{first['approval_id']}/approve",
+                          json={"args_digest": first["args_digest"], "approver": "ceo"})
+        assert r.status_code == 422  # identity never comes from the body
+        r = approver.post(f"/v1/approvals/{first['approval_id']}/approve",
+                          json={"args_digest": first["args_digest"]})
+        assert r.status_code == 200 and r.json()["approver"] == "approver"
+        r = approver.post(f"/v1/approvals/{second['approval_id']}/reject",
+                          json={"args_digest": second["args_digest"], "reason": "weight is right"})
+        assert r.status_code == 200 and r.json()["status"] == "rejected"
+        r = approver.post(f"/v1/approvals/{first['approval_id']}/reject",
+                          json={"args_digest": first["args_digest"], "reason": "too late"})
+        assert r.status_code == 409
+        assert approver.post("/v1/approvals/apr-nope/approve",
+                             json={"args_digest": "0" * 64}).status_code == 404
+    with _client(scenario) as client:
+        by_id = {cid: inst for cid, inst in scenario["cases"].items() if inst in scenario["risky"]}
+        views = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            views = {cid: client.get(f"/v1/cases/{cid}").json() for cid in by_id}
+            if all(v["status"] == "escalated" for v in views.values()):
+                break
+            time.sleep(0.2)
+    outcome = {v["steps"][-1]["approval_id"]: v for v in views.values()}
+    approved, rejected = outcome[first["approval_id"]], outcome[second["approval_id"]]
+    assert approved["status"] == "escalated" and approved["steps"][-1]["executed"]
+    assert _tms(platform, by_id[approved["case_id"]])["billed_weight_kg"] == 0.5
+    assert rejected["status"] == "escalated" and not rejected["steps"][-1]["executed"]
+    assert _tms(platform, by_id[rejected["case_id"]])["billed_weight_kg"] != 0.5
+
+    scenario["system"].flush_traces()
+    root = scenario["traces"]
+    _, rows = query(root, "SELECT status, approver FROM approvals ORDER BY status")
+    assert rows == [("approved", "approver"), ("rejected", "approver")]
+    assert query(root, UNSUPERVISED_HIGH_RISK)[1] == [(0,)]
+    _, rows = query(root, "SELECT count(*) FROM actions WHERE executed AND risk = 'high'")
+    assert rows == [(1,)]  # the approved one ran, once
 
 
 def test_bad_requests_get_clear_4xx(scenario):
-    with httpx.Client(base_url=scenario["url"], timeout=30) as client:
+    with _client(scenario) as client:
         r = client.post("/v1/exceptions", json={"exception_type": "weight_mismatch", "description": ""})
         assert r.status_code == 422
         assert "entities" in r.json()["error"] and "description" in r.json()["error"]

@@ -17,9 +17,33 @@ def gold_except(high_risk: set[str]) -> Callable[[GenerationRequest], dict[str, 
         _, entities, results = conversation(request)
         sid = entities.get("shipment_id")
         if sid in high_risk and {"wms_get_shipment", "tms_get_shipment"} <= set(results):
-            return {"evidence": {"scale_check": results["wms_get_shipment"]["scale_check"]},
-                    "tool": "tms_adjust_billed_weight",
+            evidence = {"scale_check": results["wms_get_shipment"]["scale_check"]}
+            if "tms_adjust_billed_weight" in results:
+                return {"evidence": evidence, "tool": "finish", "status": "escalated",
+                        "reason": "Billed weight changed after approval."}
+            if "did not approve" in request.messages[-1].content:
+                return {"evidence": evidence, "tool": "finish", "status": "escalated",
+                        "reason": "The rebill was rejected."}
+            return {"evidence": evidence, "tool": "tms_adjust_billed_weight",
                     "args": {"shipment_id": sid, "billed_weight_kg": 0.5, "reason": "rebill"}}
         return gold_step(request)
 
     return respond
+
+
+class RawPlanner:
+    """A planner port that hands the runner whatever steps it is given, unchecked: it stands for
+    a buggy or compromised planner, so tests can show the policy is the boundary on its own."""
+
+    def __init__(self, steps: list[dict[str, Any]]) -> None:
+        self.steps = list(steps)
+        self.calls = 0
+
+    async def plan(self, case: Any, allowed_tools: list[str]) -> Any:
+        from opsagent.agents.planner import PlannerTurn
+        from opsagent.agents.step_schema import PlannedStep
+
+        self.calls += 1
+        if not self.steps:
+            raise AssertionError(f"RawPlanner: no step left (call {self.calls})")
+        return PlannerTurn(step=PlannedStep.model_validate(self.steps.pop(0)))

@@ -1,0 +1,34 @@
+import json
+
+import pytest
+
+from opsagent.errors import AuthError
+from opsagent.policy.identity import Role, TokenStore, require
+
+
+def test_tokens_are_stored_hashed_and_authenticate(tmp_path):
+    store = TokenStore(tmp_path / "tokens.json")
+    token = store.add("alice", ["approver"])
+    assert token not in (tmp_path / "tokens.json").read_text()
+    who = store.authenticate(token)
+    assert who.name == "alice" and who.roles == {Role.approver} and who.kind == "human"
+    require(who, Role.approver)
+    with pytest.raises(AuthError) as err:
+        require(who, Role.admin)
+    assert err.value.status == 403
+
+
+@pytest.mark.parametrize("token", [None, "", "oat_wrong"])
+def test_missing_or_unknown_tokens_are_401(tmp_path, token):
+    store = TokenStore(tmp_path / "tokens.json")
+    store.add("alice", ["approver"])
+    with pytest.raises(AuthError) as err:
+        store.authenticate(token)
+    assert err.value.status == 401
+
+
+def test_admin_holds_every_role(tmp_path):
+    store = TokenStore(tmp_path / "tokens.json")
+    admin = store.authenticate(store.add("root", ["admin"]))
+    require(admin, Role.approver)
+    assert json.loads((tmp_path / "tokens.json").read_text())  # valid JSON on disk
