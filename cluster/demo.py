@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 from opsagent.agents.tracing.report import demo_summary
+from opsagent.cluster.client import OpsAgentClient
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
@@ -30,37 +31,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def submit_all(base_url: str, token: str,
+def submit_all(client: OpsAgentClient,
                instances: list[InjectedException]) -> dict[str, InjectedException]:
     """POST every exception to the front door; returns case id -> the instance it came from."""
-    cases = {}
-    with httpx.Client(base_url=base_url, timeout=30, headers=_auth(token)) as client:
-        for inst in instances:
-            body = {"exception_type": inst.exception_type, "description": inst.description,
-                    "entities": inst.entities}
-            response = client.post("/v1/exceptions", json=body)
-            response.raise_for_status()
-            cases[response.json()["case_id"]] = inst
-    return cases
+    return {client.submit(i.exception_type, i.description, i.entities)["case_id"]: i
+            for i in instances}
 
 
-def _auth(token: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-def wait_all(base_url: str, token: str, case_ids: list[str], timeout_s: float) -> dict[str, dict]:
+def wait_all(client: OpsAgentClient, case_ids: list[str], timeout_s: float) -> dict[str, dict]:
     """Poll until every case is final or awaiting approval (or the time is up)."""
     deadline = time.monotonic() + timeout_s
     views: dict[str, dict] = {}
-    with httpx.Client(base_url=base_url, timeout=30, headers=_auth(token)) as client:
-        pending = list(case_ids)
-        while pending and time.monotonic() < deadline:
-            for case_id in list(pending):
-                views[case_id] = client.get(f"/v1/cases/{case_id}").json()
-                if views[case_id]["status"] not in WAITING:
-                    pending.remove(case_id)
-            if pending:
-                time.sleep(0.5)
+    pending = list(case_ids)
+    while pending and time.monotonic() < deadline:
+        for case_id in list(pending):
+            views[case_id] = client.case(case_id)
+            if views[case_id]["status"] not in WAITING:
+                pending.remove(case_id)
+        if pending:
+            time.sleep(0.5)
     return views
 
 
@@ -98,9 +87,10 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
             print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s")
             base_url = system.serve(port=port or free_port())
             token = TokenStore(system.tokens_path).add("demo-ops", [Role.submitter, Role.auditor])
-            submitted = submit_all(base_url, token, instances)
-            print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions")
-            views = wait_all(base_url, token, list(submitted), timeout_s)
+            with OpsAgentClient(base_url, token) as client:
+                submitted = submit_all(client, instances)
+                print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions")
+                views = wait_all(client, list(submitted), timeout_s)
             system.flush_traces()
             records = check_records(platform.base_urls, submitted, views)
         finally:

@@ -188,3 +188,17 @@ def test_traces_sql_cli_prints_csv(scenario, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "exception_type,n" and lines[1].startswith("weight_mismatch,")
     assert cli(["traces", "sql", "--traces", str(scenario["traces"]), "SELECT nope FROM cases"]) == 2
+
+
+def test_approvals_cli_lists_and_refuses_a_second_decision(scenario, capsys, monkeypatch):
+    token = scenario["auth"]["approver"]["Authorization"].split()[1]
+    monkeypatch.setenv("OPSAGENT_TOKEN", token)
+    assert cli(["approvals", "list", "--status", "all", "--url", scenario["url"]]) == 0
+    out = capsys.readouterr().out
+    assert out.count("tms_adjust_billed_weight") == 2 and "approved" in out and "rejected" in out
+    approval_id = next(line.split()[0] for line in out.splitlines() if "approved" in line)
+    assert cli(["approvals", "approve", approval_id, "--url", scenario["url"]]) == 2
+    assert "already approved" in capsys.readouterr().err
+    monkeypatch.setenv("OPSAGENT_TOKEN", "oat_forged")
+    assert cli(["approvals", "list", "--url", scenario["url"]]) == 2
+    assert "401" in capsys.readouterr().err
