@@ -32,7 +32,7 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return f"{value:.3f}"
+        return f"{value:.2f}"
     return str(value)
 
 
@@ -76,7 +76,7 @@ def demo_summary(root: Path, case_ids: list[str]) -> str:
         SELECT count(*) AS planner_calls, sum(prompt_tokens) AS prompt_tokens,
                sum(completion_tokens) AS completion_tokens,
                round(sum(completion_tokens) / count(DISTINCT case_id), 1) AS out_tokens_per_case,
-               round(median(duration_ms)) AS p50_call_ms
+               CAST(median(duration_ms) AS BIGINT) AS p50_call_ms
         FROM planner_calls WHERE case_id IN {ids}""")
     parts.append(format_table(cols, rows))
     (count,), = query(root, UNSUPERVISED_HIGH_RISK)[1]
