@@ -10,7 +10,7 @@ from opsagent.agents.tracing.records import TraceEvent
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.service import PolicyService
-from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 
 
 class LocalPolicy:
@@ -33,6 +33,9 @@ class LocalPolicy:
 
     async def get_approval(self, approval_id: str) -> ApprovalRequest:
         return self.service.get_approval(approval_id)
+
+    async def settle(self, permit: Permit, *, executed: bool) -> str:
+        return self.service.settle(permit, executed=executed)
 
 
 class LocalTracer:

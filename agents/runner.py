@@ -14,12 +14,12 @@ from typing import Any, Protocol
 from opsagent.agents.case import Case, CaseStatus, Step
 from opsagent.agents.engines.base import GenerationResult
 from opsagent.agents.planner import PlannerTurn
-from opsagent.agents.step_schema import FINISH
+from opsagent.agents.step_schema import FINISH, succeeded
 from opsagent.agents.tracing.records import (
     ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent, TraceEvent,
 )
 from opsagent.policy.approvals import ApprovalRequest
-from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
 
@@ -34,11 +34,13 @@ class PolicyPort(Protocol):
     async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
                                preview: Any) -> ApprovalRequest: ...
     async def get_approval(self, approval_id: str) -> ApprovalRequest: ...
+    async def settle(self, permit: Permit, *, executed: bool) -> str: ...
 
 
 class ExecutorPort(Protocol):
     async def execute(
-        self, tool: str, args: dict[str, Any], *, idempotency_key: str | None, dry_run: bool = False
+        self, tool: str, args: dict[str, Any], *, case_id: str, step: int,
+        permit: Permit | None = None, dry_run: bool = False,
     ) -> ToolResult: ...
 
 
@@ -131,6 +133,7 @@ class CaseRunner:
         request = ToolCallRequest(
             case_id=case.case_id, exception_type=case.report.exception_type, step=step.step,
             tool=step.tool, args=step.args, entities=case.report.entities,
+            observations=succeeded(case),
         )
         decision = await self.policy.decide(request)
         case.policy_version = decision.policy_version
@@ -140,13 +143,14 @@ class CaseRunner:
         if decision.verdict == "allow":
             await self._set_status(case, CaseStatus.executing)
             result = await self.executor.execute(
-                step.tool, step.args, idempotency_key=f"{case.case_id}:{step.step}"
-            )
+                step.tool, step.args, case_id=case.case_id, step=step.step, permit=decision.permit)
             step.executed, step.ok, step.result, step.error = True, result.ok, result.body, result.error
+            if decision.permit is not None:
+                await self.policy.settle(decision.permit, executed=_may_have_run(result))
             if result.ok and self.registry.get(step.tool).writes:
                 case.last_write_at = result.finished_at
         elif decision.verdict == "require_approval":
-            result = await self._preview(step)
+            result = await self._preview(case, step)
             approval = await self.policy.request_approval(
                 request, decision, result.body if result is not None else None)
             step.approval_id = approval.approval_id
@@ -159,11 +163,12 @@ class CaseRunner:
                                    f"{step.tool} needs approval ({step.approval_id})")
         return outcome
 
-    async def _preview(self, step: Step) -> ToolResult | None:
+    async def _preview(self, case: Case, step: Step) -> ToolResult | None:
         """The system's own dry run of a held action: the diff an approver will see."""
         if not self.registry.get(step.tool).supports_dry_run:
             return None
-        preview = await self.executor.execute(step.tool, step.args, idempotency_key=None, dry_run=True)
+        preview = await self.executor.execute(step.tool, step.args, case_id=case.case_id,
+                                              step=step.step, dry_run=True)
         step.result, step.error = preview.body, preview.error
         return preview
 
@@ -187,6 +192,11 @@ def _case_event(case: Case) -> CaseEvent:
         description=case.report.description, entities=case.report.entities, reason=case.reason,
         received_at=case.received_at, finished_at=case.finished_at, recorded_at=datetime.now(UTC),
     )
+
+
+def _may_have_run(result: ToolResult) -> bool:
+    """Only a 4xx answer proves the system applied nothing; anything else may have written."""
+    return result.ok or result.status_code is None or result.status_code >= 500
 
 
 def _approval_event(approval: ApprovalRequest) -> ApprovalEvent:

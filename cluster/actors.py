@@ -21,7 +21,8 @@ from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity
-from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.policy.ledger import SpendLedger
+from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 from opsagent.policy.service import PolicyService
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
@@ -54,10 +55,13 @@ class PolicyActor:
     """The one place tool calls are decided and held actions approved; every decision carries
     the policy version. Approvals are kept in SQLite under the system's state folder."""
 
-    def __init__(self, policy: PolicyConfig, registry: ToolRegistry, approvals_path: str,
-                 approval_ttl_s: float = 86400.0) -> None:
-        store = ApprovalStore(approvals_path, ttl=timedelta(seconds=approval_ttl_s))
-        self._service = PolicyService(PolicyEngine(policy, registry), store)
+    def __init__(self, policy: PolicyConfig, registry: ToolRegistry, state_dir: str,
+                 permit_key: bytes, approval_ttl_s: float = 86400.0) -> None:
+        state = Path(state_dir)
+        store = ApprovalStore(state / "approvals.sqlite", ttl=timedelta(seconds=approval_ttl_s))
+        engine = PolicyEngine(policy, registry, ledger=SpendLedger(state / "ledger.sqlite"),
+                              permit_key=permit_key)
+        self._service = PolicyService(engine, store)
 
     def allowed_tools(self, exception_type: str) -> list[str]:
         return self._service.allowed_tools(exception_type)
@@ -71,6 +75,13 @@ class PolicyActor:
 
     def get_approval(self, approval_id: str) -> ApprovalRequest:
         return self._service.get_approval(approval_id)
+
+    def settle(self, permit: Permit, executed: bool) -> str:
+        return self._service.settle(permit, executed=executed)
+
+    def reload(self, policy: PolicyConfig) -> str:
+        """Swap the policy for every decision from now on (in-flight cases included)."""
+        return self._service.engine.reload(policy)
 
     def list_approvals(self, status: str | None = None) -> list[ApprovalRequest]:
         return self._service.list_approvals(status)
@@ -88,13 +99,13 @@ class PolicyActor:
 class ExecutorActor:
     """Stateless: runs one tool call at a time (per request) and returns the observation."""
 
-    def __init__(self, registry: ToolRegistry, timeout_s: float = 10.0) -> None:
-        self._executor = Executor(registry, timeout=timeout_s)
+    def __init__(self, registry: ToolRegistry, permit_key: bytes, timeout_s: float = 10.0) -> None:
+        self._executor = Executor(registry, permit_key, timeout=timeout_s)
 
-    async def execute(self, tool: str, args: dict[str, Any], idempotency_key: str | None,
-                      dry_run: bool = False) -> ToolResult:
-        return await self._executor.execute(tool, args, idempotency_key=idempotency_key,
-                                            dry_run=dry_run)
+    async def execute(self, tool: str, args: dict[str, Any], case_id: str, step: int,
+                      permit: Permit | None = None, dry_run: bool = False) -> ToolResult:
+        return await self._executor.execute(tool, args, case_id=case_id, step=step,
+                                            permit=permit, dry_run=dry_run)
 
 
 @ray.remote

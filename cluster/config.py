@@ -41,7 +41,8 @@ class SystemConfig(BaseModel):
     traces_dir: Path = Field(default=Path("traces"), description="Root of the Parquet trace store.")
     state_dir: Path = Field(
         default=Path("state"),
-        description="Durable state: approvals.sqlite, tokens.json (API tokens, hashed).",
+        description="Durable state: approvals.sqlite, ledger.sqlite (spend and rate counters), "
+        "tokens.json (API tokens, hashed).",
     )
     approval_ttl_s: float = Field(
         default=86400.0, gt=0, description="Seconds a held action waits for a decision before expiring."

@@ -12,7 +12,7 @@ from opsagent.agents.case import Case
 from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.policy.approvals import ApprovalRequest
-from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 from opsagent.tools.spec import ToolResult
 
 
@@ -41,6 +41,9 @@ class PolicyHandle:
     async def get_approval(self, approval_id: str) -> ApprovalRequest:
         return await self.handle.get_approval.remote(approval_id)
 
+    async def settle(self, permit: Permit, *, executed: bool) -> str:
+        return await self.handle.settle.remote(permit, executed)
+
 
 class ExecutorPool:
     """Round-robin over executor actors; a dead actor's call is retried once on the next.
@@ -55,12 +58,12 @@ class ExecutorPool:
         self.handles = list(handles)
         self._next = itertools.cycle(range(len(self.handles)))
 
-    async def execute(self, tool: str, args: dict[str, Any], *, idempotency_key: str | None,
-                      dry_run: bool = False) -> ToolResult:
+    async def execute(self, tool: str, args: dict[str, Any], *, case_id: str, step: int,
+                      permit: Permit | None = None, dry_run: bool = False) -> ToolResult:
         for attempt in range(2):
             handle = self.handles[next(self._next)]
             try:
-                return await handle.execute.remote(tool, args, idempotency_key, dry_run)
+                return await handle.execute.remote(tool, args, case_id, step, permit, dry_run)
             except RayActorError:
                 if attempt == 1:
                     raise

@@ -15,8 +15,9 @@ from ray.serve import Application
 
 from opsagent.agents.case import Case, ExceptionReport, Step
 from opsagent.cluster.runtime import NAMESPACE
-from opsagent.errors import ApprovalError, AuthError, CaseNotFound, OverloadedError
+from opsagent.errors import ApprovalError, AuthError, CaseNotFound, ConfigError, OverloadedError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
+from opsagent.policy.config import PolicyConfig
 from opsagent.policy.identity import Identity, Role, TokenStore, require
 
 api = FastAPI(title="opsagent", version="1", description="Submit exceptions, follow cases.")
@@ -71,6 +72,13 @@ class ApprovalDecision(BaseModel):
     model_config = {"extra": "forbid"}
     args_digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="Digest shown with the preview.")
     reason: str | None = Field(default=None, max_length=2000, description="Required to reject.")
+
+
+class PolicyUpload(BaseModel):
+    """A new policy file's text."""
+
+    model_config = {"extra": "forbid"}
+    yaml: str = Field(min_length=1, max_length=1_000_000, description="The policy YAML.")
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -153,6 +161,22 @@ class OpsAgentAPI:
         except Exception as exc:
             raise _http_error(exc) from exc
         return decided
+
+    @api.get("/v1/policy")
+    async def policy_version(self, request: Request) -> dict[str, str]:
+        self._identity(request, Role.approver, Role.auditor)
+        return {"version": await self._policy.version.remote()}
+
+    @api.put("/v1/policy")
+    async def reload_policy(self, body: PolicyUpload, request: Request) -> dict[str, str]:
+        """Replace the policy without a restart; every decision from now on uses it."""
+        identity = self._identity(request, Role.admin)
+        try:
+            config = PolicyConfig.from_yaml(body.yaml)
+        except ConfigError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        version = await self._policy.reload.remote(config)
+        return {"version": version, "reloaded_by": identity.name}
 
     @api.get("/v1/health")
     async def health(self) -> dict[str, Any]:

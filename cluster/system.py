@@ -18,6 +18,7 @@ from opsagent.cluster.runtime import NAMESPACE
 from opsagent.cluster.serve_app import ApiArgs, build_app
 from opsagent.errors import ConfigError
 from opsagent.policy.config import PolicyConfig, load_default_policy
+from opsagent.policy.permits import new_permit_key, permit_key_from_env
 from opsagent.tools.registry import ToolRegistry
 
 CASE_MANAGER = "opsagent-cases"
@@ -57,11 +58,12 @@ class OpsAgentSystem:
         planner = PlannerActor.options(name="opsagent-planner", **c.planner.actor_options).remote(
             self.engine, self.playbooks, self.registry, c.planner.max_tokens)
         c.state_dir.mkdir(parents=True, exist_ok=True)
+        # One key signs and verifies permits: the policy's and the executors' only shared secret.
+        key = permit_key_from_env() or new_permit_key()
         policy = PolicyActor.options(name=POLICY, **LIGHT).remote(
-            self.policy, self.registry, str((c.state_dir / "approvals.sqlite").resolve()),
-            c.approval_ttl_s)
+            self.policy, self.registry, str(c.state_dir.resolve()), key, c.approval_ttl_s)
         executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **LIGHT).remote(
-            self.registry, c.executor_timeout_s) for i in range(c.executors)]
+            self.registry, key, c.executor_timeout_s) for i in range(c.executors)]
         tracer = TraceWriterActor.options(name="opsagent-traces", **LIGHT).remote(
             str(c.traces_dir.resolve()))
         cases = CaseManager.options(name=CASE_MANAGER, **LIGHT).remote(

@@ -1,4 +1,5 @@
-"""The policy that mediates every tool call: config, typed decisions, the check chain, the engine."""
+"""The policy that mediates every tool call: config, typed decisions, the check chain, the engine,
+limits and their ledger, permits."""
 
 from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckResult
 from opsagent.policy.config import (
@@ -10,22 +11,44 @@ from opsagent.policy.config import (
     load_default_policy,
 )
 from opsagent.policy.engine import PolicyEngine
-from opsagent.policy.records import PolicyDecision, ToolCallRequest, args_digest, canonical_json
+from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
+from opsagent.policy.limits import LimitExceeded, LimitsConfig, SpendPolicy
+from opsagent.policy.permits import issue_permit, new_permit_key, process_permit_key, verify_permit
+from opsagent.policy.records import (
+    LimitUsage,
+    Permit,
+    PolicyDecision,
+    ToolCallRequest,
+    args_digest,
+    canonical_json,
+)
 
 __all__ = [
     "DEFAULT_CHECKS",
+    "ActionKey",
     "ArgConstraint",
     "Check",
     "CheckContext",
     "CheckResult",
     "ClassPolicy",
+    "LedgerEntry",
+    "LimitExceeded",
+    "LimitUsage",
+    "LimitsConfig",
+    "Permit",
     "PolicyConfig",
     "PolicyDecision",
     "PolicyEngine",
     "RiskCondition",
+    "SpendLedger",
+    "SpendPolicy",
     "ToolCallRequest",
     "ToolPolicy",
     "args_digest",
     "canonical_json",
+    "issue_permit",
     "load_default_policy",
+    "new_permit_key",
+    "process_permit_key",
+    "verify_permit",
 ]

@@ -2,10 +2,14 @@
 
 A check is `(request, ctx) -> CheckResult | None`: None lets the call through to the next check,
 a `CheckResult` blocks it with a verdict (deny or require_approval) and the reason.
+
+Checks do not change anything: `within_limits` only reads the ledger and leaves what to reserve
+on the context; the engine reserves it, atomically and re-checked, once the verdict is allow.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -14,8 +18,10 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from opsagent.errors import ToolError
-from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy
-from opsagent.policy.records import ToolCallRequest
+from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy, read_value
+from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
+from opsagent.policy.limits import Limit, LimitExceeded, limits_for
+from opsagent.policy.records import LimitUsage, ToolCallRequest, args_digest
 
 if TYPE_CHECKING:
     from opsagent.tools.registry import ToolRegistry
@@ -41,6 +47,11 @@ class CheckContext:
     registry: ToolRegistry
     validators: dict[str, Any] = field(default_factory=dict)  # tool name -> jsonschema validator, shared
     risk: Risk | None = None
+    ledger: SpendLedger | None = None  # the counters behind spend and rate limits
+    now: float = field(default_factory=time.time)
+    approved: bool = False  # a human approved exactly this action: require_approval limits do not block
+    limits: list[LimitUsage] = field(default_factory=list)  # the limits consulted, for the decision
+    reservation: tuple[LedgerEntry, list[Limit]] | None = None  # what to reserve if the call is allowed
 
     def class_policy(self, request: ToolCallRequest) -> ClassPolicy:
         return self.config.classes[request.exception_type]
@@ -141,6 +152,52 @@ def scope(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
     return None
 
 
+def cross_record(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """Arguments agree with what the case has read from the systems of record; a missing read denies."""
+    policy = ctx.tool_policy(request)
+    observations = request.observations
+    for ref, constraint in policy.reads.items():
+        try:
+            value = read_value(ref, observations)
+        except LookupError as err:
+            return deny(f"{request.tool} needs {ref}, but {err}")
+        if problem := constraint.violation(value) or constraint.read_violation(value, observations):
+            return deny(f"{request.tool}: {ref} {_short(problem)}")
+    for arg, constraint in policy.constraints.items():
+        if arg in request.args and (problem := constraint.read_violation(request.args[arg], observations)):
+            return deny(f"{request.tool}: {arg} {_short(problem)}")
+    return None
+
+
+def within_limits(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
+    """Spend and rate limits would not be exceeded (reads the ledger; the engine reserves on allow)."""
+    try:
+        found, amount, currency = limits_for(ctx.config, request)
+    except ValueError as err:
+        return deny(f"{request.tool}: the spend cannot be counted: {_short(str(err))}")
+    if not found:
+        return None
+    if ctx.ledger is None:
+        return deny(f"{request.tool} has limits but the policy has no ledger to count them")
+    key = ActionKey(request.case_id, request.step, args_digest(request.tool, request.args))
+    entry = LedgerEntry(key, request.exception_type, request.tool, amount, currency)
+    try:
+        ctx.limits = ctx.ledger.usage(entry, found, now=ctx.now, approved=ctx.approved)
+    except LimitExceeded as err:
+        ctx.limits = err.consulted
+        if err.on_exceed == "deny":
+            return deny(str(err))
+        return CheckResult("require_approval", str(err), assess_risk(ctx.tool_policy(request), request.args)[0])
+    ctx.reservation = (entry, found)
+    if exceeded := [u for u in ctx.limits if u.exceeded]:
+        # the ledger lets these through only for an approved action, whose approval covers them
+        reason = str(LimitExceeded(exceeded[0].what, exceeded[0].value, exceeded[0].limit))
+        if not ctx.approved:
+            return deny(reason)
+        return CheckResult("require_approval", reason, assess_risk(ctx.tool_policy(request), request.args)[0])
+    return None
+
+
 def risk_tier(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
     """Records the risk tier; high risk needs human approval."""
     risk, why = assess_risk(ctx.tool_policy(request), request.args)
@@ -169,6 +226,8 @@ DEFAULT_CHECKS: tuple[Check, ...] = (
     schema_valid,
     constraints,
     scope,
+    cross_record,
+    within_limits,
     risk_tier,
 )
 

@@ -1,7 +1,12 @@
 """The policy as configuration: which tools each exception class may use, under which limits.
 
 Anything the file does not name is denied: an unknown exception class, a tool not listed for the
-class, an argument that a constraint or scope names but the tool does not have.
+class, an argument that a constraint or scope names but the tool does not have, a cross-record
+constraint whose record the case has not read.
+
+Cross-record constraints name a value the case has read as `tool.field` (dotted for nested
+fields), e.g. `eq_read: wms_get_shipment.scanned_weight_kg`: the field of the last successful
+result of that tool in the request's `observations`.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsagent.errors import ConfigError
+from opsagent.policy.limits import LimitsConfig, SpendPolicy
 
 Risk = Literal["low", "high"]
 
@@ -37,6 +43,18 @@ class ArgConstraint(BaseModel):
     max_length: int | None = Field(None, ge=0, description="The value must be a string at most this long.")
     pattern: str | None = Field(None, description="The value must be a string the regex fully matches.")
     one_of: list[Any] | None = Field(None, description="The value must equal one of these (1 is not true).")
+    eq_read: str | None = Field(None, description="The value must equal this read value (tool.field).")
+    gt_read: str | None = Field(None, description="The value must be a number > this read value (tool.field).")
+    ge_read: str | None = Field(None, description="The value must be a number >= this read value (tool.field).")
+    lt_read: str | None = Field(None, description="The value must be a number < this read value (tool.field).")
+    le_read: str | None = Field(None, description="The value must be a number <= this read value (tool.field).")
+
+    @field_validator("eq_read", "gt_read", "ge_read", "lt_read", "le_read")
+    @classmethod
+    def _is_read_ref(cls, value: str | None) -> str | None:
+        if value is not None:
+            check_read_ref(value)
+        return value
 
     @field_validator("pattern")
     @classmethod
@@ -67,6 +85,56 @@ class ArgConstraint(BaseModel):
         if self.one_of is not None and not any(_same(value, option) for option in self.one_of):
             return f"must be one of {self.one_of!r}, got {value!r}"
         return None
+
+    def read_refs(self) -> list[str]:
+        """The read values (tool.field) this constraint compares with."""
+        return [ref for ref, _ in self._read_bounds()]
+
+    def read_violation(self, value: Any, observations: dict[str, Any]) -> str | None:
+        """Why `value` breaks a cross-record bound given what the case has read, or None.
+
+        Fails closed: a read the case has not made, or a field its result lacks, is a violation.
+        """
+        for ref, op in self._read_bounds():
+            try:
+                read = read_value(ref, observations)
+            except LookupError as err:
+                return f"must {'equal' if op == '==' else 'be ' + op} {ref}, but {err}"
+            if op == "==":
+                if not _same(value, read):
+                    return f"must equal {ref} ({read!r}), got {value!r}"
+            elif not _is_number(read):
+                return f"must be {op} {ref}, which is not a number ({read!r})"
+            elif not _is_number(value) or not _compare(value, op, read):
+                return f"must be {op} {ref} ({read:g}), got {value!r}"
+        return None
+
+    def _read_bounds(self) -> list[tuple[str, str]]:
+        pairs = ((self.eq_read, "=="), (self.gt_read, ">"), (self.ge_read, ">="), (self.lt_read, "<"),
+                 (self.le_read, "<="))
+        return [(ref, op) for ref, op in pairs if ref is not None]
+
+
+def check_read_ref(ref: str) -> tuple[str, list[str]]:
+    """Split `tool.field[.sub...]` into the tool and the field path; ValueError if malformed."""
+    tool, _, path = ref.partition(".")
+    parts = path.split(".") if path else []
+    if not tool or not parts or not all(parts):
+        raise ValueError(f"a read reference is tool.field, got {ref!r}")
+    return tool, parts
+
+
+def read_value(ref: str, observations: dict[str, Any]) -> Any:
+    """The value `ref` (tool.field) names in `observations`; LookupError saying what to read first."""
+    tool, parts = check_read_ref(ref)
+    if observations.get(tool) is None:
+        raise LookupError(f"the case has not read {tool} (read {tool} first)")
+    value = observations[tool]
+    for part in parts:
+        if not isinstance(value, dict) or part not in value:
+            raise LookupError(f"the result of {tool} has no {'.'.join(parts)}")
+        value = value[part]
+    return value
 
 
 class RiskCondition(BaseModel):
@@ -131,7 +199,26 @@ class ToolPolicy(BaseModel):
             "must equal that entity of the case. A list of names is shorthand for argument = entity name."
         ),
     )
+    reads: dict[str, ArgConstraint] = Field(
+        default_factory=dict,
+        description="Preconditions on values the case has read: tool.field -> the limits that value must "
+        "meet, e.g. {wms_get_shipment.scale_check: {one_of: [passed]}}. A read not made denies.",
+    )
+    spend: SpendPolicy | None = Field(
+        None, description="The tool moves money: the argument carrying the amount and the spend limits."
+    )
+    calls_per_minute: int | None = Field(
+        None, ge=0,
+        description="The most calls to this tool the cluster may be allowed per minute for this class.",
+    )
     note: str = Field("", description="Why the tool has this tier (for reviewers; not evaluated).")
+
+    @field_validator("reads")
+    @classmethod
+    def _reads_are_refs(cls, value: dict[str, ArgConstraint]) -> dict[str, ArgConstraint]:
+        for ref in value:
+            check_read_ref(ref)
+        return value
 
     @field_validator("scope", mode="before")
     @classmethod
@@ -142,7 +229,15 @@ class ToolPolicy(BaseModel):
 
     def named_args(self) -> set[str]:
         """Every argument name this entry refers to."""
-        return set(self.constraints) | set(self.scope) | {c.arg for c in self.high_if}
+        spend = {self.spend.arg, self.spend.currency_arg} - {None} if self.spend else set()
+        return set(self.constraints) | set(self.scope) | {c.arg for c in self.high_if} | spend
+
+    def read_refs(self) -> set[str]:
+        """Every read value (tool.field) this entry compares with."""
+        refs = set(self.reads)
+        for constraint in [*self.constraints.values(), *self.reads.values()]:
+            refs.update(constraint.read_refs())
+        return refs
 
 
 class ClassPolicy(BaseModel):
@@ -154,6 +249,9 @@ class ClassPolicy(BaseModel):
     tools: dict[str, ToolPolicy] = Field(
         description="The allowlist: tool name -> how it may be used. Tools not listed are denied."
     )
+    calls_per_minute: int | None = Field(
+        None, ge=0, description="The most tool calls the cluster may be allowed per minute for this class."
+    )
 
 
 class PolicyConfig(BaseModel):
@@ -164,6 +262,10 @@ class PolicyConfig(BaseModel):
     name: str = Field("default", description="A label for the policy, shown in decisions' reasons.")
     classes: dict[str, ClassPolicy] = Field(
         description="Exception class -> its policy. An exception class not listed is denied everything."
+    )
+    limits: LimitsConfig = Field(
+        default_factory=LimitsConfig,
+        description="Cluster-wide spend and rate limits, the currency of all spend limits, permit lifetime.",
     )
 
     @property

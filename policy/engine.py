@@ -1,48 +1,163 @@
 """The policy engine: runs the check chain on a proposed tool call and returns a typed decision.
 
 Fails closed: a check that raises, or a chain that never assessed the risk, yields a deny.
+
+`decide` previews a decision and changes nothing. `authorize` is the real thing: for an allow it
+reserves the call against the spend and rate limits (atomically, in the ledger) and issues the
+signed permit an executor needs; `settle` commits or releases the reservation afterwards. An
+approved action goes through `authorize` again with the digest the approver saw: the approval
+satisfies `require_approval` blocks (high risk, or a limit configured to ask), any deny still denies.
+
+Reload: `reload(config)` swaps the policy in one assignment; a decision reads the policy once at
+its start, so it is made wholly under one version, recorded on the decision. Every decision is
+made under the policy current at decision time, in-flight cases included: they are re-checked at
+each step (and an approved action again at approval time), so tightening applies at once; a
+case's earlier decisions keep the versions they were made under. Why not let a case keep its
+starting version: a policy is usually tightened because something is going wrong, and a long or
+paused case would otherwise go on acting under the rules being withdrawn. A permit issued before
+a reload stays valid until it expires (`limits.permit_ttl_s`, a minute by default); counters in
+the ledger carry over, since they count what happened, not the rules.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 from opsagent.errors import ToolError
 from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, check_name
-from opsagent.policy.config import PolicyConfig
-from opsagent.policy.records import PolicyDecision, ToolCallRequest, args_digest
+from opsagent.policy.config import PolicyConfig, check_read_ref
+from opsagent.policy.ledger import ActionKey, SpendLedger
+from opsagent.policy.limits import LimitExceeded
+from opsagent.policy.permits import issue_permit, process_permit_key, verify_signature
+from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest, args_digest
 
 if TYPE_CHECKING:
     from opsagent.tools.registry import ToolRegistry
+
+
+@dataclass(frozen=True)
+class _Current:
+    """One policy version and what is derived from it; swapped whole on reload."""
+
+    config: PolicyConfig
+    version: str
+    validators: dict[str, Any] = field(default_factory=dict)  # tool name -> jsonschema validator
 
 
 class PolicyEngine:
     """Decides allow / require_approval / deny for every tool call the planner proposes."""
 
     def __init__(
-        self, config: PolicyConfig, registry: ToolRegistry, *, checks: Sequence[Check] = DEFAULT_CHECKS
+        self, config: PolicyConfig, registry: ToolRegistry, *, checks: Sequence[Check] = DEFAULT_CHECKS,
+        ledger: SpendLedger | None = None, permit_key: bytes | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        """`ledger`: the cluster's counters (default: in memory, this process only). `permit_key`:
+        shared with the executors (default: OPSAGENT_PERMIT_KEY or a per-process key)."""
+        self._current = _Current(config, config.version)  # the config is frozen: digest it once
         self.registry = registry
         self.checks = tuple(checks)
-        self.version = config.version  # the config is frozen: digest it once
-        self._validators: dict[str, Any] = {}
+        self.ledger = ledger if ledger is not None else SpendLedger()
+        self.permit_key = permit_key if permit_key is not None else process_permit_key()
+        self.clock = clock
+
+    @property
+    def config(self) -> PolicyConfig:
+        return self._current.config
+
+    @property
+    def version(self) -> str:
+        return self._current.version
+
+    def reload(self, config: PolicyConfig) -> str:
+        """Make `config` the policy for every decision from now on; returns its version."""
+        self._current = _Current(config, config.version)
+        return config.version
 
     def decide(self, request: ToolCallRequest) -> PolicyDecision:
-        """Run the checks in order; the first block decides, otherwise allow at the assessed risk."""
-        ctx = CheckContext(self.config, self.registry, self._validators)
-        ran: list[str] = []
+        """What the policy would decide now, changing nothing (no reservation, no permit)."""
+        return self._run(self._current, request, self.clock(), approved_by=None)[0]
 
-        def decision(verdict: str, risk: str | None, reasons: list[str]) -> PolicyDecision:
+    def authorize(
+        self, request: ToolCallRequest, *, approved_digest: str | None = None, approved_by: str | None = None
+    ) -> PolicyDecision:
+        """Decide; for an allow, reserve against the limits and attach a permit.
+
+        `approved_digest`: a human approved the action with this arguments digest (the caller
+        checked the approval); it must be this request's, and then require_approval blocks pass.
+        """
+        current, now = self._current, self.clock()
+        digest = args_digest(request.tool, request.args)
+        if approved_digest is not None and approved_digest != digest:
+            return PolicyDecision(
+                verdict="deny", risk=None, checks=[], policy_version=current.version, args_digest=digest,
+                reasons=["the approval was for other arguments than these; the action needs a new approval"],
+            )
+        approved = None if approved_digest is None else (approved_by or "an approver")
+        decision, ctx = self._run(current, request, now, approved_by=approved)
+        if decision.verdict != "allow":
+            return decision
+        limits_config = current.config.limits
+        expires = now + limits_config.permit_ttl_s
+        if ctx.reservation is not None:
+            entry, found = ctx.reservation
+            try:
+                usages = self.ledger.reserve(
+                    entry, found, now=now, hold_until=expires + limits_config.hold_grace_s,
+                    approved=approved is not None,
+                )
+            except LimitExceeded as err:  # another call took the budget since the check
+                blocked = "deny" if err.on_exceed == "deny" else "require_approval"
+                return decision.model_copy(update={
+                    "verdict": blocked, "risk": decision.risk if blocked != "deny" else None,
+                    "reasons": [str(err)], "limits": err.consulted,
+                })
+            except Exception as err:  # noqa: BLE001 - fail closed: no counted budget, no permit
+                return decision.model_copy(update={
+                    "verdict": "deny", "risk": None, "reasons": [f"limits could not be counted: {err}"],
+                })
+            decision = decision.model_copy(update={"limits": usages})
+        permit = issue_permit(
+            tool=request.tool, args_digest=digest, case_id=request.case_id, step=request.step,
+            policy_version=current.version, key=self.permit_key, ttl_s=limits_config.permit_ttl_s, now=now,
+        )
+        return decision.model_copy(update={"permit": permit})
+
+    def settle(
+        self, permit: Permit, *, executed: bool
+    ) -> Literal["committed", "late", "released", "untracked"]:
+        """After the call: `executed` (it ran, or may have) commits its reservation, else releases it.
+
+        Raises PermitError for a permit this policy did not sign.
+        """
+        verify_signature(permit, self.permit_key)
+        key = ActionKey(permit.case_id, permit.step, permit.args_digest)
+        if executed:
+            return self.ledger.commit(key, now=self.clock())
+        return "released" if self.ledger.release(key) else "untracked"
+
+    def _run(
+        self, current: _Current, request: ToolCallRequest, now: float, *, approved_by: str | None
+    ) -> tuple[PolicyDecision, CheckContext]:
+        """Run the checks in order; the first block decides, otherwise allow at the assessed risk."""
+        ctx = CheckContext(current.config, self.registry, current.validators, ledger=self.ledger, now=now,
+                           approved=approved_by is not None)
+        ran: list[str] = []
+        waived: list[str] = []
+
+        def decision(verdict: str, risk: str | None, reasons: list[str]) -> tuple[PolicyDecision, CheckContext]:
             return PolicyDecision(
                 verdict=verdict,
                 risk=risk,
                 reasons=reasons,
                 checks=ran,
-                policy_version=self.version,
+                policy_version=current.version,
                 args_digest=args_digest(request.tool, request.args),
-            )
+                limits=ctx.limits,
+            ), ctx
 
         for check in self.checks:
             name = check_name(check)
@@ -55,10 +170,16 @@ class PolicyEngine:
                 continue
             if result.verdict not in ("deny", "require_approval") or result.risk not in (None, "low", "high"):
                 return decision("deny", None, [f"check {name} returned an invalid block: {result!r}"])
+            if result.verdict == "require_approval" and approved_by is not None:
+                waived.append(result.reason)
+                continue
             return decision(result.verdict, result.risk, [result.reason])
         if ctx.risk is None:
             return decision("deny", None, ["no check assessed the risk of this call"])
-        return decision("allow", ctx.risk, [f"{request.tool} is {ctx.risk} risk for {request.exception_type}"])
+        reason = f"{request.tool} is {ctx.risk} risk for {request.exception_type}"
+        if approved_by is not None:
+            return decision("allow", ctx.risk, [f"approved by {approved_by}", *(waived or [reason])])
+        return decision("allow", ctx.risk, [reason])
 
     def allowed_tools(self, exception_type: str) -> list[str]:
         """The class's allowlist, limited to tools the registry knows (for the planner's schema)."""
@@ -68,7 +189,8 @@ class PolicyEngine:
         return [name for name in class_policy.tools if self._registered(name)]
 
     def problems(self) -> list[str]:
-        """Mismatches between the policy and the registry (listed tool missing, unknown argument).
+        """Mismatches between the policy and the registry (listed tool missing, unknown argument,
+        a cross-record constraint on a read the class can never make).
 
         Each one would deny at run time; call this at startup or in CI to catch typos early.
         """
@@ -81,6 +203,10 @@ class PolicyEngine:
                 known = set(self.registry.get(tool).parameters.get("properties", {}))
                 for arg in sorted(tool_policy.named_args() - known):
                     found.append(f"{class_name}: {tool} has no argument {arg!r}")
+                for ref in sorted(tool_policy.read_refs()):
+                    source = check_read_ref(ref)[0]
+                    if source not in class_policy.tools:
+                        found.append(f"{class_name}: {tool} compares with {ref}, but {source} is not allowed")
         return found
 
     def _registered(self, name: str) -> bool:
@@ -89,3 +215,4 @@ class PolicyEngine:
         except ToolError:
             return False
         return True
+

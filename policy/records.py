@@ -1,4 +1,5 @@
-"""The policy's typed input (a proposed tool call) and output (a decision)."""
+"""The policy's typed input (a proposed tool call) and output (a decision, the limits it consulted,
+and for an allowed call the permit an executor needs)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,37 @@ class ToolCallRequest(BaseModel, frozen=True):
     tool: str = Field(description="The tool name.")
     args: dict[str, Any] = Field(description="The tool's arguments, exactly as they would be sent.")
     entities: dict[str, str] = Field(description='The entities named in the case, e.g. {"shipment_id": "SHP-1"}.')
+    observations: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What the case has read so far: tool name -> body of its last successful result. "
+        "Cross-record constraints (eq_read, le_read, ...) and `reads` compare against these.",
+    )
+
+
+class LimitUsage(BaseModel, frozen=True):
+    """One limit the policy consulted for a call: what it limits, the value with this call, the limit."""
+
+    what: str = Field(description='What is limited, e.g. "daily spend on billing_credit for billing (EUR)".')
+    value: float = Field(description="The total this call would bring it to (spend, or calls in the window).")
+    limit: float = Field(description="The configured limit.")
+    exceeded: bool = Field(description="True if value > limit.")
+
+
+class Permit(BaseModel, frozen=True):
+    """The policy's signed leave to run exactly one action; executors refuse writes without one.
+
+    Signed with HMAC-SHA256 over every other field (see `policy.permits`).
+    """
+
+    tool: str = Field(description="The tool the permit is for.")
+    args_digest: str = Field(description="args_digest(tool, args) of the exact arguments allowed.")
+    case_id: str = Field(description="The case the action belongs to.")
+    step: int = Field(description="The case's step that proposed the action.")
+    issued_at: float = Field(description="Unix time the permit was issued.")
+    expires_at: float = Field(description="Unix time after which the permit is void.")
+    policy_version: str = Field(description="The policy version that allowed the action.")
+    nonce: str = Field(description="Random, so no two permits are alike.")
+    signature: str = Field(description="Hex HMAC-SHA256 of the other fields under the policy's permit key.")
 
 
 class PolicyDecision(BaseModel, frozen=True):
@@ -31,6 +63,12 @@ class PolicyDecision(BaseModel, frozen=True):
     checks: list[str] = Field(description="Names of the checks that ran, in order.")
     policy_version: str = Field(description="Digest of the policy content that decided.")
     args_digest: str = Field(description="sha256 of the canonical JSON of {tool, args}.")
+    limits: list[LimitUsage] = Field(
+        default_factory=list, description="The spending and rate limits consulted, with their values."
+    )
+    permit: Permit | None = Field(
+        None, description="For an allow from PolicyEngine.authorize: the permit the executor needs; else None."
+    )
 
 
 def canonical_json(value: Any) -> str:

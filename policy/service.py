@@ -12,7 +12,7 @@ from typing import Any
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity
-from opsagent.policy.records import PolicyDecision, ToolCallRequest
+from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 
 
 class PolicyService:
@@ -26,16 +26,20 @@ class PolicyService:
         return self.engine.allowed_tools(exception_type)
 
     def decide(self, request: ToolCallRequest) -> PolicyDecision:
-        decision = self.engine.decide(request)
+        """Authorize a call: an allow carries a permit (and reserves against the limits); a held
+        action is allowed only with a human approval of exactly these arguments."""
+        decision = self.engine.authorize(request)
         if decision.verdict != "require_approval":
             return decision
         granted = self.approvals.approved(request.case_id, request.step, decision.args_digest)
         if granted is None:
             return decision
-        return decision.model_copy(update={
-            "verdict": "allow",
-            "reasons": [f"approved by {granted.approver} ({granted.approval_id})", *decision.reasons],
-        })
+        return self.engine.authorize(request, approved_digest=granted.args_digest,
+                                     approved_by=f"{granted.approver} ({granted.approval_id})")
+
+    def settle(self, permit: Permit, *, executed: bool) -> str:
+        """After the call: commit its reserved spend if it ran (or may have), else release it."""
+        return self.engine.settle(permit, executed=executed)
 
     def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
                          preview: Any) -> ApprovalRequest:

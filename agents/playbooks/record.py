@@ -33,8 +33,9 @@ TRAINING_SEED = 1_000_003
 async def record(playbook: Playbook, platform: Platform, *, count: int, seed: int) -> list[Example]:
     """Run the gold resolution of `count` injected instances; return them as examples."""
     registry = platform.registry()
-    policy = LocalPolicy(PolicyEngine(load_default_policy(), registry))
-    executor = Executor(registry)
+    engine = PolicyEngine(load_default_policy(), registry)
+    policy = LocalPolicy(engine)
+    executor = Executor(registry, engine.permit_key)
     instances = inject_weight_mismatch(platform.base_urls, count=count, seed=seed, suspect_share=0.5)
     examples = []
     for inst in instances:

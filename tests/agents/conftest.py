@@ -49,7 +49,8 @@ class Harness:
         self.service = PolicyService(self.policy, ApprovalStore(":memory:"))
         self.runner = CaseRunner(
             planner or Planner(self.engine, builtin_playbooks(), registry), LocalPolicy(self.service),
-            Executor(registry), LocalTracer(self.traces), registry, max_steps=max_steps,
+            Executor(registry, self.policy.permit_key), LocalTracer(self.traces), registry,
+            max_steps=max_steps,
         )
 
     def run(self, inst: InjectedException) -> Case:

@@ -8,6 +8,7 @@ import time
 
 import httpx
 import pytest
+import ray
 
 from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
@@ -42,7 +43,7 @@ def scenario(ray_runtime, platform, tmp_path_factory):
     url = system.serve(port=_free_port())
     tokens = TokenStore(system.tokens_path)
     auth = {role: {"Authorization": f"Bearer {tokens.add(role, [role])}"}
-            for role in ("submitter", "approver", "auditor")}
+            for role in ("submitter", "approver", "auditor", "admin")}
     yield dict(system=system, url=url, traces=traces, good=good, suspect=suspect, risky=risky,
                auth=auth, cases={})
     system.stop()
@@ -202,3 +203,26 @@ def test_approvals_cli_lists_and_refuses_a_second_decision(scenario, capsys, mon
     monkeypatch.setenv("OPSAGENT_TOKEN", "oat_forged")
     assert cli(["approvals", "list", "--url", scenario["url"]]) == 2
     assert "401" in capsys.readouterr().err
+
+
+def test_policy_reloads_without_a_restart_and_applies_at_once(scenario, platform):
+    """Admins replace the policy over the API; the next decision uses it and records its version."""
+    from importlib import resources
+
+    original = resources.files("opsagent.policy").joinpath("default.yaml").read_text()
+    tightened = original.replace("tms_open_weight_dispute:", "tms_open_weight_dispute_disabled:", 1)
+    with _client(scenario, "auditor") as auditor:
+        before = auditor.get("/v1/policy").json()["version"]
+        assert auditor.put("/v1/policy", json={"yaml": tightened}).status_code == 403
+    with _client(scenario, "admin") as admin:
+        bad = admin.put("/v1/policy", json={"yaml": "classes: [not, a, mapping]"})
+        assert bad.status_code == 422
+        r = admin.put("/v1/policy", json={"yaml": tightened})
+        assert r.status_code == 200 and r.json()["version"] != before
+        assert admin.get("/v1/policy").json()["version"] == r.json()["version"]
+        policy = scenario["system"].handles["policy"]
+        try:
+            allowed = ray.get(policy.allowed_tools.remote("weight_mismatch"))
+            assert "tms_open_weight_dispute" not in allowed and "wms_get_shipment" in allowed
+        finally:
+            assert admin.put("/v1/policy", json={"yaml": original}).json()["version"] == before

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from opsagent.policy import PolicyEngine, ToolCallRequest, load_default_policy
+from opsagent.policy import PolicyConfig, PolicyEngine, ToolCallRequest, load_default_policy
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolSpec
 
@@ -61,12 +61,22 @@ SPECS = [
         reversible=False,
     ),
     _spec("wms_request_rescan", "POST", {"shipment_id": _ID, "reason": _REASON}),
+    # a money-moving tool and its system-of-record read, for limits and cross-record checks
+    _spec("billing_get_invoice", "GET", {"invoice_id": _ID}),
+    _spec(
+        "billing_issue_credit",
+        "POST",
+        {"invoice_id": _ID, "amount": {"type": "number"}, "currency": {"type": "string"}, "reason": _REASON},
+        reversible=False,
+    ),
 ]
 
 
 @pytest.fixture(scope="session")
 def registry() -> ToolRegistry:
-    return ToolRegistry(SPECS, {"wms": "http://wms.test", "tms": "http://tms.test"})
+    return ToolRegistry(
+        SPECS, {"wms": "http://wms.test", "tms": "http://tms.test", "billing": "http://billing.test"}
+    )
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +94,87 @@ def make_request() -> Callable[..., ToolCallRequest]:
             "tool": tool,
             "args": {"shipment_id": "SHP-1"} if args is None else args,
             "entities": {"shipment_id": "SHP-1"},
+        }
+        fields.update(kw)
+        return ToolCallRequest(**fields)
+
+    return make
+
+
+BILLING = """
+limits:
+  currency: EUR
+  spend_per_day: {cluster_day}
+  calls_per_minute: {cluster_rate}
+  on_exceed: deny
+  permit_ttl_s: 60
+  hold_grace_s: 240
+classes:
+  billing_dispute:
+    calls_per_minute: {class_rate}
+    tools:
+      billing_get_invoice: {{risk: low, scope: [invoice_id]}}
+      billing_issue_credit:
+        risk: low
+        high_if: [{{arg: amount, above: 200}}]
+        scope: [invoice_id]
+        constraints:
+          amount: {{le_read: billing_get_invoice.open_amount}}
+        spend:
+          arg: amount
+          currency_arg: currency
+          per_action: {per_action}
+          per_case: {per_case}
+          per_day: {per_day}
+          on_exceed: {on_exceed}
+        calls_per_minute: {tool_rate}
+"""
+BILLING_DEFAULTS = {
+    "cluster_day": 1000, "cluster_rate": "null", "class_rate": "null", "per_action": 300, "per_case": 400,
+    "per_day": 800, "on_exceed": "null", "tool_rate": "null",
+}
+
+
+@pytest.fixture(scope="session")
+def billing_policy() -> Callable[..., PolicyConfig]:
+    """The billing_dispute policy with a credit tool under spend limits; keyword overrides per field."""
+
+    def make(**overrides: Any) -> PolicyConfig:
+        return PolicyConfig.from_yaml(BILLING.format(**{**BILLING_DEFAULTS, **overrides}))
+
+    return make
+
+
+class Clock:
+    """A settable clock for engines and ledgers (unix seconds), starting at noon UTC."""
+
+    def __init__(self, now: float = 1_779_969_600.0) -> None:  # 2026-05-28 12:00 UTC
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(scope="session")
+def credit() -> Callable[..., ToolCallRequest]:
+    """A credit request on invoice INV-1 whose read shows `open_amount` still open."""
+
+    def make(case_id: str = "CASE-1", step: int = 1, amount: float = 100, currency: str = "EUR", *,
+             open_amount: float = 10_000, **kw: Any) -> ToolCallRequest:
+        fields: dict[str, Any] = {
+            "case_id": case_id, "exception_type": "billing_dispute", "step": step,
+            "tool": "billing_issue_credit",
+            "args": {"invoice_id": "INV-1", "amount": amount, "currency": currency, "reason": "overbilled"},
+            "entities": {"invoice_id": "INV-1"},
+            "observations": {"billing_get_invoice": {"invoice_id": "INV-1", "open_amount": open_amount}},
         }
         fields.update(kw)
         return ToolCallRequest(**fields)

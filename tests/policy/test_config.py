@@ -36,7 +36,10 @@ def test_default_policy_weight_mismatch_tiers() -> None:
     assert "tms_withdraw_weight_dispute" not in tools
     dispute = tools["tms_open_weight_dispute"]
     assert dispute.scope == {"shipment_id": "shipment_id"}
-    assert dispute.constraints["claimed_weight_kg"] == ArgConstraint(gt=0, le=10000)
+    assert dispute.constraints["claimed_weight_kg"] == ArgConstraint(
+        gt=0, le=10000, eq_read="wms_get_shipment.scanned_weight_kg"
+    )
+    assert dispute.reads == {"wms_get_shipment.scale_check": ArgConstraint(one_of=["passed"])}
     assert dispute.constraints["reason"].max_length == 500
 
 

@@ -13,8 +13,12 @@ from opsagent.policy import (
     load_default_policy,
 )
 
-ALL_CHECKS = ["known_class", "allowlisted", "registered", "schema_valid", "constraints", "scope", "risk_tier"]
+ALL_CHECKS = [
+    "known_class", "allowlisted", "registered", "schema_valid", "constraints", "scope", "cross_record",
+    "within_limits", "risk_tier",
+]
 DISPUTE = {"shipment_id": "SHP-1", "claimed_weight_kg": 12.5, "reason": "scale says 12.5"}
+READ = {"wms_get_shipment": {"shipment_id": "SHP-1", "scanned_weight_kg": 12.5, "scale_check": "passed"}}
 ADJUST = {"shipment_id": "SHP-1", "billed_weight_kg": 12.5, "reason": "carrier accepted dispute"}
 
 
@@ -28,7 +32,7 @@ def test_low_risk_read_is_allowed(engine, make_request) -> None:
 
 
 def test_low_risk_write_is_allowed(engine, make_request) -> None:
-    assert engine.decide(make_request("tms_open_weight_dispute", DISPUTE)).verdict == "allow"
+    assert engine.decide(make_request("tms_open_weight_dispute", DISPUTE, observations=READ)).verdict == "allow"
 
 
 def test_high_risk_requires_approval(engine, make_request) -> None:

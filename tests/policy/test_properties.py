@@ -65,6 +65,7 @@ def test_dispute_allowed_only_within_limits(engine, weight, reason) -> None:
     request = ToolCallRequest(
         case_id="C", exception_type="weight_mismatch", step=1, tool="tms_open_weight_dispute", args=args,
         entities={"shipment_id": "SHP-1"},
+        observations={"wms_get_shipment": {"scanned_weight_kg": weight, "scale_check": "passed"}},
     )
     within = (
         not isinstance(weight, bool) and 0 < weight <= 10000 and 1 <= len(reason) <= 500

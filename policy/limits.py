@@ -1,0 +1,163 @@
+"""Spending and rate limits: how the policy file states them, which apply to a call, one error type.
+
+Spend is read from the argument a tool's `spend` block names; every spend limit in a policy is in
+the one currency `limits.currency` (a call in another currency is denied: no conversion). Scopes:
+
+- per action: the call's own amount;
+- per case: this case's spend on the tool (for this exception class);
+- per day: the whole cluster's spend on the tool for the class, and (`limits.spend_per_day`)
+  on every tool of every class, per UTC day;
+- rate: calls per minute to the tool for the class (`calls_per_minute` on the tool), for the class
+  (on the class), and for the whole cluster (`limits.calls_per_minute`).
+
+Counting happens in `policy.ledger`; a limit that would be exceeded raises `LimitExceeded`, which
+the check chain turns into a deny (or `require_approval` when the limit's `on_exceed` says so).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from opsagent.errors import PolicyError
+from opsagent.policy.records import LimitUsage
+
+if TYPE_CHECKING:
+    from opsagent.policy.config import PolicyConfig
+    from opsagent.policy.records import ToolCallRequest
+
+OnExceed = Literal["deny", "require_approval"]
+Window = Literal["action", "case", "day", "minute"]
+
+MAX_AMOUNT = 1e12  # amounts are counted in millionths in a 64-bit integer
+
+_Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpendPolicy(BaseModel):
+    """A tool that moves money: the argument carrying the amount, and how much may move."""
+
+    model_config = _Strict
+
+    arg: str = Field(description="The argument carrying the amount (a number >= 0, in limits.currency).")
+    currency_arg: str | None = Field(
+        None, description="The argument naming the currency; its value must equal limits.currency."
+    )
+    per_action: float | None = Field(None, ge=0, description="The most one call may spend.")
+    per_case: float | None = Field(None, ge=0, description="The most one case may spend on this tool.")
+    per_day: float | None = Field(
+        None, ge=0, description="The most the whole cluster may spend on this tool for this class per UTC day."
+    )
+    on_exceed: OnExceed | None = Field(
+        None,
+        description="deny or require_approval when one of these limits is exceeded; default limits.on_exceed.",
+    )
+
+
+class LimitsConfig(BaseModel):
+    """Cluster-wide limits and how limits behave (the policy file's top-level `limits`)."""
+
+    model_config = _Strict
+
+    currency: str = Field("EUR", description="The currency every spend limit is written in.")
+    spend_per_day: float | None = Field(
+        None, ge=0, description="The most the whole cluster may spend per UTC day, all tools and classes."
+    )
+    calls_per_minute: int | None = Field(
+        None, ge=0, description="The most tool calls the whole cluster may be allowed per minute."
+    )
+    on_exceed: OnExceed = Field(
+        "deny", description="What exceeding a limit does unless the limit says otherwise."
+    )
+    permit_ttl_s: float = Field(
+        60, gt=0, description="An allow's permit expires this many seconds after issue."
+    )
+    hold_grace_s: float = Field(
+        300, ge=0,
+        description="An uncommitted reservation keeps its budget this long after its permit expires "
+        "(covers a call still in flight); then it lapses.",
+    )
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One limit applying to one call, and which recorded actions count against it."""
+
+    what: str
+    kind: Literal["spend", "calls"]
+    window: Window
+    limit: float
+    on_exceed: OnExceed
+    tool: str | None = None  # count only this tool's actions (None: every tool)
+    exception_type: str | None = None  # count only this class's actions (None: every class)
+
+
+class LimitExceeded(PolicyError):
+    """A call would exceed a limit: what was limited, the value it would reach, and the limit."""
+
+    def __init__(
+        self, what: str, value: float, limit: float, *, on_exceed: OnExceed = "deny",
+        consulted: list[LimitUsage] | None = None,
+    ) -> None:
+        super().__init__(f"{what}: {value:g} would exceed the limit of {limit:g}")
+        self.what, self.value, self.limit = what, value, limit
+        self.on_exceed = on_exceed
+        self.consulted = consulted or []
+
+
+def limits_for(config: PolicyConfig, request: ToolCallRequest) -> tuple[list[Limit], float, str | None]:
+    """The limits that apply to `request`, the amount it spends and its currency (None: spends nothing).
+
+    The request must already be known to be allowlisted. Raises ValueError for an amount or
+    currency the policy cannot count (missing, not a finite number >= 0, another currency).
+    """
+    settings = config.limits
+    class_policy = config.classes[request.exception_type]
+    tool_policy = class_policy.tools[request.tool]
+    tool, cls = request.tool, request.exception_type
+    found: list[Limit] = []
+    amount, currency = 0.0, None
+    spend = tool_policy.spend
+    if spend is not None:
+        amount, currency = spend_amount(spend, settings.currency, request.args)
+        on = spend.on_exceed or settings.on_exceed
+        cur = settings.currency
+        for window, bound, what in (
+            ("action", spend.per_action, f"spend per action on {tool} ({cur})"),
+            ("case", spend.per_case, f"spend on {tool} in case {request.case_id} ({cur})"),
+            ("day", spend.per_day, f"daily spend on {tool} for {cls} ({cur})"),
+        ):
+            if bound is not None:
+                found.append(Limit(what, "spend", window, bound, on, tool, cls))
+        if settings.spend_per_day is not None:
+            found.append(Limit(f"daily spend, whole cluster ({cur})", "spend", "day",
+                               settings.spend_per_day, settings.on_exceed))
+    for bound, what, scope_tool, scope_class in (
+        (tool_policy.calls_per_minute, f"calls per minute to {tool} for {cls}", tool, cls),
+        (class_policy.calls_per_minute, f"calls per minute for {cls}", None, cls),
+        (settings.calls_per_minute, "calls per minute, whole cluster", None, None),
+    ):
+        if bound is not None:
+            found.append(Limit(what, "calls", "minute", bound, settings.on_exceed, scope_tool, scope_class))
+    return found, amount, currency
+
+
+def spend_amount(spend: SpendPolicy, currency: str, args: dict[str, Any]) -> tuple[float, str]:
+    """The amount and currency a call spends; ValueError if the policy cannot count it."""
+    if spend.arg not in args:
+        raise ValueError(f"the amount argument {spend.arg!r} is missing")
+    amount = args[spend.arg]
+    if isinstance(amount, bool) or not isinstance(amount, int | float) or not math.isfinite(amount):
+        raise ValueError(f"{spend.arg}={amount!r} is not a finite number")
+    if not 0 <= amount <= MAX_AMOUNT:
+        raise ValueError(f"{spend.arg}={amount!r} is outside 0..{MAX_AMOUNT:g}")
+    if spend.currency_arg is not None:
+        given = args.get(spend.currency_arg)
+        if given != currency:
+            raise ValueError(
+                f"{spend.currency_arg}={given!r}: spend limits are in {currency} and amounts are not converted"
+            )
+    return float(amount), currency
