@@ -6,6 +6,8 @@ with verdict `require_approval`, never an exception.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class OpsAgentError(Exception):
     """Base class of every opsagent error."""
@@ -29,6 +31,21 @@ class ToolCallError(OpsAgentError):
 
 class PolicyError(OpsAgentError):
     """The policy could not be evaluated (a bad policy file, a check that crashed)."""
+
+
+class LimitExceeded(PolicyError):
+    """A call would exceed a limit: what was limited, the value it would reach, and the limit.
+
+    Inside the policy's check chain it becomes a deny (or a hold for approval, per `on_exceed`);
+    `consulted` holds every limit looked at, for the trace.
+    """
+
+    def __init__(self, what: str, value: float, limit: float, *, on_exceed: str = "deny",
+                 consulted: list[Any] | None = None) -> None:
+        super().__init__(f"{what}: {value:g} would exceed the limit of {limit:g}")
+        self.what, self.value, self.limit = what, value, limit
+        self.on_exceed = on_exceed
+        self.consulted = consulted or []
 
 
 class PermitError(PolicyError):

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsagent.errors import PolicyError
+from opsagent.errors import LimitExceeded  # noqa: F401  (re-exported: policy.limits.LimitExceeded)
 from opsagent.policy.records import LimitUsage
 
 if TYPE_CHECKING:
@@ -93,19 +93,6 @@ class Limit:
     on_exceed: OnExceed
     tool: str | None = None  # count only this tool's actions (None: every tool)
     exception_type: str | None = None  # count only this class's actions (None: every class)
-
-
-class LimitExceeded(PolicyError):
-    """A call would exceed a limit: what was limited, the value it would reach, and the limit."""
-
-    def __init__(
-        self, what: str, value: float, limit: float, *, on_exceed: OnExceed = "deny",
-        consulted: list[LimitUsage] | None = None,
-    ) -> None:
-        super().__init__(f"{what}: {value:g} would exceed the limit of {limit:g}")
-        self.what, self.value, self.limit = what, value, limit
-        self.on_exceed = on_exceed
-        self.consulted = consulted or []
 
 
 def limits_for(config: PolicyConfig, request: ToolCallRequest) -> tuple[list[Limit], float, str | None]:
