@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from opsagent.errors import LimitExceeded  # noqa: F401  (re-exported: policy.limits.LimitExceeded)
-from opsagent.policy.records import LimitUsage
 
 if TYPE_CHECKING:
     from opsagent.policy.config import PolicyConfig
