@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from opsagent.agents.tracing import cli as tracing_cli
 from opsagent.errors import OpsAgentError
 
 
@@ -21,12 +22,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=int, default=0, help="Serve HTTP port (default: a free one)")
     demo.add_argument("--timeout", type=float, default=900, help="seconds to wait for the cases")
 
-    traces = sub.add_parser("traces", help="query the trace store")
-    tsub = traces.add_subparsers(dest="traces_command", required=True)
-    sql = tsub.add_parser("sql", help="run DuckDB SQL over the views cases, actions, approvals, ...")
-    sql.add_argument("query", help="SQL, e.g. \"SELECT status, count(*) FROM cases GROUP BY 1\"")
-    sql.add_argument("--traces", type=Path, default=Path("traces"), help="trace folder")
-    sql.add_argument("--csv", action="store_true", help="CSV with a header row")
+    tracing_cli.add_parser(sub)
     tokens = sub.add_parser("tokens", help="API tokens (stored hashed in STATE/tokens.json)")
     ksub = tokens.add_subparsers(dest="tokens_command", required=True)
     add = ksub.add_parser("add", help="create a token and print it once")
@@ -61,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
             return run_demo(cases=args.cases, traces=args.traces, seed=args.seed,
                             config_path=args.config, port=args.port, timeout_s=args.timeout)
-        if args.command == "traces" and args.traces_command == "sql":
-            from opsagent.agents.tracing.report import print_query
-
-            return print_query(args.traces, args.query, csv=args.csv)
+        if args.command in tracing_cli.COMMANDS:
+            return tracing_cli.run(args)
         if args.command == "tokens":
             from opsagent.policy.identity import TokenStore
 

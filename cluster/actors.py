@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -15,8 +16,9 @@ from opsagent.agents.engines.base import PlannerEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.planner import Planner, PlannerTurn
 from opsagent.agents.playbooks import Playbook
-from opsagent.agents.tracing.parquet import ParquetExporter
+from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.agents.tracing.records import TraceEvent
+from opsagent.errors import TraceError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
@@ -110,22 +112,33 @@ class ExecutorActor:
 
 @ray.remote
 class TraceWriterActor:
-    """Buffers trace events and publishes them as Parquet, at least every `flush_every_s`."""
+    """Acknowledges trace events once they are in its write-ahead log (fsynced); publishes them as
+    Parquet, exactly once, at least every `flush_every_s`; on start publishes what a killed
+    predecessor left in the log."""
 
-    def __init__(self, root: str, flush_every_s: float = 1.0) -> None:
-        self._exporter = ParquetExporter(Path(root))
+    def __init__(self, root: str, flush_every_s: float = 1.0, wal_dir: str | None = None) -> None:
+        self._writer = TraceWriter(root, wal_dir)  # recovers
         self._every = flush_every_s
         self._task: asyncio.Task | None = None
 
     async def export(self, events: Sequence[TraceEvent]) -> None:
-        self._exporter.export(events)
+        # in a thread: the fsync does not stall the actor, and concurrent exports share one fsync
+        await asyncio.to_thread(self._writer.export, events)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def flush(self) -> None:
-        self._exporter.flush()
+        await asyncio.to_thread(self._writer.flush)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        await asyncio.to_thread(self._writer.close)
 
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(self._every)
-            self._exporter.flush()
+            try:
+                await asyncio.to_thread(self._writer.flush)
+            except TraceError as err:  # e.g. disk full: events stay in the log, next tick retries
+                logging.getLogger(__name__).error("trace publish failed: %s", err)

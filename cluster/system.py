@@ -97,7 +97,7 @@ class OpsAgentSystem:
         if not self.handles:
             return
         try:
-            self.flush_traces()
+            ray.get(self.handles["tracer"].close.remote())  # publishes the log, releases its lock
         finally:
             try:
                 serve.shutdown()

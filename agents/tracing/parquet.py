@@ -1,13 +1,12 @@
 """The Parquet exporter: buffered records become `root/<table>/date=YYYY-MM-DD/part-<uuid>.parquet`.
 
 Files are written under a temporary name in the same folder, synced, then published with
-`os.replace`, so readers never see half a file.
+`os.replace` (`files.write_parquet`), so readers never see half a file. Buffered records are lost
+if the process dies before `flush`: for acknowledged, crash-safe writes use `TraceWriter`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import uuid
 from collections import defaultdict
@@ -15,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from opsagent.agents.tracing.exporters import TraceExporter
+from opsagent.agents.tracing.files import write_parquet
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.errors import TraceError
 
@@ -78,19 +77,9 @@ class ParquetExporter(TraceExporter):
         return self._count
 
     def _write(self, cls: type[TraceEvent], date: str, events: list[TraceEvent]) -> Path:
-        folder = self.root / cls.table / f"date={date}"
-        name = f"part-{uuid.uuid4().hex}.parquet"
-        tmp = folder / f".{name}.tmp"
+        path = self.root / cls.table / f"date={date}" / f"part-{uuid.uuid4().hex}.parquet"
         try:
             table = pa.Table.from_pylist([e.to_row() for e in events], schema=cls.arrow_schema())
-            folder.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as handle:
-                pq.write_table(table, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, folder / name)
+            return write_parquet(path, table)
         except (OSError, pa.ArrowException) as err:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             raise TraceError(f"cannot write {cls.table} for {date} under {self.root}: {err}") from err
-        return folder / name

@@ -2,6 +2,9 @@
 
 Column types follow the field types: str -> string, int -> int64, float -> float64,
 bool -> bool, datetime -> timestamp[us, UTC]; dict, list and Any fields are stored as JSON text.
+Every record carries a unique `event_id`; every row and file carries `SCHEMA_VERSION`
+(the `schema_version` column and the `opsagent.schema_version` file metadata).
+The tables, their columns and the rules for changing them are in SCHEMA.md next to this file.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import json
 import types
 import typing
+import uuid
 from datetime import UTC, datetime
 from functools import cache
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -32,32 +36,55 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def new_event_id() -> str:
+    """A fresh random event id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+SCHEMA_VERSION = 2
+"""Version of the trace schema: 1 had no `event_id` and no `schema_version`; see SCHEMA.md."""
+
+
 class TraceEvent(BaseModel):
-    """Base of every trace record: `table` names its table, `partition_by` its main timestamp."""
+    """Base of every trace record: `table` names its table, `partition_by` its main timestamp.
+
+    `event_id` identifies the record: a duplicate delivery has the same id and readers keep one.
+    A `model_copy` is a new record, so it gets a new id unless `update` names one.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     table: ClassVar[str]
     partition_by: ClassVar[str]
 
+    event_id: str = Field(default_factory=new_event_id, description="Unique id of this record.")
+
     def to_row(self) -> dict[str, Any]:
-        """The record as one Arrow row: JSON fields as text, None stays null."""
+        """The record as one Arrow row: JSON fields as text, None stays null, plus `schema_version`."""
         row = {}
         json_fields = _json_fields(type(self))
         for name in type(self).model_fields:
             value = getattr(self, name)
             row[name] = _to_json(value) if name in json_fields and value is not None else value
+        row["schema_version"] = SCHEMA_VERSION
         return row
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> typing.Self:
-        """Rebuild a record from a stored row (extra columns such as the partition are ignored)."""
+        """Rebuild a record from a stored row. Extra columns (the partition, `schema_version`) are
+        ignored; a column missing or null in an older file takes the field's default."""
         json_fields = _json_fields(cls)
         values = {}
-        for name in cls.model_fields:
+        for name, info in cls.model_fields.items():
             value = row.get(name)
+            if value is None and (info.default_factory is not None or name not in row):
+                continue
             values[name] = json.loads(value) if name in json_fields and value is not None else value
         return cls.model_validate(values)
+
+    def model_copy(self, *, update: typing.Mapping[str, Any] | None = None, deep: bool = False) -> typing.Self:
+        """A copy as a new record: a fresh `event_id` unless `update` sets one."""
+        return super().model_copy(update={"event_id": new_event_id(), **(update or {})}, deep=deep)
 
     @classmethod
     def arrow_schema(cls) -> pa.Schema:
@@ -195,7 +222,9 @@ def _arrow_schema(cls: type[TraceEvent]) -> pa.Schema:
     for name, info in cls.model_fields.items():
         arrow_type, nullable = _column_type(info.annotation)
         fields.append(pa.field(name, arrow_type or pa.string(), nullable=nullable or arrow_type is None))
-    return pa.schema(fields, metadata={"opsagent.table": cls.table})
+    fields.append(pa.field("schema_version", pa.int64(), nullable=False))
+    metadata = {"opsagent.table": cls.table, "opsagent.schema_version": str(SCHEMA_VERSION)}
+    return pa.schema(fields, metadata=metadata)
 
 
 def _to_json(value: Any) -> str:

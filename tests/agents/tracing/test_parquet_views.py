@@ -108,12 +108,13 @@ def test_cases_and_approvals_show_the_latest_row(tmp_path: Path) -> None:
 
 
 EXPECTED_COLUMNS = {
-    "case_events": list(CaseEvent.model_fields) + ["date"],
-    "cases": list(CaseEvent.model_fields) + ["date"],
-    "actions": list(ActionEvent.model_fields) + ["date"],
-    "planner_calls": list(PlannerCallEvent.model_fields) + ["date"],
-    "approvals": list(ApprovalEvent.model_fields) + ["date"],
-    "approval_events": list(ApprovalEvent.model_fields) + ["date"],
+    "case_events": list(CaseEvent.model_fields) + ["schema_version", "date"],
+    "cases": list(CaseEvent.model_fields) + ["schema_version", "date"],
+    "actions": list(ActionEvent.model_fields) + ["schema_version", "date"],
+    "planner_calls": list(PlannerCallEvent.model_fields) + ["schema_version", "date"],
+    "approvals": list(ApprovalEvent.model_fields) + ["schema_version", "date"],
+    "approval_events": list(ApprovalEvent.model_fields) + ["schema_version", "date"],
+    "events": ["case_id", "ts", "kind", "step", "summary", "event_id"],
 }
 
 

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from opsagent.agents.tracing import RECORD_TYPES, ActionEvent, CaseEvent, PlannerCallEvent
+from opsagent.agents.tracing.records import SCHEMA_VERSION
 
 T0 = datetime(2025, 3, 1, 23, 30, tzinfo=timezone.utc)
 
@@ -19,7 +20,9 @@ def test_tables_are_distinct_and_every_field_is_described() -> None:
 
 def test_schema_is_derived_from_fields() -> None:
     schema = ActionEvent.arrow_schema()
-    assert schema.names == list(ActionEvent.model_fields)
+    assert schema.names == [*ActionEvent.model_fields, "schema_version"]
+    assert schema.names[0] == "event_id" and not schema.field("event_id").nullable
+    assert schema.metadata[b"opsagent.schema_version"] == str(SCHEMA_VERSION).encode()
     assert schema.field("step").type == pa.int64()
     assert schema.field("executed").type == pa.bool_()
     assert schema.field("started_at").type == pa.timestamp("us", tz="UTC")
@@ -59,5 +62,21 @@ def test_row_round_trip() -> None:
     row = event.to_row()
     assert row["args"] == '{"a": [1, 2], "b": 1}' and row["result"] == '{"x": "2025-03-01T23:30:00Z"}'
     assert row["error"] is None and row["started_at"] == T0
+    assert row["event_id"] == event.event_id and row["schema_version"] == SCHEMA_VERSION
     back = ActionEvent.from_row(row | {"date": "2025-03-01"})
-    assert back.model_copy(update={"result": event.result}) == event
+    assert back.event_id == event.event_id
+    assert back.model_copy(update={"result": event.result, "event_id": event.event_id}) == event
+
+
+def test_every_record_has_its_own_event_id_and_a_copy_is_a_new_record() -> None:
+    first, second = _case(), _case()
+    assert len(first.event_id) == 32 and first.event_id != second.event_id
+    assert first.model_copy(update={"status": "planning"}).event_id != first.event_id
+    assert first.model_copy(update={"event_id": "same"}).event_id == "same"
+
+
+def test_row_of_a_file_older_than_a_column_takes_the_default() -> None:
+    row = _case().to_row()
+    del row["event_id"], row["schema_version"]
+    assert len(CaseEvent.from_row(row).event_id) == 32
+    assert len(CaseEvent.from_row(row | {"event_id": None}).event_id) == 32
