@@ -224,7 +224,8 @@ def _action_event(
 ) -> ActionEvent:
     return ActionEvent(
         case_id=case.case_id, step=step.step, tool=step.tool, args=step.args, risk=decision.risk,
-        decision=decision.verdict, reasons=decision.reasons, writes=writes, executed=step.executed,
+        decision=decision.verdict, reasons=decision.reasons,
+        limits=[u.model_dump() for u in decision.limits], writes=writes, executed=step.executed,
         dry_run=bool(result and result.dry_run), result=result.body if result else None,
         error=result.error if result else None, started_at=started,
         finished_at=result.finished_at if result else datetime.now(UTC),

@@ -41,8 +41,9 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-SCHEMA_VERSION = 2
-"""Version of the trace schema: 1 had no `event_id` and no `schema_version`; see SCHEMA.md."""
+SCHEMA_VERSION = 3
+"""Version of the trace schema: 1 had no `event_id` and no `schema_version`, 2 no `actions.limits`;
+see SCHEMA.md."""
 
 
 class TraceEvent(BaseModel):
@@ -129,6 +130,10 @@ class ActionEvent(TraceEvent):
     risk: str | None = Field(description="The policy's risk tier; None when denied before it was known.")
     decision: Literal["allow", "require_approval", "deny"] = Field(description="The policy's verdict.")
     reasons: list[str] = Field(description="The policy's reasons, deciding one first (stored as JSON).")
+    limits: list[Any] = Field(
+        default_factory=list,
+        description="Limits the policy consulted: what, value, limit, exceeded (stored as JSON).",
+    )
     writes: bool = Field(description="Whether the tool changes state in a system of record.")
     executed: bool = Field(description="Whether the call was sent to the system of record.")
     dry_run: bool = Field(description="Whether it was sent as a dry run.")

@@ -1,4 +1,4 @@
--- opsagent trace views, schema version 2 (see SCHEMA.md). Generated from the record
+-- opsagent trace views, schema version 3 (see SCHEMA.md). Generated from the record
 -- classes in agents/tracing/records.py by views.render_views_sql(): do not edit by hand.
 --
 -- The views read the trace folder named by the variable `traces` (default: ./traces) each time
@@ -50,6 +50,7 @@ SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (
       CAST(NULL AS VARCHAR) AS "risk",
       CAST(NULL AS VARCHAR) AS "decision",
       CAST(NULL AS VARCHAR) AS "reasons",
+      CAST(NULL AS VARCHAR) AS "limits",
       CAST(NULL AS BOOLEAN) AS "writes",
       CAST(NULL AS BOOLEAN) AS "executed",
       CAST(NULL AS BOOLEAN) AS "dry_run",

@@ -39,6 +39,9 @@ def test_gold_run_resolves_and_opens_the_dispute(harness, instance, platform):
     assert [(a.tool, a.writes) for a in actions] == [
         ("wms_get_shipment", False), ("tms_get_shipment", False), ("tms_open_weight_dispute", True)]
     assert all(a.policy_version == h.policy.config.version for a in actions)
+    # the cluster-wide rate limit was consulted (and counted) for every allowed call
+    assert all(u["limit"] == 600 and not u["exceeded"] for a in actions for u in a.limits)
+    assert all(a.limits for a in actions)
 
 
 def test_gold_run_escalates_when_the_scale_failed(harness, instance, platform):

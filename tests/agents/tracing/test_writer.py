@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from opsagent.agents.tracing import ActionEvent, query
+from opsagent.agents.tracing import SCHEMA_VERSION, ActionEvent, query
 from opsagent.agents.tracing.compaction import merge
 from opsagent.agents.tracing.writer import Recovery, TraceWriter, encode
 from opsagent.errors import TraceError
@@ -35,9 +35,9 @@ def test_export_then_flush_publishes_one_file_per_table_and_date(tmp_path: Path)
                      for d in ("2025-03-01", "2025-03-02")}
     assert_exactly_once(tmp_path, ids(events))
     assert query(tmp_path, "SELECT count(*) FROM actions")[1] == [(8,)]
-    assert query(tmp_path, "SELECT DISTINCT schema_version FROM case_events")[1] == [(2,)]
+    assert query(tmp_path, "SELECT DISTINCT schema_version FROM case_events")[1] == [(SCHEMA_VERSION,)]
     meta = pq.read_schema(written[0]).metadata
-    assert meta[b"opsagent.schema_version"] == b"2"
+    assert meta[b"opsagent.schema_version"] == str(SCHEMA_VERSION).encode()
 
 
 def test_acknowledged_events_survive_a_writer_that_never_flushed(tmp_path: Path) -> None:
