@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from opsagent.agents.tracing import cli as tracing_cli
+from opsagent.evals import cli as catalogue_cli
 from opsagent.errors import OpsAgentError
 
 
@@ -23,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=900, help="seconds to wait for the cases")
 
     tracing_cli.add_parser(sub)
+    catalogue_cli.add_parser(sub)
     tokens = sub.add_parser("tokens", help="API tokens (stored hashed in STATE/tokens.json)")
     ksub = tokens.add_subparsers(dest="tokens_command", required=True)
     add = ksub.add_parser("add", help="create a token and print it once")
@@ -59,6 +61,8 @@ def main(argv: list[str] | None = None) -> int:
                             config_path=args.config, port=args.port, timeout_s=args.timeout)
         if args.command in tracing_cli.COMMANDS:
             return tracing_cli.run(args)
+        if args.command == "catalogue":
+            return catalogue_cli.run(args)
         if args.command == "tokens":
             from opsagent.policy.identity import TokenStore
 

@@ -22,6 +22,11 @@ class PlannerConfig(BaseModel):
     vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="vLLM settings.")
     openai: OpenAIEngineConfig | None = Field(default=None, description="Remote server settings.")
     max_tokens: int = Field(default=160, gt=0, description="Output budget of one planner step.")
+    warm_classes: list[str] | None = Field(
+        default=None,
+        description="Classes whose shared prompt prefix is computed at start-up (None: every "
+        "class with a playbook). Each costs a prefill and KV-cache space; list the busy ones.",
+    )
     actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0},
         description="Ray actor options, e.g. {num_gpus: 1} on a GPU node.",

@@ -74,6 +74,8 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
     traces.mkdir(parents=True, exist_ok=True)
     with private_tmpdir() as scratch, Platform(Path(scratch) / "platform") as platform:
         update: dict = {"traces_dir": traces}
+        if config.planner.warm_classes is None:  # the demo submits weight mismatches only
+            update["planner"] = config.planner.model_copy(update={"warm_classes": ["weight_mismatch"]})
         if config_path is None:  # the demo's approvals and tokens live and die with it
             update["state_dir"] = Path(scratch) / "state"
         config = config.model_copy(update=update)

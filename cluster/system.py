@@ -71,7 +71,8 @@ class OpsAgentSystem:
         self.handles = dict(planner=planner, policy=policy, executors=executors, tracer=tracer,
                             cases=cases)
         self.model = ray.get(planner.start.remote())
-        allowed = {c: ray.get(policy.allowed_tools.remote(c)) for c in self.playbooks}
+        warm = c.planner.warm_classes if c.planner.warm_classes is not None else list(self.playbooks)
+        allowed = {k: ray.get(policy.allowed_tools.remote(k)) for k in warm if k in self.playbooks}
         ray.get(planner.warm_up.remote(allowed))
         return self
 

@@ -3,16 +3,26 @@
 Used to record a playbook's worked examples from real runs on the sandbox platform, and by tests
 as a scripted engine's responder. It reads only what the planner reads (the messages), so a gold
 run goes through exactly the same policy, executor and trace path as a model's run.
+
+`gold_step` is weight_mismatch's gold written as logic over the conversation (it serves any
+instance of the class); `scripted_gold(instance, playbook)` serves any catalogue instance by
+replaying its gold actions (known when the instance was made) with the playbook's evidence as
+read so far.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from opsagent.agents.engines.base import GenerationRequest
 from opsagent.errors import InputError
+
+if TYPE_CHECKING:
+    from opsagent.agents.playbooks.model import Playbook
+    from opsagent.evals.catalogue import Instance
 
 _RESULT = re.compile(r"^Result of (\w+): (.*)$", re.S)
 _FAILED = re.compile(r"^(\w+) (?:failed|needs human approval)")
@@ -32,6 +42,33 @@ def conversation(request: GenerationRequest) -> tuple[str, dict[str, str], dict[
         elif m.role == "user" and (f := _FAILED.match(m.content)):
             results[f.group(1)] = None  # tried, did not succeed
     return match.group(1), json.loads(match.group(2)), results
+
+
+def steps_taken(request: GenerationRequest) -> int:
+    """How many planner outputs this case has had so far (its assistant turns)."""
+    messages = request.messages
+    start = max(i for i, m in enumerate(messages) if m.role == "user" and _CASE.match(m.content))
+    return sum(m.role == "assistant" for m in messages[start + 1:])
+
+
+def scripted_gold(instance: Instance, playbook: Playbook) -> Callable[[GenerationRequest], dict[str, Any]]:
+    """A responder that emits `instance`'s gold actions in order, then finishes with its outcome."""
+
+    def respond(request: GenerationRequest) -> dict[str, Any]:
+        _, _, results = conversation(request)
+        evidence = {}
+        for name, field in playbook.evidence.items():
+            tool, _, key = (field.source or "").partition(".")
+            read = results.get(tool)
+            value = read.get(key, field.unknown) if isinstance(read, dict) else field.unknown
+            evidence[name] = value if field.values is None or str(value) in field.values else field.unknown
+        taken, actions = steps_taken(request), instance.gold.actions
+        if taken < len(actions):
+            return {"evidence": evidence, "tool": actions[taken].tool, "args": dict(actions[taken].args)}
+        return {"evidence": evidence, "tool": "finish", "status": instance.gold.outcome,
+                "reason": instance.gold.reason}
+
+    return respond
 
 
 def gold_step(request: GenerationRequest) -> dict[str, Any]:

@@ -1,8 +1,11 @@
 """Record a playbook's worked examples: gold resolutions run for real on the sandbox platform.
 
-`python -m opsagent.agents.playbooks.record weight_mismatch` writes
-`weight_mismatch.examples.json` beside the playbook. The instances come from a training seed that
-the demo and the evals do not use, so the examples never contain an instance being scored.
+`python -m opsagent.agents.playbooks.record damage_claim` writes `damage_claim.examples.json`
+beside the playbook. The instances come from the exception catalogue with a training seed (see
+`evals/evalset.py`: held-out seeds are refused), so the examples never contain an instance being
+scored. Each gold runs through the real planner, policy, executor and trace path as a scripted
+planner; a high-risk gold step is held for approval like any other, approved (the gold is what a
+human approves) and the case resumed, so the example shows the step and its result.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from opsagent.agents.case import Case, ExceptionReport
+from opsagent.agents.case import Case, CaseStatus, ExceptionReport
 from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.local import LocalPolicy, LocalTracer
@@ -21,34 +24,49 @@ from opsagent.agents.playbooks.model import Example, Playbook, Turn, builtin_pla
 from opsagent.agents.prompts import observation_message
 from opsagent.agents.runner import CaseRunner
 from opsagent.agents.tracing.exporters import InMemoryExporter
-from opsagent.evals.gold import gold_step
+from opsagent.evals.catalogue import make, plant
+from opsagent.evals.evalset import require_training_seed
+from opsagent.evals.gold import scripted_gold
+from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.config import load_default_policy
 from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.identity import Identity, Role
+from opsagent.policy.service import PolicyService
 from opsagent.tools.platform.launcher import Platform
-from opsagent.tools.platform.scenarios import inject_weight_mismatch
 
 TRAINING_SEED = 1_000_003
+RECORDER = Identity(name="gold-recorder", roles=frozenset({Role.approver}))
 
 
-async def record(playbook: Playbook, platform: Platform, *, count: int, seed: int) -> list[Example]:
-    """Run the gold resolution of `count` injected instances; return them as examples."""
+async def record(playbook: Playbook, platform: Platform, *, count: int, seed: int,
+                 escalate_share: float = 0.5) -> list[Example]:
+    """Run the gold resolution of `count` catalogue instances; return them as examples."""
+    require_training_seed(seed)
     registry = platform.registry()
-    engine = PolicyEngine(load_default_policy(), registry)
-    policy = LocalPolicy(engine)
-    executor = Executor(registry, engine.permit_key)
-    instances = inject_weight_mismatch(platform.base_urls, count=count, seed=seed, suspect_share=0.5)
+    policy = PolicyEngine(load_default_policy(), registry)
+    service = PolicyService(policy, ApprovalStore(":memory:"))
+    executor = Executor(registry, policy.permit_key)
+    instances = make(playbook.exception_type, seed=seed, count=count, escalate_share=escalate_share)
+    plant(instances, platform)
     examples = []
+    bare = playbook.model_copy(update={"examples": []})
     for inst in instances:
-        engine = ScriptedEngine([gold_step] * playbook.max_steps)
-        bare = playbook.model_copy(update={"examples": []})
+        engine = ScriptedEngine([scripted_gold(inst, playbook)] * playbook.max_steps)
         planner = Planner(engine, {playbook.exception_type: bare}, registry)
-        runner = CaseRunner(planner, policy, executor, LocalTracer(InMemoryExporter()), registry,
-                            max_steps=playbook.max_steps)
+        runner = CaseRunner(planner, LocalPolicy(service), executor, LocalTracer(InMemoryExporter()),
+                            registry, max_steps=playbook.max_steps)
         report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,
                                  entities=inst.entities)
         case = await runner.run(Case(report=report))
-        if case.status.value != inst.expected_status:
-            raise RuntimeError(f"gold run of {inst.entities} ended {case.status}, expected {inst.expected_status}")
+        while case.status == CaseStatus.awaiting_approval:
+            held = service.get_approval(case.steps[-1].approval_id)
+            service.decide_approval(held.approval_id, identity=RECORDER, approve=True,
+                                    args_digest=held.args_digest, reason="gold resolution")
+            case = await runner.resume(case)
+        ran = [s.tool for s in case.steps]
+        if case.status.value != inst.gold.outcome or ran != [a.tool for a in inst.gold.actions]:
+            raise RuntimeError(f"gold run of {inst.instance_id} ended {case.status.value} after {ran} "
+                               f"({case.reason}); expected {inst.gold.outcome}")
         # One turn per model output; the last may be a finish (no observation follows it).
         observations = [observation_message(s, playbook.observe) for s in case.steps]
         observations += [None] * (len(engine.outputs) - len(observations))
@@ -63,11 +81,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("exception_type")
     parser.add_argument("--count", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=TRAINING_SEED)
+    parser.add_argument("--seed", type=int, default=TRAINING_SEED, help="a training seed (>= 1,000,000)")
+    parser.add_argument("--escalate-share", type=float, default=0.5, help="share of escalating examples")
     args = parser.parse_args()
     playbook = builtin_playbooks()[args.exception_type]
     with Platform() as platform:
-        examples = asyncio.run(record(playbook, platform, count=args.count, seed=args.seed))
+        examples = asyncio.run(record(playbook, platform, count=args.count, seed=args.seed,
+                                      escalate_share=args.escalate_share))
     out = Path(__file__).with_name(f"{args.exception_type}.examples.json")
     out.write_text(json.dumps([e.model_dump(mode="json") for e in examples], indent=1) + "\n")
     print(f"wrote {len(examples)} examples to {out}")

@@ -10,7 +10,7 @@ import pytest
 
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
-from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.config import PlannerConfig, SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
@@ -26,8 +26,9 @@ def _free_port() -> int:
 
 def test_weight_mismatches_end_to_end_on_the_embedded_model(ray_runtime, platform, tmp_path):
     instances = inject_weight_mismatch(platform, count=4, seed=424242, suspect_share=0.5)
-    system = OpsAgentSystem(SystemConfig(traces_dir=tmp_path, state_dir=tmp_path / "state"),
-                            platform.registry()).start()
+    config = SystemConfig(traces_dir=tmp_path, state_dir=tmp_path / "state",
+                          planner=PlannerConfig(warm_classes=["weight_mismatch"]))
+    system = OpsAgentSystem(config, platform.registry()).start()
     try:
         assert system.model == "SmolLM2-135M-Instruct"
         url = system.serve(port=_free_port())

@@ -11,6 +11,7 @@ import pytest
 import ray
 
 from opsagent.agents.engines import ScriptedEngine
+from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
 from opsagent.cli import main as cli
@@ -38,8 +39,10 @@ def scenario(ray_runtime, platform, tmp_path_factory):
     # warm-up + 3 calls per case + one more for each risky case once its approval is decided
     engine = ScriptedEngine([responder] * (1 + 3 * 6 + 2))
     traces, state = tmp_path_factory.mktemp("traces"), tmp_path_factory.mktemp("state")
+    # only weight_mismatch's playbook, so the warm-up is one call whatever the catalogue holds
     system = OpsAgentSystem(SystemConfig(traces_dir=traces, state_dir=state, executors=2),
-                            platform.registry(), engine=engine).start()
+                            platform.registry(), engine=engine,
+                            playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
     url = system.serve(port=_free_port())
     tokens = TokenStore(system.tokens_path)
     auth = {role: {"Authorization": f"Bearer {tokens.add(role, [role])}"}

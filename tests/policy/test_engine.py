@@ -160,7 +160,9 @@ def test_allowed_tools_skips_unregistered(registry) -> None:
 
 
 def test_problems(registry, engine) -> None:
-    assert engine.problems() == []
+    # the hand-built registry has weight_mismatch's tools; the whole default policy is checked
+    # against the real platform in test_default_policy_matches_the_platform_tools
+    assert [p for p in engine.problems() if p.startswith("weight_mismatch:")] == []
     config = PolicyConfig.from_yaml(
         "classes: {c: {tools: {ghost: {risk: low}, wms_get_shipment: {risk: low, scope: [shipment]}}}}"
     )

@@ -20,10 +20,11 @@ def warehouse_tools(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def test_operation_lists(carrier_tools, warehouse_tools):
-    assert set(carrier_tools) == {"tms_get_shipment", "tms_get_weight_dispute", "tms_open_weight_dispute",
-                                  "tms_withdraw_weight_dispute", "tms_adjust_billed_weight"}
-    assert set(warehouse_tools) == {"wms_get_shipment", "wms_get_scale", "wms_request_rescan",
-                                    "wms_cancel_rescan_request"}
+    # the weight-mismatch tools; the full lists of all four systems are in tests/tools/platform
+    assert {"tms_get_shipment", "tms_get_weight_dispute", "tms_open_weight_dispute",
+            "tms_withdraw_weight_dispute", "tms_adjust_billed_weight"} <= set(carrier_tools)
+    assert {"wms_get_shipment", "wms_get_scale", "wms_request_rescan",
+            "wms_cancel_rescan_request"} <= set(warehouse_tools)
     assert all(s.system == "carrier" for s in carrier_tools.values())
     assert not any(s.path.startswith("/_admin") for s in [*carrier_tools.values(), *warehouse_tools.values()])
 

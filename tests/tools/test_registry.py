@@ -11,7 +11,7 @@ def test_unknown_names_raise_tool_error(registry: ToolRegistry):
     with pytest.raises(ToolError, match="unknown tool 'tms_refund_everything'"):
         registry.get("tms_refund_everything")
     with pytest.raises(ToolError, match="unknown system"):
-        registry.base_url("billing")
+        registry.base_url("payroll")
     with pytest.raises(ToolError):
         registry.subset(["wms_get_shipment", "nope"])
 

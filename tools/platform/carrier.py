@@ -1,4 +1,6 @@
-"""The sandbox TMS: carrier shipments as billed, weight disputes and billing adjustments."""
+"""The sandbox TMS: carrier shipments as billed, weight disputes and billing adjustments; tracking,
+traces and label voids live in `carrier_tracking`, addresses and customs in `carrier_delivery`,
+pickups in `carrier_pickups`."""
 
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
+from opsagent.tools.platform import carrier_delivery, carrier_pickups, carrier_tracking
 from opsagent.tools.platform.store import (
     Change,
     Database,
     WriteOptions,
+    add_admin_upsert,
     admin_router,
     next_id,
     not_found,
@@ -28,7 +32,9 @@ CREATE TABLE IF NOT EXISTS shipments (
     shipment_id TEXT PRIMARY KEY, carrier TEXT NOT NULL, service_level TEXT NOT NULL,
     tracking_number TEXT NOT NULL, status TEXT NOT NULL, declared_weight_kg REAL NOT NULL,
     billed_weight_kg REAL NOT NULL, base_charge REAL NOT NULL, rate_per_kg REAL NOT NULL,
-    billed_amount REAL NOT NULL, currency TEXT NOT NULL, open_dispute_id TEXT
+    billed_amount REAL NOT NULL, currency TEXT NOT NULL, open_dispute_id TEXT,
+    order_id TEXT, label_status TEXT NOT NULL DEFAULT 'active', label_cost REAL NOT NULL DEFAULT 0,
+    open_trace_id TEXT
 );
 CREATE TABLE IF NOT EXISTS weight_disputes (
     dispute_id TEXT PRIMARY KEY, shipment_id TEXT NOT NULL REFERENCES shipments(shipment_id),
@@ -41,6 +47,16 @@ CREATE TABLE IF NOT EXISTS billing_adjustments (
     old_amount REAL NOT NULL, new_amount REAL NOT NULL, reason TEXT NOT NULL, created_at TEXT NOT NULL
 );
 """
+
+SCHEMA += carrier_tracking.SCHEMA + carrier_delivery.SCHEMA + carrier_pickups.SCHEMA
+# Columns whose values depend on time, on sequence counters or are free text: scoring compares
+# only whether they are set (see opsagent.evals.scoring).
+VOLATILE = {
+    "shipments": {"open_dispute_id", "open_trace_id"},
+    "weight_disputes": {"dispute_id", "reason"},
+    "billing_adjustments": {"adjustment_id", "reason"},
+    **carrier_tracking.VOLATILE, **carrier_delivery.VOLATILE, **carrier_pickups.VOLATILE,
+}
 
 ShipmentId = Annotated[str, PathParam(description="Shipment id, e.g. SHP-104233.")]
 DisputeId = Annotated[str, PathParam(description="Weight dispute id, e.g. WD-000007.")]
@@ -65,11 +81,16 @@ class Shipment(BaseModel):
 
 
 class ShipmentRecord(Shipment):
-    """Admin seeding input: a shipment plus its tariff (billed_amount is recomputed)."""
+    """Admin seeding input: a shipment plus its tariff (billed_amount is recomputed), its order and
+    its label."""
 
     base_charge: float = Field(ge=0)
     rate_per_kg: float = Field(gt=0)
     billed_amount: float = 0.0
+    order_id: str | None = None
+    label_status: Literal["active", "voided"] = "active"
+    label_cost: float = Field(0.0, ge=0, description="What the carrier charged for the label.")
+    open_trace_id: str | None = None
 
 
 class WeightDisputeIn(BaseModel):
@@ -212,11 +233,10 @@ def create_app(db_path: Path) -> FastAPI:
         return perform_write(db, operation="tms_adjust_billed_weight", options=options, apply=apply,
                              request={"shipment_id": shipment_id, **body.model_dump()})
 
-    @app.post("/_admin/shipments", include_in_schema=False)
-    def upsert_shipments(shipments: list[ShipmentRecord]) -> dict:
-        rows = [{**s.model_dump(), "billed_amount": amount(s.base_charge, s.rate_per_kg, s.billed_weight_kg)}
-                for s in shipments]
-        return {"upserted": db.upsert("shipments", "shipment_id", rows)}
-
+    carrier_tracking.add_routes(app, db)
+    carrier_delivery.add_routes(app, db)
+    carrier_pickups.add_routes(app, db)
+    add_admin_upsert(app, db, "shipments", ShipmentRecord, key="shipment_id", prepare=lambda s: {
+        **s.model_dump(), "billed_amount": amount(s.base_charge, s.rate_per_kg, s.billed_weight_kg)})
     app.include_router(admin_router(db))
     return app

@@ -1,4 +1,4 @@
-"""Run the WMS and TMS in-process on free loopback ports, for tests, evals and demos."""
+"""Run the four systems of record in-process on free loopback ports, for tests, evals and demos."""
 
 from __future__ import annotations
 
@@ -14,10 +14,16 @@ import uvicorn
 from fastapi import FastAPI
 
 from opsagent.errors import ToolCallError
-from opsagent.tools.platform import carrier, warehouse
+from opsagent.tools.platform import billing, carrier, ticketing, warehouse
 from opsagent.tools.registry import ToolRegistry
 
-SYSTEMS = {"warehouse": warehouse.create_app, "carrier": carrier.create_app}
+SYSTEMS = {"warehouse": warehouse.create_app, "carrier": carrier.create_app, "billing": billing.create_app,
+           "ticketing": ticketing.create_app}
+# Per system, table -> columns that are time-, sequence- or free-text-dependent (scoring masks them).
+VOLATILE = {"warehouse": warehouse.VOLATILE, "carrier": carrier.VOLATILE, "billing": billing.VOLATILE,
+            "ticketing": ticketing.VOLATILE}
+# Per system, tables that are commentary rather than state (scoring ignores them).
+COMMENTARY = {"ticketing": ticketing.COMMENTARY}
 
 
 class _Service:
@@ -44,11 +50,11 @@ class _Service:
 
 
 class Platform:
-    """Both systems of record, started on enter and stopped on exit.
+    """The four systems of record (WMS, TMS, ERP, ticketing), started on enter and stopped on exit.
 
-    Data lives in `data_dir/{warehouse,carrier}.sqlite` (a temporary folder, removed on exit, if
-    none is given), so a second Platform on the same folder sees the same data. Systems found
-    empty are seeded with `background` ordinary shipments from `seed`.
+    Data lives in `data_dir/<system>.sqlite` (a temporary folder, removed on exit, if none is
+    given), so a second Platform on the same folder sees the same data. Systems found empty are
+    seeded with `background` ordinary shipments (and their customers and invoices) from `seed`.
     """
 
     def __init__(self, data_dir: Path | str | None = None, *, seed: int = 0, background: int = 25,
@@ -86,7 +92,7 @@ class Platform:
             self._tmp = None
 
     def registry(self) -> ToolRegistry:
-        """Every tool both systems expose, read from their OpenAPI documents."""
+        """Every tool the systems expose, read from their OpenAPI documents."""
         return ToolRegistry.from_services(self.base_urls)
 
     def digest(self, system: str) -> dict:

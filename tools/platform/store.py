@@ -18,8 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, HTTPException, Query
+from fastapi import APIRouter, FastAPI, Header, HTTPException, Query
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 _LEDGER = """
 CREATE TABLE IF NOT EXISTS idempotency_keys (
@@ -93,11 +94,13 @@ class Database:
         return out
 
     def upsert(self, table: str, key: str, rows: list[dict[str, Any]]) -> int:
-        """Insert or update rows by primary key (HTTP 422 if a constraint fails)."""
+        """Insert or update rows by primary key, `key` being one column or several separated by
+        commas (HTTP 422 if a constraint fails)."""
         if not rows:
             return 0
         cols = list(rows[0])
-        sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c != key)
+        keys = {k.strip() for k in key.split(",")}
+        sets = ", ".join(f"{c}=excluded.{c}" for c in cols if c not in keys)
         sql = (f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES ({", ".join(":" + c for c in cols)}) '
                f"ON CONFLICT({key}) DO UPDATE SET {sets}")
         try:
@@ -123,6 +126,21 @@ def admin_router(db: Database) -> APIRouter:
     router.add_api_route("/snapshot", db.snapshot, methods=["GET"])
     router.add_api_route("/digest", db.digest, methods=["GET"])
     return router
+
+
+def add_admin_upsert(app: FastAPI, db: Database, name: str, model: type[BaseModel], *, key: str,
+                     table: str | None = None,
+                     prepare: Callable[[BaseModel], dict[str, Any]] | None = None) -> None:
+    """`POST /_admin/<name>`: upsert a list of `model` records into `table` (default `name`),
+    hidden from the OpenAPI document. `prepare` turns a record into its row (default: all fields)."""
+
+    def upsert(rows: list) -> dict:
+        data = [prepare(r) if prepare else r.model_dump() for r in rows]
+        return {"upserted": db.upsert(table or name.replace("-", "_"), key, data)}
+
+    upsert.__annotations__ = {"rows": list[model], "return": dict}  # FastAPI reads the body type here
+    app.add_api_route(f"/_admin/{name}", upsert, methods=["POST"], include_in_schema=False,
+                      name=f"admin_upsert_{name}")
 
 
 def row(conn: sqlite3.Connection, sql: str, *params: Any) -> dict[str, Any] | None:
@@ -217,3 +235,15 @@ def perform_write(
 def not_found(kind: str, key: str) -> HTTPException:
     """A 404 with a clear detail."""
     return HTTPException(status_code=404, detail=f"{kind} {key!r} not found")
+
+
+def conflict(detail: str) -> HTTPException:
+    """A 409: the record is not in a state that allows this change."""
+    return HTTPException(status_code=409, detail=detail)
+
+
+def insert(conn: sqlite3.Connection, table: str, record: dict[str, Any]) -> None:
+    """Insert one row whose keys are the table's columns."""
+    cols = list(record)
+    conn.execute(f'INSERT INTO "{table}" ({", ".join(cols)}) VALUES ({", ".join(":" + c for c in cols)})',
+                 record)

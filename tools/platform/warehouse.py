@@ -1,4 +1,5 @@
-"""The sandbox WMS: parcels as the warehouse scanned them, the scales that weighed them, rescans."""
+"""The sandbox WMS: orders, parcels as the warehouse scanned and dispatched them, the scales that
+weighed them, rescans; stock, cycle counts and stock adjustments live in `warehouse_stock`."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
+from opsagent.tools.platform import warehouse_stock
 from opsagent.tools.platform.store import (
     Change,
     Database,
     WriteOptions,
+    add_admin_upsert,
     admin_router,
+    conflict,
+    insert,
     next_id,
     not_found,
     perform_write,
@@ -32,7 +37,16 @@ CREATE TABLE IF NOT EXISTS shipments (
     shipment_id TEXT PRIMARY KEY, order_id TEXT NOT NULL, customer_id TEXT NOT NULL,
     site TEXT NOT NULL, scanned_weight_kg REAL NOT NULL, length_cm REAL NOT NULL,
     width_cm REAL NOT NULL, height_cm REAL NOT NULL, scanned_at TEXT NOT NULL,
-    scale_id TEXT NOT NULL REFERENCES scales(scale_id)
+    scale_id TEXT NOT NULL REFERENCES scales(scale_id),
+    dispatch_status TEXT NOT NULL DEFAULT 'shipped', dispatch_updated_at TEXT
+);
+CREATE TABLE IF NOT EXISTS orders (
+    order_id TEXT PRIMARY KEY, customer_id TEXT NOT NULL, site TEXT NOT NULL, status TEXT NOT NULL,
+    lines INTEGER NOT NULL, created_at TEXT NOT NULL, cancelled_at TEXT, cancel_reason TEXT
+);
+CREATE TABLE IF NOT EXISTS dispatch_changes (
+    change_id TEXT PRIMARY KEY, shipment_id TEXT NOT NULL REFERENCES shipments(shipment_id),
+    old_status TEXT NOT NULL, new_status TEXT NOT NULL, reason TEXT NOT NULL, created_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS rescan_requests (
     request_id TEXT PRIMARY KEY, shipment_id TEXT NOT NULL REFERENCES shipments(shipment_id),
@@ -41,8 +55,21 @@ CREATE TABLE IF NOT EXISTS rescan_requests (
 );
 """
 
+SCHEMA += warehouse_stock.SCHEMA
+# Columns whose values depend on time, on sequence counters or are free text: scoring compares
+# only whether they are set (see opsagent.evals.scoring).
+VOLATILE = {
+    "rescan_requests": {"request_id", "reason"},
+    "dispatch_changes": {"change_id", "reason"},
+    "shipments": {"dispatch_updated_at"},
+    **warehouse_stock.VOLATILE,
+}
+
 ShipmentId = Annotated[str, PathParam(description="Shipment id, e.g. SHP-104233.")]
 CheckResult = Literal["passed", "failed"]
+DispatchStatus = Literal["packed", "shipped", "delivered", "returned"]
+# Moves the WMS refuses: a parcel the warehouse still holds cannot have been delivered or returned.
+_IMPOSSIBLE = {("packed", "delivered"), ("packed", "returned")}
 
 
 class Scale(BaseModel):
@@ -68,6 +95,9 @@ class ShipmentRecord(BaseModel):
     height_cm: float = Field(gt=0)
     scanned_at: str
     scale_id: str
+    dispatch_status: DispatchStatus = Field(
+        "shipped", description="Where the parcel is as the warehouse knows it: packed (still on site), "
+        "shipped (handed to the carrier), delivered, returned.")
 
 
 class Shipment(ShipmentRecord):
@@ -83,6 +113,26 @@ class RescanRequestIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reason: str = Field(min_length=1, max_length=500, description="Why the parcel must be re-weighed.")
     priority: Literal["normal", "urgent"] = Field("normal", description="Floor priority.")
+
+
+class DispatchStatusIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    dispatch_status: DispatchStatus = Field(description="The new dispatch status.")
+    reason: str = Field(min_length=1, max_length=500, description="Why, e.g. the carrier's delivery scan.")
+
+
+class Order(BaseModel):
+    """A customer order as the warehouse fulfils it."""
+
+    order_id: str
+    customer_id: str
+    site: str
+    status: Literal["open", "picking", "shipped", "cancelled"] = Field(
+        description="cancelled: the customer or sales cancelled it; nothing may ship for it.")
+    lines: int = Field(ge=1, description="Number of order lines.")
+    created_at: str
+    cancelled_at: str | None = None
+    cancel_reason: str | None = None
 
 
 class RescanRequest(BaseModel):
@@ -183,13 +233,49 @@ def create_app(db_path: Path) -> FastAPI:
         return perform_write(db, operation="wms_cancel_rescan_request", options=options, apply=apply,
                              request={"request_id": request_id})
 
-    @app.post("/_admin/scales", include_in_schema=False)
-    def upsert_scales(scales: list[Scale]) -> dict:
-        return {"upserted": db.upsert("scales", "scale_id", [s.model_dump() for s in scales])}
+    @app.post("/shipments/{shipment_id}/dispatch-status", operation_id="wms_update_dispatch_status",
+              response_model=Shipment,
+              summary="Set where a parcel is as the warehouse records it (e.g. delivered, from the "
+              "carrier's delivery scan). A parcel still packed on site cannot become delivered or returned.",
+              responses={404: {"description": "Unknown shipment"},
+                         409: {"description": "Already in that status, or an impossible move"}},
+              openapi_extra={"x-opsagent-reversible": True,
+                             "x-opsagent-inverse": "wms_update_dispatch_status"})
+    def update_dispatch_status(shipment_id: ShipmentId, body: DispatchStatusIn,
+                               options: Annotated[WriteOptions, Depends(write_options)]):
+        def apply(conn: sqlite3.Connection) -> Change:
+            before = _shipment(conn, shipment_id)
+            old, new = before.dispatch_status, body.dispatch_status
+            if old == new:
+                raise conflict(f"Shipment {shipment_id!r} is already {new}")
+            if (old, new) in _IMPOSSIBLE:
+                raise conflict(f"Shipment {shipment_id!r} is still packed in the warehouse; "
+                               f"it cannot be {new}")
+            now = utc_now()
+            insert(conn, "dispatch_changes", {
+                "change_id": next_id(conn, "dispatch_changes", "DC"), "shipment_id": shipment_id,
+                "old_status": old, "new_status": new, "reason": body.reason, "created_at": now})
+            conn.execute("UPDATE shipments SET dispatch_status = ?, dispatch_updated_at = ? "
+                         "WHERE shipment_id = ?", (new, now, shipment_id))
+            after = _shipment(conn, shipment_id).model_dump(mode="json")
+            return Change(body=after, before=before.model_dump(mode="json"), after=after)
 
-    @app.post("/_admin/shipments", include_in_schema=False)
-    def upsert_shipments(shipments: list[ShipmentRecord]) -> dict:
-        return {"upserted": db.upsert("shipments", "shipment_id", [s.model_dump() for s in shipments])}
+        return perform_write(db, operation="wms_update_dispatch_status", options=options, apply=apply,
+                             request={"shipment_id": shipment_id, **body.model_dump()})
 
+    @app.get("/orders/{order_id}", operation_id="wms_get_order", response_model=Order,
+             summary="Get a customer order: its status (open, picking, shipped, cancelled) and, if "
+             "cancelled, when and why.", responses={404: {"description": "Unknown order"}})
+    def get_order(order_id: Annotated[str, PathParam(description="Order id, e.g. SO-4410021.")]) -> Order:
+        with db.read() as conn:
+            found = row(conn, "SELECT * FROM orders WHERE order_id = ?", order_id)
+        if found is None:
+            raise not_found("Order", order_id)
+        return Order(**found)
+
+    warehouse_stock.add_routes(app, db)
+    add_admin_upsert(app, db, "scales", Scale, key="scale_id")
+    add_admin_upsert(app, db, "shipments", ShipmentRecord, key="shipment_id")
+    add_admin_upsert(app, db, "orders", Order, key="order_id")
     app.include_router(admin_router(db))
     return app
