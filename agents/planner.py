@@ -75,7 +75,7 @@ class Planner:
     async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn:
         """Ask the engine for the next step of `case`, offering only `allowed_tools`."""
         playbook = self.playbook(case.report.exception_type)
-        if (done := _resolving_step(playbook, case)) is not None:
+        if (done := _concluding_step(playbook, case)) is not None:
             return PlannerTurn(step=done)
         request = self._request(playbook, case, allowed_tools, self.max_tokens)
         messages = request.messages
@@ -90,12 +90,19 @@ class Planner:
         return PlannerTurn(step=step, generation=generation, prompt_digest=digest)
 
 
-def _resolving_step(playbook: Playbook, case: Case) -> PlannedStep | None:
-    """`finish: resolved` once the last step was one of the playbook's resolving tools and succeeded."""
+def _concluding_step(playbook: Playbook, case: Case) -> PlannedStep | None:
+    """`finish` once the last step was one of the playbook's concluding tools and succeeded:
+    `resolve_on` resolves the case, `escalate_on` (a hand-off to humans) escalates it."""
     last = case.steps[-1] if case.steps else None
-    if last is None or not (last.executed and last.ok) or last.tool not in playbook.resolve_on:
+    if last is None or not (last.executed and last.ok):
         return None
-    return PlannedStep(evidence=last.evidence, tool=FINISH, status="resolved",
+    if last.tool in playbook.resolve_on:
+        status = "resolved"
+    elif last.tool in playbook.escalate_on:
+        status = "escalated"
+    else:
+        return None
+    return PlannedStep(evidence=last.evidence, tool=FINISH, status=status,
                        reason=f"{last.tool} succeeded: {compact(last.result)[:200]}")
 
 

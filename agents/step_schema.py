@@ -39,12 +39,27 @@ def succeeded(case: Case) -> dict[str, Any]:
     return {s.tool: s.result for s in case.steps if s.executed and s.ok}
 
 
-def offered_tools(playbook: Playbook, tools: list[ToolSpec], done: dict[str, Any]) -> list[ToolSpec]:
-    """The tools worth offering now: prerequisites met, not already done (unless repeatable)."""
+MAX_REFUSALS = 2
+
+
+def refused(case: Case) -> set[str]:
+    """Tools that failed or were denied `MAX_REFUSALS` times in this case: not offered again."""
+    counts: dict[str, int] = {}
+    for s in case.steps:
+        if s.verdict == "deny" or (s.executed and not s.ok):
+            counts[s.tool] = counts.get(s.tool, 0) + 1
+    return {tool for tool, n in counts.items() if n >= MAX_REFUSALS}
+
+
+def offered_tools(playbook: Playbook, tools: list[ToolSpec], done: dict[str, Any],
+                  blocked: set[str] = frozenset()) -> list[ToolSpec]:
+    """The tools worth offering now: prerequisites met, not already done (unless repeatable),
+    not refused repeatedly."""
     return [
         t for t in tools
         if all(p in done for p in playbook.prerequisites.get(t.name, ()))
         and (t.name not in done or t.name in playbook.repeatable)
+        and t.name not in blocked
     ]
 
 
@@ -78,7 +93,7 @@ def step_schema(playbook: Playbook, tools: list[ToolSpec], case: Case) -> dict:
     done = succeeded(case)
     evidence = evidence_schema(playbook, done)
     variants = [_tool_variant(t, evidence, _pins(playbook, t, case, done), playbook.max_string)
-                for t in offered_tools(playbook, tools, done)]
+                for t in offered_tools(playbook, tools, done, refused(case))]
     can_resolve = all(p in done for p in playbook.prerequisites.get(RESOLVED_KEY, ()))
     variants.append({
         "type": "object",

@@ -79,6 +79,11 @@ class Playbook(BaseModel):
         description="Tools whose success resolves the case: the planner then finishes it as "
         "resolved without another model call (the judgment was in choosing the tool).",
     )
+    escalate_on: list[str] = Field(
+        default_factory=list,
+        description="Tools whose success hands the case to humans (e.g. assigning the ticket to "
+        "a team): the planner then finishes it as escalated without another model call.",
+    )
     repeatable: list[str] = Field(
         default_factory=list,
         description="Tools offered again after they succeeded (others are offered once).",

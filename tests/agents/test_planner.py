@@ -112,3 +112,25 @@ def test_observation_shows_only_the_playbook_fields():
     assert "order_id" in observation_message(step)
     denied = Step(step=2, tool="x", verdict="deny", reasons=["not allowed"])
     assert observation_message(denied) == "Policy denied x: not allowed"
+
+
+def test_a_hand_off_to_humans_escalates_without_a_model_call(registry):
+    """escalate_on: once the ticket is assigned to a team, the case is escalated."""
+    case = _case()
+    case.report = case.report.model_copy(update={"exception_type": "tracking_stuck"})
+    case.steps.append(Step(step=1, tool="tkt_assign_ticket", executed=True, ok=True,
+                           result={"ticket_id": "TKT-1", "team": "carrier_relations"}))
+    engine = ScriptedEngine([])
+    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(case, ["tkt_assign_ticket"]))
+    assert turn.generation is None and turn.step.status == "escalated" and "TKT-1" in turn.step.reason
+
+
+def test_a_tool_refused_twice_is_no_longer_offered(registry, allowed):
+    case = _case()
+    case.steps += [Step(step=1, tool="wms_get_shipment", executed=True, ok=False, error="500"),
+                   Step(step=2, tool="wms_get_shipment", verdict="deny", reasons=["scope"])]
+    engine = ScriptedEngine([{"evidence": {"scale_check": "unknown"}, "tool": "finish",
+                              "status": "escalated", "reason": "cannot read"}])
+    asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(case, allowed))
+    offered = {v["properties"]["tool"]["const"] for v in engine.requests[0].json_schema["anyOf"]}
+    assert offered == {"finish"}
