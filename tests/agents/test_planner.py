@@ -120,8 +120,11 @@ def test_a_hand_off_to_humans_escalates_without_a_model_call(registry):
     case.report = case.report.model_copy(update={"exception_type": "tracking_stuck"})
     case.steps.append(Step(step=1, tool="tkt_assign_ticket", executed=True, ok=True,
                            result={"ticket_id": "TKT-1", "team": "carrier_relations"}))
+    books = builtin_playbooks()
+    books["tracking_stuck"] = books["tracking_stuck"].model_copy(
+        update={"escalate_on": ["tkt_assign_ticket"]})
     engine = ScriptedEngine([])
-    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(case, ["tkt_assign_ticket"]))
+    turn = asyncio.run(Planner(engine, books, registry).plan(case, ["tkt_assign_ticket"]))
     assert turn.generation is None and turn.step.status == "escalated" and "TKT-1" in turn.step.reason
 
 
