@@ -8,10 +8,10 @@ import uuid
 
 import jsonschema
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from opsagent.agents.case import Case
-from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine
+from opsagent.agents.engines.base import ChatMessage, GenerationRequest, GenerationResult, PlannerEngine
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.prompts import build_messages
 from opsagent.agents.prompts import compact
@@ -28,6 +28,7 @@ class PlannerTurn(BaseModel):
     error: str | None = None
     generation: GenerationResult | None = None
     prompt_digest: str | None = None
+    messages: list[ChatMessage] | None = Field(None, description="The prompt, when the model was called.")
 
 
 class Planner:
@@ -86,8 +87,9 @@ class Planner:
         try:
             step = parse_step(generation, request.json_schema)
         except PlannerOutputError as exc:
-            return PlannerTurn(step=None, error=str(exc), generation=generation, prompt_digest=digest)
-        return PlannerTurn(step=step, generation=generation, prompt_digest=digest)
+            return PlannerTurn(step=None, error=str(exc), generation=generation, prompt_digest=digest,
+                               messages=messages)
+        return PlannerTurn(step=step, generation=generation, prompt_digest=digest, messages=messages)
 
 
 def _concluding_step(playbook: Playbook, case: Case) -> PlannedStep | None:

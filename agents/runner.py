@@ -215,6 +215,7 @@ def _planner_event(case: Case, turn: PlannerTurn, g: GenerationResult) -> Planne
         prompt_digest=turn.prompt_digest or "", prompt_tokens=g.prompt_tokens,
         completion_tokens=g.completion_tokens, output=g.text, finish_reason=g.finish_reason,
         started_at=g.started_at, finished_at=g.finished_at, duration_ms=g.duration_ms,
+        prompt=[m.model_dump() for m in turn.messages] if turn.messages is not None else None,
     )
 
 

@@ -41,9 +41,9 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-SCHEMA_VERSION = 3
-"""Version of the trace schema: 1 had no `event_id` and no `schema_version`, 2 no `actions.limits`;
-see SCHEMA.md."""
+SCHEMA_VERSION = 4
+"""Version of the trace schema: 1 had no `event_id` and no `schema_version`, 2 no `actions.limits`,
+3 no `planner_calls.prompt`; see SCHEMA.md."""
 
 
 class TraceEvent(BaseModel):
@@ -162,6 +162,8 @@ class PlannerCallEvent(TraceEvent):
     started_at: UtcDatetime = Field(description="When the call started.")
     finished_at: UtcDatetime = Field(description="When the call finished.")
     duration_ms: float = Field(description="Wall-clock duration in milliseconds.")
+    prompt: list[dict[str, Any]] | None = Field(
+        None, description="The chat messages the model was given ({role, content} each).")
 
 
 class ApprovalEvent(TraceEvent):
