@@ -48,7 +48,47 @@ def _parser() -> argparse.ArgumentParser:
         if name in ("approve", "reject"):
             cmd.add_argument("--reason", required=name == "reject")
             cmd.add_argument("--digest", help="the args digest you reviewed (default: the one shown now)")
+    _offline_parsers(sub)
     return p
+
+
+def _offline_parsers(sub: argparse._SubParsersAction) -> None:
+    """replay, policy what-if, evals add-case / regressions: offline, over the trace store."""
+    replay = sub.add_parser("replay", help="what the agent saw and decided at each step of a case")
+    replay.add_argument("case_id")
+    replay.add_argument("--traces", default="traces", help="trace root (folder or URI)")
+    replay.add_argument("--full-prompt", action="store_true", help="print every prompt message whole")
+    replay.add_argument("--what-if", action="store_true",
+                        help="re-plan every recorded step with the planner below; nothing is executed")
+    _planner_options(replay)
+
+    policy = sub.add_parser("policy", help="policy tools over the trace history")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    whatif = psub.add_parser("what-if", help="which past actions a new policy file would deny or hold")
+    whatif.add_argument("policy_file", type=Path)
+    whatif.add_argument("--traces", default="traces", help="trace root (folder or URI)")
+    whatif.add_argument("--since", help="only actions proposed from this ISO date/time on")
+
+    evals = sub.add_parser("evals", help="regression cases made from traced cases")
+    esub = evals.add_subparsers(dest="evals_command", required=True)
+    add = esub.add_parser("add-case", help="freeze a traced case as a regression case")
+    add.add_argument("case_id")
+    add.add_argument("--traces", default="traces", help="trace root (folder or URI)")
+    add.add_argument("--out", type=Path, default=Path("regressions"), help="folder of regression cases")
+    add.add_argument("--outcome", choices=["resolved", "escalated"],
+                     help="how the case should have ended (default: as it did)")
+    add.add_argument("--at", type=int, help="the step at which it should have ended with --outcome")
+    add.add_argument("--note", default="", help="the failure this guards against")
+    add.add_argument("--force", action="store_true", help="replace an existing file")
+    reg = esub.add_parser("regressions", help="replay every regression case; exit 1 if one differs")
+    reg.add_argument("folder", type=Path, nargs="?", default=Path("regressions"))
+    _planner_options(reg)
+
+
+def _planner_options(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument("--config", type=Path, help="system config YAML: the model (default: embedded)")
+    cmd.add_argument("--playbooks", type=Path, help="folder of playbook YAMLs replacing the built-in ones")
+    cmd.add_argument("--policy", type=Path, help="policy YAML deciding the tools offered")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "approvals":
             return _approvals(args)
+        if args.command in ("replay", "policy", "evals"):
+            return _offline(args)
     except OpsAgentError as exc:
         print(f"opsagent: error: {exc}", file=sys.stderr)
         return 2
@@ -103,6 +145,93 @@ def _approvals(args: argparse.Namespace) -> int:
                              args_digest=digest, reason=args.reason)
         print(f"{done['approval_id']}: {done['status']} by {done['approver']}")
         return 0
+
+
+def _offline(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from opsagent.agents.tracing.replay import load_case_trace, render_replay
+    from opsagent.errors import InputError
+
+    if args.command == "policy":
+        from datetime import datetime
+
+        from opsagent.policy.config import PolicyConfig
+        from opsagent.policy.whatif import policy_what_if, render_policy_what_if
+
+        try:
+            since = datetime.fromisoformat(args.since) if args.since else None
+        except ValueError as exc:
+            raise InputError(f"--since {args.since!r} is not an ISO date/time") from exc
+        if since is not None and since.tzinfo is None:
+            from datetime import UTC
+
+            since = since.replace(tzinfo=UTC)
+        config = PolicyConfig.from_yaml(args.policy_file)
+        print(render_policy_what_if(policy_what_if(args.traces, config, _tool_specs(), since=since)))
+        return 0
+    if args.command == "evals" and args.evals_command == "add-case":
+        from opsagent.evals.regressions import add_case
+
+        path = add_case(args.traces, args.case_id, args.out, outcome=args.outcome, at=args.at,
+                        note=args.note, force=args.force)
+        print(f"wrote {path}")
+        return 0
+    if args.command == "replay":
+        trace = load_case_trace(args.traces, args.case_id)
+        print(render_replay(trace, full_prompt=args.full_prompt))
+        if not args.what_if:
+            return 0
+    return asyncio.run(_replan(args))
+
+
+async def _replan(args: argparse.Namespace) -> int:
+    """`replay --what-if` and `evals regressions`: re-plan recorded steps with a planner."""
+    from opsagent.agents.planner import Planner
+    from opsagent.agents.playbooks.model import builtin_playbooks, load_playbook
+    from opsagent.agents.tracing.replay import load_case_trace
+    from opsagent.agents.whatif import render_what_if, what_if
+    from opsagent.cluster.config import SystemConfig
+    from opsagent.cluster.system import make_engine
+    from opsagent.evals.regressions import load_regressions, run_regressions
+    from opsagent.policy.config import PolicyConfig, load_default_policy
+    from opsagent.policy.engine import PolicyEngine
+
+    cases = load_regressions(args.folder) if args.command == "evals" else None
+    config = SystemConfig.from_yaml(args.config) if args.config else SystemConfig()
+    playbooks = builtin_playbooks()
+    if args.playbooks:
+        playbooks |= {b.exception_type: b for b in map(load_playbook, sorted(args.playbooks.glob("*.yaml")))}
+    registry = _tool_specs()
+    policy = PolicyEngine(PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy(),
+                          registry)
+    engine = make_engine(config)
+    await engine.start()
+    try:
+        planner = Planner(engine, playbooks, registry, max_tokens=config.planner.max_tokens)
+        if cases is None:
+            trace = load_case_trace(args.traces, args.case_id)
+            print()
+            print(render_what_if(await what_if(trace, planner, policy.allowed_tools(trace.exception_type))))
+            return 0
+        classes = {c.exception_type for c in cases}
+        results = await run_regressions(cases, planner, {k: policy.allowed_tools(k) for k in classes})
+    finally:
+        await engine.close()
+    for result in results:
+        print(render_what_if(result))
+    failed = [r.case_id for r in results if r.first_difference is not None]
+    print(f"{len(results) - len(failed)}/{len(results)} regression cases reproduce their decisions"
+          + (f"; differing: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def _tool_specs():
+    """The tool registry, read from the sandbox platform's OpenAPI documents (no tool is called)."""
+    from opsagent.tools.platform.launcher import Platform
+
+    with Platform(background=0) as platform:
+        return platform.registry()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,105 @@
+"""`opsagent evals add-case`: a traced case frozen as a regression case, replayed by a planner."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from opsagent.agents.engines.scripted import ScriptedEngine
+from opsagent.agents.planner import Planner
+from opsagent.agents.playbooks.model import builtin_playbooks
+from opsagent.agents.tracing.replay import load_case_trace
+from opsagent.cli import main
+from opsagent.errors import InputError
+from opsagent.evals.gold import gold_step
+from opsagent.evals.regressions import add_case, case_from_trace, load_regressions, run_regressions
+from opsagent.policy.config import load_default_policy
+from opsagent.policy.engine import PolicyEngine
+from tests.fakes.traced import TracedCases, trace_two_cases
+
+
+@pytest.fixture(scope="module")
+def traced(platform, registry, tmp_path_factory) -> TracedCases:
+    return trace_two_cases(platform, registry, tmp_path_factory.mktemp("traces"))
+
+
+def _replay(cases, registry, script):
+    planner = Planner(ScriptedEngine(script), builtin_playbooks(), registry)
+    allowed = {"weight_mismatch": PolicyEngine(load_default_policy(), registry).allowed_tools("weight_mismatch")}
+    return asyncio.run(run_regressions(cases, planner, allowed))
+
+
+def test_a_case_that_went_right_is_kept_right(traced, registry, tmp_path):
+    path = add_case(traced.root, traced.resolved.case_id, tmp_path, note="keep disputes right")
+    (case,) = load_regressions(tmp_path)
+    assert path.name == f"{traced.resolved.case_id}.json" and case.note == "keep disputes right"
+    assert [e.tool for e in case.expected] == [
+        "wms_get_shipment", "tms_get_shipment", "tms_open_weight_dispute", "finish"]
+    (result,) = _replay([case], registry, [gold_step] * 3)
+    assert result.first_difference is None
+    wrong = {"evidence": {"scale_check": "passed", "scanned_weight_kg": 1.0, "billed_weight_kg": 2.0},
+             "tool": "finish", "status": "escalated", "reason": "x"}
+    (result,) = _replay([case], registry, [wrong] * 3)
+    assert result.first_difference == 1
+
+
+def test_a_corrected_case_fails_until_the_planner_changes(traced, registry):
+    trace = load_case_trace(traced.root, traced.approved.case_id)
+    case = case_from_trace(trace, outcome="escalated", at=3, note="should not rebill")
+    assert [e.tool for e in case.expected] == ["wms_get_shipment", "tms_get_shipment", "finish"]
+    assert case.expected[-1].status == "escalated"
+    (result,) = _replay([case], registry, [gold_step] * 3)  # the gold planner disputes at step 3
+    assert result.first_difference == 3
+
+
+def test_outcome_alone_changes_the_final_status(traced):
+    trace = load_case_trace(traced.root, traced.resolved.case_id)
+    case = case_from_trace(trace, outcome="escalated")
+    assert case.expected[-1].tool == "finish" and case.expected[-1].status == "escalated"
+    assert len(case.expected) == 4
+
+
+def test_bad_requests_are_refused_clearly(traced, tmp_path):
+    trace = load_case_trace(traced.root, traced.resolved.case_id)
+    with pytest.raises(InputError, match="--at needs --outcome"):
+        case_from_trace(trace, at=2)
+    with pytest.raises(InputError, match="outside them"):
+        case_from_trace(trace, outcome="escalated", at=9)
+    add_case(traced.root, traced.resolved.case_id, tmp_path)
+    with pytest.raises(InputError, match="--force"):
+        add_case(traced.root, traced.resolved.case_id, tmp_path)
+    add_case(traced.root, traced.resolved.case_id, tmp_path, force=True)
+    (tmp_path / "broken.json").write_text("{}")
+    with pytest.raises(InputError, match="broken.json is not a regression case"):
+        load_regressions(tmp_path)
+    with pytest.raises(InputError, match="not a folder"):
+        load_regressions(tmp_path / "missing")
+
+
+def test_cli_add_case(traced, tmp_path, capsys):
+    out = tmp_path / "reg"
+    assert main(["evals", "add-case", traced.approved.case_id, "--traces", str(traced.root),
+                 "--out", str(out), "--outcome", "escalated", "--at", "3"]) == 0
+    assert f"wrote {out / traced.approved.case_id}.json" in capsys.readouterr().out
+    assert main(["evals", "add-case", "case-nope", "--traces", str(traced.root), "--out", str(out)]) == 2
+    assert "no case 'case-nope'" in capsys.readouterr().err
+
+
+def test_cli_regressions_and_replay_what_if_run_the_configured_engine(traced, tmp_path, capsys, monkeypatch):
+    """The CLI wiring, with the engine factory pointed at scripted engines (the real engine's
+    run is measured in the issue notes; the cluster's end-to-end test covers vLLM itself)."""
+    import opsagent.cluster.system as system
+
+    scripts = [[gold_step] * 3, [gold_step] * 6]  # one engine per command: 1 case, then 2
+    monkeypatch.setattr(system, "make_engine", lambda config: ScriptedEngine(scripts.pop(0)))
+    out = tmp_path / "reg"
+    add_case(traced.root, traced.resolved.case_id, out)
+    assert main(["evals", "regressions", str(out)]) == 0
+    assert "1/1 regression cases reproduce their decisions" in capsys.readouterr().out
+    add_case(traced.root, traced.approved.case_id, out, outcome="escalated", at=3)
+    assert main(["evals", "regressions", str(out)]) == 1
+    assert f"differing: {traced.approved.case_id}" in capsys.readouterr().out
+    scripts.append([gold_step] * 3)
+    assert main(["replay", traced.resolved.case_id, "--traces", str(traced.root), "--what-if"]) == 0
+    assert "4/4 decisions the same" in capsys.readouterr().out
