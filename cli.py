@@ -7,8 +7,10 @@ import sys
 from pathlib import Path
 
 from opsagent.agents.tracing import cli as tracing_cli
+from opsagent.evals import autonomy_cli
 from opsagent.evals import cli as catalogue_cli
 from opsagent.errors import OpsAgentError
+from opsagent.tools import cli as tools_cli
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,6 +27,9 @@ def _parser() -> argparse.ArgumentParser:
 
     tracing_cli.add_parser(sub)
     catalogue_cli.add_parser(sub)
+    tools_cli.add_parser(sub)
+    catalogue_cli.add_eval_parser(sub)
+    autonomy_cli.add_parser(sub)
     tokens = sub.add_parser("tokens", help="API tokens (stored hashed in STATE/tokens.json)")
     ksub = tokens.add_subparsers(dest="tokens_command", required=True)
     add = ksub.add_parser("add", help="create a token and print it once")
@@ -103,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
             return tracing_cli.run(args)
         if args.command == "catalogue":
             return catalogue_cli.run(args)
+        if args.command == tools_cli.COMMAND:
+            return tools_cli.run(args)
+        if args.command == "eval":
+            return catalogue_cli.run_eval(args)
+        if args.command == autonomy_cli.COMMAND:
+            return autonomy_cli.run(args)
         if args.command == "tokens":
             from opsagent.policy.identity import TokenStore
 

@@ -91,3 +91,42 @@ class AuthError(OpsAgentError):
     def __init__(self, message: str, *, status: int = 401) -> None:
         super().__init__(message)
         self.status = status
+
+
+class CaseStateError(OpsAgentError):
+    """The case's status does not allow the operation, e.g. cancelling a case that is final (409)."""
+
+
+class IdempotencyConflict(OpsAgentError):
+    """An idempotency key was used again with a different request (409): a retry must repeat the
+    original request exactly, a new request needs a new key."""
+
+
+class RateLimited(OpsAgentError):
+    """A caller sent requests faster than its rate allows (429): what was limited, the rate it
+    reached, the limit, and the seconds until a retry can succeed."""
+
+    def __init__(self, what: str, value: float, limit: float, retry_after_s: float) -> None:
+        super().__init__(f"{what}: {value:g} requests reached the limit of {limit:g}; "
+                         f"retry in {retry_after_s:.1f} s")
+        self.what, self.value, self.limit = what, value, limit
+        self.retry_after_s = retry_after_s
+
+
+class RequestTooLarge(OpsAgentError):
+    """A request body is larger than allowed (413): what was limited, its size and the limit."""
+
+    def __init__(self, what: str, value: float, limit: float) -> None:
+        super().__init__(f"{what}: {value:g} bytes exceed the limit of {limit:g}")
+        self.what, self.value, self.limit = what, value, limit
+
+
+class AutonomyError(OpsAgentError):
+    """An autonomy mode change was refused (unknown class or mode, no reason given, a promotion
+    the gates do not allow) or the mode store cannot be written."""
+
+
+class SecretError(OpsAgentError):
+    """A secret a tool source needs cannot be had: the environment variable or the secrets-file
+    key is not set, the secrets file cannot be read, or the value is too short to redact. The
+    message names the reference, never a value."""

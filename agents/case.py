@@ -44,10 +44,11 @@ class CaseStatus(StrEnum):
     resolved = "resolved"
     escalated = "escalated"
     failed = "failed"
+    proposed = "proposed"  # shadow mode: the agent's writes were proposed and dry-run, none executed
 
     @property
     def final(self) -> bool:
-        return self in (CaseStatus.resolved, CaseStatus.escalated, CaseStatus.failed)
+        return self in (CaseStatus.resolved, CaseStatus.escalated, CaseStatus.failed, CaseStatus.proposed)
 
 
 class Step(BaseModel):
@@ -57,7 +58,7 @@ class Step(BaseModel):
     tool: str  # a tool name, or "finish"
     args: dict[str, Any] = Field(default_factory=dict)
     evidence: dict[str, Any] = Field(default_factory=dict)
-    verdict: Literal["allow", "require_approval", "deny"] | None = None
+    verdict: Literal["allow", "require_approval", "deny", "propose"] | None = None
     risk: str | None = None
     reasons: list[str] = Field(default_factory=list)
     executed: bool = False
@@ -65,6 +66,17 @@ class Step(BaseModel):
     result: Any = None
     error: str | None = None
     approval_id: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """It ran and succeeded, or (shadow mode) it was proposed and its dry run succeeded:
+        `result` is then what the write would have returned, as the system's preview shows it."""
+        return bool(self.ok) and (self.executed or self.verdict == "propose")
+
+    @property
+    def failed(self) -> bool:
+        """It ran, or was proposed, and the system refused it (or its dry run)."""
+        return self.ok is False and (self.executed or self.verdict == "propose")
 
 
 class Case(BaseModel):
@@ -79,6 +91,7 @@ class Case(BaseModel):
     finished_at: datetime | None = None
     last_write_at: datetime | None = None  # last successful system-of-record update
     policy_version: str | None = None
+    outcome: Literal["resolved", "escalated"] | None = None  # for a `proposed` case: what the agent proposed
     planner_calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -8,53 +8,85 @@ from typing import Any
 
 import httpx
 
-from opsagent.errors import PermitError
+from opsagent.errors import PermitError, SecretError
 from opsagent.policy.permits import verify_permit
 from opsagent.policy.records import Permit
 from opsagent.tools.http import call_tool
+from opsagent.tools.mcp import McpPool
+from opsagent.tools.redaction import Redactor
 from opsagent.tools.registry import ToolRegistry
+from opsagent.tools.secrets import Secrets
+from opsagent.tools.sources import McpSource, auth_headers
 from opsagent.tools.spec import ToolResult
 
 
 class Executor:
-    """Stateless apart from its HTTP connection pool; safe to run many side by side.
+    """Stateless apart from its connections (an HTTP pool, a session per MCP server); safe to run
+    many side by side.
 
     A write runs only with a permit the policy signed for exactly this call (tool, arguments,
     case, step, unexpired): a component that skips the policy cannot write. Its idempotency key
     is derived from case and step, so a retried step is applied at most once.
+
+    A call goes the way its tool's source says: an HTTP request (OpenAPI) or tools/call on an
+    MCP server. Auth headers and server secrets are resolved here, at call time, from `secrets`
+    (the environment and the $OPSAGENT_SECRETS file), and every known secret value is redacted
+    from the result before it is returned, so none reaches traces, prompts or logs.
     """
 
-    def __init__(self, registry: ToolRegistry, permit_key: bytes, *, timeout: float = 10.0) -> None:
+    def __init__(self, registry: ToolRegistry, permit_key: bytes, *, timeout: float = 10.0,
+                 secrets: Secrets | None = None) -> None:
         self.registry = registry
         self.permit_key = permit_key
         self.timeout = timeout
+        self.secrets = secrets or Secrets()
+        self._refs = [ref for source in registry.sources() for ref in source.secret_refs()]
         self._client: httpx.AsyncClient | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._mcp = McpPool(self.secrets)
 
     async def execute(
         self, tool: str, args: dict[str, Any], *, case_id: str, step: int,
         permit: Permit | None = None, dry_run: bool = False,
     ) -> ToolResult:
-        """Run `tool` once. Transport and HTTP failures, and a refused permit, come back as
-        `ToolResult(ok=False)` with the cause; a refused call never reaches the system."""
+        """Run `tool` once. Transport, HTTP and MCP failures, a missing secret, and a refused
+        permit come back as `ToolResult(ok=False)` with the cause; a refused call never reaches
+        the system."""
         spec = self.registry.get(tool)
         if spec.writes and not dry_run:
             try:
                 verify_permit(permit, tool, args, case_id, step, self.permit_key)
             except PermitError as exc:
-                now = datetime.now(UTC)
-                return ToolResult(ok=False, status_code=None, body=None, error=f"refused: {exc}",
-                                  started_at=now, finished_at=now, duration_ms=0.0)
+                return _failed(f"refused: {exc}")
+        source = self.registry.source(spec.system)
+        redact = Redactor(self.secrets.known_values(self._refs))
+        if isinstance(source, McpSource):
+            result = await self._mcp.call(spec, source, args, dry_run=dry_run, timeout=self.timeout)
+            return redact.result(result)
+        try:
+            headers = auth_headers(source.auth, self.secrets)
+        except SecretError as exc:
+            return _failed(f"cannot call {tool}: {exc}")
         loop = asyncio.get_running_loop()
         if self._client is None or self._loop is not loop:  # a client belongs to one event loop
             self._client, self._loop = httpx.AsyncClient(timeout=self.timeout), loop
-        return await call_tool(
-            self._client, spec, self.registry.base_url(spec.system), args,
+        result = await call_tool(
+            self._client, spec, source.base_url, args,
             idempotency_key=f"{case_id}:{step}" if spec.writes else None,
-            dry_run=dry_run, timeout=self.timeout,
+            dry_run=dry_run, timeout=source.timeout_s or self.timeout, headers=headers,
+            retries=source.retries, backoff_s=source.backoff_s,
         )
+        return redact.result(result)
 
     async def close(self) -> None:
+        """Close the HTTP pool and every MCP session (stdio servers are stopped)."""
         if self._client is not None:
             await self._client.aclose()
             self._client = None
+        await self._mcp.close()
+
+
+def _failed(error: str) -> ToolResult:
+    now = datetime.now(UTC)
+    return ToolResult(ok=False, status_code=None, body=None, error=error, started_at=now, finished_at=now,
+                      duration_ms=0.0)

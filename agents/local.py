@@ -8,13 +8,16 @@ from typing import Any
 from opsagent.agents.tracing.exporters import TraceExporter
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
+from opsagent.policy.autonomy import ClassMode, ModeChange
 from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.identity import Identity
 from opsagent.policy.service import PolicyService
 from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 
 
 class LocalPolicy:
-    """The policy service called in-process, behind the runner's async port."""
+    """The policy service called in-process, behind the runner's async port (plus the autonomy
+    calls the policy actor serves, for in-process front doors and tools)."""
 
     def __init__(self, service: PolicyService | PolicyEngine) -> None:
         if isinstance(service, PolicyEngine):  # approvals kept in memory for this process only
@@ -36,6 +39,12 @@ class LocalPolicy:
 
     async def settle(self, permit: Permit, *, executed: bool) -> str:
         return self.service.settle(permit, executed=executed)
+
+    async def autonomy_status(self) -> list[ClassMode]:
+        return self.service.autonomy_status()
+
+    async def set_mode(self, exception_type: str, mode: str, identity: Identity, reason: str) -> ModeChange:
+        return self.service.set_mode(exception_type, mode, identity=identity, reason=reason)
 
 
 class LocalTracer:

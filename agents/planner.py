@@ -96,7 +96,7 @@ def _concluding_step(playbook: Playbook, case: Case) -> PlannedStep | None:
     """`finish` once the last step was one of the playbook's concluding tools and succeeded:
     `resolve_on` resolves the case, `escalate_on` (a hand-off to humans) escalates it."""
     last = case.steps[-1] if case.steps else None
-    if last is None or not (last.executed and last.ok):
+    if last is None or not last.done:
         return None
     if last.tool in playbook.resolve_on:
         status = "resolved"

@@ -2,7 +2,12 @@
 
 The runner only talks to ports (async protocols), so the same code runs with plain objects in a
 unit test and with Ray actor handles in the cluster. Whatever goes wrong, a case ends in a
-definite status: `resolved`, `escalated`, `failed`, or paused as `awaiting_approval`.
+definite status: `resolved`, `escalated`, `failed`, `proposed`, or paused as `awaiting_approval`.
+
+Shadow mode: the policy answers a write with `propose`. The runner takes the system's dry run as
+the observation (the planner sees what the write would have returned and goes on), executes
+nothing, and a case that proposed anything ends `proposed` with the outcome the agent would have
+reached (`Case.outcome`): never `resolved`, since nothing was written.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any, Protocol
 from opsagent.agents.case import Case, CaseStatus, Step
 from opsagent.agents.engines.base import GenerationResult
 from opsagent.agents.planner import PlannerTurn
-from opsagent.agents.step_schema import FINISH, succeeded
+from opsagent.agents.step_schema import FINISH
 from opsagent.agents.tracing.records import (
     ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent, TraceEvent,
 )
@@ -133,7 +138,8 @@ class CaseRunner:
         request = ToolCallRequest(
             case_id=case.case_id, exception_type=case.report.exception_type, step=step.step,
             tool=step.tool, args=step.args, entities=case.report.entities,
-            observations=succeeded(case),
+            observations={s.tool: s.result for s in case.steps if s.executed and s.ok},
+            proposed={s.tool: s.result for s in case.steps if s.verdict == "propose" and s.ok},
         )
         decision = await self.policy.decide(request)
         case.policy_version = decision.policy_version
@@ -149,6 +155,10 @@ class CaseRunner:
                 await self.policy.settle(decision.permit, executed=_may_have_run(result))
             if result.ok and self.registry.get(step.tool).writes:
                 case.last_write_at = result.finished_at
+        elif decision.verdict == "propose":  # shadow mode: dry run only, never executed
+            result = await self._preview(case, step)
+            step.ok = True if result is None else result.ok
+            step.result = None if result is None else would_be_result(result.body)
         elif decision.verdict == "require_approval":
             result = await self._preview(case, step)
             approval = await self.policy.request_approval(
@@ -179,6 +189,13 @@ class CaseRunner:
         await self.tracer.export([_case_event(case)])
 
     async def _finish(self, case: Case, status: CaseStatus, reason: str) -> None:
+        """End the case; one that proposed writes (shadow mode) ends `proposed`, with the outcome
+        it would have reached."""
+        if status in (CaseStatus.resolved, CaseStatus.escalated) and any(
+                s.verdict == "propose" for s in case.steps):
+            case.outcome = status.value
+            reason = f"shadow mode, nothing written; proposed {status.value}: {reason}"
+            status = CaseStatus.proposed
         case.finished_at = datetime.now(UTC)
         try:
             await self._set_status(case, status, reason)
@@ -191,7 +208,22 @@ def _case_event(case: Case) -> CaseEvent:
         case_id=case.case_id, exception_type=case.report.exception_type, status=case.status.value,
         description=case.report.description, entities=case.report.entities, reason=case.reason,
         received_at=case.received_at, finished_at=case.finished_at, recorded_at=datetime.now(UTC),
+        outcome=case.outcome if case.status == CaseStatus.proposed else None,
     )
+
+
+def would_be_result(preview: Any) -> Any:
+    """What a write would have returned, from its dry run's `{"dry_run", "diff": {before, after}}`:
+    the record it would create (the one key of `after` that `before` has as null), else `after`."""
+    diff = preview.get("diff") if isinstance(preview, dict) else None
+    if not isinstance(diff, dict):
+        return preview
+    before, after = diff.get("before"), diff.get("after")
+    if isinstance(before, dict) and isinstance(after, dict):
+        created = [k for k, v in before.items() if v is None and isinstance(after.get(k), dict)]
+        if len(created) == 1:
+            return after[created[0]]
+    return after
 
 
 def _may_have_run(result: ToolResult) -> bool:
@@ -231,4 +263,5 @@ def _action_event(
         error=result.error if result else None, started_at=started,
         finished_at=result.finished_at if result else datetime.now(UTC),
         policy_version=decision.policy_version, args_digest=decision.args_digest,
+        autonomy_mode=None if decision.mode is None else str(decision.mode),
     )

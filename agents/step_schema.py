@@ -35,8 +35,8 @@ class PlannedStep(BaseModel):
 
 
 def succeeded(case: Case) -> dict[str, Any]:
-    """Tool -> last successful (non-dry-run) result in this case."""
-    return {s.tool: s.result for s in case.steps if s.executed and s.ok}
+    """Tool -> last successful result in this case (in shadow mode: of a proposal's dry run)."""
+    return {s.tool: s.result for s in case.steps if s.done}
 
 
 MAX_REFUSALS = 2
@@ -46,7 +46,7 @@ def refused(case: Case) -> set[str]:
     """Tools that failed or were denied `MAX_REFUSALS` times in this case: not offered again."""
     counts: dict[str, int] = {}
     for s in case.steps:
-        if s.verdict == "deny" or (s.executed and not s.ok):
+        if s.verdict == "deny" or s.failed:
             counts[s.tool] = counts.get(s.tool, 0) + 1
     return {tool for tool, n in counts.items() if n >= MAX_REFUSALS}
 

@@ -20,6 +20,7 @@ from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.errors import TraceError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
+from opsagent.policy.autonomy import AutonomyStore, ClassMode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity
@@ -54,15 +55,16 @@ class PlannerActor:
 
 @ray.remote
 class PolicyActor:
-    """The one place tool calls are decided and held actions approved; every decision carries
-    the policy version. Approvals are kept in SQLite under the system's state folder."""
+    """The one place tool calls are decided, held actions approved and classes' autonomy modes
+    set; every decision carries the policy version and the mode. Approvals and modes are kept in
+    SQLite under the system's state folder (approvals.sqlite, autonomy.sqlite)."""
 
     def __init__(self, policy: PolicyConfig, registry: ToolRegistry, state_dir: str,
                  permit_key: bytes, approval_ttl_s: float = 86400.0) -> None:
         state = Path(state_dir)
         store = ApprovalStore(state / "approvals.sqlite", ttl=timedelta(seconds=approval_ttl_s))
         engine = PolicyEngine(policy, registry, ledger=SpendLedger(state / "ledger.sqlite"),
-                              permit_key=permit_key)
+                              permit_key=permit_key, autonomy=AutonomyStore(state / "autonomy.sqlite"))
         self._service = PolicyService(engine, store)
 
     def allowed_tools(self, exception_type: str) -> list[str]:
@@ -83,7 +85,19 @@ class PolicyActor:
 
     def reload(self, policy: PolicyConfig) -> str:
         """Swap the policy for every decision from now on (in-flight cases included)."""
-        return self._service.engine.reload(policy)
+        return self._service.reload(policy)
+
+    def autonomy_status(self) -> list[ClassMode]:
+        """Each class's autonomy mode and its last change (who, why, when)."""
+        return self._service.autonomy_status()
+
+    def set_mode(self, exception_type: str, mode: str, identity: Identity, reason: str) -> ModeChange:
+        """Set a class's autonomy mode as `identity` (admin only), recorded with the reason."""
+        return self._service.set_mode(exception_type, mode, identity=identity, reason=reason)
+
+    def policy_config(self) -> PolicyConfig:
+        """The policy in force, for read-only views (the API's autonomy evidence and gates)."""
+        return self._service.engine.config
 
     def list_approvals(self, status: str | None = None) -> list[ApprovalRequest]:
         return self._service.list_approvals(status)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from opsagent.agents.engines import OpenAIEngineConfig, VllmEngineConfig
 from opsagent.errors import ConfigError
@@ -39,11 +39,26 @@ class SystemConfig(BaseModel):
     model_config = {"extra": "forbid"}
     planner: PlannerConfig = Field(default_factory=PlannerConfig, description="The planner.")
     executors: int = Field(default=2, ge=1, le=64, description="Executor actors in the pool.")
+    executor_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray actor options of each executor, e.g. {num_cpus: 0.25, resources: "
+        "{executor_slots: 1}} to keep them on the CPU workers that offer that resource.",
+    )
     executor_timeout_s: float = Field(default=10.0, gt=0, description="Per tool call timeout.")
     policy_path: Path | None = Field(
         default=None, description="Policy YAML; None means the default policy shipped in policy/."
     )
-    traces_dir: Path = Field(default=Path("traces"), description="Root of the Parquet trace store.")
+    traces_dir: Path | str = Field(
+        default=Path("traces"),
+        description="Root of the Parquet trace store: a folder, or an S3 URI such as "
+        "s3://bucket/traces?endpoint_override=host:9000&scheme=http shared by every node (credentials "
+        "from the AWS environment variables; then trace_wal_dir is required).",
+    )
+    trace_wal_dir: Path | None = Field(
+        default=None,
+        description="Local folder of the trace writer's write-ahead log (and its compaction intents); "
+        "None: <traces_dir>/_wal. Required when traces_dir is an S3 URI.",
+    )
     state_dir: Path = Field(
         default=Path("state"),
         description="Durable state: approvals.sqlite, ledger.sqlite (spend and rate counters), "
@@ -56,6 +71,17 @@ class SystemConfig(BaseModel):
     max_open_cases: int = Field(
         default=1000, ge=1, description="Cases in flight before submissions are refused (503)."
     )
+
+    @field_validator("traces_dir")
+    @classmethod
+    def _folder_or_uri(cls, value: Path | str) -> Path | str:
+        return value if isinstance(value, str) and "://" in value else Path(value)
+
+    @model_validator(mode="after")
+    def _remote_traces_need_a_local_log(self) -> "SystemConfig":
+        if isinstance(self.traces_dir, str) and self.trace_wal_dir is None:
+            raise ValueError("traces_dir is an object store URI: set trace_wal_dir to a local folder")
+        return self
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SystemConfig":

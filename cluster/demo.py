@@ -3,6 +3,10 @@
 Starts the sandbox platform and injects weight-mismatch exceptions, starts Ray, the planner (vLLM),
 policy, executors, trace writer and the Serve front door, submits every exception over HTTP,
 waits for each case to reach a definite status and prints a summary read back from the traces.
+
+The shipped policy starts every class in shadow mode (autonomy is earned, see policy/autonomy.py);
+so that the demo resolves cases, a demo admin promotes weight_mismatch to autonomous first, as a
+recorded admin action.
 """
 
 from __future__ import annotations
@@ -12,12 +16,14 @@ import time
 from pathlib import Path
 
 import httpx
+import ray
 
 from opsagent.agents.tracing.report import demo_summary
 from opsagent.cluster.client import OpsAgentClient
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.policy.autonomy import Mode
 from opsagent.policy.identity import Role, TokenStore
 from opsagent.tools.platform.launcher import Platform
 from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch
@@ -51,6 +57,18 @@ def wait_all(client: OpsAgentClient, case_ids: list[str], timeout_s: float) -> d
         if pending:
             time.sleep(0.5)
     return views
+
+
+def promote_for_demo(system: OpsAgentSystem, exception_type: str = "weight_mismatch") -> str:
+    """Set the class to autonomous as an admin of the demo (authenticated by a token made for it),
+    recorded in the autonomy history with a "demo: ..." reason; returns a line saying so."""
+    tokens = TokenStore(system.tokens_path)
+    admin = tokens.authenticate(tokens.add("demo-admin", [Role.admin]))
+    change = ray.get(system.handles["policy"].set_mode.remote(
+        exception_type, Mode.autonomous.value, admin,
+        "demo: no shadow or supervised evidence on a fresh sandbox; promoted so that the demo writes"))
+    return (f"autonomy: {exception_type} {change.from_mode or '-'} -> {change.to_mode} by {change.actor} "
+            f"({change.reason})")
 
 
 def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedException],
@@ -88,6 +106,7 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
             system.start()
             print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s")
             base_url = system.serve(port=port or free_port())
+            print(promote_for_demo(system))
             token = TokenStore(system.tokens_path).add("demo-ops", [Role.submitter, Role.auditor])
             with OpsAgentClient(base_url, token) as client:
                 submitted = submit_all(client, instances)

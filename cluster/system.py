@@ -62,10 +62,11 @@ class OpsAgentSystem:
         key = permit_key_from_env() or new_permit_key()
         policy = PolicyActor.options(name=POLICY, **LIGHT).remote(
             self.policy, self.registry, str(c.state_dir.resolve()), key, c.approval_ttl_s)
-        executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **LIGHT).remote(
+        executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **c.executor_actor_options).remote(
             self.registry, key, c.executor_timeout_s) for i in range(c.executors)]
-        tracer = TraceWriterActor.options(name="opsagent-traces", **LIGHT).remote(
-            str(c.traces_dir.resolve()))
+        traces = c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve())
+        wal = str(c.trace_wal_dir.resolve()) if c.trace_wal_dir else None
+        tracer = TraceWriterActor.options(name="opsagent-traces", **LIGHT).remote(traces, wal_dir=wal)
         cases = CaseManager.options(name=CASE_MANAGER, **LIGHT).remote(
             planner, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases)
         self.handles = dict(planner=planner, policy=policy, executors=executors, tracer=tracer,
@@ -79,8 +80,11 @@ class OpsAgentSystem:
     def serve(self, host: str = "127.0.0.1", port: int = 8000) -> str:
         """Start the Serve front door; returns its base URL."""
         serve.start(http_options={"host": host, "port": port})
+        c = self.config
         args = ApiArgs(case_manager=CASE_MANAGER, policy=POLICY,
-                       tokens_path=str(self.tokens_path.resolve()))
+                       tokens_path=str(self.tokens_path.resolve()),
+                       traces_dir=c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve()),
+                       access_log=str((c.state_dir / "access.jsonl").resolve()))
         serve.run(build_app(args), name="opsagent",
                   route_prefix="/", blocking=False)
         return f"http://{host}:{port}"

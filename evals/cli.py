@@ -1,7 +1,8 @@
-"""`opsagent catalogue list | make`: the exception catalogue on the command line.
+"""`opsagent catalogue list | make` (the exception catalogue) and `opsagent eval` (the eval runner).
 
-`cli.py` wires it in with `add_parser(subparsers)` and, for `args.command == "catalogue"`,
-`run(args)`. Only argparse is imported here; the catalogue loads when a command runs.
+`cli.py` wires them in with `add_parser(subparsers)` / `add_eval_parser(subparsers)` and runs
+`run(args)` for `catalogue`, `run_eval(args)` for `eval`. Only argparse is imported here; the
+catalogue, the cluster and the engine load when a command runs.
 """
 
 from __future__ import annotations
@@ -60,3 +61,121 @@ def list_table(sample: int = 40) -> str:
             "class's human team (tkt_assign_ticket, low).\n"
             "escalate: share of instances whose correct outcome is escalation; "
             "high_risk: share with a step that needs approval.")
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `eval`: run a frozen eval set through the real cluster and score it."""
+    ev = subparsers.add_parser(
+        "eval", help="run a frozen eval set through the cluster, score every case, write a report",
+        description="Runs every instance of an eval set (opsagent catalogue make) through the real "
+        "cluster against fresh copies of the sandbox platform, acts as the human approver of held "
+        "actions (approves exactly the gold's actions), scores each case against its gold and "
+        "reports automation, precision of autonomous writes, escalation precision/recall, "
+        "unsupervised high-risk actions, latency, planner cost and pass^k.")
+    ev.add_argument("--set", dest="eval_set", type=Path, default=Path("evalset"),
+                    help="eval set folder (default ./evalset)")
+    ev.add_argument("--classes", help="comma-separated classes of the set to run (default: all)")
+    ev.add_argument("--trials", type=int, default=1, help="runs of every instance, for pass^k (default 1)")
+    ev.add_argument("--concurrency", type=int, default=8, help="cases in flight at once (default 8)")
+    ev.add_argument("--report", type=Path,
+                    help="HTML report path (default TRACES/eval_results/run=ID/report.html)")
+    ev.add_argument("--traces", type=Path, default=Path("traces"), help="trace folder (default ./traces)")
+    ev.add_argument("--config", type=Path, help="system config YAML (default: the embedded model)")
+    ev.add_argument("--policy", type=Path, help="policy YAML (default: the config's, else the shipped one)")
+    ev.add_argument("--playbooks", type=Path, help="folder of playbook YAMLs replacing the built-in ones")
+    ev.add_argument("--mode", choices=["autonomous", "supervised", "shadow"], default="autonomous",
+                    help="autonomy mode of the set's classes (default autonomous: low-risk writes run, "
+                    "high-risk ones wait for the simulated approver)")
+    ev.add_argument("--name", default="base", help="label of this configuration (default base)")
+    ev.add_argument("--compare", type=Path, metavar="CONFIG_YAML",
+                    help="a second configuration to run on the same set (YAML: name, system, policy, "
+                    "playbooks, mode; see evals.runner.EvalConfig)")
+    ev.add_argument("--case-timeout", type=float, default=1800.0,
+                    help="seconds one case may take before it is counted as unfinished (default 1800)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return ev
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run `opsagent eval`; returns 0, or 1 if unsupervised high-risk actions were found."""
+    import sys
+
+    from opsagent.errors import InputError
+    from opsagent.evals.evalset import load_eval_set
+    from opsagent.evals.metrics import summarize
+    from opsagent.evals.report import terminal_summary, write_html, write_results
+    from opsagent.evals.runner import new_run_id, ray_runtime, run_eval as run, select
+
+    if not args.eval_set.is_dir():
+        raise InputError(f"eval set folder {args.eval_set} does not exist; make one with "
+                         f"`opsagent catalogue make --seed S --out {args.eval_set}`")
+    if args.trials < 1 or args.concurrency < 1:
+        raise InputError("--trials and --concurrency must be >= 1")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    instances = select(load_eval_set(args.eval_set), classes)
+    configs = eval_configs(args)
+    run_id = new_run_id()
+    total = len(instances) * args.trials * len(configs)
+    print(f"eval run {run_id}: {len(instances)} instances x {args.trials} trial(s) x "
+          f"{len(configs)} configuration(s) = {total} cases", flush=True)
+    bar, update = _progress(total, disabled=args.no_progress)
+    try:
+        with ray_runtime():
+            result = run(instances, configs, traces=args.traces, trials=args.trials,
+                         concurrency=args.concurrency, progress=update, case_timeout_s=args.case_timeout,
+                         run_id=run_id, eval_set=str(args.eval_set))
+    finally:
+        bar.close()
+    metrics = summarize(result.rows)
+    folder = write_results(result, metrics, args.traces)
+    report = write_html(result, metrics, args.report or folder / "report.html")
+    print(terminal_summary(result, metrics))
+    print(f"\nresults: {folder / 'results.parquet'}\n  (DuckDB: SELECT * FROM read_parquet("
+          f"'{args.traces}/eval_results/*/*.parquet', hive_partitioning = true))\nreport:  {report}")
+    unsupervised = sum(m.overall.unsupervised_high_risk for m in metrics.values())
+    if unsupervised:
+        print(f"UNSUPERVISED HIGH-RISK ACTIONS: {unsupervised}", file=sys.stderr)
+    return 1 if unsupervised else 0
+
+
+def eval_configs(args: argparse.Namespace) -> list:
+    """The configurations to run: `--config/--policy/--playbooks/--mode/--name`, then `--compare`'s
+    (named `compare` unless its YAML names it)."""
+    from opsagent.cluster.config import SystemConfig
+    from opsagent.evals.runner import EvalConfig
+
+    from pydantic import ValidationError
+
+    from opsagent.errors import InputError
+
+    system = SystemConfig.from_yaml(args.config) if args.config else SystemConfig()
+    try:
+        configs = [EvalConfig(name=args.name, system=system, policy=args.policy, playbooks=args.playbooks,
+                              mode=args.mode)]
+    except ValidationError as exc:
+        raise InputError(f"--name {args.name!r}: 1-40 letters, digits, '.', '_' or '-' ({exc.error_count()} "
+                         "error)") from exc
+    if args.compare:
+        other = EvalConfig.from_yaml(args.compare)
+        if "name" not in other.model_fields_set:
+            other = other.model_copy(update={"name": "compare"})
+        configs.append(other)
+    return configs
+
+
+def _progress(total: int, *, disabled: bool):
+    """A tqdm bar over the cases (on stderr) and the runner's callback that advances it."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, unit="case", desc="eval", disable=disabled, dynamic_ncols=True)
+    seen: Counter[str] = Counter()
+
+    def update(config: str, status: str) -> None:
+        seen[status] += 1
+        bar.set_description(f"eval {config}")
+        bar.set_postfix(dict(sorted(seen.items())), refresh=False)
+        bar.update(1)
+
+    return bar, update

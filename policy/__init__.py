@@ -1,6 +1,7 @@
 """The policy that mediates every tool call: config, typed decisions, the check chain, the engine,
-limits and their ledger, permits."""
+limits and their ledger, permits, and the classes' autonomy modes."""
 
+from opsagent.policy.autonomy import AutonomyStore, ClassMode, GateConfig, Mode, ModeChange
 from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckResult
 from opsagent.policy.config import (
     ArgConstraint,
@@ -27,14 +28,19 @@ __all__ = [
     "DEFAULT_CHECKS",
     "ActionKey",
     "ArgConstraint",
+    "AutonomyStore",
     "Check",
     "CheckContext",
     "CheckResult",
+    "ClassMode",
     "ClassPolicy",
+    "GateConfig",
     "LedgerEntry",
     "LimitExceeded",
     "LimitUsage",
     "LimitsConfig",
+    "Mode",
+    "ModeChange",
     "Permit",
     "PolicyConfig",
     "PolicyDecision",

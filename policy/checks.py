@@ -3,6 +3,10 @@
 A check is `(request, ctx) -> CheckResult | None`: None lets the call through to the next check,
 a `CheckResult` blocks it with a verdict (deny or require_approval) and the reason.
 
+After the chain, `autonomy_mode` applies the class's autonomy mode to a call it did not deny (so a
+deny always wins): in shadow a write becomes `propose` (dry-run only, never executed), in
+supervised every write needs approval, in autonomous the chain's verdict stands.
+
 Checks do not change anything: `within_limits` only reads the ledger and leaves what to reserve
 on the context; the engine reserves it, atomically and re-checked, once the verdict is allow.
 """
@@ -18,9 +22,11 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from opsagent.errors import ToolError
+from opsagent.policy.autonomy import FAIL_CLOSED, Mode
 from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy, read_value
 from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
 from opsagent.policy.limits import Limit, LimitExceeded, limits_for
+from opsagent.policy.no_dry_run import no_dry_run_risk
 from opsagent.policy.records import LimitUsage, ToolCallRequest, args_digest
 
 if TYPE_CHECKING:
@@ -32,9 +38,9 @@ _MAX_MESSAGE = 200
 
 @dataclass(frozen=True)
 class CheckResult:
-    """A block: the call does not simply go ahead."""
+    """A block: the call does not simply go ahead (`propose` only from `autonomy_mode`)."""
 
-    verdict: Literal["deny", "require_approval"]
+    verdict: Literal["deny", "require_approval", "propose"]
     reason: str
     risk: Risk | None = None
 
@@ -52,6 +58,8 @@ class CheckContext:
     approved: bool = False  # a human approved exactly this action: require_approval limits do not block
     limits: list[LimitUsage] = field(default_factory=list)  # the limits consulted, for the decision
     reservation: tuple[LedgerEntry, list[Limit]] | None = None  # what to reserve if the call is allowed
+    mode: Mode = FAIL_CLOSED  # the class's autonomy mode, read once per decision
+    proposed: frozenset[str] = frozenset()  # shadow mode: tools whose observation is a dry-run preview
 
     def class_policy(self, request: ToolCallRequest) -> ClassPolicy:
         return self.config.classes[request.exception_type]
@@ -160,6 +168,8 @@ def cross_record(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | N
         try:
             value = read_value(ref, observations)
         except LookupError as err:
+            if _not_in_preview(ref, ctx, observations):
+                continue
             return deny(f"{request.tool} needs {ref}, but {err}")
         if problem := constraint.violation(value) or constraint.read_violation(value, observations):
             return deny(f"{request.tool}: {ref} {_short(problem)}")
@@ -167,6 +177,14 @@ def cross_record(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | N
         if arg in request.args and (problem := constraint.read_violation(request.args[arg], observations)):
             return deny(f"{request.tool}: {arg} {_short(problem)}")
     return None
+
+
+def _not_in_preview(ref: str, ctx: CheckContext, observations: dict[str, Any]) -> bool:
+    """Shadow mode: `ref` names a field a proposed write's dry-run preview does not show (e.g. the
+    id of the record it would create). Unknown, so it does not block the next proposal; nothing
+    is executed in shadow mode, and outside it a proposal is never an observation."""
+    tool = ref.partition(".")[0]
+    return tool in ctx.proposed and isinstance(observations.get(tool), dict)
 
 
 def within_limits(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
@@ -201,11 +219,44 @@ def within_limits(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | 
 def risk_tier(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
     """Records the risk tier; high risk needs human approval."""
     risk, why = assess_risk(ctx.tool_policy(request), request.args)
+    if risk == "low" and (blind := no_dry_run_risk(ctx.spec(request))):  # policy/no_dry_run.py
+        risk, why = "high", blind
     ctx.risk = risk
     if risk == "high":
         return CheckResult(
             "require_approval", f"{request.tool} is high risk for {request.exception_type} ({why})", "high"
         )
+    return None
+
+
+def autonomy_mode(
+    request: ToolCallRequest, ctx: CheckContext, verdict: Literal["allow", "require_approval"]
+) -> CheckResult | None:
+    """The class's autonomy mode, for a call the chain let through or held (never one it denied).
+
+    Reads are never affected (a tool the registry does not know counts as a write). A write in
+    shadow mode is proposed: dry-run only, never executed, even if a human approved it. In
+    supervised mode a write the chain allowed needs approval, unless a human approved exactly this
+    action. In autonomous mode the chain's verdict stands.
+    """
+    try:
+        writes = ctx.spec(request).writes
+    except ToolError:  # only a custom chain gets here without `registered`: count it as a write
+        writes = True
+    if not writes:
+        return None
+    try:
+        risk = ctx.risk or assess_risk(ctx.tool_policy(request), request.args)[0]
+    except KeyError:  # not on the allowlist (a custom chain again): assume the worst
+        risk = "high"
+    if ctx.mode == Mode.shadow:
+        return CheckResult("propose", f"{request.exception_type} is in shadow mode: {request.tool} is "
+                           "proposed and dry-run only, never executed", risk)
+    if ctx.mode == Mode.supervised and verdict == "allow" and not ctx.approved:
+        return CheckResult("require_approval", f"{request.exception_type} is in supervised mode: every "
+                           "write needs approval", risk)
+    if ctx.mode not in (Mode.supervised, Mode.autonomous):
+        return CheckResult("deny", f"unknown autonomy mode {ctx.mode!r}")
     return None
 
 

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsagent.errors import ConfigError
+from opsagent.policy.autonomy import GateConfig, Mode
 from opsagent.policy.limits import LimitsConfig, SpendPolicy
 
 Risk = Literal["low", "high"]
@@ -252,6 +253,15 @@ class ClassPolicy(BaseModel):
     calls_per_minute: int | None = Field(
         None, ge=0, description="The most tool calls the cluster may be allowed per minute for this class."
     )
+    initial_mode: Mode = Field(
+        Mode.shadow,
+        description="The autonomy mode the class starts in, recorded when the policy first lists it: "
+        "shadow (writes proposed and dry-run only), supervised (every write needs approval) or "
+        "autonomous (low-risk writes run). Later changes are an admin's (`opsagent autonomy set`).",
+    )
+    gates: GateConfig | None = Field(
+        None, description="This class's promotion and demotion gates (None: the policy's `gates`)."
+    )
 
 
 class PolicyConfig(BaseModel):
@@ -267,6 +277,16 @@ class PolicyConfig(BaseModel):
         default_factory=LimitsConfig,
         description="Cluster-wide spend and rate limits, the currency of all spend limits, permit lifetime.",
     )
+    gates: GateConfig = Field(
+        default_factory=GateConfig,
+        description="When a class is eligible for its next autonomy stage and when it is demoted "
+        "(cases needed, Wilson threshold and confidence, demotion window); per class in `classes.*.gates`.",
+    )
+
+    def gates_for(self, exception_type: str) -> GateConfig:
+        """The gates of one class: its own, else the policy's."""
+        class_policy = self.classes.get(exception_type)
+        return class_policy.gates if class_policy is not None and class_policy.gates else self.gates
 
     @property
     def version(self) -> str:

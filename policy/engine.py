@@ -8,6 +8,13 @@ signed permit an executor needs; `settle` commits or releases the reservation af
 approved action goes through `authorize` again with the digest the approver saw: the approval
 satisfies `require_approval` blocks (high risk, or a limit configured to ask), any deny still denies.
 
+Autonomy: every decision reads the class's mode once (`mode`, from the `AutonomyStore` if the
+engine has one, else the policy's `initial_mode`) and applies it after the check chain
+(`checks.autonomy_mode`): denies win, a write in shadow mode is `propose` (no permit: it can only
+be dry-run), in supervised mode every write needs approval, in autonomous mode high risk still
+does. The mode is on the decision and in its reasons. A class the policy does not list, or a store
+that cannot be read, counts as supervised.
+
 Reload: `reload(config)` swaps the policy in one assignment; a decision reads the policy once at
 its start, so it is made wholly under one version, recorded on the decision. Every decision is
 made under the policy current at decision time, in-flight cases included: they are re-checked at
@@ -21,13 +28,15 @@ the ledger carry over, since they count what happened, not the rules.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from opsagent.errors import ToolError
-from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, check_name
+from opsagent.errors import AutonomyError, ToolError
+from opsagent.policy.autonomy import FAIL_CLOSED, Mode, ModeSource
+from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckResult, autonomy_mode, check_name
 from opsagent.policy.config import PolicyConfig, check_read_ref
 from opsagent.policy.ledger import ActionKey, SpendLedger
 from opsagent.policy.limits import LimitExceeded
@@ -36,6 +45,8 @@ from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest, arg
 
 if TYPE_CHECKING:
     from opsagent.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -53,16 +64,20 @@ class PolicyEngine:
     def __init__(
         self, config: PolicyConfig, registry: ToolRegistry, *, checks: Sequence[Check] = DEFAULT_CHECKS,
         ledger: SpendLedger | None = None, permit_key: bytes | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, autonomy: ModeSource | None = None,
     ) -> None:
         """`ledger`: the cluster's counters (default: in memory, this process only). `permit_key`:
-        shared with the executors (default: OPSAGENT_PERMIT_KEY or a per-process key)."""
+        shared with the executors (default: OPSAGENT_PERMIT_KEY or a per-process key).
+        `autonomy`: the classes' modes (default: none, each class in its policy's `initial_mode`);
+        classes it has no mode for get their `initial_mode` recorded."""
         self._current = _Current(config, config.version)  # the config is frozen: digest it once
         self.registry = registry
         self.checks = tuple(checks)
         self.ledger = ledger if ledger is not None else SpendLedger()
         self.permit_key = permit_key if permit_key is not None else process_permit_key()
         self.clock = clock
+        self.autonomy = autonomy
+        self._seed(config)
 
     @property
     def config(self) -> PolicyConfig:
@@ -73,9 +88,33 @@ class PolicyEngine:
         return self._current.version
 
     def reload(self, config: PolicyConfig) -> str:
-        """Make `config` the policy for every decision from now on; returns its version."""
+        """Make `config` the policy for every decision from now on; returns its version.
+        A class new to the autonomy store starts in its `initial_mode`; the others keep theirs."""
         self._current = _Current(config, config.version)
+        self._seed(config)
         return config.version
+
+    def mode(self, exception_type: str, config: PolicyConfig | None = None) -> Mode:
+        """The class's autonomy mode now. Never raises; a class the policy does not list, or a
+        store that cannot be read, is supervised (never more)."""
+        class_policy = (config or self.config).classes.get(exception_type)
+        if class_policy is None:
+            return FAIL_CLOSED
+        if self.autonomy is None:
+            return class_policy.initial_mode
+        try:
+            return Mode(self.autonomy.mode(exception_type, class_policy.initial_mode))
+        except Exception:  # noqa: BLE001 - fail closed
+            return FAIL_CLOSED
+
+    def _seed(self, config: PolicyConfig) -> None:
+        seed = getattr(self.autonomy, "seed", None)
+        if seed is None:
+            return
+        try:
+            seed(config)
+        except AutonomyError as err:  # decisions still fail closed (supervised) on this store
+            log.error("cannot record the initial autonomy modes: %s", err)
 
     def decide(self, request: ToolCallRequest) -> PolicyDecision:
         """What the policy would decide now, changing nothing (no reservation, no permit)."""
@@ -95,6 +134,7 @@ class PolicyEngine:
             return PolicyDecision(
                 verdict="deny", risk=None, checks=[], policy_version=current.version, args_digest=digest,
                 reasons=["the approval was for other arguments than these; the action needs a new approval"],
+                mode=self.mode(request.exception_type, current.config),
             )
         approved = None if approved_digest is None else (approved_by or "an approver")
         decision, ctx = self._run(current, request, now, approved_by=approved)
@@ -142,9 +182,14 @@ class PolicyEngine:
     def _run(
         self, current: _Current, request: ToolCallRequest, now: float, *, approved_by: str | None
     ) -> tuple[PolicyDecision, CheckContext]:
-        """Run the checks in order; the first block decides, otherwise allow at the assessed risk."""
+        """Run the checks in order; the first block decides, otherwise allow at the assessed risk;
+        then the class's autonomy mode applies to whatever was not denied."""
+        mode = self.mode(request.exception_type, current.config)
+        if mode == Mode.shadow and request.proposed:  # a proposal's preview stands in for its result
+            request = request.model_copy(update={"observations": {**request.observations, **request.proposed}})
         ctx = CheckContext(current.config, self.registry, current.validators, ledger=self.ledger, now=now,
-                           approved=approved_by is not None)
+                           approved=approved_by is not None, mode=mode,
+                           proposed=frozenset(request.proposed) if mode == Mode.shadow else frozenset())
         ran: list[str] = []
         waived: list[str] = []
 
@@ -157,8 +202,10 @@ class PolicyEngine:
                 policy_version=current.version,
                 args_digest=args_digest(request.tool, request.args),
                 limits=ctx.limits,
+                mode=mode,
             ), ctx
 
+        held: CheckResult | None = None
         for check in self.checks:
             name = check_name(check)
             ran.append(name)
@@ -173,13 +220,28 @@ class PolicyEngine:
             if result.verdict == "require_approval" and approved_by is not None:
                 waived.append(result.reason)
                 continue
-            return decision(result.verdict, result.risk, [result.reason])
-        if ctx.risk is None:
+            if result.verdict == "deny":
+                return decision("deny", result.risk, [result.reason])
+            held = result
+            break
+        if held is not None:
+            verdict, risk, reasons = held.verdict, held.risk, [held.reason]
+        elif ctx.risk is None:
             return decision("deny", None, ["no check assessed the risk of this call"])
-        reason = f"{request.tool} is {ctx.risk} risk for {request.exception_type}"
-        if approved_by is not None:
-            return decision("allow", ctx.risk, [f"approved by {approved_by}", *(waived or [reason])])
-        return decision("allow", ctx.risk, [reason])
+        else:
+            verdict, risk = "allow", ctx.risk
+            reason = f"{request.tool} is {ctx.risk} risk for {request.exception_type}"
+            reasons = [f"approved by {approved_by}", *(waived or [reason])] if approved_by else [reason]
+        ran.append("autonomy_mode")
+        try:
+            moded = autonomy_mode(request, ctx, verdict)
+        except Exception as err:  # noqa: BLE001 - fail closed on any crash
+            return decision("deny", None, [f"check autonomy_mode failed: {type(err).__name__}: {err}"])
+        if moded is None:
+            return decision(verdict, risk, [*reasons, f"{request.exception_type} is in {mode.value} mode"])
+        if moded.verdict == "deny":
+            return decision("deny", None, [moded.reason])
+        return decision(moded.verdict, moded.risk or risk, [moded.reason, *reasons])
 
     def allowed_tools(self, exception_type: str) -> list[str]:
         """The class's allowlist, limited to tools the registry knows (for the planner's schema)."""

@@ -1,5 +1,5 @@
 """The policy's typed input (a proposed tool call) and output (a decision, the limits it consulted,
-and for an allowed call the permit an executor needs)."""
+the class's autonomy mode, and for an allowed call the permit an executor needs)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Verdict = Literal["allow", "require_approval", "deny"]
+from opsagent.policy.autonomy import Mode
+
+Verdict = Literal["allow", "require_approval", "deny", "propose"]
+"""`propose`: the class is in shadow mode; the write is dry-run and recorded, never executed."""
 
 
 class ToolCallRequest(BaseModel, frozen=True):
@@ -25,6 +28,11 @@ class ToolCallRequest(BaseModel, frozen=True):
         default_factory=dict,
         description="What the case has read so far: tool name -> body of its last successful result. "
         "Cross-record constraints (eq_read, le_read, ...) and `reads` compare against these.",
+    )
+    proposed: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Writes the case proposed in shadow mode: tool name -> the result their dry run "
+        "previews. They count as read only while the class is in shadow mode (nothing executes then).",
     )
 
 
@@ -57,7 +65,8 @@ class Permit(BaseModel, frozen=True):
 class PolicyDecision(BaseModel, frozen=True):
     """The policy's verdict on one proposed tool call."""
 
-    verdict: Verdict = Field(description="allow, require_approval or deny.")
+    verdict: Verdict = Field(description="allow, require_approval, deny, or propose (shadow mode: a write "
+                             "that is dry-run only).")
     risk: Literal["low", "high"] | None = Field(description="The risk tier; None when denied before it was known.")
     reasons: list[str] = Field(description="Human-readable reasons; the first is the deciding one.")
     checks: list[str] = Field(description="Names of the checks that ran, in order.")
@@ -68,6 +77,9 @@ class PolicyDecision(BaseModel, frozen=True):
     )
     permit: Permit | None = Field(
         None, description="For an allow from PolicyEngine.authorize: the permit the executor needs; else None."
+    )
+    mode: Mode | None = Field(
+        None, description="The class's autonomy mode the decision was made in (None only for old records)."
     )
 
 

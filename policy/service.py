@@ -1,22 +1,28 @@
-"""The policy as a service: decisions, and the approvals that release held actions.
+"""The policy as a service: decisions, the approvals that release held actions, and the classes'
+autonomy modes.
 
 A held (`require_approval`) action becomes `allow` only when an approval for exactly that action
 (case, step, arguments digest) has been granted by a human approver; the check chain still runs
-first under the current policy, so a policy tightened since the approval still denies.
+first under the current policy, so a policy tightened since the approval still denies. A class's
+mode is changed only by an admin (`set_mode`), for a class the policy lists.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from opsagent.errors import AutonomyError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore
+from opsagent.policy.autonomy import AutonomyStore, ClassMode, Mode, ModeChange
+from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
-from opsagent.policy.identity import Identity
+from opsagent.policy.identity import Identity, Role, require
 from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 
 
 class PolicyService:
-    """What the policy actor serves: the engine plus the durable approval store."""
+    """What the policy actor serves: the engine (with its autonomy store) plus the durable
+    approval store."""
 
     def __init__(self, engine: PolicyEngine, approvals: ApprovalStore) -> None:
         self.engine = engine
@@ -61,3 +67,26 @@ class PolicyService:
                         args_digest: str, reason: str | None = None) -> ApprovalRequest:
         return self.approvals.decide(approval_id, identity=identity, approve=approve,
                                      args_digest=args_digest, reason=reason)
+
+    def reload(self, config: PolicyConfig) -> str:
+        """Swap the policy for every decision from now on; returns its version."""
+        return self.engine.reload(config)
+
+    def autonomy_status(self) -> list[ClassMode]:
+        """Each class's autonomy mode now and its last change (evidence: `evals.gates.status`)."""
+        config = self.engine.config
+        if not isinstance(self.engine.autonomy, AutonomyStore):
+            return [ClassMode(exception_type=name, mode=self.engine.mode(name), initial_mode=c.initial_mode,
+                              since=None, last_change=None) for name, c in config.classes.items()]
+        return self.engine.autonomy.classes(config)
+
+    def set_mode(self, exception_type: str, mode: Mode | str, *, identity: Identity,
+                 reason: str) -> ModeChange:
+        """Set a class's mode as `identity` (admin only: AuthError otherwise), recorded with why."""
+        require(identity, Role.admin)
+        if not isinstance(self.engine.autonomy, AutonomyStore):
+            raise AutonomyError("this policy service has no autonomy store; modes come from the policy file")
+        if exception_type not in self.engine.config.classes:
+            raise AutonomyError(f"unknown exception class {exception_type!r} (policy lists: "
+                                f"{', '.join(sorted(self.engine.config.classes)) or 'none'})")
+        return self.engine.autonomy.set_mode(exception_type, mode, identity=identity, reason=reason)

@@ -5,6 +5,8 @@ Every distinct proposal in the trace store (one per case, step and exact argumen
 it was proposed and the observations the case had then. Spending and rate limits count against a
 fresh in-memory ledger fed with what history executed, so a tighter budget shows where it would
 have started to bite. Nothing is executed and no durable counter or approval is touched.
+Each proposal is decided in the autonomy mode it was decided in then (`actions.autonomy_mode`; a
+policy file holds no modes); traces older than modes count as autonomous.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pydantic import BaseModel, Field
 
 from opsagent.agents.tracing.report import format_table
 from opsagent.agents.tracing.views import query
+from opsagent.policy.autonomy import Mode
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.ledger import SpendLedger
@@ -27,7 +30,7 @@ from opsagent.tools.registry import ToolRegistry
 
 HISTORY = """
 SELECT a.case_id, a.step, a.tool, a.args, a.args_digest, a.decision, a.risk, a.executed, a.dry_run,
-       a.error, a.result, a.started_at, c.exception_type, c.entities,
+       a.error, a.result, a.started_at, a.autonomy_mode, c.exception_type, c.entities,
        EXISTS (SELECT 1 FROM approvals p WHERE p.case_id = a.case_id AND p.step = a.step
                AND p.args_digest = a.args_digest AND p.status = 'approved') AS approved
 FROM actions a JOIN cases c USING (case_id)
@@ -64,7 +67,8 @@ def policy_what_if(root: Path | str, config: PolicyConfig, registry: ToolRegistr
     where = f"WHERE a.started_at >= '{since.isoformat()}'" if since is not None else ""
     names, rows = query(root, HISTORY.format(where=where))
     now = [0.0]
-    engine = PolicyEngine(config, registry, ledger=SpendLedger(), clock=lambda: now[0])
+    modes = _RecordedMode()
+    engine = PolicyEngine(config, registry, ledger=SpendLedger(), clock=lambda: now[0], autonomy=modes)
     seen: dict[tuple[str, int, str], dict[str, Any]] = {}
     for values in rows:  # one proposal per case, step and digest: held then executed is one
         row = dict(zip(names, values, strict=True))
@@ -82,6 +86,7 @@ def policy_what_if(root: Path | str, config: PolicyConfig, registry: ToolRegistr
                                   step=row["step"], tool=row["tool"], args=args, entities=entities,
                                   observations=dict(observations.get(row["case_id"], {})))
         now[0] = row["started_at"].timestamp()
+        modes.current = Mode(row["autonomy_mode"] or Mode.autonomous)
         decision = counted = engine.authorize(request)
         if decision.verdict == "require_approval" and row["executed"]:  # approved again, as before:
             counted = engine.authorize(request, approved_digest=decision.args_digest,  # its spend counts
@@ -117,6 +122,15 @@ def render_policy_what_if(replayed: list[ReplayedAction], *, limit: int = 50) ->
             [(r.case_id, r.step, r.tool, f"{r.was} ({r.was_risk or '-'})", f"{r.now} ({r.now_risk or '-'})",
               r.executed, (r.reasons or ["-"])[0][:80]) for r in changed]))
     return "\n".join(lines)
+
+
+class _RecordedMode:
+    """The mode of the proposal being replayed, whatever the class (see the module docstring)."""
+
+    current = Mode.autonomous
+
+    def mode(self, exception_type: str, initial: Mode | str | None = None) -> Mode:
+        return self.current
 
 
 def _json(text: Any) -> Any:

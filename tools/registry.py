@@ -1,4 +1,4 @@
-"""An immutable, picklable set of tools plus the base URL of each system that serves them."""
+"""An immutable, picklable set of tools plus the source (connection config) of each system."""
 
 from __future__ import annotations
 
@@ -8,24 +8,45 @@ import httpx
 
 from opsagent.errors import ToolCallError, ToolError
 from opsagent.tools.openapi import tools_from_openapi
+from opsagent.tools.sources import McpSource, OpenAPISource
 from opsagent.tools.spec import ToolSpec
+
+Source = OpenAPISource | McpSource
 
 
 class ToolRegistry:
-    """Tools by name. Plain data only, so it pickles (it is sent to Ray actors)."""
+    """Tools by name, and per system the source they are called through. Plain data only, so it
+    pickles (it is sent to Ray actors); sources name secrets, they never hold them.
 
-    __slots__ = ("_base_urls", "_specs")
+    `base_urls` (system -> URL) is shorthand for OpenAPI sources with no auth and no retries;
+    `sources` gives the full config (auth, timeouts, retries; MCP servers).
+    """
 
-    def __init__(self, specs: Iterable[ToolSpec], base_urls: dict[str, str]):
+    __slots__ = ("_sources", "_specs")
+
+    def __init__(self, specs: Iterable[ToolSpec], base_urls: dict[str, str] | None = None, *,
+                 sources: Iterable[Source] = ()) -> None:
+        by_system: dict[str, Source] = {
+            system: OpenAPISource(name=system, base_url=url.rstrip("/"), retries=0)
+            for system, url in (base_urls or {}).items()
+        }
+        for source in sources:
+            if source.name in by_system:
+                raise ToolError(f"two sources for system {source.name!r}")
+            by_system[source.name] = source
         by_name: dict[str, ToolSpec] = {}
         for spec in specs:
             if spec.name in by_name:
                 raise ToolError(f"duplicate tool name {spec.name!r}")
-            if spec.system not in base_urls:
-                raise ToolError(f"tool {spec.name!r} belongs to {spec.system!r}, which has no base URL")
+            source = by_system.get(spec.system)
+            if source is None:
+                raise ToolError(f"tool {spec.name!r} belongs to {spec.system!r}, which has no base URL or source")
+            if source.kind != spec.source:
+                raise ToolError(f"tool {spec.name!r} is an {spec.source} tool but {spec.system!r} is an "
+                                f"{source.kind} source")
             by_name[spec.name] = spec
         self._specs = dict(sorted(by_name.items()))
-        self._base_urls = {system: url.rstrip("/") for system, url in base_urls.items()}
+        self._sources = by_system
 
     def get(self, name: str) -> ToolSpec:
         """The tool called `name`; ToolError if there is none."""
@@ -44,18 +65,35 @@ class ToolRegistry:
 
     def subset(self, names: Iterable[str]) -> ToolRegistry:
         """A registry with only these tools (ToolError for an unknown name)."""
-        return ToolRegistry([self.get(n) for n in dict.fromkeys(names)], self._base_urls)
+        return ToolRegistry([self.get(n) for n in dict.fromkeys(names)], sources=self._sources.values())
+
+    def merge(self, other: ToolRegistry) -> ToolRegistry:
+        """Both registries' tools and sources (ToolError on a clashing tool or system name)."""
+        return ToolRegistry([*self.specs(), *other.specs()],
+                            sources=[*self._sources.values(), *other._sources.values()])
+
+    def source(self, system: str) -> Source:
+        """How a system is called; ToolError if unknown."""
+        try:
+            return self._sources[system]
+        except KeyError:
+            raise ToolError(f"unknown system {system!r}; known: {', '.join(self._sources)}") from None
+
+    def sources(self) -> list[Source]:
+        """Every system's source."""
+        return list(self._sources.values())
 
     def base_url(self, system: str) -> str:
-        """The base URL of a system; ToolError if unknown."""
-        try:
-            return self._base_urls[system]
-        except KeyError:
-            raise ToolError(f"unknown system {system!r}; known: {', '.join(self._base_urls)}") from None
+        """The base URL of an OpenAPI system; ToolError if unknown or not served over OpenAPI."""
+        source = self.source(system)
+        if not isinstance(source, OpenAPISource):
+            raise ToolError(f"system {system!r} is an MCP server, it has no base URL")
+        return source.base_url.rstrip("/")
 
     @property
     def base_urls(self) -> dict[str, str]:
-        return dict(self._base_urls)
+        """System -> base URL, for the OpenAPI systems."""
+        return {name: s.base_url.rstrip("/") for name, s in self._sources.items() if isinstance(s, OpenAPISource)}
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
@@ -67,13 +105,13 @@ class ToolRegistry:
         return len(self._specs)
 
     def __getstate__(self) -> tuple[dict, dict]:
-        return self._specs, self._base_urls
+        return self._specs, self._sources
 
     def __setstate__(self, state: tuple[dict, dict]) -> None:
-        self._specs, self._base_urls = state
+        self._specs, self._sources = state
 
     def __repr__(self) -> str:
-        return f"ToolRegistry({len(self)} tools, systems={sorted(self._base_urls)})"
+        return f"ToolRegistry({len(self)} tools, systems={sorted(self._sources)})"
 
     @classmethod
     def from_services(cls, base_urls: dict[str, str], client: httpx.Client | None = None) -> ToolRegistry:
@@ -94,3 +132,11 @@ class ToolRegistry:
             if own:
                 http.close()
         return cls(specs, base_urls)
+
+    @classmethod
+    def from_sources(cls, sources: Iterable[Source], **kwargs) -> ToolRegistry:
+        """Build the registry from source configs: OpenAPI documents are read, MCP servers asked
+        for their tools (see `opsagent.tools.building.build_registry` for the arguments)."""
+        from opsagent.tools.building import build_registry
+
+        return build_registry(list(sources), **kwargs)

@@ -3,39 +3,51 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import jsonschema
 from pydantic import BaseModel, Field
 
 
 class ToolSpec(BaseModel, frozen=True):
-    """One callable operation, derived from its service's OpenAPI document."""
+    """One callable operation: an OpenAPI operation of a service, or a tool of an MCP server."""
 
-    name: str = Field(description="The OpenAPI operationId, e.g. tms_open_weight_dispute.")
-    system: str = Field(description="The service that owns it: warehouse | carrier.")
-    method: str = Field(description="HTTP method, upper case.")
-    path: str = Field(description="Path template, e.g. /shipments/{shipment_id}/weight-disputes.")
+    name: str = Field(description="The OpenAPI operationId (e.g. tms_open_weight_dispute), or the "
+                      "MCP tool's name with its source's prefix.")
+    system: str = Field(description="The source that owns it: a service (warehouse, carrier, ...) "
+                        "or an MCP server, as named in the registry's sources.")
+    source: Literal["openapi", "mcp"] = Field(
+        "openapi", description="How it is called: openapi = an HTTP request per its operation; "
+        "mcp = tools/call on the MCP server named by `system`.")
+    method: str = Field(description="HTTP method, upper case; `MCP` for an MCP tool.")
+    path: str = Field(description="Path template, e.g. /shipments/{shipment_id}/weight-disputes; "
+                      "for an MCP tool, its name on the server.")
     description: str = Field(description="The operation's summary and description.")
     parameters: dict = Field(
-        description="JSON schema (type object) of the arguments: path params and JSON body fields."
+        description="JSON schema (type object) of the arguments: path, query and JSON body fields."
     )
-    path_params: list[str]
-    body_params: list[str]
+    path_params: list[str] = Field(description="Arguments substituted into the path template.")
+    body_params: list[str] = Field(description="Arguments sent as JSON body fields (for an MCP "
+                                   "tool: every argument).")
+    query_params: list[str] = Field(default_factory=list,
+                                    description="Arguments sent as URL query parameters.")
     writes: bool = Field(description="True if the call changes state.")
     reversible: bool | None = Field(description="From x-opsagent-reversible; None for reads.")
     inverse: str | None = Field(description="operationId of the inverse, from x-opsagent-inverse.")
-    supports_dry_run: bool
+    supports_dry_run: bool = Field(description="The source can preview a call without applying "
+                                   "it: `?dry_run=true` (OpenAPI) or a `dry_run` argument (MCP).")
 
 
 class ToolResult(BaseModel):
-    """The outcome of one HTTP call to a tool; never an exception for HTTP or transport failures."""
+    """The outcome of one call to a tool; never an exception for HTTP, MCP or transport failures."""
 
-    ok: bool = Field(description="True for a 2xx answer.")
-    status_code: int | None = Field(description="None when the transport failed.")
+    ok: bool = Field(description="True for a 2xx answer (MCP: a result that is not an error).")
+    status_code: int | None = Field(description="The HTTP status; None when the transport failed "
+                                    "and for MCP tools.")
     body: Any = Field(description="Parsed JSON, or text if the answer is not JSON.")
     error: str | None = Field(description="Short human-readable cause when not ok.")
     dry_run: bool = False
+    attempts: int = Field(1, description="How many times the call was sent (retries included).")
     started_at: datetime
     finished_at: datetime
     duration_ms: float

@@ -28,6 +28,7 @@ from opsagent.evals.catalogue import make, plant
 from opsagent.evals.evalset import require_training_seed
 from opsagent.evals.gold import scripted_gold
 from opsagent.policy.approvals import ApprovalStore
+from opsagent.policy.autonomy import promoted_store
 from opsagent.policy.config import load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity, Role
@@ -35,7 +36,7 @@ from opsagent.policy.service import PolicyService
 from opsagent.tools.platform.launcher import Platform
 
 TRAINING_SEED = 1_000_003
-RECORDER = Identity(name="gold-recorder", roles=frozenset({Role.approver}))
+RECORDER = Identity(name="gold-recorder", roles=frozenset({Role.approver, Role.admin}))
 
 
 async def record(playbook: Playbook, platform: Platform, *, count: int, seed: int,
@@ -43,7 +44,9 @@ async def record(playbook: Playbook, platform: Platform, *, count: int, seed: in
     """Run the gold resolution of `count` catalogue instances; return them as examples."""
     require_training_seed(seed)
     registry = platform.registry()
-    policy = PolicyEngine(load_default_policy(), registry)
+    config = load_default_policy()  # its classes start in shadow: promoted for this sandbox run only
+    policy = PolicyEngine(config, registry, autonomy=promoted_store(
+        [playbook.exception_type], identity=RECORDER, reason="recording gold worked examples on a sandbox"))
     service = PolicyService(policy, ApprovalStore(":memory:"))
     executor = Executor(registry, policy.permit_key)
     instances = make(playbook.exception_type, seed=seed, count=count, escalate_share=escalate_share)

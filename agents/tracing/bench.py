@@ -1,20 +1,27 @@
-"""Write throughput of the trace path: `python -m opsagent.agents.tracing.bench [--events N] [--dir D]`.
+"""Write throughput of the trace path: `python -m opsagent.agents.tracing.bench [--events N] [--dir D]
+[--s3 URI | --moto]`.
 
 Measures, on the disk holding `--dir` (default: a temporary folder):
 - acknowledged exports through the write-ahead log with fsync: one record per call (what the case
   runner does), one record per call from 8 threads (group commit), batches of 100;
 - publishing: `flush()` turning the log into Parquet files, records per second;
 - the whole path with compaction on (flush every 200 records), as the actor runs it.
+With `--s3 s3://bucket/prefix[?endpoint_override=...]` (credentials from the AWS variables), or
+`--moto` (a local moto S3 server on 127.0.0.1, from the test extra), publishing and the whole path
+are measured again with that root (the log stays in the local folder), under a fresh prefix.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,14 +42,17 @@ def sample_events(n: int) -> list[TraceEvent]:
     ) for i in range(n)]
 
 
-def run(events: int, folder: Path) -> list[tuple]:
+def run(events: int, folder: Path, s3: str | None = None) -> list[tuple]:
     """(measurement, records, seconds, records per second, p50 ms per call, p99 ms per call)."""
     records = sample_events(events)
     rows = []
 
-    def measure(name: str, work: Callable[[TraceWriter], list[float]], count: int, **kw) -> None:
+    def measure(name: str, work: Callable[[TraceWriter], list[float]], count: int, *,
+                remote: str | None = None, **kw) -> None:
         target = folder / name.replace(" ", "-").replace(",", "")
-        writer = TraceWriter(target, **kw)
+        if remote is not None:
+            kw["wal_dir"] = target / "_wal"
+        writer = TraceWriter(_under(remote, target.name) if remote else target, **kw)
         started = time.perf_counter()
         latencies = work(writer)
         seconds = time.perf_counter() - started
@@ -103,27 +113,70 @@ def run(events: int, folder: Path) -> list[tuple]:
     measure("export 100/call, fsync", batches, events)
     measure("export 1/call, no fsync", one_by_one, events, sync=False)
 
-    pending = TraceWriter(folder / "publish")  # fill a log, then time publishing it alone
-    pending.export(records)
-    pending.wal.seal()
-    pending.wal.close()
-    measure_publish = TraceWriter(folder / "publish", recover=False)
-    started = time.perf_counter()
-    measure_publish.flush()
-    seconds = time.perf_counter() - started
-    measure_publish.close()
-    rows.append(("publish to Parquet (flush)", events, round(seconds, 3), round(events / seconds), None, None))
+    def publish(name: str, root: Path | str, wal: Path) -> None:
+        pending = TraceWriter(root, wal)  # fill a log, then time publishing it alone
+        pending.export(records)
+        pending.wal.seal()
+        pending.wal.close()
+        writer = TraceWriter(root, wal, recover=False)
+        started = time.perf_counter()
+        writer.flush()
+        seconds = time.perf_counter() - started
+        writer.close()
+        rows.append((name, events, round(seconds, 3), round(events / seconds), None, None))
+
+    publish("publish to Parquet (flush), local", folder / "publish", folder / "publish" / "_wal")
     measure("export + flush every 200, compaction", whole_path, events, compact_min_files=4)
+    if s3 is not None:
+        publish("publish to Parquet (flush), s3", _under(s3, "publish"), folder / "publish-s3-wal")
+        measure("export + flush every 200, compaction, s3", whole_path, events, remote=s3,
+                compact_min_files=4)
     return rows
+
+
+def _under(uri: str, name: str) -> str:
+    """`uri` (s3://bucket/prefix?options) with `/name` added to its path."""
+    path, sep, options = uri.partition("?")
+    return f"{path.rstrip('/')}/{name}{sep}{options}"
+
+
+@contextlib.contextmanager
+def moto_bucket() -> Iterator[str]:
+    """A moto S3 server on 127.0.0.1 (a free port) with a bucket; yields the root URI."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as err:
+        raise SystemExit("--moto needs moto[server] (pip install -e '.[test]')") from err
+    import pyarrow.fs as pafs
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        os.environ.setdefault(name, value)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", region="us-east-1",
+                          allow_bucket_creation=True).create_dir("bench")
+        yield f"s3://bench/traces?endpoint_override={host}:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5000, help="records per measurement (default 5000)")
     parser.add_argument("--dir", type=Path, help="folder on the disk to measure (default: a temporary one)")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--s3", help="also measure publishing to this s3://bucket/prefix root")
+    where.add_argument("--moto", action="store_true", help="also measure publishing to a local moto S3 server")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory(dir=args.dir) as folder:
-        rows = run(args.events, Path(folder))
+    with contextlib.ExitStack() as stack:
+        s3 = stack.enter_context(moto_bucket()) if args.moto else args.s3
+        if s3 is not None:
+            s3 = _under(s3, f"bench-{uuid.uuid4().hex[:8]}")
+        folder = stack.enter_context(tempfile.TemporaryDirectory(dir=args.dir))
+        rows = run(args.events, Path(folder), s3)
     print(format_table(["measurement", "records", "seconds", "records_per_s", "p50_ms", "p99_ms"], rows))
     return 0
 

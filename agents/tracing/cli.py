@@ -18,12 +18,14 @@ _CANCEL = "\x03"  # Ctrl-C at the prompt
 
 _SHELL_HELP = """\
 End a statement with ';' (it may span lines). The views: cases, case_events, actions,
-planner_calls, approvals, approval_events, events. The variable `traces` names the folder
-(SET VARIABLE traces = '/other/traces'; switches it). Commands:
+planner_calls, approvals, approval_events, events. The variable `traces` names a local
+folder (SET VARIABLE traces = '/other/traces'; switches it); over an s3:// root the views are a
+snapshot taken at the start (.reload takes a new one). Commands:
   .tables          the views
   .schema VIEW     a view's columns and types
   .mode table|csv  how results are printed (default table)
   .read FILE       run a SQL file
+  .reload          read the trace root again (s3:// roots)
   .help, .quit"""
 
 
@@ -38,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     shell = tsub.add_parser("shell", help="interactive SQL over the views (.help inside)")
     _traces_option(shell)
     views = tsub.add_parser("views-sql", help="print the SQL that creates the views, for your own DuckDB")
-    views.add_argument("--traces", type=Path, help="set the folder in the script (default: ./traces)")
+    views.add_argument("--traces", help="set the folder or s3:// URI in the script (default: ./traces)")
 
     audit = subparsers.add_parser(
         "audit", help="high-risk actions and their approvals, the unsupervised-high-risk count, "
@@ -75,8 +77,9 @@ def run(args: argparse.Namespace) -> int:
     raise ValueError(f"not a trace command: {args.command} {getattr(args, 'traces_command', '')}")
 
 
-def shell(root: Path, lines: Iterator[str] | None = None, out: TextIO | None = None) -> int:
+def shell(root: Path | str, lines: Iterator[str] | None = None, out: TextIO | None = None) -> int:
     """A SQL session over the views: reads statements from the terminal (or `lines`)."""
+    from opsagent.agents.tracing.storage import is_remote
     from opsagent.agents.tracing.views import connect
 
     out = out or sys.stdout
@@ -84,9 +87,10 @@ def shell(root: Path, lines: Iterator[str] | None = None, out: TextIO | None = N
     if lines is None:
         lines = _terminal_lines() if interactive else iter(sys.stdin)
     con = connect(root)
-    session = _Session(con, out)
+    session = _Session(con, out, root)
     if interactive:
-        print(f"opsagent traces shell over {Path(root).resolve()}; .help for help", file=out)
+        where = str(root).split("?")[0] if is_remote(root) else Path(root).resolve()
+        print(f"opsagent traces shell over {where}; .help for help", file=out)
     buffer: list[str] = []
     try:
         for line in lines:
@@ -109,8 +113,8 @@ def shell(root: Path, lines: Iterator[str] | None = None, out: TextIO | None = N
 
 
 class _Session:
-    def __init__(self, con, out: TextIO) -> None:
-        self.con, self.out, self.mode = con, out, "table"
+    def __init__(self, con, out: TextIO, root: Path | str) -> None:
+        self.con, self.out, self.mode, self.root = con, out, "table", root
 
     def run(self, sql: str, max_rows: int = 1000) -> None:
         import duckdb
@@ -143,7 +147,16 @@ class _Session:
         if name == ".help":
             print(_SHELL_HELP, file=self.out)
         elif name == ".tables":
-            self.run("SELECT view_name AS view FROM duckdb_views() WHERE NOT internal ORDER BY 1;")
+            self.run("SELECT view_name AS view FROM duckdb_views() WHERE NOT internal "
+                     "AND NOT starts_with(view_name, '_') ORDER BY 1;")
+        elif name == ".reload":
+            from opsagent.agents.tracing.views import create_views
+            from opsagent.errors import TraceError
+
+            try:
+                create_views(self.con, self.root)
+            except TraceError as err:
+                print(f"Error: {err}", file=self.out)
         elif name == ".schema" and arg:
             self.run(f'DESCRIBE "{arg}";')
         elif name == ".mode" and arg in ("table", "csv"):
@@ -179,4 +192,6 @@ def _terminal_lines() -> Iterator[str]:
 
 
 def _traces_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--traces", type=Path, default=Path("traces"), help="trace folder (default ./traces)")
+    parser.add_argument("--traces", default="traces",
+                        help="trace folder or s3://bucket/prefix[?endpoint_override=host:port&scheme=http] "
+                             "(default ./traces; S3 credentials from the AWS environment variables)")

@@ -41,9 +41,10 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the trace schema: 1 had no `event_id` and no `schema_version`, 2 no `actions.limits`,
-3 no `planner_calls.prompt`; see SCHEMA.md."""
+3 no `planner_calls.prompt`, 4 no autonomy modes (`actions.autonomy_mode`, `case_events.outcome`,
+the `verdicts` table); see SCHEMA.md."""
 
 
 class TraceEvent(BaseModel):
@@ -97,7 +98,9 @@ class TraceEvent(BaseModel):
         return getattr(self, self.partition_by).date().isoformat()
 
 
-CaseStatus = Literal["received", "planning", "executing", "awaiting_approval", "resolved", "escalated", "failed"]
+CaseStatus = Literal["received", "planning", "executing", "awaiting_approval", "resolved", "escalated", "failed",
+                     "proposed"]
+AutonomyMode = Literal["shadow", "supervised", "autonomous"]
 
 
 class CaseEvent(TraceEvent):
@@ -115,6 +118,9 @@ class CaseEvent(TraceEvent):
     received_at: UtcDatetime = Field(description="When the exception was received.")
     finished_at: UtcDatetime | None = Field(None, description="When the case reached a final status.")
     recorded_at: UtcDatetime = Field(default_factory=utcnow, description="When this event was recorded.")
+    outcome: Literal["resolved", "escalated"] | None = Field(
+        None,
+        description="For a case ended `proposed` (shadow mode, nothing written): the outcome the agent proposed.")
 
 
 class ActionEvent(TraceEvent):
@@ -128,7 +134,8 @@ class ActionEvent(TraceEvent):
     tool: str = Field(description="The tool name.")
     args: dict[str, Any] = Field(description="The tool's arguments (stored as JSON).")
     risk: str | None = Field(description="The policy's risk tier; None when denied before it was known.")
-    decision: Literal["allow", "require_approval", "deny"] = Field(description="The policy's verdict.")
+    decision: Literal["allow", "require_approval", "deny", "propose"] = Field(
+        description="The policy's verdict (propose: shadow mode, dry-run only).")
     reasons: list[str] = Field(description="The policy's reasons, deciding one first (stored as JSON).")
     limits: list[Any] = Field(
         default_factory=list,
@@ -143,6 +150,8 @@ class ActionEvent(TraceEvent):
     finished_at: UtcDatetime | None = Field(None, description="When the call returned.")
     policy_version: str = Field(description="The policy version that decided.")
     args_digest: str = Field(description="sha256 of the canonical JSON of {tool, args}.")
+    autonomy_mode: AutonomyMode | None = Field(
+        None, description="The class's autonomy mode the policy decided in (shadow, supervised, autonomous).")
 
 
 class PlannerCallEvent(TraceEvent):
@@ -189,7 +198,30 @@ class ApprovalEvent(TraceEvent):
     recorded_at: UtcDatetime = Field(default_factory=utcnow, description="When this row was recorded.")
 
 
-RECORD_TYPES: tuple[type[TraceEvent], ...] = (CaseEvent, ActionEvent, PlannerCallEvent, ApprovalEvent)
+class VerdictEvent(TraceEvent):
+    """Whether a case was handled correctly: evidence for its class's autonomy gates (evals/gates.py).
+    The latest verdict per case counts."""
+
+    table: ClassVar[str] = "verdicts"
+    partition_by: ClassVar[str] = "recorded_at"
+
+    case_id: str = Field(description="The case judged.")
+    exception_type: str = Field(description="The case's exception class.")
+    autonomy_mode: AutonomyMode | None = Field(description="The autonomy mode the case ran in.")
+    source: Literal["human_log", "review"] = Field(
+        description="human_log: the agent's writes and outcome compared with what ops did; "
+        "review: an operator's verdict.")
+    correct: bool = Field(description="True if the case agrees with the human log / was reviewed correct.")
+    reason: str = Field(description="Why: the first difference found, or the reviewer's reason.")
+    actor: str = Field(description="Who recorded it: opsagent-compare, or the reviewer (from authentication).")
+    details: dict[str, Any] | None = Field(
+        None, description="What was compared: the agent's and the human's writes and outcomes (stored as JSON).")
+    case_received_at: UtcDatetime | None = Field(None, description="When the case was received.")
+    recorded_at: UtcDatetime = Field(default_factory=utcnow, description="When the verdict was recorded.")
+
+
+RECORD_TYPES: tuple[type[TraceEvent], ...] = (
+    CaseEvent, ActionEvent, PlannerCallEvent, ApprovalEvent, VerdictEvent)
 """Every table, in a stable order."""
 
 _SCALARS: dict[type, pa.DataType] = {

@@ -36,7 +36,7 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def print_query(root: Path, sql: str, *, csv: bool = False) -> int:
+def print_query(root: Path | str, sql: str, *, csv: bool = False) -> int:
     columns, rows = query(root, sql)
     if csv:
         sys.stdout.write(to_csv(columns, rows))
@@ -53,7 +53,7 @@ def to_csv(columns: list[str], rows: list[tuple]) -> str:
     return out.getvalue()
 
 
-def demo_summary(root: Path, case_ids: list[str]) -> str:
+def demo_summary(root: Path | str, case_ids: list[str]) -> str:
     """Cases by status, latency from receipt to last system-of-record update, planner usage."""
     ids = "(" + ",".join(f"'{c}'" for c in case_ids) + ")" if case_ids else "(NULL)"
     parts = []

@@ -10,18 +10,28 @@ The views live in `views.sql` next to this file, generated from the record class
 They read the folder named by the DuckDB variable `traces` when a query runs, so files written
 later, and tables with no files yet, need nothing re-created. Analysts open it themselves with
 the DuckDB CLI (see the file's header).
+
+An S3 root (`s3://bucket/prefix`) is read without DuckDB's httpfs extension (which DuckDB would
+download at run time): pyarrow reads every file of every table when the connection is made
+(`date` from the folder name, columns an older file lacks as null) and registers them as
+`_files_<table>`; the raw views select from those, the other views are the same. Such a
+connection is a snapshot: `connect` again (`.reload` in the shell) to see newer files.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow as pa
 
+from opsagent.agents.tracing.compaction import merge
 from opsagent.agents.tracing.records import RECORD_TYPES, SCHEMA_VERSION, ApprovalEvent, TraceEvent
+from opsagent.agents.tracing.storage import TraceStore, is_remote, open_store
 from opsagent.errors import TraceError
 
 VIEWS_SQL = Path(__file__).with_name("views.sql")
@@ -45,8 +55,16 @@ _HEADER = f"""\
 --   duckdb -cmd "SET VARIABLE traces = '/data/traces'" -cmd ".read views.sql"
 --   D SET VARIABLE traces = '/data/other';                   -- switch folders at any time
 -- `opsagent traces views-sql` prints this file; `opsagent traces shell` opens a session with it.
--- An S3 root works where DuckDB's httpfs extension is installed and credentials are set
--- (CREATE SECRET ... (TYPE s3, ...)): SET VARIABLE traces = 's3://bucket/traces';
+-- A trace root in an S3 bucket: `opsagent traces sql|shell`, `opsagent audit` and `opsagent case`
+-- take --traces s3://bucket/prefix and read it with pyarrow (no DuckDB extension needed). This
+-- file reads a bucket only where DuckDB's httpfs extension is installed (DuckDB downloads it on
+-- first use, so install it where the network allows), e.g. for an S3-compatible server:
+--   D INSTALL httpfs; LOAD httpfs;
+--   D CREATE SECRET (TYPE s3, KEY_ID '...', SECRET '...', REGION 'us-east-1',
+--                    ENDPOINT 'minio.internal:9000', URL_STYLE 'path', USE_SSL false);
+--   D SET VARIABLE traces = 's3://bucket/traces';
+--   D .read views.sql
+-- (on AWS itself, with the aws extension too: CREATE SECRET (TYPE s3, PROVIDER credential_chain)).
 -- Rows are unique by event_id: a file and its compacted copy may briefly both exist.
 """
 
@@ -90,14 +108,18 @@ def render_views_sql() -> str:
 
 def views_sql(root: Path | str) -> str:
     """The SQL script that creates every view over the trace folder at `root` (a local folder,
-    made absolute, or a URI such as s3://bucket/traces, left as it is)."""
-    location = str(root) if "://" in str(root) else str(Path(root).resolve())
+    made absolute, or a URI such as s3://bucket/traces, without its ?options, for httpfs)."""
+    location = str(root).split("?")[0] if "://" in str(root) else str(Path(root).resolve())
     return f"SET VARIABLE traces = {_quote(location)};\n" + VIEWS_SQL.read_text()
 
 
 def create_views(con: duckdb.DuckDBPyConnection, root: Path | str) -> None:
     """(Re)create the views on an open connection, over `root` (sets the variable `traces`).
-    The views list the folder at every query: nothing needs re-creating when files appear."""
+    Over a local folder the views list it at every query: nothing needs re-creating when files
+    appear. Over an S3 root they are a snapshot of the files there now (module docstring)."""
+    if is_remote(root):
+        _create_snapshot_views(con, open_store(root))
+        return
     try:
         con.execute(views_sql(root))
     except duckdb.Error as err:
@@ -141,22 +163,74 @@ def query(root: Path | str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]
     return table.column_names, list(zip(*(column.to_pylist() for column in table.columns), strict=True))
 
 
-def _raw_view_sql(cls: type[TraceEvent]) -> str:
+def _raw_view_sql(cls: type[TraceEvent], source: str | None = None) -> str:
     """Typed empty rows (so a table without files has its columns) unioned by name with the
-    table's files; rows of files older than a column have it null; one row per event_id."""
+    table's files; rows of files older than a column have it null; one row per event_id.
+    `source` names a relation holding the files' rows instead (an S3 snapshot)."""
+    head = (f"CREATE OR REPLACE VIEW {_RAW_VIEW[cls.table]} AS\n"
+            "SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (\n")
+    tail = "QUALIFY event_id IS NULL OR row_number() OVER (PARTITION BY event_id) = 1;"
+    if source is not None:  # the snapshot already has every column of the record, typed
+        return f"{head}  SELECT * FROM {source})\n{tail}"
     columns = ",\n      ".join(f'CAST(NULL AS {_sql_type(f.type)}) AS "{f.name}"' for f in cls.arrow_schema())
     return (
-        f"CREATE OR REPLACE VIEW {_RAW_VIEW[cls.table]} AS\n"
-        "SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (\n"
-        "  -- with no files, read_parquet(allow_empty) yields one column named 'empty': drop it\n"
+        head
+        + "  -- with no files, read_parquet(allow_empty) yields one column named 'empty': drop it\n"
         "  SELECT COLUMNS(lambda c: c <> 'empty') FROM (\n"
         f"    (SELECT\n      {columns},\n      CAST(NULL AS DATE) AS \"date\"\n    LIMIT 0)\n"
         "    UNION ALL BY NAME\n"
         f"    SELECT * FROM read_parquet(getvariable('traces') || '/{cls.table}/*/*.parquet',\n"
         "      hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE},\n"
         "      allow_empty = true)))\n"
-        "QUALIFY event_id IS NULL OR row_number() OVER (PARTITION BY event_id) = 1;"
+        + tail
     )
+
+
+def _create_snapshot_views(con: duckdb.DuckDBPyConnection, store: TraceStore) -> None:
+    """The views over an object store: every table read now with pyarrow, registered as
+    `_files_<table>`, the raw views over those, then the same derived views as views.sql."""
+    try:
+        tables = {cls: read_table(store, cls) for cls in RECORD_TYPES}
+    except (OSError, pa.ArrowException) as err:
+        raise TraceError(f"cannot read the trace tables under {store.uri}: {err}") from err
+    statements = [f"SET VARIABLE traces = {_quote(store.uri)};"]
+    for cls, table in tables.items():
+        con.register(f"_files_{cls.table}", table)
+        statements.append(_raw_view_sql(cls, f"_files_{cls.table}"))
+    for view, (source, key, order) in _LATEST.items():
+        statements.append(f"CREATE OR REPLACE VIEW {view} AS SELECT * FROM {source}\n"
+                          f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {order}) = 1;")
+    statements.append(_EVENTS)
+    try:
+        con.execute("\n".join(statements))
+    except duckdb.Error as err:
+        raise TraceError(f"cannot create trace views over {store.uri}: {err}") from err
+
+
+def read_table(store: TraceStore, cls: type[TraceEvent], *, attempts: int = 3) -> pa.Table:
+    """Every row of the table of `cls` in `store`, with the `date` partition column; the record's
+    columns come first (null where a file lacks them), then any a newer writer added. A file
+    removed while it is read (a compaction finishing) makes the listing be taken again."""
+    empty = cls.arrow_schema().empty_table().append_column(pa.field("date", pa.date32()), pa.array([], pa.date32()))
+    attempt = 1
+    while True:
+        files = store.data_files(cls.table)
+        try:
+            with ThreadPoolExecutor(max_workers=8) as pool:  # object stores answer in parallel
+                parts = list(pool.map(lambda f: _with_date(store.read_parquet(f.path), f.date), files))
+            return merge([empty, *parts])
+        except FileNotFoundError:
+            if attempt == attempts:
+                raise
+            attempt += 1
+
+
+def _with_date(table: pa.Table, date: str) -> pa.Table:
+    try:
+        day = dt.date.fromisoformat(date)
+    except ValueError as err:
+        raise pa.ArrowInvalid(f"partition folder date={date} is not a date") from err
+    return table.append_column(pa.field("date", pa.date32()), pa.array([day] * table.num_rows, pa.date32()))
 
 
 def _sql_type(arrow_type: pa.DataType) -> str:

@@ -1,4 +1,4 @@
--- opsagent trace views, schema version 4 (see SCHEMA.md). Generated from the record
+-- opsagent trace views, schema version 5 (see SCHEMA.md). Generated from the record
 -- classes in agents/tracing/records.py by views.render_views_sql(): do not edit by hand.
 --
 -- The views read the trace folder named by the variable `traces` (default: ./traces) each time
@@ -7,8 +7,16 @@
 --   duckdb -cmd "SET VARIABLE traces = '/data/traces'" -cmd ".read views.sql"
 --   D SET VARIABLE traces = '/data/other';                   -- switch folders at any time
 -- `opsagent traces views-sql` prints this file; `opsagent traces shell` opens a session with it.
--- An S3 root works where DuckDB's httpfs extension is installed and credentials are set
--- (CREATE SECRET ... (TYPE s3, ...)): SET VARIABLE traces = 's3://bucket/traces';
+-- A trace root in an S3 bucket: `opsagent traces sql|shell`, `opsagent audit` and `opsagent case`
+-- take --traces s3://bucket/prefix and read it with pyarrow (no DuckDB extension needed). This
+-- file reads a bucket only where DuckDB's httpfs extension is installed (DuckDB downloads it on
+-- first use, so install it where the network allows), e.g. for an S3-compatible server:
+--   D INSTALL httpfs; LOAD httpfs;
+--   D CREATE SECRET (TYPE s3, KEY_ID '...', SECRET '...', REGION 'us-east-1',
+--                    ENDPOINT 'minio.internal:9000', URL_STYLE 'path', USE_SSL false);
+--   D SET VARIABLE traces = 's3://bucket/traces';
+--   D .read views.sql
+-- (on AWS itself, with the aws extension too: CREATE SECRET (TYPE s3, PROVIDER credential_chain)).
 -- Rows are unique by event_id: a file and its compacted copy may briefly both exist.
 
 SET VARIABLE traces = coalesce(getvariable('traces'), 'traces');
@@ -28,6 +36,7 @@ SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (
       CAST(NULL AS TIMESTAMPTZ) AS "received_at",
       CAST(NULL AS TIMESTAMPTZ) AS "finished_at",
       CAST(NULL AS TIMESTAMPTZ) AS "recorded_at",
+      CAST(NULL AS VARCHAR) AS "outcome",
       CAST(NULL AS BIGINT) AS "schema_version",
       CAST(NULL AS DATE) AS "date"
     LIMIT 0)
@@ -60,6 +69,7 @@ SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (
       CAST(NULL AS TIMESTAMPTZ) AS "finished_at",
       CAST(NULL AS VARCHAR) AS "policy_version",
       CAST(NULL AS VARCHAR) AS "args_digest",
+      CAST(NULL AS VARCHAR) AS "autonomy_mode",
       CAST(NULL AS BIGINT) AS "schema_version",
       CAST(NULL AS DATE) AS "date"
     LIMIT 0)
@@ -122,6 +132,31 @@ SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (
     LIMIT 0)
     UNION ALL BY NAME
     SELECT * FROM read_parquet(getvariable('traces') || '/approvals/*/*.parquet',
+      hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE},
+      allow_empty = true)))
+QUALIFY event_id IS NULL OR row_number() OVER (PARTITION BY event_id) = 1;
+
+CREATE OR REPLACE VIEW verdicts AS
+SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (
+  -- with no files, read_parquet(allow_empty) yields one column named 'empty': drop it
+  SELECT COLUMNS(lambda c: c <> 'empty') FROM (
+    (SELECT
+      CAST(NULL AS VARCHAR) AS "event_id",
+      CAST(NULL AS VARCHAR) AS "case_id",
+      CAST(NULL AS VARCHAR) AS "exception_type",
+      CAST(NULL AS VARCHAR) AS "autonomy_mode",
+      CAST(NULL AS VARCHAR) AS "source",
+      CAST(NULL AS BOOLEAN) AS "correct",
+      CAST(NULL AS VARCHAR) AS "reason",
+      CAST(NULL AS VARCHAR) AS "actor",
+      CAST(NULL AS VARCHAR) AS "details",
+      CAST(NULL AS TIMESTAMPTZ) AS "case_received_at",
+      CAST(NULL AS TIMESTAMPTZ) AS "recorded_at",
+      CAST(NULL AS BIGINT) AS "schema_version",
+      CAST(NULL AS DATE) AS "date"
+    LIMIT 0)
+    UNION ALL BY NAME
+    SELECT * FROM read_parquet(getvariable('traces') || '/verdicts/*/*.parquet',
       hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE},
       allow_empty = true)))
 QUALIFY event_id IS NULL OR row_number() OVER (PARTITION BY event_id) = 1;

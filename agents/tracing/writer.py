@@ -2,8 +2,9 @@
 
 `export` returns once the records are in the local write-ahead log and fsynced: that is the
 acknowledgement. `flush` seals the log's active segment and publishes every sealed segment as
-`root/<table>/date=YYYY-MM-DD/part-<writer>-<segment>.parquet` (atomically: temporary file,
-fsync, rename), then removes the segment; then it compacts partitions with many small files.
+`root/<table>/date=YYYY-MM-DD/part-<writer>-<segment>.parquet` (atomically: in a local folder a
+temporary file, fsync, rename; in an S3 bucket one upload), then removes the segment; then it
+compacts partitions with many small files.
 A segment's files have names fixed by the segment, so publishing it again after a crash replaces
 them with the same rows: every acknowledged record lands in the dataset exactly once.
 On start-up (`recover`) the writer finishes or rolls back interrupted compactions, removes its
@@ -26,8 +27,8 @@ from pydantic import ValidationError
 
 from opsagent.agents.tracing import compaction
 from opsagent.agents.tracing.exporters import TraceExporter
-from opsagent.agents.tracing.files import write_parquet
 from opsagent.agents.tracing.records import RECORD_TYPES, TraceEvent
+from opsagent.agents.tracing.storage import TraceStore, is_remote, open_store
 from opsagent.agents.tracing.wal import WriteAheadLog
 from opsagent.errors import TraceError
 
@@ -48,10 +49,13 @@ class Recovery:
 
 
 class TraceWriter(TraceExporter):
-    """Durable trace writer over a Parquet folder `root` and a local write-ahead log `wal_dir`.
+    """Durable trace writer over a trace root and a local write-ahead log `wal_dir`.
 
-    `wal_dir` defaults to `root/_wal`; give a local folder of its own when `root` is shared by
-    several nodes (each node's writer has its own log and writer id; file names never collide).
+    `root` is a local folder or an S3 URI (`s3://bucket/prefix`, see `storage.open_store`).
+    `wal_dir` defaults to `root/_wal` for a local root and is required for an S3 root (the log,
+    the writer's state and its compaction intents stay on the node). Give each node's writer a
+    local `wal_dir` of its own when `root` is shared (each log has its own writer id; file names
+    never collide).
     Compaction merges this writer's files in a partition once there are `compact_min_files` of
     them smaller than `compact_max_bytes`. `sync=False` skips fsync (tests and benchmarks only).
     """
@@ -60,8 +64,12 @@ class TraceWriter(TraceExporter):
                  compact_max_bytes: int = 32 << 20, sync: bool = True, recover: bool = True) -> None:
         if compact_min_files < 2:
             raise ValueError("compact_min_files must be at least 2")
-        self.root = Path(root).resolve()
-        self.wal = WriteAheadLog(Path(wal_dir) if wal_dir is not None else self.root / "_wal", sync=sync)
+        if wal_dir is None and is_remote(root):
+            raise TraceError(f"trace root {root.split('?')[0]} is not a local folder: give the writer a "
+                             "local wal_dir for its write-ahead log")
+        self.store: TraceStore = open_store(root)
+        self.root = self.store.uri
+        self.wal = WriteAheadLog(Path(wal_dir) if wal_dir is not None else Path(self.root) / "_wal", sync=sync)
         self.writer_id = self.wal.writer_id
         self.compact_min_files = compact_min_files
         self.compact_max_bytes = compact_max_bytes
@@ -86,8 +94,9 @@ class TraceWriter(TraceExporter):
         except OSError as err:
             raise TraceError(f"cannot append to the write-ahead log in {self.wal.folder}: {err}") from err
 
-    def flush(self) -> list[Path]:
-        """Publish everything acknowledged so far, then compact; returns the files published."""
+    def flush(self) -> list[str]:
+        """Publish everything acknowledged so far, then compact; returns the locations published
+        (absolute paths, or s3:// URIs)."""
         with self._publish_lock:
             self._check_open()
             self.wal.seal()
@@ -98,10 +107,11 @@ class TraceWriter(TraceExporter):
         with self._publish_lock:
             self._check_open()
             report = Recovery()
-            report.compactions = compaction.recover(self.root, self.wal.folder)
-            for stale in self.root.glob(f"*/date=*/.part-{self.writer_id}-*.tmp"):
-                stale.unlink()
-                report.temp_files += 1
+            try:
+                report.compactions = compaction.recover(self.store, self.wal.folder)
+                report.temp_files = self.store.discard_partials(f"*/date=*/.part-{self.writer_id}-*.tmp")
+            except (OSError, pa.ArrowException) as err:
+                raise TraceError(f"cannot recover the trace writer on {self.root}: {err}") from err
             pending = self.wal.sealed()
             report.segments = len(pending)
             report.events = sum(1 for name in pending for _ in self.wal.read(name))
@@ -110,11 +120,15 @@ class TraceWriter(TraceExporter):
                 log.info("trace writer %s recovered: %s", self.writer_id, report)
             return report
 
-    def compact(self) -> list[Path]:
+    def compact(self) -> list[str]:
         """Compact every partition of this writer that has enough small files."""
         with self._publish_lock:
             self._check_open()
-            folders = {p.parent for p in self.root.glob(f"*/date=*/part-{self.writer_id}-*.parquet")}
+            try:
+                folders = {f.folder for f in self.store.data_files()
+                           if f.name.startswith(f"part-{self.writer_id}-")}
+            except (OSError, pa.ArrowException) as err:
+                raise TraceError(f"cannot list {self.root}: {err}") from err
             return self._compact(folders)
 
     def close(self) -> None:
@@ -133,8 +147,9 @@ class TraceWriter(TraceExporter):
         if self._closed:
             raise TraceError(f"trace writer {self.writer_id} on {self.root} is closed")
 
-    def _publish_sealed(self, report: Recovery | None = None) -> list[Path]:
-        written: list[Path] = []
+    def _publish_sealed(self, report: Recovery | None = None) -> list[str]:
+        written: list[str] = []
+        folders: set[str] = set()
         for name in self.wal.sealed():
             try:
                 parts = self._decode_segment(name)
@@ -145,12 +160,15 @@ class TraceWriter(TraceExporter):
                 continue
             try:
                 for (cls, date), rows in sorted(parts.items(), key=lambda kv: (kv[0][0].table, kv[0][1])):
-                    path = self._partition(cls, date) / compaction.part_name(self.writer_id, name)
-                    written.append(write_parquet(path, pa.Table.from_pylist(rows, schema=cls.arrow_schema())))
+                    folder = f"{cls.table}/date={date}"
+                    table = pa.Table.from_pylist(rows, schema=cls.arrow_schema())
+                    written.append(self.store.write_parquet(
+                        f"{folder}/{compaction.part_name(self.writer_id, name)}", table))
+                    folders.add(folder)
                 self.wal.remove(name)
             except (OSError, pa.ArrowException) as err:
                 raise TraceError(f"cannot publish segment {name} under {self.root}: {err}") from err
-        self._compact({p.parent for p in written})
+        self._compact(folders)
         return written
 
     def _decode_segment(self, name: str) -> dict[tuple[type[TraceEvent], str], list[dict]]:
@@ -160,26 +178,22 @@ class TraceWriter(TraceExporter):
             parts[(type(event), event.partition_date())].append(event.to_row())
         return parts
 
-    def _compact(self, folders: set[Path]) -> list[Path]:
+    def _compact(self, folders: set[str]) -> list[str]:
         merged = []
         try:  # a merge that failed earlier in this process is finished first, as after a crash
-            compaction.recover(self.root, self.wal.folder)
-        except OSError as err:
+            compaction.recover(self.store, self.wal.folder)
+        except (OSError, pa.ArrowException) as err:
             raise TraceError(f"cannot finish an interrupted compaction under {self.root}: {err}") from err
         live = self.wal.live()
         for folder in sorted(folders):
-            plan = compaction.plan(folder, self.writer_id, live, min_files=self.compact_min_files,
-                                   max_bytes=self.compact_max_bytes)
-            if plan is None:
-                continue
             try:
-                merged.append(compaction.run(plan, self.root, self.wal.folder))
+                plan = compaction.plan(self.store, folder, self.writer_id, live,
+                                       min_files=self.compact_min_files, max_bytes=self.compact_max_bytes)
+                if plan is not None:
+                    merged.append(compaction.run(plan, self.store, self.wal.folder))
             except (OSError, pa.ArrowException) as err:
-                raise TraceError(f"cannot compact {folder}: {err}") from err
+                raise TraceError(f"cannot compact {self.store.location(folder)}: {err}") from err
         return merged
-
-    def _partition(self, cls: type[TraceEvent], date: str) -> Path:
-        return self.root / cls.table / f"date={date}"
 
 
 def encode(event: TraceEvent) -> bytes:

@@ -23,6 +23,7 @@ from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.service import PolicyService
 from opsagent.tools.platform import InjectedException, Platform, inject_weight_mismatch
 from opsagent.tools.registry import ToolRegistry
+from tests.fakes.autonomy import promoted
 
 _SEEDS = itertools.count(50_000)
 
@@ -42,10 +43,12 @@ class Harness:
     """Runs one case through the real policy and executor; the engine follows `script`."""
 
     def __init__(self, registry: ToolRegistry, script: list[ScriptStep], max_steps: int = 6,
-                 planner: Any = None):
+                 planner: Any = None, mode: str = "autonomous"):
         self.engine = ScriptedEngine(script)
         self.traces = InMemoryExporter()
-        self.policy = PolicyEngine(load_default_policy(), registry)
+        config = load_default_policy()  # every class ships in shadow: promoted as an admin would
+        self.autonomy = promoted(config, mode)
+        self.policy = PolicyEngine(config, registry, autonomy=self.autonomy)
         self.service = PolicyService(self.policy, ApprovalStore(":memory:"))
         self.runner = CaseRunner(
             planner or Planner(self.engine, builtin_playbooks(), registry), LocalPolicy(self.service),
@@ -64,6 +67,7 @@ class Harness:
 
 @pytest.fixture
 def harness(registry: ToolRegistry) -> Callable[..., Harness]:
-    """`harness(script, registry=..., max_steps=..., planner=...)`; the session's registry by
-    default; `planner` replaces the scripted engine's planner (e.g. a RawPlanner)."""
+    """`harness(script, registry=..., max_steps=..., planner=..., mode=...)`; the session's registry
+    by default; `planner` replaces the scripted engine's planner (e.g. a RawPlanner); `mode` is every
+    class's autonomy mode (default autonomous)."""
     return lambda script, registry=registry, **kw: Harness(registry, script, **kw)

@@ -72,3 +72,37 @@ def test_reads_and_dry_runs_need_no_permit_and_change_nothing(registry, platform
     preview = _run(executor, dispute_args, dry_run=True)
     assert preview.ok and preview.dry_run and preview.body["diff"]
     assert _dispute(platform, sid) is None
+
+
+def test_one_executor_dispatches_by_source(registry, platform, dispute_args, monkeypatch):
+    """Sandbox tools go over HTTP as before (no auth, no retries); MCP tools go to their server."""
+    import secrets as _secrets
+
+    from opsagent.tools.building import build_registry
+    from opsagent.tools.sources import AuthHeader, McpSource
+    from tests.fakes.mcp_server import serve_http
+
+    assert registry.source("carrier").retries == 0 and registry.source("carrier").auth == []
+    token = "pcl-" + _secrets.token_hex(12)
+    monkeypatch.setenv("PARCELS_TOKEN", token)
+    with serve_http(token) as url:
+        source = McpSource(name="parcels", transport="http", url=url, prefix="pcl_",
+                           auth=[AuthHeader(env="PARCELS_TOKEN", scheme="Bearer")])
+        mixed = build_registry([source], base=registry)
+        executor = Executor(mixed, KEY)
+        sid = dispute_args["shipment_id"]
+
+        async def go():
+            try:
+                shipment = await executor.execute("tms_get_shipment", {"shipment_id": sid}, case_id="c", step=1)
+                parcel = await executor.execute("pcl_get_parcel", {"parcel_id": "P-1"}, case_id="c", step=2)
+                write = await executor.execute(TOOL, dispute_args, case_id="case-mixed", step=3,
+                                               permit=_permit(dispute_args, case_id="case-mixed"))
+                return shipment, parcel, write
+            finally:
+                await executor.close()
+
+        shipment, parcel, write = asyncio.run(go())
+    assert shipment.ok and shipment.status_code == 200 and shipment.body["shipment_id"] == sid
+    assert parcel.ok and parcel.status_code is None and parcel.body["parcel_id"] == "P-1"
+    assert write.ok and _dispute(platform, sid) == write.body["dispute_id"]

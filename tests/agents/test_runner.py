@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 
 import httpx
@@ -190,3 +191,99 @@ def test_system_down_is_an_observation_not_a_crash(harness, registry, instance):
     failed = case.steps[-1]
     assert failed.tool == "tms_get_shipment" and failed.executed and not failed.ok and failed.error
     assert h.engine.requests[-1].messages[-1].content.startswith("tms_get_shipment failed")
+
+
+# --- autonomy modes: enforced by the policy, carried out by the runner ------------------------
+
+def _disputes(platform, sid):
+    rows = httpx.get(f"{platform.base_urls['carrier']}/_admin/snapshot").json()["weight_disputes"]
+    return [r for r in rows if r["shipment_id"] == sid]
+
+
+def test_shadow_mode_proposes_every_write_and_writes_nothing(harness, instance, platform):
+    inst = instance(scale_ok=True)
+    sid = inst.entities["shipment_id"]
+    before = _carrier(platform, sid)
+    h = harness([gold_step] * 3, mode="shadow")
+    case = h.run(inst)
+    h.engine.assert_done()
+    assert case.status == CaseStatus.proposed and case.outcome == "resolved", case.reason
+    assert case.status.final and "nothing written; proposed resolved" in case.reason
+    assert _carrier(platform, sid) == before and _disputes(platform, sid) == []  # records untouched
+    assert case.last_write_at is None
+    proposal = case.steps[-1]
+    assert (proposal.tool, proposal.verdict, proposal.executed, proposal.ok) == (
+        "tms_open_weight_dispute", "propose", False, True)
+    # the planner saw what the write would have returned: the dispute record of the dry run
+    assert proposal.result["claimed_weight_kg"] == inst.facts["scanned_weight_kg"]
+    actions = h.traces.of_type(ActionEvent)
+    assert [(a.decision, a.executed, a.dry_run, a.autonomy_mode) for a in actions] == [
+        ("allow", True, False, "shadow"), ("allow", True, False, "shadow"), ("propose", False, True, "shadow")]
+    assert "shadow mode" in actions[-1].reasons[0] and actions[-1].result["dry_run"] is True
+    final = h.traces.of_type(CaseEvent)[-1]
+    assert (final.status, final.outcome) == ("proposed", "resolved")
+    assert h.traces.of_type(ApprovalEvent) == []
+
+
+def test_shadow_mode_never_runs_a_high_risk_write_even_approved(harness, instance, platform):
+    inst = instance()
+    sid = inst.entities["shipment_id"]
+    before = _carrier(platform, sid)["billed_weight_kg"]
+    finish = {"tool": "finish", "status": "escalated", "reason": "rebilled"}
+    h = harness([], planner=RawPlanner([*_reads(sid), _adjust(sid, 2.0), finish]), mode="shadow")
+    case = h.run(inst)
+    assert case.status == CaseStatus.proposed and case.outcome == "escalated"
+    held = case.steps[2]
+    assert (held.verdict, held.risk, held.executed, held.approval_id) == ("propose", "high", False, None)
+    assert _carrier(platform, sid)["billed_weight_kg"] == before
+    assert h.traces.of_type(ApprovalEvent) == []  # nothing to approve: it can never run in shadow
+
+
+def test_shadow_case_without_a_write_ends_as_it_did(harness, instance):
+    """Escalating without proposing anything withholds nothing: the case is simply escalated."""
+    h = harness([gold_step] * 3, mode="shadow")
+    case = h.run(instance(scale_ok=False))
+    assert case.status == CaseStatus.escalated and case.outcome is None
+
+
+def test_supervised_mode_holds_a_low_risk_write_for_approval(harness, instance, platform):
+    inst = instance(scale_ok=True)
+    sid = inst.entities["shipment_id"]
+    h = harness([gold_step] * 3, mode="supervised")
+    case = h.run(inst)
+    assert case.status == CaseStatus.awaiting_approval
+    held = case.steps[-1]
+    assert (held.tool, held.verdict, held.risk, held.executed) == (
+        "tms_open_weight_dispute", "require_approval", "low", False)
+    assert "supervised mode" in held.reasons[0]
+    assert _disputes(platform, sid) == []
+    approval = h.service.get_approval(held.approval_id)
+    assert approval.risk == "low" and approval.preview["dry_run"] is True
+    h.service.decide_approval(approval.approval_id, identity=ALICE, approve=True,
+                              args_digest=approval.args_digest)
+    case = h.resume(case)
+    h.engine.assert_done()
+    assert case.status == CaseStatus.resolved and case.steps[-1].executed
+    assert len(_disputes(platform, sid)) == 1
+    runs = [a for a in h.traces.of_type(ActionEvent) if a.tool == "tms_open_weight_dispute"]
+    assert [(a.decision, a.executed, a.autonomy_mode) for a in runs] == [
+        ("require_approval", False, "supervised"), ("allow", True, "supervised")]
+
+
+def test_a_class_demoted_to_shadow_while_held_never_writes_on_approval(harness, instance, platform):
+    from tests.fakes.autonomy import TEST_ADMIN
+
+    inst = instance(scale_ok=True)
+    sid = inst.entities["shipment_id"]
+    h = harness([gold_step] * 3, mode="supervised")
+    case = h.run(inst)
+    approval = h.service.get_approval(case.steps[-1].approval_id)
+    change = asyncio.run(h.runner.policy.set_mode("weight_mismatch", "shadow", TEST_ADMIN, "test: demoted"))
+    assert (change.from_mode, change.to_mode) == ("supervised", "shadow")
+    modes = {m.exception_type: m.mode for m in asyncio.run(h.runner.policy.autonomy_status())}
+    assert modes["weight_mismatch"] == "shadow"
+    h.service.decide_approval(approval.approval_id, identity=ALICE, approve=True,
+                              args_digest=approval.args_digest)
+    case = h.resume(case)
+    assert case.status == CaseStatus.proposed and case.steps[-1].verdict == "propose"
+    assert _disputes(platform, sid) == []

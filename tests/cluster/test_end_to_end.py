@@ -11,6 +11,7 @@ import pytest
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.config import PlannerConfig, SystemConfig
+from opsagent.cluster.demo import promote_for_demo
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
@@ -31,6 +32,7 @@ def test_weight_mismatches_end_to_end_on_the_embedded_model(ray_runtime, platfor
     system = OpsAgentSystem(config, platform.registry()).start()
     try:
         assert system.model == "SmolLM2-135M-Instruct"
+        promote_for_demo(system)  # the shipped policy starts every class in shadow
         url = system.serve(port=_free_port())
         token = TokenStore(system.tokens_path).add("ops", ["submitter"])
         with httpx.Client(base_url=url, timeout=60, headers={"Authorization": f"Bearer {token}"}) as client:

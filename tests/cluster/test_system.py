@@ -19,6 +19,7 @@ from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
+from tests.fakes.autonomy import TEST_ADMIN
 from tests.fakes.planners import gold_except
 
 FINAL = {"resolved", "escalated", "failed", "awaiting_approval"}
@@ -43,6 +44,9 @@ def scenario(ray_runtime, platform, tmp_path_factory):
     system = OpsAgentSystem(SystemConfig(traces_dir=traces, state_dir=state, executors=2),
                             platform.registry(), engine=engine,
                             playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
+    # the shipped policy starts every class in shadow: an admin promotes the one these tests run
+    ray.get(system.handles["policy"].set_mode.remote("weight_mismatch", "autonomous", TEST_ADMIN,
+                                                     "test: resolve weight mismatches"))
     url = system.serve(port=_free_port())
     tokens = TokenStore(system.tokens_path)
     auth = {role: {"Authorization": f"Bearer {tokens.add(role, [role])}"}
@@ -229,3 +233,19 @@ def test_policy_reloads_without_a_restart_and_applies_at_once(scenario, platform
             assert "tms_open_weight_dispute" not in allowed and "wms_get_shipment" in allowed
         finally:
             assert admin.put("/v1/policy", json={"yaml": original}).json()["version"] == before
+
+
+def test_the_policy_actor_reports_and_guards_autonomy_modes(scenario):
+    from opsagent.errors import AuthError
+    from opsagent.policy.identity import Identity, Role
+
+    policy = scenario["system"].handles["policy"]
+    status = {s.exception_type: s for s in ray.get(policy.autonomy_status.remote())}
+    promoted = status["weight_mismatch"]
+    assert promoted.mode == "autonomous" and promoted.last_change.actor == "test-admin"
+    assert status["damage_claim"].mode == "shadow" and status["damage_claim"].last_change.automatic
+    approver = Identity(name="approver", roles=frozenset({Role.approver}))
+    with pytest.raises(AuthError):
+        ray.get(policy.set_mode.remote("damage_claim", "autonomous", approver, "I approve"))
+    after = {s.exception_type: s.mode for s in ray.get(policy.autonomy_status.remote())}
+    assert after["damage_claim"] == "shadow"

@@ -87,3 +87,40 @@ def read(registry: ToolRegistry) -> Iterator[Callable[..., ToolResult]]:
 
 async def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=10.0)
+
+
+@pytest.fixture(scope="module")
+def ray_runtime() -> Iterator[None]:
+    """A local Ray runtime for the eval runner tests of one module, stopped afterwards."""
+    from opsagent.cluster.runtime import start_ray, stop_ray
+
+    start_ray(num_cpus=2)
+    yield
+    stop_ray()
+
+
+@pytest.fixture(scope="session")
+def gold_responder() -> Callable[[list[Instance]], Callable[..., dict[str, Any]]]:
+    """`gold_responder(instances)`: a scripted-engine step that follows the gold of whichever of
+    `instances` the case is about (matched by its entities), and escalates anything else (the
+    planner's warm-up calls)."""
+    import json
+
+    from opsagent.agents.playbooks.model import builtin_playbooks
+    from opsagent.evals.gold import conversation, scripted_gold
+
+    def make(instances: list[Instance]) -> Callable[..., dict[str, Any]]:
+        books = builtin_playbooks()
+        by_entities = {json.dumps(i.entities, sort_keys=True): scripted_gold(i, books[i.exception_type])
+                       for i in instances}
+
+        def respond(request: Any) -> dict[str, Any]:
+            _, entities, _ = conversation(request)
+            gold = by_entities.get(json.dumps(entities, sort_keys=True))
+            if gold is None:
+                return {"tool": "finish", "status": "escalated", "reason": "not an instance of the set"}
+            return gold(request)
+
+        return respond
+
+    return make

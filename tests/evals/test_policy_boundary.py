@@ -11,13 +11,16 @@ from opsagent.evals.catalogue import GoldAction, Instance, make, plant
 from opsagent.policy.config import load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.records import ToolCallRequest
+from tests.fakes.autonomy import promoted
 
 _SEEDS = itertools.count(90_000)
 
 
 @pytest.fixture(scope="module")
 def engine(registry) -> PolicyEngine:
-    return PolicyEngine(load_default_policy(), registry)
+    """The shipped policy with its classes promoted to autonomous (they ship in shadow)."""
+    config = load_default_policy()
+    return PolicyEngine(config, registry, autonomy=promoted(config))
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from opsagent.policy.config import load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity, Role
 from opsagent.policy.service import PolicyService
+from tests.fakes.autonomy import promoted
 
 APPROVER = Identity(name="alice", roles=frozenset({Role.approver}))
 
@@ -119,7 +120,8 @@ def test_gold_through_the_agent_runner_scores_one(platform, registry, sets):
     policy (approving held steps as a human would) and executor, scores 1.0."""
     instances = sets.runner
     books = builtin_playbooks()
-    policy = PolicyEngine(load_default_policy(), registry)
+    config = load_default_policy()
+    policy = PolicyEngine(config, registry, autonomy=promoted(config))  # the classes ship in shadow
     service = PolicyService(policy, ApprovalStore(":memory:"))
     executor = Executor(registry, policy.permit_key)
     held = []

@@ -28,6 +28,7 @@ from opsagent.policy.identity import Identity, Role
 from opsagent.policy.service import PolicyService
 from opsagent.tools.platform import Platform, inject_weight_mismatch
 from opsagent.tools.registry import ToolRegistry
+from tests.fakes.autonomy import promoted
 from tests.fakes.planners import gold_except
 
 _SEEDS = itertools.count(70_000)
@@ -48,7 +49,7 @@ def trace_two_cases(platform: Platform, registry: ToolRegistry, root: Path,
     first, second = (inject_weight_mismatch(platform, count=1, seed=next(_SEEDS), suspect_share=0.0)[0]
                      for _ in range(2))
     engine = ScriptedEngine([gold_except({second.entities["shipment_id"]})] * 8)
-    engine_policy = PolicyEngine(policy, registry)
+    engine_policy = PolicyEngine(policy, registry, autonomy=promoted(policy))  # shipped in shadow
     service = PolicyService(engine_policy, ApprovalStore(":memory:"))
     writer = TraceWriter(root)
     runner = CaseRunner(Planner(engine, builtin_playbooks(), registry), LocalPolicy(service),

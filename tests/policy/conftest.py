@@ -10,6 +10,7 @@ import pytest
 from opsagent.policy import PolicyConfig, PolicyEngine, ToolCallRequest, load_default_policy
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolSpec
+from tests.fakes.autonomy import promoted
 
 
 def _object(properties: dict[str, Any]) -> dict[str, Any]:
@@ -81,7 +82,9 @@ def registry() -> ToolRegistry:
 
 @pytest.fixture(scope="session")
 def engine(registry: ToolRegistry) -> PolicyEngine:
-    return PolicyEngine(load_default_policy(), registry)
+    """The shipped policy with every class promoted to autonomous (it ships them in shadow)."""
+    config = load_default_policy()
+    return PolicyEngine(config, registry, autonomy=promoted(config))
 
 
 @pytest.fixture(scope="session")
@@ -111,6 +114,7 @@ limits:
   hold_grace_s: 240
 classes:
   billing_dispute:
+    initial_mode: autonomous  # these tests are about limits; test_autonomy covers the modes
     calls_per_minute: {class_rate}
     tools:
       billing_get_invoice: {{risk: low, scope: [invoice_id]}}

@@ -59,6 +59,7 @@ def test_nested_fields_and_every_comparison(registry, credit) -> None:
     config = PolicyConfig.from_yaml("""
 classes:
   billing_dispute:
+    initial_mode: autonomous
     tools:
       billing_get_invoice: {risk: low}
       billing_issue_credit:

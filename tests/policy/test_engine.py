@@ -12,10 +12,11 @@ from opsagent.policy import (
     args_digest,
     load_default_policy,
 )
+from tests.fakes.autonomy import promoted
 
 ALL_CHECKS = [
     "known_class", "allowlisted", "registered", "schema_valid", "constraints", "scope", "cross_record",
-    "within_limits", "risk_tier",
+    "within_limits", "risk_tier", "autonomy_mode",
 ]
 DISPUTE = {"shipment_id": "SHP-1", "claimed_weight_kg": 12.5, "reason": "scale says 12.5"}
 READ = {"wms_get_shipment": {"shipment_id": "SHP-1", "scanned_weight_kg": 12.5, "scale_check": "passed"}}
@@ -28,7 +29,9 @@ def test_low_risk_read_is_allowed(engine, make_request) -> None:
     assert decision.checks == ALL_CHECKS
     assert decision.policy_version == load_default_policy().version
     assert decision.args_digest == args_digest("wms_get_shipment", {"shipment_id": "SHP-1"})
-    assert decision.reasons == ["wms_get_shipment is low risk for weight_mismatch"]
+    assert decision.reasons == ["wms_get_shipment is low risk for weight_mismatch",
+                                "weight_mismatch is in autonomous mode"]
+    assert decision.mode == "autonomous"
 
 
 def test_low_risk_write_is_allowed(engine, make_request) -> None:
@@ -60,6 +63,7 @@ def test_denials(engine, make_request, overrides, deciding_check, reason) -> Non
     decision = engine.decide(request)
     assert (decision.verdict, decision.risk) == ("deny", None)
     assert decision.checks == ALL_CHECKS[: ALL_CHECKS.index(deciding_check) + 1]
+    assert decision.mode == ("supervised" if deciding_check == "known_class" else "autonomous")
     assert reason in decision.reasons[0]
 
 
@@ -74,6 +78,7 @@ def test_value_dependent_risk(registry, make_request) -> None:
         """
 classes:
   weight_mismatch:
+    initial_mode: autonomous
     tools:
       tms_adjust_billed_weight:
         risk: low
@@ -130,9 +135,14 @@ def test_first_block_wins(registry, make_request) -> None:
     def approve_everything(request, ctx):
         return CheckResult("require_approval", "always ask", "high")
 
-    engine = PolicyEngine(load_default_policy(), registry, checks=[approve_everything, *DEFAULT_CHECKS])
+    config = load_default_policy()
+    engine = PolicyEngine(config, registry, checks=[approve_everything, *DEFAULT_CHECKS], autonomy=promoted(config))
     decision = engine.decide(make_request("rm_rf", {}))
-    assert (decision.verdict, decision.reasons) == ("require_approval", ["always ask"])
+    assert (decision.verdict, decision.reasons[0]) == ("require_approval", "always ask")
+    # in shadow mode a tool the registry does not know counts as a write: proposed, never run
+    decision = PolicyEngine(config, registry, checks=[approve_everything, *DEFAULT_CHECKS]).decide(
+        make_request("rm_rf", {}))
+    assert (decision.verdict, decision.risk, decision.permit) == ("propose", "high", None)
 
 
 def test_args_digest_is_canonical() -> None:

@@ -115,7 +115,8 @@ def test_on_exceed_require_approval_holds_and_an_approval_releases(
     over = credit(case_id="A", step=2, amount=260)
     held = engine.authorize(over)
     assert (held.verdict, held.risk, held.permit) == ("require_approval", "high", None)
-    assert held.reasons == [f"spend on {CREDIT} in case A (EUR): 410 would exceed the limit of 400"]
+    assert held.reasons == [f"spend on {CREDIT} in case A (EUR): 410 would exceed the limit of 400",
+                            "billing_dispute is in autonomous mode"]
     assert spent(engine) == 150  # nothing reserved while held
     approved = engine.authorize(over, approved_digest=held.args_digest, approved_by="alice (apr-1)")
     assert approved.verdict == "allow" and approved.permit is not None

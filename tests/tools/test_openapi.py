@@ -98,10 +98,25 @@ def test_internal_operations_and_operations_without_id_are_skipped():
     assert tools_from_openapi(doc, "things") == []
 
 
-def test_unsupported_shapes_raise_tool_error():
-    query = {"name": "limit", "in": "query", "schema": {"type": "integer"}}
-    with pytest.raises(ToolError, match="limit"):
-        tools_from_openapi(_doc(parameters=[query]), "things")
+def test_query_parameters_become_arguments():
+    limit = {"name": "limit", "in": "query", "schema": {"type": "integer", "maximum": 50}}
+    tag = {"name": "tag", "in": "query", "required": True, "description": "Which tag."}
+    (spec,) = tools_from_openapi(_doc(parameters=[limit, tag]), "things")
+    assert spec.query_params == ["limit", "tag"] and spec.path_params == ["thing_id"]
+    assert spec.parameters["properties"]["limit"] == {"type": "integer", "maximum": 50}
+    assert spec.parameters["properties"]["tag"] == {"type": "string", "description": "Which tag."}
+    assert spec.parameters["required"] == ["thing_id", "tag"]  # an optional query param is optional
+
+
+def test_unsupported_shapes_raise_tool_error_or_are_skipped_when_asked():
+    header = {"name": "X-Tenant", "in": "header", "schema": {"type": "string"}}
+    with pytest.raises(ToolError, match="X-Tenant"):
+        tools_from_openapi(_doc(parameters=[header]), "things")
+    skipped: dict[str, str] = {}
+    assert tools_from_openapi(_doc(parameters=[header]), "things", skipped=skipped) == []
+    assert list(skipped) == ["make_thing"] and "header parameter 'X-Tenant'" in skipped["make_thing"]
+    with pytest.raises(ToolError, match="not an OpenAPI document"):
+        tools_from_openapi({"openapi": "3.1.0"}, "things")
     clash = {"content": {"application/json": {"schema": {
         "type": "object", "properties": {"thing_id": {"type": "string"}}}}}}
     with pytest.raises(ToolError, match="collides"):

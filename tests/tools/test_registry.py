@@ -5,6 +5,7 @@ import pytest
 
 from opsagent.errors import ToolCallError, ToolError
 from opsagent.tools.registry import ToolRegistry
+from opsagent.tools.spec import ToolSpec
 
 
 def test_unknown_names_raise_tool_error(registry: ToolRegistry):
@@ -47,3 +48,24 @@ def test_from_services_fails_clearly_when_a_service_is_down():
         port = sock.getsockname()[1]
     with pytest.raises(ToolCallError, match="carrier"):
         ToolRegistry.from_services({"carrier": f"http://127.0.0.1:{port}"})
+
+
+def test_sources_merge_pickle_and_stay_apart(registry: ToolRegistry):
+    from opsagent.tools.sources import McpSource
+
+    mcp = ToolSpec(name="pcl_get_parcel", system="parcels", source="mcp", method="MCP", path="get_parcel",
+                   description="d", parameters={"type": "object"}, path_params=[], body_params=[], writes=False,
+                   reversible=None, inverse=None, supports_dry_run=False)
+    parcels = McpSource(name="parcels", transport="stdio", command=["parcels-server"],
+                        env_secrets={"PARCELS_TOKEN": {"env": "PARCELS_TOKEN"}})
+    merged = registry.merge(ToolRegistry([mcp], sources=[parcels]))
+    assert "pcl_get_parcel" in merged and merged.source("parcels") == parcels
+    assert merged.base_urls == registry.base_urls  # only OpenAPI systems have one
+    clone = pickle.loads(pickle.dumps(merged.subset(["pcl_get_parcel", "tms_get_shipment"])))
+    assert clone.names() == ["pcl_get_parcel", "tms_get_shipment"] and clone.source("parcels") == parcels
+    with pytest.raises(ToolError, match="is an MCP server, it has no base URL"):
+        merged.base_url("parcels")
+    with pytest.raises(ToolError, match="two sources for system 'parcels'"):
+        merged.merge(ToolRegistry([], sources=[parcels]))
+    with pytest.raises(ToolError, match="is an mcp tool but 'carrier' is an openapi source"):
+        ToolRegistry([mcp.model_copy(update={"system": "carrier"})], registry.base_urls)

@@ -29,10 +29,10 @@ COMMENTARY = {"ticketing": ticketing.COMMENTARY}
 class _Service:
     """One uvicorn server in a daemon thread, on a socket bound before start (no port race)."""
 
-    def __init__(self, name: str, app: FastAPI):
+    def __init__(self, name: str, app: FastAPI, port: int = 0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=1, timeout_keep_alive=1)
@@ -55,20 +55,23 @@ class Platform:
     Data lives in `data_dir/<system>.sqlite` (a temporary folder, removed on exit, if none is
     given), so a second Platform on the same folder sees the same data. Systems found empty are
     seeded with `background` ordinary shipments (and their customers and invoices) from `seed`.
+    `ports` (system -> port) binds those systems to fixed ports instead of free ones, so a fresh
+    platform can take over the URLs of a stopped one.
     """
 
     def __init__(self, data_dir: Path | str | None = None, *, seed: int = 0, background: int = 25,
-                 startup_timeout: float = 15.0):
+                 startup_timeout: float = 15.0, ports: dict[str, int] | None = None):
         self._tmp = tempfile.TemporaryDirectory(prefix="opsagent-platform-") if data_dir is None else None
         self.data_dir = Path(self._tmp.name if self._tmp else data_dir)
         self.seed, self.background, self.startup_timeout = seed, background, startup_timeout
+        self.ports = dict(ports or {})
         self.base_urls: dict[str, str] = {}
         self._services: list[_Service] = []
 
     def start(self) -> Platform:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for name, create_app in SYSTEMS.items():
-            service = _Service(name, create_app(self.data_dir / f"{name}.sqlite"))
+            service = _Service(name, create_app(self.data_dir / f"{name}.sqlite"), self.ports.get(name, 0))
             self._services.append(service)
             service.start()
             self.base_urls[name] = service.url

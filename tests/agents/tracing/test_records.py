@@ -13,7 +13,7 @@ T0 = datetime(2025, 3, 1, 23, 30, tzinfo=timezone.utc)
 
 
 def test_tables_are_distinct_and_every_field_is_described() -> None:
-    assert [c.table for c in RECORD_TYPES] == ["case_events", "actions", "planner_calls", "approvals"]
+    assert [c.table for c in RECORD_TYPES] == ["case_events", "actions", "planner_calls", "approvals", "verdicts"]
     for cls in RECORD_TYPES:
         assert all(f.description for f in cls.model_fields.values()), cls
 

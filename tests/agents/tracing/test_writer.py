@@ -29,7 +29,7 @@ def test_export_then_flush_publishes_one_file_per_table_and_date(tmp_path: Path)
         writer.export(events)
         written = writer.flush()
         assert writer.flush() == []
-    names = {p.relative_to(tmp_path).as_posix() for p in written}
+    names = {Path(p).relative_to(tmp_path).as_posix() for p in written}
     segment = f"part-{writer.writer_id}-000001-00000001.parquet"
     assert names == {f"{t}/date={d}/{segment}" for t in ("actions", "case_events")
                      for d in ("2025-03-01", "2025-03-02")}

@@ -1,0 +1,214 @@
+"""The versioned REST API under /v1: exceptions, cases, approvals, policy, overview, health."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from opsagent.agents.case import CaseStatus
+from opsagent.cluster.api.auth import api_caller
+from opsagent.cluster.api.http_errors import ERROR_RESPONSES, ErrorBody
+from opsagent.cluster.api.models import (
+    IDEMPOTENCY_KEY, ApprovalContext, ApprovalDecision, CancelRequest, CaseSummary, CaseView,
+    ExceptionView, Health, ModeRequest, Overview, Page, PolicyUpload, PolicyVersion, RejectDecision,
+    SubmitRequest,
+    SubmitResponse, TimelineEntry,
+)
+from opsagent.cluster.api.service import OpsService
+from opsagent.cluster.case_book import CasePage, CaseQuery
+from opsagent.errors import IdempotencyConflict, InputError
+from opsagent.evals.gates import ClassStatus
+from opsagent.policy.autonomy import Mode, ModeChange
+from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
+from opsagent.policy.identity import Identity
+
+Caller = Annotated[Identity, Depends(api_caller)]
+
+
+def _service(request: Request) -> OpsService:
+    return request.app.state.service
+
+
+Service = Annotated[OpsService, Depends(_service)]
+
+def _known_query_only(request: Request) -> None:
+    """Refuse query parameters the route does not take (a typo would else silently widen a list)."""
+    route = request.scope.get("route")
+    known = _query_names(route.dependant) if route is not None else set()
+    unknown = sorted(set(request.query_params) - known)
+    if unknown:
+        raise InputError(f"unknown query parameter(s): {', '.join(map(repr, unknown))[:300]}"
+                         f"; this route takes: {', '.join(sorted(known)) or 'none'}")
+
+
+def _query_names(dependant: Any) -> set[str]:
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(_known_query_only)])
+_404 = {404: {"model": ErrorBody, "description": "Unknown (or not yours to see)."}}
+_409 = {409: {"model": ErrorBody, "description": "Conflicts with the current state."}}
+
+
+class CaseFilters:
+    """Query parameters shared by the case and exception lists."""
+
+    def __init__(
+        self,
+        status: CaseStatus | None = None,
+        mode: Annotated[Mode | None, Query(description="Classes now in this autonomy mode.")] = None,
+        exception_type: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
+        submitted_by: Annotated[str | None, Query(max_length=128)] = None,
+        offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+        limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    ) -> None:
+        self.query = CaseQuery(status=status, submitted_by=submitted_by, offset=offset, limit=limit,
+                               exception_types=[exception_type] if exception_type else None)
+        self.mode = mode
+
+
+Filters = Annotated[CaseFilters, Depends()]
+
+
+def _next(page: CasePage) -> int | None:
+    end = page.offset + len(page.items)
+    return end if end < page.total else None
+
+
+@v1.post("/exceptions", status_code=202, response_model=SubmitResponse,
+         responses={200: {"model": SubmitResponse, "description": "A retry: the case it made."},
+                    **_409})
+async def submit_exception(
+    body: SubmitRequest, caller: Caller, service: Service,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key",
+                                                  pattern=IDEMPOTENCY_KEY)] = None,
+) -> JSONResponse:
+    """Open a case for an exception (202). With an `Idempotency-Key` (header or body field), a
+    retry returns the case the first call made (200); the same key with a different body is 409."""
+    if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
+        raise IdempotencyConflict("the Idempotency-Key header and the body's idempotency_key differ; "
+                                  "send one key")
+    submission = await service.submit(caller, body.report(), idempotency_key or body.idempotency_key)
+    case = submission.entry.case
+    answer = SubmitResponse(case_id=case.case_id, status=case.status.value,
+                            created=submission.created, links={
+                                "case": f"/v1/cases/{case.case_id}",
+                                "timeline": f"/v1/cases/{case.case_id}/timeline"})
+    return JSONResponse(answer.model_dump(mode="json"), status_code=202 if submission.created else 200)
+
+
+@v1.get("/exceptions", response_model=Page[ExceptionView])
+async def list_exceptions(caller: Caller, service: Service, filters: Filters) -> Page[ExceptionView]:
+    """Submitted exceptions you may read (submitters: their own), newest first."""
+    page = await service.cases_page(caller, filters.query, filters.mode)
+    return Page[ExceptionView](items=[ExceptionView.of(e) for e in page.items], total=page.total,
+                               offset=page.offset, limit=page.limit, next_offset=_next(page))
+
+
+@v1.get("/exceptions/{case_id}", response_model=ExceptionView, responses=_404)
+async def get_exception(case_id: str, caller: Caller, service: Service) -> ExceptionView:
+    """One exception as it was submitted (identified by the case opened for it)."""
+    return ExceptionView.of(await service.case(caller, case_id))
+
+
+@v1.get("/cases", response_model=Page[CaseSummary])
+async def list_cases(caller: Caller, service: Service, filters: Filters) -> Page[CaseSummary]:
+    """Cases you may read, newest first, filtered by status, class and submitter."""
+    page = await service.cases_page(caller, filters.query, filters.mode)
+    return Page[CaseSummary](items=[CaseSummary.of(e) for e in page.items], total=page.total,
+                             offset=page.offset, limit=page.limit, next_offset=_next(page))
+
+
+@v1.get("/cases/{case_id}", response_model=CaseView, responses=_404)
+async def get_case(case_id: str, caller: Caller, service: Service) -> CaseView:
+    """A case's status and every step."""
+    return CaseView.of(await service.case(caller, case_id))
+
+
+@v1.get("/cases/{case_id}/timeline", response_model=list[TimelineEntry], responses=_404)
+async def case_timeline(case_id: str, caller: Caller, service: Service) -> list[TimelineEntry]:
+    """Every traced record about a case, in time order (lags the live case by about a second)."""
+    return await service.timeline(caller, case_id)
+
+
+@v1.post("/cases/{case_id}/cancel", status_code=202, response_model=CaseView,
+         responses={**_404, **_409})
+async def cancel_case(case_id: str, body: CancelRequest, caller: Caller,
+                      service: Service) -> CaseView:
+    """Stop a case (submitters: their own): it ends escalated. A running case stops before its
+    next planning turn, a paused one at once; a final case cannot be cancelled (409)."""
+    return CaseView.of(await service.cancel(caller, case_id, body.reason))
+
+
+@v1.get("/approvals", response_model=list[ApprovalRequest])
+async def list_approvals(caller: Caller, service: Service,
+                         status: ApprovalStatus | None = None) -> list[ApprovalRequest]:
+    """Held actions, oldest first (`status=pending` for the queue)."""
+    return await service.approvals(caller, status)
+
+
+@v1.get("/approvals/{approval_id}", response_model=ApprovalContext, responses=_404)
+async def get_approval(approval_id: str, caller: Caller, service: Service) -> ApprovalContext:
+    """A held action with its case, the exception text, the planner's evidence and the dry-run diff."""
+    return await service.approval(caller, approval_id)
+
+
+@v1.post("/approvals/{approval_id}/approve", response_model=ApprovalRequest,
+         responses={**_404, **_409})
+async def approve(approval_id: str, body: ApprovalDecision, caller: Caller,
+                  service: Service) -> ApprovalRequest:
+    """Approve the action shown with `args_digest`; the case resumes and runs it once."""
+    return await service.decide(caller, approval_id, approve=True, args_digest=body.args_digest,
+                                reason=body.reason)
+
+
+@v1.post("/approvals/{approval_id}/reject", response_model=ApprovalRequest,
+         responses={**_404, **_409})
+async def reject(approval_id: str, body: RejectDecision, caller: Caller,
+                 service: Service) -> ApprovalRequest:
+    """Reject the action shown with `args_digest`, with a reason; the planner is told it."""
+    return await service.decide(caller, approval_id, approve=False, args_digest=body.args_digest,
+                                reason=body.reason)
+
+
+@v1.get("/autonomy", response_model=list[ClassStatus])
+async def autonomy(caller: Caller, service: Service) -> list[ClassStatus]:
+    """Each class's autonomy mode, the evidence of its stage (verdicts, Wilson interval), its gate,
+    whether it is eligible for the next mode or due for demotion, and its last change."""
+    return await service.autonomy(caller)
+
+
+@v1.put("/autonomy/{exception_type}", response_model=ModeChange, responses={**_404, **_409})
+async def set_mode(exception_type: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
+                   body: ModeRequest, caller: Caller, service: Service) -> ModeChange:
+    """Set a class's autonomy mode (admin), recorded with who and why."""
+    return await service.set_mode(caller, exception_type, body.mode, body.reason)
+
+
+@v1.get("/policy", response_model=PolicyVersion)
+async def policy_version(caller: Caller, service: Service) -> PolicyVersion:
+    return PolicyVersion(version=await service.policy_version(caller))
+
+
+@v1.put("/policy", response_model=PolicyVersion)
+async def reload_policy(body: PolicyUpload, caller: Caller, service: Service) -> PolicyVersion:
+    """Replace the policy without a restart (admin); every decision from now on uses it."""
+    return PolicyVersion(version=await service.reload_policy(caller, body.yaml), reloaded_by=caller.name)
+
+
+@v1.get("/overview", response_model=Overview)
+async def overview(caller: Caller, service: Service) -> Overview:
+    """Automation rate, latency, open approvals and the unsupervised-high-risk count."""
+    return await service.overview(caller)
+
+
+@v1.get("/health", response_model=Health, responses={503: ERROR_RESPONSES[503]})
+async def health(service: Service, response: Response) -> Health:
+    """Liveness and readiness (no token needed): the case manager answers."""
+    response.headers["Cache-Control"] = "no-store"
+    return Health(status="ok", open_cases=await service.open_cases())

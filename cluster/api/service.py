@@ -1,0 +1,192 @@
+"""What the API and the console do, with the role checks, over the case manager and policy actors.
+
+Both front ends call this one class, so a rule holds for both. Who may do what:
+
+| operation                                  | submitter | approver            | auditor | admin |
+|--------------------------------------------|-----------|---------------------|---------|-------|
+| submit an exception                        | yes       |                     |         | yes   |
+| read exceptions, cases, timelines          | own       | cases that asked one| all     | all   |
+| cancel a case                              | own       |                     |         | all   |
+| read approvals, overview, policy version   |           | yes                 | yes     | yes   |
+| approve or reject                          |           | yes                 |         | yes   |
+| read autonomy modes and their evidence     |           | yes                 | yes     | yes   |
+| replace the policy, change autonomy modes  |           |                     |         | yes   |
+
+A case the caller may not read is answered as unknown (404), so its existence does not leak.
+Actor handles are called as `handle.method.remote(...)`; an error raised in an actor comes back
+as the opsagent error it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from opsagent.agents.case import CaseStatus, ExceptionReport
+from opsagent.cluster.api.models import ApprovalContext, Overview, TimelineEntry
+from opsagent.cluster.api.trace_reads import TraceReads
+from opsagent.cluster.case_book import CaseEntry, CasePage, CaseQuery, ReadScope, Submission
+from opsagent.errors import CaseNotFound, CaseStateError, ConfigError, InputError, OpsAgentError
+from opsagent.evals.gates import ClassStatus
+from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
+from opsagent.policy.autonomy import ClassMode, Mode, ModeChange
+from opsagent.policy.config import PolicyConfig
+from opsagent.policy.identity import Identity, Role, require
+
+READERS = (Role.submitter, Role.approver, Role.auditor)
+WATCHERS = (Role.approver, Role.auditor)
+
+
+async def ask(method: Any, *args: Any) -> Any:
+    """Call an actor method; an opsagent error raised inside comes back as itself (Ray wraps it)."""
+    try:
+        return await method.remote(*args)
+    except Exception as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, OpsAgentError):
+            raise cause from None
+        raise
+
+
+class OpsService:
+    """The operations of the front door, for an authenticated identity."""
+
+    def __init__(self, cases: Any, policy: Any, traces: TraceReads) -> None:
+        self.cases, self.policy, self.traces = cases, policy, traces
+
+    # exceptions and cases
+
+    async def submit(self, who: Identity, report: ExceptionReport,
+                     idempotency_key: str | None = None) -> Submission:
+        require(who, Role.submitter)
+        return await ask(self.cases.submit, report, who.name, idempotency_key)
+
+    async def cases_page(self, who: Identity, query: CaseQuery, mode: Mode | None = None) -> CasePage:
+        """Cases `who` may read; `mode` keeps those of the classes now in that autonomy mode."""
+        require(who, *READERS)
+        update: dict[str, Any] = {"readable_by": _scope(who)}
+        if mode is not None:
+            in_mode = [m.exception_type for m in await ask(self.policy.autonomy_status) if m.mode == mode]
+            wanted = query.exception_types
+            update["exception_types"] = [c for c in in_mode if wanted is None or c in wanted]
+        return await ask(self.cases.page, query.model_copy(update=update))
+
+    async def case(self, who: Identity, case_id: str) -> CaseEntry:
+        require(who, *READERS)
+        entry: CaseEntry = await ask(self.cases.entry, case_id)
+        if not _scope(who).admits(entry):
+            raise CaseNotFound(case_id)
+        return entry
+
+    async def classes(self, who: Identity) -> list[str]:
+        """Exception classes with cases, for the console's filters."""
+        require(who, *READERS)
+        return await ask(self.cases.classes)
+
+    async def timeline(self, who: Identity, case_id: str) -> list[TimelineEntry]:
+        await self.case(who, case_id)
+        return await self.traces.timeline(case_id)
+
+    async def cancel(self, who: Identity, case_id: str, reason: str | None) -> CaseEntry:
+        require(who, Role.submitter)
+        entry = await self.case(who, case_id)
+        if Role.admin not in who.roles and entry.submitted_by != who.name:  # own cases only
+            raise CaseNotFound(case_id)
+        return await ask(self.cases.cancel, case_id, who.name, reason)
+
+    # approvals
+
+    async def approvals(self, who: Identity, status: ApprovalStatus | None) -> list[ApprovalRequest]:
+        require(who, *WATCHERS)
+        return await ask(self.policy.list_approvals, status.value if status else None)
+
+    async def approval(self, who: Identity, approval_id: str) -> ApprovalContext:
+        require(who, *WATCHERS)
+        approval: ApprovalRequest = await ask(self.policy.get_approval, approval_id)
+        return await self._context(approval)
+
+    async def pending_with_context(self, who: Identity) -> list[ApprovalContext]:
+        """The approval queue as the console shows it: every pending action with its case."""
+        pending = await self.approvals(who, ApprovalStatus.pending)
+        return list(await asyncio.gather(*(self._context(a) for a in pending)))
+
+    async def decide(self, who: Identity, approval_id: str, *, approve: bool, args_digest: str,
+                     reason: str | None) -> ApprovalRequest:
+        """Approve or reject a held action shown with `args_digest`; the case then resumes.
+        Refused (409) unless the case still waits for exactly this approval."""
+        require(who, Role.approver)
+        if not approve and not (reason and reason.strip()):
+            raise InputError("a rejection needs a reason (the planner is told it)")
+        approval: ApprovalRequest = await ask(self.policy.get_approval, approval_id)
+        context = await self._context(approval)
+        if approval.status == ApprovalStatus.pending and not context.decidable:
+            raise CaseStateError(f"case {approval.case_id} is {context.case_status or 'unknown'}; "
+                                 f"nothing waits for {approval_id}")
+        decided: ApprovalRequest = await ask(self.policy.decide_approval, approval_id, who, approve,
+                                             args_digest, reason)
+        await ask(self.cases.resume, decided.case_id)
+        return decided
+
+    async def _context(self, approval: ApprovalRequest) -> ApprovalContext:
+        try:
+            entry: CaseEntry | None = await ask(self.cases.entry, approval.case_id)
+        except CaseNotFound:
+            entry = None
+        steps = entry.case.steps if entry else []
+        held = next((s for s in steps if s.approval_id == approval.approval_id), None)
+        waiting = (entry is not None and entry.case.status == CaseStatus.awaiting_approval
+                   and steps and steps[-1].approval_id == approval.approval_id)
+        return ApprovalContext(
+            approval=approval, case_status=entry.case.status.value if entry else None,
+            description=entry.case.report.description if entry else None,
+            entities=entry.case.report.entities if entry else {},
+            evidence=held.evidence if held else {},
+            reads=[s.tool for s in steps if s.executed and s.ok and held and s.step < held.step],
+            decidable=bool(waiting) and approval.status == ApprovalStatus.pending,
+        )
+
+    # autonomy
+
+    async def autonomy(self, who: Identity) -> list[ClassStatus]:
+        """Each class's mode, the evidence of its stage and whether it may move up."""
+        require(who, *WATCHERS)
+        modes: list[ClassMode] = await ask(self.policy.autonomy_status)
+        config: PolicyConfig = await ask(self.policy.policy_config)
+        return await self.traces.autonomy(modes, config)
+
+    async def set_mode(self, who: Identity, exception_type: str, mode: Mode, reason: str) -> ModeChange:
+        """Set a class's autonomy mode (admins), recorded with who and why."""
+        require(who, Role.admin)
+        return await ask(self.policy.set_mode, exception_type, mode.value, who, reason)
+
+    # policy, overview, health
+
+    async def policy_version(self, who: Identity) -> str:
+        require(who, *WATCHERS)
+        return await ask(self.policy.version)
+
+    async def reload_policy(self, who: Identity, text: str) -> str:
+        require(who, Role.admin)
+        try:
+            config = PolicyConfig.from_yaml(text)
+        except ConfigError as exc:
+            raise InputError(str(exc)) from exc
+        return await ask(self.policy.reload, config)
+
+    async def overview(self, who: Identity) -> Overview:
+        require(who, *WATCHERS)
+        figures = await self.traces.overview()
+        pending = await ask(self.policy.list_approvals, ApprovalStatus.pending.value)
+        return Overview(open_approvals=len(pending), **figures)
+
+    async def open_cases(self) -> int:
+        return await ask(self.cases.open_cases)
+
+
+def _scope(who: Identity) -> ReadScope:
+    """The cases `who` may read."""
+    if who.has(Role.auditor):
+        return ReadScope(everything=True)
+    return ReadScope(submitter=who.name if Role.submitter in who.roles else None,
+                     approvals=Role.approver in who.roles)
+

@@ -1,0 +1,154 @@
+"""`opsagent autonomy status | set | compare | review | check`: earned autonomy on the command line.
+
+Works on the system's files: the autonomy store (`STATE/autonomy.sqlite`, the one the policy actor
+reads at every decision, so a change applies at once), the API tokens (`STATE/tokens.json`) and the
+trace folder. `cli.py` wires it in with `add_parser(subparsers)` and, for `args.command ==
+"autonomy"`, `run(args)`. Only argparse is imported here; the rest loads when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+COMMAND = "autonomy"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `autonomy` with its subcommands."""
+    top = subparsers.add_parser(COMMAND, help="autonomy modes per exception class, their evidence and gates")
+    sub = top.add_subparsers(dest="autonomy_command", required=True)
+    status = sub.add_parser("status", help="each class: mode, evidence, Wilson interval, eligibility, last change")
+    setter = sub.add_parser("set", help="set a class's mode (admin token; recorded with who and why)")
+    setter.add_argument("exception_type")
+    setter.add_argument("mode", choices=["shadow", "supervised", "autonomous"])
+    setter.add_argument("--reason", required=True, help="why (recorded with the change)")
+    setter.add_argument("--override", action="store_true",
+                        help="promote although the gates do not allow it (recorded in the reason)")
+    compare = sub.add_parser("compare", help="compare traced cases with a human action log; record verdicts")
+    compare.add_argument("--human-log", type=Path, required=True,
+                         help="JSONL, one line per instance (an eval set's human_log.jsonl)")
+    compare.add_argument("--instances", type=Path,
+                         help="the instances' classes and entities (default: instances.jsonl next to the log)")
+    review = sub.add_parser("review", help="record an operator's verdict on a finished case (approver token)")
+    review.add_argument("case_id")
+    verdict = review.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--correct", action="store_true", help="the case was handled correctly")
+    verdict.add_argument("--wrong", action="store_true", help="it was not")
+    review.add_argument("--reason", required=True, help="what was right or wrong")
+    check = sub.add_parser("check", help="demote every class whose live accuracy fell below its gate")
+    for cmd in (status, setter, compare, review, check):
+        cmd.add_argument("--traces", default="traces", help="trace folder (default ./traces)")
+        cmd.add_argument("--state", type=Path, default=Path("state"),
+                         help="state folder: autonomy.sqlite, tokens.json (default ./state)")
+        cmd.add_argument("--policy", type=Path, help="policy YAML (default: the shipped policy)")
+    for cmd in (setter, review):
+        cmd.add_argument("--token", help="API token (default $OPSAGENT_TOKEN)")
+    return top
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one `autonomy` subcommand; returns the exit code."""
+    from opsagent.evals import gates
+    from opsagent.policy.autonomy import AutonomyStore
+    from opsagent.policy.config import PolicyConfig, load_default_policy
+
+    config = PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy()
+    store = AutonomyStore(args.state / "autonomy.sqlite")
+    try:
+        command = args.autonomy_command
+        if command == "status":
+            print(render_status(gates.class_statuses(args.traces, store, config)))
+            return 0
+        store.seed(config)  # a class never recorded starts in its policy's initial mode
+        if command == "set":
+            return _set(args, store, config)
+        if command == "compare":
+            report = gates.compare_human_log(args.traces, args.human_log, args.instances,
+                                             writes=_sandbox_writes())
+            agree = sum(v.correct for v in report.verdicts)
+            print(f"{len(report.verdicts)} case(s) compared: {agree} agree with the human log; "
+                  f"{len(report.unmatched)} log line(s) without a finished case, "
+                  f"{len(report.incomparable)} case(s) whose log has no outcome")
+            return _recorded(gates.record_verdicts(args.traces, report.verdicts, store, config))
+        if command == "review":
+            identity = _identity(args)
+            event = gates.review(args.traces, args.case_id, correct=args.correct, reason=args.reason,
+                                 identity=identity)
+            print(f"{event.case_id}: {'correct' if event.correct else 'wrong'} ({event.exception_type}, "
+                  f"{event.autonomy_mode}) by {event.actor}")
+            return _recorded(gates.record_verdicts(args.traces, [event], store, config))
+        return _recorded(gates.check(args.traces, store, config))
+    finally:
+        store.close()
+
+
+def render_status(statuses: list) -> str:
+    """One row per class."""
+    from opsagent.agents.tracing.report import format_table
+
+    rows = []
+    for s in statuses:
+        last = s.last_change
+        rows.append((
+            s.exception_type, s.mode.value, s.evidence.n, s.evidence.correct,
+            f"[{s.evidence.low:.3f}, {s.evidence.high:.3f}]", f"{s.recent.correct}/{s.recent.n}",
+            s.why, f"{last.actor}: {last.reason}"[:70] if last else "-"))
+    gate = statuses[0].gate if statuses else None
+    note = (f"\nevidence: verdicts in the current mode since it was entered; gate: n >= {gate.min_cases} and "
+            f"Wilson {gate.confidence:.0%} lower bound >= {gate.threshold} (unless a class sets its own); "
+            f"recent: the last {gate.demote_window}, demoted when their upper bound < the threshold"
+            if gate else "")
+    return format_table(["class", "mode", "n", "correct", "wilson", "recent", "next stage", "last change"],
+                        rows) + note
+
+
+def _set(args: argparse.Namespace, store, config) -> int:
+    from opsagent.errors import AutonomyError
+    from opsagent.evals.gates import class_statuses
+    from opsagent.policy.autonomy import Mode
+    from opsagent.policy.identity import Role, require
+
+    identity = _identity(args)
+    require(identity, Role.admin)
+    if args.exception_type not in config.classes:
+        raise AutonomyError(f"unknown exception class {args.exception_type!r} (policy lists: "
+                            f"{', '.join(sorted(config.classes))})")
+    target = Mode(args.mode)
+    reason = args.reason
+    status = next(s for s in class_statuses(args.traces, store, config) if s.exception_type == args.exception_type)
+    if target.rank > status.mode.rank:
+        allowed = target == status.next_mode and status.eligible
+        if not allowed and not args.override:
+            raise AutonomyError(
+                f"{args.exception_type} is {status.mode}: the gates do not allow {target} "
+                f"({status.why}); promote one stage at a time once eligible, or pass --override")
+        if not allowed:
+            reason = f"{reason} [override: {status.why}]"
+    change = store.set_mode(args.exception_type, target, identity=identity, reason=reason)
+    print(f"{change.exception_type}: {change.from_mode or '-'} -> {change.to_mode} by {change.actor} "
+          f"at {change.at.isoformat(timespec='seconds')} ({change.reason})")
+    return 0
+
+
+def _identity(args: argparse.Namespace):
+    from opsagent.policy.identity import TokenStore
+
+    return TokenStore(args.state / "tokens.json").authenticate(args.token or os.environ.get("OPSAGENT_TOKEN"))
+
+
+def _recorded(demotions: list) -> int:
+    for change in demotions:
+        print(f"demoted {change.exception_type}: {change.from_mode} -> {change.to_mode} ({change.reason})")
+    if not demotions:
+        print("no class is below its gate")
+    return 0
+
+
+def _sandbox_writes() -> dict[str, bool]:
+    """Which tools write, from the sandbox platform's OpenAPI documents (no tool is called)."""
+    from opsagent.tools.platform.launcher import Platform
+
+    with Platform(background=0) as platform:
+        return {spec.name: spec.writes for spec in platform.registry().specs()}

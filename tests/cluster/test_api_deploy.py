@@ -1,0 +1,130 @@
+"""The deployment files: cluster/serve_config.yaml and the KubeRay RayService manifest parse as
+Serve configs and agree with the system config; the application builder refuses bad arguments;
+and the builder's application really runs on Ray (planner on an OpenAI-compatible stand-in,
+sandbox systems of record), as `serve run cluster/serve_config.yaml` runs it."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from importlib import import_module
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from fastapi import FastAPI
+from ray import serve
+from ray.serve.schema import ServeDeploySchema
+
+from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.deploy import SYSTEMS_ENV, DeployArgs, app
+from opsagent.errors import ConfigError
+from opsagent.policy.identity import TokenStore
+from opsagent.tools.sources import load_sources
+from tests.fakes.local_actors import ThreadedServer
+
+CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
+
+
+def _builder(application: dict):
+    module, _, name = application["import_path"].partition(":")
+    return getattr(import_module(module), name)
+
+
+def test_the_serve_config_parses_and_names_the_builder():
+    config = ServeDeploySchema.model_validate(yaml.safe_load((CLUSTER / "serve_config.yaml").read_text()))
+    (application,) = config.applications
+    assert application.import_path == "opsagent.cluster.deploy:app"
+    assert _builder({"import_path": application.import_path}) is app
+    DeployArgs.model_validate(application.args)
+    assert {d.name for d in application.deployments} == {"opsagent-api", "opsagent-system"}
+
+
+def test_the_rayservice_puts_the_planner_on_gpus_and_the_executors_on_cpus(tmp_path):
+    documents = list(yaml.safe_load_all((CLUSTER / "kuberay" / "rayservice.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    service = next(d for d in documents if d["kind"] == "RayService")
+    serve_config = ServeDeploySchema.model_validate(yaml.safe_load(service["spec"]["serveConfigV2"]))
+    (application,) = serve_config.applications
+    args = DeployArgs.model_validate(application.args)
+    assert args.config_path == "/etc/opsagent/system.yaml" and args.tool_sources
+    system = SystemConfig.model_validate(yaml.safe_load(config_map["data"]["system.yaml"]))
+    (tmp_path / "sources.yaml").write_text(config_map["data"]["sources.yaml"])
+    assert load_sources(tmp_path / "sources.yaml")
+
+    groups = {g["groupName"]: g for g in service["spec"]["rayClusterConfig"]["workerGroupSpecs"]}
+    gpu, cpu = groups["gpu-planner"], groups["cpu-executors"]
+    assert system.planner.actor_options["num_gpus"] == 1
+    assert gpu["rayStartParams"]["num-gpus"] == "1"
+    assert gpu["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    slots = json.loads(yaml.safe_load(cpu["rayStartParams"]["resources"]))
+    wanted = system.executor_actor_options["resources"]
+    assert set(wanted) <= set(slots) and "resources" not in gpu["rayStartParams"]
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"
+    mounts = head["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert any(Path(system.state_dir).is_relative_to(m["mountPath"]) for m in mounts)
+
+
+def test_the_builder_refuses_bad_arguments(monkeypatch):
+    monkeypatch.delenv(SYSTEMS_ENV, raising=False)
+    monkeypatch.delenv("OPSAGENT_TOOL_SOURCES", raising=False)
+    with pytest.raises(ConfigError, match="no systems of record"):
+        app({})
+    with pytest.raises(ConfigError, match="nope"):
+        app({"sandbox": True, "nope": 1})
+    with pytest.raises(ConfigError, match="limits"):
+        app({"sandbox": True, "api": {"limits": {"max_body_bytes": 1}}})
+    monkeypatch.setenv(SYSTEMS_ENV, "{not json")
+    with pytest.raises(ConfigError):
+        app({})
+    monkeypatch.setenv(SYSTEMS_ENV, json.dumps({"carrier": "http://tms:8000"}))
+    assert DeployArgs.model_validate({}).systems == {"carrier": "http://tms:8000"}
+
+
+def _escalating_openai_server() -> FastAPI:
+    """An OpenAI-compatible stand-in whose every answer ends the case (escalated)."""
+    api = FastAPI()
+
+    @api.post("/v1/chat/completions")
+    async def complete(body: dict) -> dict:
+        step = {"evidence": {"scale_check": "unknown"}, "tool": "finish", "status": "escalated",
+                "reason": "stand-in planner"}
+        return {"model": body["model"], "usage": {"prompt_tokens": 1, "completion_tokens": 1},
+                "choices": [{"message": {"content": json.dumps(step)}, "finish_reason": "stop"}]}
+
+    return api
+
+
+def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
+    with ThreadedServer(_escalating_openai_server()) as planner_server:
+        config = {"planner": {"engine": "openai", "warm_classes": [],
+                              "openai": {"base_url": f"{planner_server.url}/v1", "model": "stand-in"}},
+                  "executors": 1, "state_dir": str(tmp_path / "state"), "traces_dir": str(tmp_path / "traces")}
+        (tmp_path / "system.yaml").write_text(yaml.safe_dump(config))
+        token = TokenStore(tmp_path / "state" / "tokens.json").add("ops", ["submitter", "auditor"])
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        try:
+            serve.run(app({"config_path": str(tmp_path / "system.yaml"), "sandbox": True}),
+                      name="opsagent", route_prefix="/")
+            with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                              headers={"Authorization": f"Bearer {token}"}) as client:
+                assert client.get("/v1/health").json()["status"] == "ok"
+                assert client.get("/console/login").status_code == 200
+                r = client.post("/v1/exceptions", json={
+                    "exception_type": "weight_mismatch", "description": "billed 2 kg, scanned 1 kg",
+                    "entities": {"shipment_id": "SHP-000001"}})
+                assert r.status_code == 202, r.text
+                case_id = r.json()["case_id"]
+                deadline = time.monotonic() + 60
+                while (view := client.get(f"/v1/cases/{case_id}").json())["status"] not in ("escalated", "failed"):
+                    assert time.monotonic() < deadline, view
+                    time.sleep(0.2)
+            assert view["status"] == "escalated" and view["reason"] == "stand-in planner"
+        finally:
+            serve.shutdown()
