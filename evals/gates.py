@@ -27,11 +27,9 @@ unknown (the ticket was left open) is not comparable.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -40,6 +38,7 @@ from opsagent.agents.tracing.records import VerdictEvent
 from opsagent.agents.tracing.views import query
 from opsagent.errors import InputError
 from opsagent.evals.catalogue._model import HumanLog, Instance, same
+from opsagent.evals.stats import wilson
 from opsagent.policy.autonomy import AutonomyStore, GateConfig, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.identity import Identity, Role, require
@@ -48,21 +47,6 @@ COMPARE_ACTOR = "opsagent-compare"
 FREE_TEXT_ARGS = frozenset({"reason", "note", "resolution", "description", "comment"})
 """Arguments people word freely: not compared."""
 FINAL = ("resolved", "escalated", "failed", "proposed")
-
-
-def wilson(correct: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion `correct`/`n` at `confidence`; (0, 1) for n = 0."""
-    if n < 0 or not 0 <= correct <= n:
-        raise ValueError(f"need 0 <= correct <= n, got {correct}/{n}")
-    if not 0 < confidence < 1:
-        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    if n == 0:
-        return 0.0, 1.0
-    z = NormalDist().inv_cdf(1 - (1 - confidence) / 2)
-    p = correct / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 # --- the comparator ---------------------------------------------------------------------------

@@ -32,6 +32,8 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from opsagent.evals.stats import wilson
+
 FINAL = ("resolved", "escalated", "failed")
 AGENT_OUTCOMES = ("resolved", "escalated", "failed", "open")
 
@@ -155,17 +157,6 @@ class Target(BaseModel):
     goal: str
     measured: str
     met: bool | None = Field(description="None when there was nothing to measure.")
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """The Wilson score interval of a binomial proportion (95 % for z = 1.96)."""
-    if n <= 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes}/{n}")
-    p = successes / n
-    denominator = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denominator
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def pass_hat_k(successes: dict[str, tuple[int, int]], k: int) -> float | None:

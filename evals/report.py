@@ -28,6 +28,9 @@ from opsagent.agents.tracing.report import format_table
 from opsagent.evals.metrics import (
     AGENT_OUTCOMES, CaseResult, ConfigMetrics, EvalRun, GroupMetrics, format_rate, targets,
 )
+from opsagent.evals.stats import wilson
+from opsagent.policy.autonomy import GateConfig
+from opsagent.policy.config import load_default_policy
 
 RESULTS = "eval_results"
 COLOURS = ["#3b6ea8", "#e08a2c", "#4e9a5b", "#b8474f", "#7d5ba6", "#8c6d46"]
@@ -89,10 +92,23 @@ def class_table(m: ConfigMetrics) -> tuple[list[str], list[tuple]]:
     k = max(m.overall.pass_k, default=1)
     columns = ["class", "runs", "accuracy", "automated", "auto_writes_ok", "esc_prec", "esc_recall",
                "human", "p50_s", "p95_s", "calls/case", "tok_in/case", "tok_out/case", f"pass^{k}",
-               "unsup_high"]
-    rows = [_class_row(name, g, k) for name, g in m.by_class.items()]
-    rows.append(_class_row("ALL", m.overall, k))
+               "unsup_high", "gate"]
+    policy = load_default_policy()
+    rows = [(*_class_row(name, g, k), eligibility(g, policy.gates_for(name))) for name, g in m.by_class.items()]
+    rows.append((*_class_row("ALL", m.overall, k), ""))
     return columns, rows
+
+
+def eligibility(g: GroupMetrics, gate: GateConfig) -> str:
+    """Whether this run's accuracy would clear the class's promotion gate (the shipped policy's):
+    at least `min_cases` cases and a Wilson lower bound of at least `threshold`."""
+    n, hits = g.accuracy.n, g.accuracy.hits
+    low = wilson(hits, n, gate.confidence)[0]
+    if low < gate.threshold:
+        return f"below: lower bound {low:.2f} < {gate.threshold:.2f}"
+    if n < gate.min_cases:
+        return f"on track: lower bound {low:.2f}, needs {gate.min_cases - n} more case(s)"
+    return f"eligible: lower bound {low:.2f} >= {gate.threshold:.2f} over {n}"
 
 
 def _class_row(name: str, g: GroupMetrics, k: int) -> tuple:

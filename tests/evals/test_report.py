@@ -94,3 +94,17 @@ def test_charts_handle_gaps_and_empty_data():
     assert "no finished case" in histogram({"base": []})
     hist = histogram({"base": [1.0, 2.0, 2.0], "other": [10.0]}, bins=10, unit="s")
     assert "base: 2 case(s)" in hist and "other: 1 case(s)" in hist
+
+
+def test_eligibility_against_the_class_gate():
+    from opsagent.evals.metrics import group_metrics
+    from opsagent.evals.report import eligibility
+    from opsagent.policy.autonomy import GateConfig
+
+    gate = GateConfig(min_cases=10, threshold=0.6)
+    good = group_metrics([row(instance_id=f"i{n}", score=1.0) for n in range(12)])
+    assert eligibility(good, gate).startswith("eligible: lower bound 0.76")
+    few = group_metrics([row(instance_id=f"i{n}", score=1.0) for n in range(8)])
+    assert eligibility(few, gate) == "on track: lower bound 0.68, needs 2 more case(s)"
+    poor = group_metrics([row(instance_id=f"i{n}", score=float(n % 2)) for n in range(12)])
+    assert eligibility(poor, gate).startswith("below: lower bound 0.25 < 0.60")
