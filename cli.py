@@ -83,6 +83,10 @@ def _offline_parsers(sub: argparse._SubParsersAction) -> None:
     add.add_argument("--outcome", choices=["resolved", "escalated"],
                      help="how the case should have ended (default: as it did)")
     add.add_argument("--at", type=int, help="the step at which it should have ended with --outcome")
+    add.add_argument("--step", type=int, help="with --tool/--args: the step that should have made that call")
+    add.add_argument("--tool", help="the call step --step should have made")
+    add.add_argument("--args", help="its arguments as JSON")
+    add.add_argument("--key-args", help="comma-separated arguments that must match (default: all)")
     add.add_argument("--note", default="", help="the failure this guards against")
     add.add_argument("--force", action="store_true", help="replace an existing file")
     reg = esub.add_parser("regressions", help="replay every regression case; exit 1 if one differs")
@@ -182,10 +186,11 @@ def _offline(args: argparse.Namespace) -> int:
         print(render_policy_what_if(policy_what_if(args.traces, config, _tool_specs(), since=since)))
         return 0
     if args.command == "evals" and args.evals_command == "add-case":
-        from opsagent.evals.regressions import add_case
+        from opsagent.evals.regressions import add_case, corrected_action
 
+        action = corrected_action(args.step, args.tool, args.args, args.key_args)
         path = add_case(args.traces, args.case_id, args.out, outcome=args.outcome, at=args.at,
-                        note=args.note, force=args.force)
+                        action=action, note=args.note, force=args.force)
         print(f"wrote {path}")
         return 0
     if args.command == "replay":

@@ -3,13 +3,14 @@
 `opsagent evals add-case CASE_ID` copies the case's trace into one JSON file with the decisions
 the agent must make at each step: by default the ones it made (the case went right: keep it
 right), or corrected ones (`--outcome escalated --at 3`: by step 3 it should have handed the case
-to humans). `opsagent evals regressions DIR` replays every file through a planner against the
+to humans; `--step 3 --tool T --args JSON`: at step 3 it should have made that call). `opsagent evals regressions DIR` replays every file through a planner against the
 recorded observations (see `agents.whatif`) and fails if any decision differs. Nothing is
 executed; the file holds everything, so it outlives the trace store's retention.
 """
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -49,12 +50,22 @@ class RegressionCase(BaseModel):
 
 
 def case_from_trace(trace: CaseTrace, *, outcome: Outcome | None = None, at: int | None = None,
-                    note: str = "") -> RegressionCase:
+                    action: ExpectedDecision | None = None, note: str = "") -> RegressionCase:
     """Freeze `trace` with its recorded decisions, or corrected ones: `outcome` alone is how the
     case must end (it must have ended by a finish); with `at`, the planner must finish with
-    `outcome` at step `at` instead of what it did there and after."""
+    `outcome` at step `at` instead of what it did there and after; `action`: at its step the
+    planner must propose that call instead (the replay ends there: what it would have observed
+    next was never recorded)."""
     recorded = [ExpectedDecision.model_validate(d) for d in decisions(trace)]
-    if at is not None:
+    if action is not None:
+        if outcome is not None or at is not None:
+            raise InputError("give either a corrected action or --outcome/--at, not both")
+        if action.tool == FINISH:
+            raise InputError("a corrected finish is --outcome with --at")
+        if not 1 <= action.step <= len(recorded):
+            raise InputError(f"{trace.case_id} has steps 1-{len(recorded)}; step {action.step} is outside them")
+        expected = [*recorded[: action.step - 1], action]
+    elif at is not None:
         if outcome is None:
             raise InputError("--at needs --outcome: how should the case have ended at that step?")
         if not 1 <= at <= len(recorded) + 1:
@@ -73,10 +84,31 @@ def case_from_trace(trace: CaseTrace, *, outcome: Outcome | None = None, at: int
                           added_at=datetime.now(UTC), note=note, trace=trace, expected=expected)
 
 
+def corrected_action(step: int | None, tool: str | None, args: str | None,
+                     key_args: str | None) -> ExpectedDecision | None:
+    """The `--step/--tool/--args/--key-args` of `evals add-case` as a decision (None if not given)."""
+    if step is None and tool is None and args is None and key_args is None:
+        return None
+    if step is None or tool is None:
+        raise InputError("a corrected action needs --step and --tool (and --args)")
+    try:
+        parsed = json.loads(args) if args else {}
+    except ValueError as err:
+        raise InputError(f"--args is not JSON: {err}") from err
+    if not isinstance(parsed, dict):
+        raise InputError("--args must be a JSON object")
+    keys = [k.strip() for k in key_args.split(",") if k.strip()] if key_args else None
+    try:
+        return ExpectedDecision(step=step, tool=tool, args=parsed, key_args=keys)
+    except ValidationError as err:
+        raise InputError(f"bad corrected action: {err}") from err
+
+
 def add_case(root: Path | str, case_id: str, out: Path, *, outcome: Outcome | None = None,
-             at: int | None = None, note: str = "", force: bool = False) -> Path:
+             at: int | None = None, action: ExpectedDecision | None = None, note: str = "",
+             force: bool = False) -> Path:
     """Write `out/<case_id>.json` from the trace store at `root`; refuses to overwrite unless `force`."""
-    case = case_from_trace(load_case_trace(root, case_id), outcome=outcome, at=at, note=note)
+    case = case_from_trace(load_case_trace(root, case_id), outcome=outcome, at=at, action=action, note=note)
     path = out / f"{case_id}.json"
     if path.exists() and not force:
         raise InputError(f"{path} exists; pass --force to replace it")

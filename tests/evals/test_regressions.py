@@ -103,3 +103,37 @@ def test_cli_regressions_and_replay_what_if_run_the_configured_engine(traced, tm
     scripts.append([gold_step] * 3)
     assert main(["replay", traced.resolved.case_id, "--traces", str(traced.root), "--what-if"]) == 0
     assert "4/4 decisions the same" in capsys.readouterr().out
+
+
+def test_a_corrected_action_is_expected_at_its_step_and_the_replay_ends_there(traced, registry):
+    from opsagent.evals.regressions import ExpectedDecision
+
+    trace = load_case_trace(traced.root, traced.approved.case_id)
+    sid = traced.approved.report.entities["shipment_id"]
+    scan = traced.approved.steps[0].result["scanned_weight_kg"]
+    dispute = ExpectedDecision(step=3, tool="tms_open_weight_dispute", key_args=["shipment_id", "claimed_weight_kg"],
+                               args={"shipment_id": sid, "claimed_weight_kg": scan})
+    case = case_from_trace(trace, action=dispute, note="dispute, do not rebill")
+    assert [e.tool for e in case.expected] == ["wms_get_shipment", "tms_get_shipment", "tms_open_weight_dispute"]
+    (result,) = _replay([case], registry, [gold_step] * 3)  # the gold disputes the scanned weight
+    assert result.first_difference is None
+    wrong = ExpectedDecision(step=3, tool="tms_open_weight_dispute", key_args=["claimed_weight_kg"],
+                             args={"claimed_weight_kg": scan + 1})
+    (result,) = _replay([case_from_trace(trace, action=wrong)], registry, [gold_step] * 3)
+    assert result.first_difference == 3
+    with pytest.raises(InputError, match="not both"):
+        case_from_trace(trace, action=dispute, outcome="escalated")
+    with pytest.raises(InputError, match="outside them"):
+        case_from_trace(trace, action=dispute.model_copy(update={"step": 7}))
+
+
+def test_cli_corrected_action_arguments(traced, tmp_path, capsys):
+    base = ["evals", "add-case", traced.approved.case_id, "--traces", str(traced.root), "--out", str(tmp_path)]
+    assert main([*base, "--step", "3", "--tool", "tms_open_weight_dispute",
+                 "--args", '{"shipment_id": "X"}', "--key-args", "shipment_id"]) == 0
+    (case,) = load_regressions(tmp_path)
+    assert case.expected[-1].key_args == ["shipment_id"] and case.expected[-1].args == {"shipment_id": "X"}
+    assert main([*base, "--force", "--step", "3", "--tool", "t", "--args", "[1]"]) == 2
+    assert "--args must be a JSON object" in capsys.readouterr().err
+    assert main([*base, "--force", "--tool", "t"]) == 2
+    assert "needs --step and --tool" in capsys.readouterr().err
