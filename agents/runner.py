@@ -53,14 +53,23 @@ class TracePort(Protocol):
     async def export(self, events: Sequence[TraceEvent]) -> None: ...
 
 
+class CheckpointPort(Protocol):
+    """Persists a case; called after every status change and every step's outcome, so a case
+    can be recovered at its last completed step (`CaseRunner.recover`)."""
+
+    async def checkpoint(self, case: Case) -> None: ...
+
+
 class CaseRunner:
     """Drives one case at a time through planner, policy and executor; traces every move."""
 
     def __init__(
         self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort, tracer: TracePort,
         registry: ToolRegistry, *, max_steps: int = 6, max_bad_outputs: int = 2,
+        checkpoint: CheckpointPort | None = None,
     ) -> None:
         self.planner, self.policy, self.executor, self.tracer = planner, policy, executor, tracer
+        self.checkpoint = checkpoint
         self.registry = registry
         self.max_steps = max_steps
         self.max_bad_outputs = max_bad_outputs
@@ -92,6 +101,30 @@ class CaseRunner:
                     return case
             else:
                 held.error = f"{approval.status} by {approval.approver or 'nobody'}: {approval.reason}"
+            await self._run(case)
+        except Exception as exc:
+            await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
+        return case
+
+    async def recover(self, case: Case) -> Case:
+        """Continue a case from its last checkpoint (after a crash of whoever ran it).
+
+        Awaiting approval: as `resume` (held while pending). A write that was executing when the
+        checkpoint was taken, with no result recorded, goes through the policy and runs again
+        with the same step number, hence the same idempotency key: the system of record answers
+        the original result instead of applying it twice. Otherwise the planner plans the next
+        step from the recorded ones. A final case is left alone.
+        """
+        if case.status.final:
+            return case
+        if case.status == CaseStatus.awaiting_approval:
+            return await self.resume(case)
+        try:
+            last = case.steps[-1] if case.steps else None
+            if (case.status == CaseStatus.executing and last is not None and not last.executed
+                    and last.verdict == "allow"):
+                if await self._act(case, last) == "paused":
+                    return case
             await self._run(case)
         except Exception as exc:
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
@@ -168,6 +201,8 @@ class CaseRunner:
             outcome = "paused"
         writes = step.tool in self.registry and self.registry.get(step.tool).writes
         await self.tracer.export([_action_event(case, step, decision, result, started, writes)])
+        if outcome != "paused":
+            await self._checkpoint(case)
         if outcome == "paused":
             await self._set_status(case, CaseStatus.awaiting_approval,
                                    f"{step.tool} needs approval ({step.approval_id})")
@@ -186,7 +221,12 @@ class CaseRunner:
         case.status = status
         if reason is not None:
             case.reason = reason
+        await self._checkpoint(case)
         await self.tracer.export([_case_event(case)])
+
+    async def _checkpoint(self, case: Case) -> None:
+        if self.checkpoint is not None:
+            await self.checkpoint.checkpoint(case)
 
     async def _finish(self, case: Case, status: CaseStatus, reason: str) -> None:
         """End the case; one that proposed writes (shadow mode) ends `proposed`, with the outcome
@@ -199,8 +239,12 @@ class CaseRunner:
         case.finished_at = datetime.now(UTC)
         try:
             await self._set_status(case, status, reason)
-        except Exception:  # the tracer itself is down: the status is still final in memory
+        except Exception:  # the tracer itself is down: the status is still final
             case.status, case.reason = status, reason
+            try:
+                await self._checkpoint(case)
+            except Exception:
+                pass
 
 
 def _case_event(case: Case) -> CaseEvent:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -38,16 +39,25 @@ class PlannerActor:
     def __init__(self, engine: PlannerEngine, playbooks: dict[str, Playbook],
                  registry: ToolRegistry, max_tokens: int = 160) -> None:
         self._planner = Planner(engine, playbooks, registry, max_tokens=max_tokens)
+        self._started: asyncio.Task | None = None
 
     async def start(self) -> str:
-        await self._planner.engine.start()
+        """Load the engine (once; a restarted replica loads it on its first call)."""
+        if self._started is None:
+            self._started = asyncio.get_running_loop().create_task(self._planner.engine.start())
+        await asyncio.shield(self._started)
         return self._planner.engine.model
 
     async def warm_up(self, allowed_tools: dict[str, list[str]]) -> int:
+        await self.start()
         return await self._planner.warm_up(allowed_tools)
 
     async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn:
+        await self.start()
         return await self._planner.plan(case, allowed_tools)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     async def close(self) -> None:
         await self._planner.engine.close()
@@ -110,6 +120,9 @@ class PolicyActor:
     def version(self) -> str:
         return self._service.engine.version
 
+    def pid(self) -> int:
+        return os.getpid()
+
 
 @ray.remote
 class ExecutorActor:
@@ -122,6 +135,9 @@ class ExecutorActor:
                       permit: Permit | None = None, dry_run: bool = False) -> ToolResult:
         return await self._executor.execute(tool, args, case_id=case_id, step=step,
                                             permit=permit, dry_run=dry_run)
+
+    def pid(self) -> int:
+        return os.getpid()
 
 
 @ray.remote
@@ -143,6 +159,9 @@ class TraceWriterActor:
 
     async def flush(self) -> None:
         await asyncio.to_thread(self._writer.flush)
+
+    def pid(self) -> int:
+        return os.getpid()
 
     async def close(self) -> None:
         if self._task is not None:

@@ -1,8 +1,9 @@
 """The cases one system holds: submit (idempotent per submitter and key), read, list, cancel.
 
 A plain class (the `CaseManager` actor is a thin shell around it), so the API can be tested
-in-process. Everything is in memory for now: a restart forgets cases and idempotency keys
-(durable cases are issue 8).
+in-process. With a `CaseStore` every case is written at each transition its runner makes and
+every submission key with its case: a new book on the same store (a restarted case manager)
+holds the same cases and keys and resumes each open case from its last completed step.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pydantic import BaseModel, Field
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
 from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.runner import CaseRunner, ExecutorPort, PlannerPort, PolicyPort, TracePort
+from opsagent.cluster.case_store import CaseStore, StoredCase
 from opsagent.agents.step_schema import FINISH, PlannedStep
 from opsagent.agents.tracing.records import CaseEvent
 from opsagent.errors import CaseNotFound, CaseStateError, IdempotencyConflict, OverloadedError
@@ -96,20 +98,72 @@ class _CancellablePlanner:
         return await self._planner.plan(case, allowed_tools)
 
 
+class _Checkpointer:
+    """The runner's checkpoint port: writes the case (with its entry) to the store."""
+
+    def __init__(self, book: "CaseBook") -> None:
+        self._book = book
+
+    async def checkpoint(self, case: Case) -> None:
+        await self._book._persist(case.case_id)
+
+
 class CaseBook:
     """Owns the cases of one system and runs each as an asyncio task."""
 
     def __init__(self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort,
                  tracer: TracePort, registry: ToolRegistry, *, max_steps: int = 6,
-                 max_open_cases: int = 1000) -> None:
+                 max_open_cases: int = 1000, store: CaseStore | None = None) -> None:
         self._cancelled: dict[str, str] = {}  # case id -> the reason its finish will carry
+        self._store = store
         self._runner = CaseRunner(_CancellablePlanner(planner, self._cancelled), policy, executor,
-                                  tracer, registry, max_steps=max_steps)
+                                  tracer, registry, max_steps=max_steps,
+                                  checkpoint=_Checkpointer(self) if store is not None else None)
         self._tracer = tracer
         self._entries: dict[str, CaseEntry] = {}
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}  # (who, key) -> (case id, digest)
         self._tasks: dict[str, asyncio.Task] = {}
         self._max_open = max_open_cases
+        self.recovered = 0
+        if store is not None:
+            self._load(store)
+
+    def _load(self, store: CaseStore) -> None:
+        """Take the stored cases and keys; resume every open case (needs a running loop: the
+        actor's, or call `recover_open` later)."""
+        for stored in store.load():
+            self._entries[stored.case.case_id] = CaseEntry(
+                case=stored.case, submitted_by=stored.submitted_by,
+                idempotency_key=stored.idempotency_key,
+                cancel_requested_by=stored.cancel_requested_by)
+            if stored.cancel_reason is not None and not stored.case.status.final:
+                self._cancelled[stored.case.case_id] = stored.cancel_reason
+        self._keys = store.keys()
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self.recover_open()
+
+    def recover_open(self) -> int:
+        """Resume every open case that is not running (from its last checkpoint); returns how
+        many were started. A case awaiting approval resumes only if its approval was decided."""
+        started = 0
+        for case_id, entry in self._entries.items():
+            if not entry.case.status.final and case_id not in self._tasks:
+                self._start(case_id, self._runner.recover(entry.case))
+                started += 1
+        self.recovered += started
+        return started
+
+    async def _persist(self, case_id: str) -> None:
+        if self._store is None:
+            return
+        entry = self._entries[case_id]
+        await asyncio.to_thread(self._store.save, StoredCase(
+            case=entry.case.model_copy(deep=True), submitted_by=entry.submitted_by,
+            idempotency_key=entry.idempotency_key, cancel_requested_by=entry.cancel_requested_by,
+            cancel_reason=self._cancelled.get(case_id)))
 
     async def submit(self, report: ExceptionReport, submitted_by: str | None = None,
                      idempotency_key: str | None = None) -> Submission:
@@ -132,6 +186,16 @@ class CaseBook:
         self._entries[case.case_id] = entry
         if slot is not None:
             self._keys[slot] = (case.case_id, digest)
+        if self._store is not None:  # on disk before it is acknowledged
+            try:
+                await asyncio.to_thread(self._store.save_new, StoredCase(
+                    case=case.model_copy(deep=True), submitted_by=submitted_by,
+                    idempotency_key=idempotency_key), submitted_by, idempotency_key, digest)
+            except BaseException:
+                self._entries.pop(case.case_id, None)
+                if slot is not None:
+                    self._keys.pop(slot, None)
+                raise
         self._start(case.case_id, self._runner.run(case))
         return Submission(entry=entry, created=True)
 
@@ -153,6 +217,7 @@ class CaseBook:
         if entry.cancel_requested_by is None:
             entry.cancel_requested_by = by
             self._cancelled[case_id] = f"cancelled by {by}" + (f": {reason}" if reason else "")
+            await self._persist(case_id)
         if case_id not in self._tasks:
             await self._finish_cancelled(case)
         return entry
@@ -211,6 +276,7 @@ class CaseBook:
     async def _finish_cancelled(self, case: Case) -> None:
         case.status, case.reason = CaseStatus.escalated, self._cancelled[case.case_id]
         case.finished_at = datetime.now(UTC)
+        await self._persist(case.case_id)
         try:
             await self._tracer.export([CaseEvent(
                 case_id=case.case_id, exception_type=case.report.exception_type,

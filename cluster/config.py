@@ -29,7 +29,13 @@ class PlannerConfig(BaseModel):
     )
     actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0},
-        description="Ray actor options, e.g. {num_gpus: 1} on a GPU node.",
+        description="Ray actor options of each replica, e.g. {num_gpus: 1} on a GPU node, or "
+        "{resources: {planner: 1}} where the nodes meant for planning offer that resource.",
+    )
+    replicas: int = Field(
+        default=1, ge=1, le=64,
+        description="Planner actors (one per GPU node in production); each planning call goes "
+        "to the replica with the fewest calls in flight.",
     )
 
 
@@ -43,6 +49,16 @@ class SystemConfig(BaseModel):
         default_factory=lambda: {"num_cpus": 0},
         description="Ray actor options of each executor, e.g. {num_cpus: 0.25, resources: "
         "{executor_slots: 1}} to keep them on the CPU workers that offer that resource.",
+    )
+    control_actor_options: dict[str, Any] = Field(
+        default_factory=lambda: {"num_cpus": 0},
+        description="Ray actor options of the policy, trace writer and case manager, e.g. "
+        "{resources: {control: 0.01}} to keep them on the node that holds state_dir.",
+    )
+    max_actor_restarts: int = Field(
+        default=-1, ge=-1,
+        description="Times Ray restarts a dead actor (-1: without limit). A restarted case "
+        "manager resumes the open cases from state_dir/cases.sqlite.",
     )
     executor_timeout_s: float = Field(default=10.0, gt=0, description="Per tool call timeout.")
     policy_path: Path | None = Field(
@@ -61,8 +77,8 @@ class SystemConfig(BaseModel):
     )
     state_dir: Path = Field(
         default=Path("state"),
-        description="Durable state: approvals.sqlite, ledger.sqlite (spend and rate counters), "
-        "tokens.json (API tokens, hashed).",
+        description="Durable state: cases.sqlite (every case and submission key), approvals.sqlite, "
+        "ledger.sqlite (spend and rate counters), tokens.json (API tokens, hashed).",
     )
     approval_ttl_s: float = Field(
         default=86400.0, gt=0, description="Seconds a held action waits for a decision before expiring."

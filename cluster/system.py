@@ -11,6 +11,7 @@ from ray import serve
 from opsagent.agents.engines import OpenAIEngine, PlannerEngine, VllmEngine
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.playbooks.model import builtin_playbooks
+from opsagent.cluster.api.app import ApiLimits
 from opsagent.cluster.actors import ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor
 from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import SystemConfig
@@ -23,7 +24,6 @@ from opsagent.tools.registry import ToolRegistry
 
 CASE_MANAGER = "opsagent-cases"
 POLICY = "opsagent-policy"
-LIGHT = {"num_cpus": 0}  # on 2 cores the planner's engine needs them all; the rest is I/O
 
 
 def make_engine(config: SystemConfig) -> PlannerEngine:
@@ -53,38 +53,46 @@ class OpsAgentSystem:
         self.model: str | None = None
 
     def start(self) -> "OpsAgentSystem":
-        """Create the actors and wait until the planner's engine is loaded."""
+        """Create the actors and wait until the planner replicas' engines are loaded."""
         c = self.config
-        planner = PlannerActor.options(name="opsagent-planner", **c.planner.actor_options).remote(
+        restarts = {"max_restarts": c.max_actor_restarts}
+        planners = [PlannerActor.options(name=_planner_name(i), **restarts, **c.planner.actor_options).remote(
             self.engine, self.playbooks, self.registry, c.planner.max_tokens)
+            for i in range(c.planner.replicas)]
         c.state_dir.mkdir(parents=True, exist_ok=True)
+        state = str(c.state_dir.resolve())
+        control = {**restarts, **c.control_actor_options}
         # One key signs and verifies permits: the policy's and the executors' only shared secret.
         key = permit_key_from_env() or new_permit_key()
-        policy = PolicyActor.options(name=POLICY, **LIGHT).remote(
-            self.policy, self.registry, str(c.state_dir.resolve()), key, c.approval_ttl_s)
-        executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **c.executor_actor_options).remote(
+        policy = PolicyActor.options(name=POLICY, **control).remote(
+            self.policy, self.registry, state, key, c.approval_ttl_s)
+        executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **restarts,
+                                           **c.executor_actor_options).remote(
             self.registry, key, c.executor_timeout_s) for i in range(c.executors)]
         traces = c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve())
         wal = str(c.trace_wal_dir.resolve()) if c.trace_wal_dir else None
-        tracer = TraceWriterActor.options(name="opsagent-traces", **LIGHT).remote(traces, wal_dir=wal)
-        cases = CaseManager.options(name=CASE_MANAGER, **LIGHT).remote(
-            planner, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases)
-        self.handles = dict(planner=planner, policy=policy, executors=executors, tracer=tracer,
-                            cases=cases)
-        self.model = ray.get(planner.start.remote())
+        tracer = TraceWriterActor.options(name="opsagent-traces", **control).remote(traces, wal_dir=wal)
+        cases = CaseManager.options(name=CASE_MANAGER, **control).remote(
+            planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, state)
+        self.handles = dict(planner=planners[0], planners=planners, policy=policy,
+                            executors=executors, tracer=tracer, cases=cases)
+        models = ray.get([p.start.remote() for p in planners])
+        self.model = models[0]
         warm = c.planner.warm_classes if c.planner.warm_classes is not None else list(self.playbooks)
         allowed = {k: ray.get(policy.allowed_tools.remote(k)) for k in warm if k in self.playbooks}
-        ray.get(planner.warm_up.remote(allowed))
+        ray.get([p.warm_up.remote(allowed) for p in planners])
         return self
 
-    def serve(self, host: str = "127.0.0.1", port: int = 8000) -> str:
-        """Start the Serve front door; returns its base URL."""
+    def serve(self, host: str = "127.0.0.1", port: int = 8000, limits: ApiLimits | None = None) -> str:
+        """Start the Serve front door (request `limits`: the defaults unless given); returns its
+        base URL."""
         serve.start(http_options={"host": host, "port": port})
         c = self.config
         args = ApiArgs(case_manager=CASE_MANAGER, policy=POLICY,
                        tokens_path=str(self.tokens_path.resolve()),
                        traces_dir=c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve()),
-                       access_log=str((c.state_dir / "access.jsonl").resolve()))
+                       access_log=str((c.state_dir / "access.jsonl").resolve()),
+                       **({"limits": limits} if limits is not None else {}))
         serve.run(build_app(args), name="opsagent",
                   route_prefix="/", blocking=False)
         return f"http://{host}:{port}"
@@ -109,13 +117,17 @@ class OpsAgentSystem:
             except Exception:
                 pass
             try:
-                ray.get(self.handles["planner"].close.remote(), timeout=60)
+                ray.get([p.close.remote() for p in self.handles["planners"]], timeout=60)
             except Exception:
                 pass
-            for handle in [*self.handles["executors"],
-                           *(self.handles[k] for k in ("planner", "policy", "tracer", "cases"))]:
-                ray.kill(handle)
+            for handle in [*self.handles["executors"], *self.handles["planners"],
+                           *(self.handles[k] for k in ("policy", "tracer", "cases"))]:
+                ray.kill(handle, no_restart=True)
             self.handles = {}
+
+
+def _planner_name(index: int) -> str:
+    return "opsagent-planner" if index == 0 else f"opsagent-planner-{index}"
 
 
 def case_manager() -> Any:

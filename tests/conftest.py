@@ -30,6 +30,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def ray_runtime() -> Iterator[None]:
+    """A local Ray runtime for the Ray tests of one module, stopped afterwards."""
+    from opsagent.cluster.runtime import start_ray, stop_ray
+
+    start_ray(num_cpus=2)
+    yield
+    stop_ray()
+
+
 @pytest.fixture(scope="session")
 def platform() -> Iterator[Platform]:
     with Platform(background=10) as running:

@@ -42,7 +42,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     secret.add_argument("--auth-secret", help="the key of the value in the $OPSAGENT_SECRETS file")
     openapi.add_argument("--timeout", type=float, help="seconds per request (default: the executor's)")
     openapi.add_argument("--retries", type=int, default=2,
-                         help="extra attempts on a transport failure or 429/502/503/504 (default 2; "
+                         help="extra attempts on a transport failure or 429/500/502/503/504 (default 2; "
                               "writes only with an idempotency key)")
     openapi.add_argument("--no-embed", action="store_true",
                          help="keep the document's location instead of embedding the document")

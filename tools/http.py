@@ -13,8 +13,12 @@ import httpx
 from opsagent.errors import ToolError
 from opsagent.tools.spec import ToolResult, ToolSpec
 
-# Answers worth sending again: the system did not handle the request (or asks to come back).
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
+# Answers worth sending again: the system failed or did not handle the request (or asks to come
+# back). A 500 is retried too: a read is harmless, and a write goes again only with its
+# idempotency key, so a system that applied it before failing answers the stored result.
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+# Upper bound on attempts of one call, whatever a source asks for.
+MAX_ATTEMPTS = 6
 
 
 def build_request(
@@ -54,9 +58,13 @@ async def call_tool(
     of a tool without dry-run support); every HTTP or transport failure is a ToolResult(ok=False).
 
     `headers` are sent as given (auth: the caller attaches them at call time). A transport
-    failure or a 429/502/503/504 answer is sent again up to `retries` times, waiting `backoff_s`,
+    failure or a 429/500/502/503/504 answer is sent again up to `retries` times, waiting `backoff_s`,
     then twice that, and so on: always for reads and dry runs, for writes only with an
-    idempotency key (the system then applies a repeated write once).
+    idempotency key (the system then applies a repeated write once). A 500, and an answer whose
+    body claims to be JSON but does not parse, are retried the same way; at most MAX_ATTEMPTS
+    sends in all. `ToolResult.attempts` says how many were made. A connection the server closed
+    without answering (a stale pooled connection) gets one more attempt beyond `retries`,
+    under the same rule.
     """
     if dry_run and not spec.supports_dry_run:
         raise ToolError(f"{spec.name} does not support dry runs")
@@ -71,9 +79,11 @@ async def call_tool(
         return ToolResult(dry_run=dry_run, started_at=started, finished_at=datetime.now(UTC),
                           duration_ms=(time.perf_counter() - t0) * 1000, attempts=attempt, **fields)
 
+    limit = min(retries + 1, MAX_ATTEMPTS)
+    stale_retried = False
     while True:
         attempt += 1
-        again = may_retry and attempt <= retries
+        again = may_retry and attempt < limit
         try:
             response = await client.request(spec.method, url, json=body, headers=sent_headers,
                                             params=params, timeout=timeout)
@@ -81,17 +91,28 @@ async def call_tool(
             if again:
                 await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
                 continue
-            return result(ok=False, status_code=None, body=None, error=f"timed out after {timeout:g}s")
+            return result(ok=False, status_code=None, body=None,
+                          error=f"timed out after {timeout:g}s")
         except httpx.HTTPError as exc:
             if again:
                 await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
                 continue
+            if may_retry and isinstance(exc, httpx.RemoteProtocolError) and not stale_retried:
+                stale_retried = True  # a pooled connection the server had closed: once more, fresh
+                continue
             cause = str(exc) or "no detail"
-            return result(ok=False, status_code=None, body=None, error=f"{type(exc).__name__}: {cause}")
+            return result(ok=False, status_code=None, body=None,
+                          error=f"{type(exc).__name__}: {cause}")
         if again and response.status_code in RETRY_STATUSES:
             await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
             continue
-        payload = _payload(response)
+        payload, malformed = _payload(response)
+        if malformed is not None:
+            if again:
+                await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
+                continue
+            return result(ok=False, status_code=response.status_code, body=None,
+                          error=f"malformed JSON in an HTTP {response.status_code} answer: {malformed}")
         ok = response.is_success
         return result(ok=ok, status_code=response.status_code, body=payload,
                       error=None if ok else _error(response.status_code, payload))
@@ -106,13 +127,17 @@ def _query_value(value: Any) -> Any:
     return value
 
 
-def _payload(response: httpx.Response) -> Any:
+def _payload(response: httpx.Response) -> tuple[Any, str | None]:
+    """The body (JSON if it parses, else its text) and, for a body that says it is JSON but does
+    not parse, why (None otherwise)."""
     if not response.content:
-        return None
+        return None, None
     try:
-        return response.json()
-    except ValueError:
-        return response.text
+        return response.json(), None
+    except ValueError as exc:
+        if "json" in response.headers.get("content-type", "").lower():
+            return response.text, f"{exc}; body starts {response.text[:80]!r}"
+        return response.text, None
 
 
 def _error(status: int, payload: Any) -> str:

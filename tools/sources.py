@@ -82,7 +82,7 @@ class OpenAPISource(BaseModel):
     auth: list[AuthHeader] = Field(default_factory=list, description="Headers attached at call time.")
     timeout_s: float | None = Field(None, gt=0, description="Seconds per request (default: the executor's).")
     retries: int = Field(2, ge=0, le=10, description="Extra attempts after a transport failure or a "
-                         "429/502/503/504: reads and dry runs always, writes only with an idempotency key.")
+                         "429/500/502/503/504: reads and dry runs always, writes only with an idempotency key.")
     backoff_s: float = Field(0.2, ge=0, le=30, description="Wait before the first retry; doubles each time.")
     operations: dict[str, OperationOverride] = Field(
         default_factory=dict, description="Per operationId: corrections to what the document says.")

@@ -89,16 +89,6 @@ async def _client() -> httpx.AsyncClient:
     return httpx.AsyncClient(timeout=10.0)
 
 
-@pytest.fixture(scope="module")
-def ray_runtime() -> Iterator[None]:
-    """A local Ray runtime for the eval runner tests of one module, stopped afterwards."""
-    from opsagent.cluster.runtime import start_ray, stop_ray
-
-    start_ray(num_cpus=2)
-    yield
-    stop_ray()
-
-
 @pytest.fixture(scope="session")
 def gold_responder() -> Callable[[list[Instance]], Callable[..., dict[str, Any]]]:
     """`gold_responder(instances)`: a scripted-engine step that follows the gold of whichever of

@@ -1,0 +1,336 @@
+"""`opsagent bench load`: a steady-rate soak of the whole system on the local Ray runtime.
+
+Plants N weight mismatches in a fresh sandbox platform, starts one `OpsAgentSystem` and its Serve
+front door, submits the cases over `POST /v1/exceptions` at a steady rate (a refused submission,
+429 or 503, is sent again after its Retry-After and counted), follows them over `GET /v1/cases`,
+and samples every actor's resident memory (psutil on the actor's process) while it runs. Reports
+throughput, p50/p95 latency (receipt to final status, as the case records them), memory per
+actor over time, and lost cases (accepted but not final at the end: must be 0).
+
+`--engine scripted` (default) plans with a scripted gold planner, so the figures are the system's
+own (Ray, policy, executors, traces, case store), not the model's; `--engine vllm` uses the
+embedded model (run it alone, under `flock /tmp/engine.lock`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import socket
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import ray
+from pydantic import BaseModel, Field
+
+from opsagent.agents.engines.base import GenerationRequest, GenerationResult
+from opsagent.agents.engines.scripted import ScriptedEngine
+from opsagent.agents.playbooks.model import builtin_playbooks
+from opsagent.cluster.api.app import ApiLimits
+from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
+from opsagent.cluster.system import OpsAgentSystem
+from opsagent.evals.gold import gold_step
+from opsagent.policy.config import PolicyConfig, load_default_policy
+from opsagent.policy.identity import Identity, Role, TokenStore
+from opsagent.tools.platform import Platform, inject_weight_mismatch
+
+FINAL = {"resolved", "escalated", "failed", "proposed"}
+BENCH_ADMIN = Identity(name="bench-admin", roles=frozenset({Role.admin}))
+
+
+class GoldScriptedEngine(ScriptedEngine):
+    """A scripted engine that never runs out: every call is answered by `respond` (the gold
+    planner by default) and nothing is kept per call, so a soak measures the system, not the
+    script's history."""
+
+    def __init__(self, respond: Callable[[GenerationRequest], Any] = gold_step) -> None:
+        super().__init__([], model="scripted-gold")
+        self._respond = respond
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult:
+        self._script.append(self._respond)
+        try:
+            return await super().generate(request)
+        finally:
+            self.requests.clear()
+            self.outputs.clear()
+
+
+class ActorMemory(BaseModel):
+    """Resident memory of one actor's process over the run, in MB."""
+
+    actor: str
+    first_mb: float = Field(description="At the first sample after the warm-up tenth of the run.")
+    peak_mb: float
+    last_mb: float
+    samples: int
+
+    @property
+    def growth_pct(self) -> float:
+        return 100.0 * (self.last_mb - self.first_mb) / self.first_mb if self.first_mb else 0.0
+
+
+class LoadResult(BaseModel):
+    """What one soak measured."""
+
+    cases: int
+    rate: float = Field(description="Target submissions per second.")
+    engine: str
+    executors: int
+    planner_replicas: int
+    accepted: int
+    refused: int = Field(description="Submissions answered 429/503 and sent again.")
+    final: dict[str, int] = Field(description="Cases per final status.")
+    lost: int = Field(description="Accepted cases not final (or not found) at the end.")
+    unexpected: int = Field(description="Final cases whose status is not the planted gold outcome.")
+    duration_s: float = Field(description="First submission to the last case final.")
+    throughput: float = Field(description="Cases finished per second over duration_s.")
+    p50_s: float
+    p95_s: float
+    max_s: float
+    memory: list[ActorMemory]
+    max_open: int = Field(description="Most cases open at once (seen by the poller).")
+    when: datetime
+
+
+def add_load_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """`load` under `opsagent bench`."""
+    p = subparsers.add_parser("load", help="steady-rate soak of the local cluster (throughput, "
+                              "p50/p95 latency, actor memory, lost cases)")
+    p.add_argument("--cases", type=int, default=1000, help="cases to submit (default 1000)")
+    p.add_argument("--rate", type=float, default=5.0, help="submissions per second (default 5)")
+    p.add_argument("--engine", choices=["scripted", "vllm"], default="scripted",
+                   help="planner engine: scripted gold planner (default) or the embedded model")
+    p.add_argument("--executors", type=int, default=2, help="executor actors (default 2)")
+    p.add_argument("--planner-replicas", type=int, default=1, help="planner actors (default 1)")
+    p.add_argument("--suspect-share", type=float, default=0.1,
+                   help="share of cases whose scale failed (they escalate; default 0.1)")
+    p.add_argument("--timeout", type=float, default=600.0,
+                   help="seconds to wait for the last cases after the last submission")
+    p.add_argument("--calls-per-minute", type=int, default=100_000,
+                   help="the policy's cluster-wide call rate limit for the run (default 100000; "
+                   "the shipped policy's 600 a minute holds about 3 cases a second)")
+    p.add_argument("--report", type=Path, help="append a Load section to this markdown file")
+    p.add_argument("--seed", type=int, default=4242)
+    return p
+
+
+def policy_with_rate(calls_per_minute: int | None) -> PolicyConfig:
+    """The shipped policy, its cluster-wide call rate limit replaced if one is given (the shipped
+    600 calls a minute is about 3 weight mismatches a second: beyond, reads are denied)."""
+    policy = load_default_policy()
+    if calls_per_minute is None:
+        return policy
+    return policy.model_copy(update={"limits": policy.limits.model_copy(
+        update={"calls_per_minute": calls_per_minute})})
+
+
+def run_load(args: argparse.Namespace) -> int:
+    """Run the soak; print the figures; 0 if no case was lost, 1 otherwise, 2 on bad input."""
+    if args.calls_per_minute is not None and args.calls_per_minute < 1:
+        print("bench load: --calls-per-minute must be positive")
+        return 2
+    if args.cases < 1 or args.rate <= 0 or args.executors < 1 or args.planner_replicas < 1:
+        print("bench load: --cases, --rate, --executors and --planner-replicas must be positive")
+        return 2
+    if not 0 <= args.suspect_share <= 1:
+        print("bench load: --suspect-share must be between 0 and 1")
+        return 2
+    with private_tmpdir(), tempfile.TemporaryDirectory(prefix="oa-load-") as work:
+        result = _soak(args, Path(work))
+    text = format_load(result, args)
+    print(text)
+    if args.report is not None:
+        args.report.parent.mkdir(parents=True, exist_ok=True)
+        with args.report.open("a") as out:
+            out.write(("\n" if args.report.stat().st_size else "# Benchmarks\n\n") + text + "\n")
+    return 0 if result.lost == 0 else 1
+
+
+def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
+    start_ray(num_cpus=os.cpu_count() or 2)
+    try:
+        with Platform(work / "platform", background=10) as platform:
+            instances = inject_weight_mismatch(platform, count=args.cases, seed=args.seed,
+                                               suspect_share=args.suspect_share)
+            config = SystemConfig(traces_dir=work / "traces", state_dir=work / "state",
+                                  executors=args.executors, max_open_cases=max(1000, args.cases))
+            config.planner.replicas = args.planner_replicas
+            engine = GoldScriptedEngine() if args.engine == "scripted" else None
+            system = OpsAgentSystem(config, platform.registry(), engine=engine,
+                                    playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]},
+                                    policy=policy_with_rate(args.calls_per_minute))
+            system.start()
+            try:
+                ray.get(system.handles["policy"].set_mode.remote(
+                    "weight_mismatch", "autonomous", BENCH_ADMIN, "bench load: writes really run"))
+                url = system.serve(port=_free_port(), limits=ApiLimits(requests_per_window=10 ** 7))
+                token = TokenStore(system.tokens_path).add("bench", ["submitter"])
+                return asyncio.run(_drive(args, url, token, instances, _actor_pids(system)))
+            finally:
+                system.stop()
+    finally:
+        stop_ray()
+
+
+async def _drive(args: argparse.Namespace, url: str, token: str, instances: list[Any],
+                 pids: dict[str, int]) -> LoadResult:
+    headers = {"Authorization": f"Bearer {token}"}
+    accepted: dict[str, float] = {}
+    refused = 0
+    seen: dict[str, dict] = {}
+    memory: list[tuple[float, dict[str, float]]] = []
+    max_open = 0
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+        async def submit(inst: Any) -> None:
+            nonlocal refused
+            body = {"exception_type": inst.exception_type, "description": inst.description,
+                    "entities": inst.entities}
+            while True:
+                r = await client.post("/v1/exceptions", json=body,
+                                      headers={"Idempotency-Key": inst.entities["shipment_id"]})
+                if r.status_code in (429, 503):
+                    refused += 1
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                    continue
+                r.raise_for_status()
+                accepted[r.json()["case_id"]] = time.monotonic()
+                return
+
+        async def poll() -> None:
+            nonlocal max_open
+            offset: int | None = 0
+            while offset is not None:
+                page = (await client.get("/v1/cases", params={"offset": offset, "limit": 200})).json()
+                for item in page["items"]:
+                    seen[item["case_id"]] = item
+                offset = page.get("next_offset")
+            max_open = max(max_open, sum(1 for v in seen.values() if v["status"] not in FINAL))
+
+        t0 = time.monotonic()
+        tasks = []
+        sampler = asyncio.create_task(_sample_memory(pids, memory, t0))
+        for i, inst in enumerate(instances):
+            await asyncio.sleep(max(0.0, t0 + i / args.rate - time.monotonic()))
+            tasks.append(asyncio.create_task(submit(inst)))
+            if i % max(1, int(args.rate)) == 0:
+                await poll()
+        await asyncio.gather(*tasks)
+        deadline = time.monotonic() + args.timeout
+        while time.monotonic() < deadline:
+            await poll()
+            if all(seen.get(cid, {}).get("status") in FINAL for cid in accepted):
+                break
+            await asyncio.sleep(1.0)
+        sampler.cancel()
+    done = [seen[c] for c in accepted if seen.get(c, {}).get("status") in FINAL]
+    latencies = sorted(_latency(v) for v in done)
+    first = min(datetime.fromisoformat(v["received_at"]) for v in done) if done else None
+    last = max(datetime.fromisoformat(v["finished_at"]) for v in done) if done else None
+    duration = (last - first).total_seconds() if first and last else 0.0
+    expected = {inst.entities["shipment_id"]: inst.expected_status for inst in instances}
+    unexpected = sum(1 for v in done if v["status"] != expected.get(v["entities"].get("shipment_id")))
+    final: dict[str, int] = {}
+    for v in done:
+        final[v["status"]] = final.get(v["status"], 0) + 1
+    return LoadResult(
+        cases=args.cases, rate=args.rate, engine=args.engine, executors=args.executors,
+        planner_replicas=args.planner_replicas, accepted=len(accepted), refused=refused,
+        final=final, lost=len(accepted) - len(done), unexpected=unexpected, duration_s=round(duration, 1),
+        throughput=round(len(done) / duration, 2) if duration else 0.0,
+        p50_s=_pct(latencies, 50), p95_s=_pct(latencies, 95),
+        max_s=round(latencies[-1], 3) if latencies else 0.0,
+        memory=_memory_table(memory), max_open=max_open, when=datetime.now().astimezone())
+
+
+async def _sample_memory(pids: dict[str, int], out: list[tuple[float, dict[str, float]]],
+                         t0: float, every_s: float = 2.0) -> None:
+    procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+    while True:
+        sample = {}
+        for name, proc in procs.items():
+            try:
+                sample[name] = proc.memory_info().rss / 2 ** 20
+            except psutil.Error:  # the actor died (restarted elsewhere): not sampled any more
+                continue
+        out.append((time.monotonic() - t0, sample))
+        await asyncio.sleep(every_s)
+
+
+def _memory_table(series: list[tuple[float, dict[str, float]]]) -> list[ActorMemory]:
+    if not series:
+        return []
+    settled = series[len(series) // 10:] or series  # skip the warm-up tenth
+    names = sorted({n for _, s in settled for n in s})
+    table = []
+    for name in names:
+        values = [s[name] for _, s in settled if name in s]
+        table.append(ActorMemory(actor=name, first_mb=round(values[0], 1), peak_mb=round(max(values), 1),
+                                 last_mb=round(values[-1], 1), samples=len(values)))
+    return table
+
+
+def _actor_pids(system: OpsAgentSystem) -> dict[str, int]:
+    h = system.handles
+    named = {"case manager": h["cases"], "policy": h["policy"], "trace writer": h["tracer"]}
+    named |= {f"planner {i}": p for i, p in enumerate(h["planners"])}
+    named |= {f"executor {i}": e for i, e in enumerate(h["executors"])}
+    return dict(zip(named, ray.get([a.pid.remote() for a in named.values()]), strict=True))
+
+
+def _latency(view: dict) -> float:
+    return (datetime.fromisoformat(view["finished_at"])
+            - datetime.fromisoformat(view["received_at"])).total_seconds()
+
+
+def _pct(values: list[float], q: int) -> float:
+    if not values:
+        return 0.0
+    if len(values) == 1:
+        return round(values[0], 3)
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def format_load(result: LoadResult, args: argparse.Namespace) -> str:
+    """The markdown section of one soak."""
+    command = (f"opsagent bench load --cases {result.cases} --rate {result.rate:g} --engine {result.engine} "
+               f"--executors {result.executors} --planner-replicas {result.planner_replicas}")
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(result.final.items()))
+    lines = [
+        f"## Load: {result.cases} cases at {result.rate:g}/s ({result.engine} planner)",
+        "",
+        f"`{command}` — {result.when:%Y-%m-%d %H:%M %Z}, local Ray runtime on {os.cpu_count()} cores, "
+        "Serve front door, sandbox platform in the driver process.",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| accepted / refused (429/503, resent) | {result.accepted} / {result.refused} |",
+        f"| final statuses | {statuses} |",
+        f"| lost cases | {result.lost} |",
+        f"| final status other than the planted gold outcome | {result.unexpected} |",
+        f"| duration (first receipt to last final) | {result.duration_s} s |",
+        f"| throughput | {result.throughput} cases/s |",
+        f"| latency p50 / p95 / max (receipt to final) | {result.p50_s} / {result.p95_s} / {result.max_s} s |",
+        f"| most cases open at once | {result.max_open} |",
+        "",
+        "| actor | RSS first (MB) | peak | last | growth | samples |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {m.actor} | {m.first_mb} | {m.peak_mb} | {m.last_mb} | {m.growth_pct:+.1f}% | {m.samples} |"
+              for m in result.memory]
+    return "\n".join(lines) + "\n"
