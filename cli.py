@@ -9,6 +9,7 @@ from pathlib import Path
 from opsagent.agents.tracing import cli as tracing_cli
 from opsagent.evals import autonomy_cli
 from opsagent.evals import cli as catalogue_cli
+from opsagent.evals.bench import cli as bench_cli
 from opsagent.errors import OpsAgentError
 from opsagent.tools import cli as tools_cli
 
@@ -30,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     tools_cli.add_parser(sub)
     catalogue_cli.add_eval_parser(sub)
     autonomy_cli.add_parser(sub)
+    bench_cli.add_parser(sub)
     tokens = sub.add_parser("tokens", help="API tokens (stored hashed in STATE/tokens.json)")
     ksub = tokens.add_subparsers(dest="tokens_command", required=True)
     add = ksub.add_parser("add", help="create a token and print it once")
@@ -116,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
             return tools_cli.run(args)
         if args.command == "eval":
             return catalogue_cli.run_eval(args)
+        if args.command == bench_cli.COMMAND:
+            return bench_cli.run(args, argv)
         if args.command == autonomy_cli.COMMAND:
             return autonomy_cli.run(args)
         if args.command == "tokens":

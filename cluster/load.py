@@ -38,6 +38,7 @@ from opsagent.cluster.api.app import ApiLimits
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.errors import InputError
 from opsagent.evals.gold import gold_step
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.identity import Identity, Role, TokenStore
@@ -102,28 +103,6 @@ class LoadResult(BaseModel):
     when: datetime
 
 
-def add_load_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """`load` under `opsagent bench`."""
-    p = subparsers.add_parser("load", help="steady-rate soak of the local cluster (throughput, "
-                              "p50/p95 latency, actor memory, lost cases)")
-    p.add_argument("--cases", type=int, default=1000, help="cases to submit (default 1000)")
-    p.add_argument("--rate", type=float, default=5.0, help="submissions per second (default 5)")
-    p.add_argument("--engine", choices=["scripted", "vllm"], default="scripted",
-                   help="planner engine: scripted gold planner (default) or the embedded model")
-    p.add_argument("--executors", type=int, default=2, help="executor actors (default 2)")
-    p.add_argument("--planner-replicas", type=int, default=1, help="planner actors (default 1)")
-    p.add_argument("--suspect-share", type=float, default=0.1,
-                   help="share of cases whose scale failed (they escalate; default 0.1)")
-    p.add_argument("--timeout", type=float, default=600.0,
-                   help="seconds to wait for the last cases after the last submission")
-    p.add_argument("--calls-per-minute", type=int, default=100_000,
-                   help="the policy's cluster-wide call rate limit for the run (default 100000; "
-                   "the shipped policy's 600 a minute holds about 3 cases a second)")
-    p.add_argument("--report", type=Path, help="append a Load section to this markdown file")
-    p.add_argument("--seed", type=int, default=4242)
-    return p
-
-
 def policy_with_rate(calls_per_minute: int | None) -> PolicyConfig:
     """The shipped policy, its cluster-wide call rate limit replaced if one is given (the shipped
     600 calls a minute is about 3 weight mismatches a second: beyond, reads are denied)."""
@@ -135,16 +114,13 @@ def policy_with_rate(calls_per_minute: int | None) -> PolicyConfig:
 
 
 def run_load(args: argparse.Namespace) -> int:
-    """Run the soak; print the figures; 0 if no case was lost, 1 otherwise, 2 on bad input."""
+    """Run the soak; print the figures; 0 if no case was lost, 1 otherwise (InputError on bad input)."""
     if args.calls_per_minute is not None and args.calls_per_minute < 1:
-        print("bench load: --calls-per-minute must be positive")
-        return 2
+        raise InputError("bench load: --calls-per-minute must be positive")
     if args.cases < 1 or args.rate <= 0 or args.executors < 1 or args.planner_replicas < 1:
-        print("bench load: --cases, --rate, --executors and --planner-replicas must be positive")
-        return 2
+        raise InputError("bench load: --cases, --rate, --executors and --planner-replicas must be positive")
     if not 0 <= args.suspect_share <= 1:
-        print("bench load: --suspect-share must be between 0 and 1")
-        return 2
+        raise InputError("bench load: --suspect-share must be between 0 and 1")
     with private_tmpdir(), tempfile.TemporaryDirectory(prefix="oa-load-") as work:
         result = _soak(args, Path(work))
     text = format_load(result, args)

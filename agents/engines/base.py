@@ -8,6 +8,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+OutputFormat = Literal["compact", "schema", "free"]
+"""How an output is constrained: `compact` = to the JSON schema with no whitespace (the planner's
+default), `schema` = to the schema with whitespace allowed, `free` = unconstrained text (for
+measuring what the grammar saves; the planner never uses it)."""
+
 
 class ChatMessage(BaseModel, frozen=True):
     """One message of the planner's conversation."""
@@ -24,6 +29,7 @@ class GenerationRequest(BaseModel, frozen=True):
     json_schema: dict[str, Any]
     max_tokens: int = Field(default=160, gt=0)
     temperature: float = Field(default=0.0, ge=0.0)
+    output_format: OutputFormat = Field(default="compact", description="See `OutputFormat`.")
 
 
 class GenerationResult(BaseModel, frozen=True):
@@ -36,10 +42,31 @@ class GenerationResult(BaseModel, frozen=True):
     finish_reason: str  # "stop" when the output is complete; "length" when cut off
     started_at: datetime
     finished_at: datetime
+    first_token_at: datetime | None = Field(
+        default=None, description="When the first output token arrived (engines that stream it).")
+    cached_prompt_tokens: int | None = Field(
+        default=None, description="Prompt tokens served from the prefix cache, if the engine says.")
+    queued_ms: float | None = Field(
+        default=None, description="Time the request waited in the engine's queue before it was "
+        "first scheduled, if the engine reports it (part of the prefill time).")
 
     @property
     def duration_ms(self) -> float:
         return (self.finished_at - self.started_at).total_seconds() * 1000
+
+    @property
+    def prefill_ms(self) -> float | None:
+        """Start to first token: queueing in the engine, prompt processing, the first token."""
+        if self.first_token_at is None:
+            return None
+        return (self.first_token_at - self.started_at).total_seconds() * 1000
+
+    @property
+    def decode_ms(self) -> float | None:
+        """First token to the end: the remaining output tokens."""
+        if self.first_token_at is None:
+            return None
+        return (self.finished_at - self.first_token_at).total_seconds() * 1000
 
 
 class PlannerEngine(abc.ABC):

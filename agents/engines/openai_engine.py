@@ -51,11 +51,12 @@ class OpenAIEngine(PlannerEngine):
             "messages": [m.model_dump() for m in request.messages],
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
-            "response_format": {
+        }
+        if request.output_format != "free":  # the server decides whitespace: compact = schema here
+            body["response_format"] = {
                 "type": "json_schema",
                 "json_schema": {"name": "planner_step", "schema": request.json_schema, "strict": True},
-            },
-        }
+            }
         started = datetime.now(UTC)
         try:
             response = await self._client.post("/chat/completions", json=body)

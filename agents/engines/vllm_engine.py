@@ -87,19 +87,24 @@ class VllmEngine(PlannerEngine):
         )
         if hasattr(prompt_ids, "get"):  # some tokenizers return a BatchEncoding
             prompt_ids = prompt_ids["input_ids"]
+        constrained = request.output_format != "free"
         params = SamplingParams(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             structured_outputs=StructuredOutputsParams(
-                json=request.json_schema, disable_any_whitespace=True
-            ),
+                json=request.json_schema,
+                disable_any_whitespace=request.output_format == "compact",
+            ) if constrained else None,
         )
         started = datetime.now(UTC)
+        first_token_at = None
         final = None
         try:
             async for out in self._engine.generate(
                 {"prompt_token_ids": list(prompt_ids)}, params, request.request_id
             ):
+                if first_token_at is None and out.outputs and out.outputs[0].token_ids:
+                    first_token_at = datetime.now(UTC)
                 final = out
         except Exception as exc:
             raise EngineError(f"vLLM generation {request.request_id} failed: {exc}") from exc
@@ -114,9 +119,29 @@ class VllmEngine(PlannerEngine):
             finish_reason=completion.finish_reason or "unknown",
             started_at=started,
             finished_at=datetime.now(UTC),
+            first_token_at=first_token_at,
+            cached_prompt_tokens=getattr(final, "num_cached_tokens", None),
+            queued_ms=_queued_ms(getattr(final, "metrics", None)),
         )
+
+    async def reset_prefix_cache(self) -> bool:
+        """Drop every cached prefix (for measurements that must start cold); True if done."""
+        if self._engine is None:
+            raise EngineError("VllmEngine.reset_prefix_cache called before start()")
+        done = await self._engine.reset_prefix_cache()
+        return True if done is None else bool(done)
 
     async def close(self) -> None:
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def _queued_ms(metrics: Any) -> float | None:
+    """Time from entering the engine core's queue to being first scheduled, from vLLM's request
+    stats (None when the engine keeps no stats)."""
+    queued = getattr(metrics, "queued_ts", 0.0) or 0.0
+    scheduled = getattr(metrics, "scheduled_ts", 0.0) or 0.0
+    if queued <= 0 or scheduled < queued:
+        return None
+    return (scheduled - queued) * 1000
