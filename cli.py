@@ -172,6 +172,8 @@ def _offline(args: argparse.Namespace) -> int:
     from opsagent.agents.tracing.replay import load_case_trace, render_replay
     from opsagent.errors import InputError
 
+    from opsagent.tools.platform.launcher import sandbox_registry
+
     if args.command == "policy":
         from datetime import datetime
 
@@ -187,7 +189,7 @@ def _offline(args: argparse.Namespace) -> int:
 
             since = since.replace(tzinfo=UTC)
         config = PolicyConfig.from_yaml(args.policy_file)
-        print(render_policy_what_if(policy_what_if(args.traces, config, _tool_specs(), since=since)))
+        print(render_policy_what_if(policy_what_if(args.traces, config, sandbox_registry(), since=since)))
         return 0
     if args.command == "evals" and args.evals_command == "add-case":
         from opsagent.evals.regressions import add_case, corrected_action
@@ -216,13 +218,14 @@ async def _replan(args: argparse.Namespace) -> int:
     from opsagent.evals.regressions import load_regressions, run_regressions
     from opsagent.policy.config import PolicyConfig, load_default_policy
     from opsagent.policy.engine import PolicyEngine
+    from opsagent.tools.platform.launcher import sandbox_registry
 
     cases = load_regressions(args.folder) if args.command == "evals" else None
     config = SystemConfig.from_yaml(args.config) if args.config else SystemConfig()
     playbooks = builtin_playbooks()
     if args.playbooks:
         playbooks |= {b.exception_type: b for b in map(load_playbook, sorted(args.playbooks.glob("*.yaml")))}
-    registry = _tool_specs()
+    registry = sandbox_registry()
     policy = PolicyEngine(PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy(),
                           registry)
     engine = make_engine(config)
@@ -244,14 +247,6 @@ async def _replan(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)}/{len(results)} regression cases reproduce their decisions"
           + (f"; differing: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
-
-
-def _tool_specs():
-    """The tool registry, read from the sandbox platform's OpenAPI documents (no tool is called)."""
-    from opsagent.tools.platform.launcher import Platform
-
-    with Platform(background=0) as platform:
-        return platform.registry()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from opsagent.agents.planner import Planner
 from opsagent.agents.step_schema import FINISH
 from opsagent.agents.tracing.replay import CaseTrace, case_at, decisions
+from opsagent.policy.records import canonical_json
 
 
 class StepComparison(BaseModel):
@@ -56,8 +57,8 @@ def same_decision(recorded: dict[str, Any], proposed: dict[str, Any] | None,
         return recorded.get("status") == proposed.get("status")
     want, got = recorded.get("args") or {}, proposed.get("args") or {}
     if key_args is not None:
-        return all(k in got and _canon(got[k]) == _canon(want.get(k)) for k in key_args)
-    return _canon(want) == _canon(got)
+        return all(k in got and canonical_json(got[k]) == canonical_json(want.get(k)) for k in key_args)
+    return canonical_json(want) == canonical_json(got)
 
 
 async def what_if(trace: CaseTrace, planner: Planner, allowed_tools: list[str],
@@ -99,7 +100,3 @@ def _label(decision: dict[str, Any]) -> str:
     if decision["tool"] == FINISH:
         return f"finish {decision.get('status')}"
     return f"{decision['tool']} {json.dumps(decision.get('args') or {}, sort_keys=True, default=str)}"
-
-
-def _canon(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)

@@ -148,7 +148,6 @@ def _recorded(demotions: list) -> int:
 
 def _sandbox_writes() -> dict[str, bool]:
     """Which tools write, from the sandbox platform's OpenAPI documents (no tool is called)."""
-    from opsagent.tools.platform.launcher import Platform
+    from opsagent.tools.platform.launcher import sandbox_registry
 
-    with Platform(background=0) as platform:
-        return {spec.name: spec.writes for spec in platform.registry().specs()}
+    return {spec.name: spec.writes for spec in sandbox_registry().specs()}

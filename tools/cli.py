@@ -119,8 +119,7 @@ def _registry(sources: list[Path], *, sandbox: bool):
     configs = [s for path in sources for s in load_sources(path)]
     base = None
     if sandbox:
-        from opsagent.tools.platform.launcher import Platform
+        from opsagent.tools.platform.launcher import sandbox_registry
 
-        with Platform(background=0) as platform:
-            base = platform.registry()
+        base = sandbox_registry()
     return build_registry(configs, base=base)

@@ -131,3 +131,12 @@ class Platform:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def sandbox_registry() -> ToolRegistry:
+    """The sandbox systems' tools, read from their OpenAPI documents by starting an empty platform
+    for a moment (no tool is called; the URLs point at services that are gone afterwards). For
+    commands that need tool schemas offline: what-if, tools list, autonomy compare."""
+    with Platform(background=0) as platform:
+        return platform.registry()
+
