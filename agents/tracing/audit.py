@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
+
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK, format_table
-from opsagent.agents.tracing.views import query
+from opsagent.agents.tracing.views import connect, query
 from opsagent.errors import CaseNotFound
 
 HIGH_RISK_ACTIONS = """
@@ -57,26 +60,36 @@ def audit(root: Path | str, *, preview_chars: int = 100) -> str:
     """High-risk actions with approval, approver and preview; the unsupervised-high-risk
     invariant with its count (and offending rows, if any); per-class automation, escalation and
     latency."""
+    with closing(connect(root)) as con:  # one read of the store for every query of the report
+        return _audit(con, preview_chars)
+
+
+def _audit(con: duckdb.DuckDBPyConnection, preview_chars: int) -> str:
     parts = []
-    columns, rows = query(root, HIGH_RISK_ACTIONS)
+    columns, rows = query(con, HIGH_RISK_ACTIONS)
     shown = ["case_id", "step", "tool", "decision", "executed", "approval_id", "approval", "approver",
              "decided_at", "preview"]
     table = [tuple(_short(dict(zip(columns, r, strict=True))[c], preview_chars) for c in shown) for r in rows]
     parts.append(f"high-risk actions: {len(rows)}\n" + format_table(shown, table))
-    (count,), = query(root, UNSUPERVISED_HIGH_RISK)[1]
+    (count,), = query(con, UNSUPERVISED_HIGH_RISK)[1]
     text = (f"unsupervised high-risk actions: {count} (executed high-risk actions without an "
             "approval of exactly their arguments; must be 0)")
     if count:
-        text += "\n" + format_table(*_shorten(*query(root, UNSUPERVISED_HIGH_RISK_ROWS), preview_chars))
+        text += "\n" + format_table(*_shorten(*query(con, UNSUPERVISED_HIGH_RISK_ROWS), preview_chars))
     parts.append(text)
     parts.append("per class: automated = resolved with no approval asked; latency = receipt to final status\n"
-                 + format_table(*query(root, PER_CLASS)))
+                 + format_table(*query(con, PER_CLASS)))
     return "\n\n".join(parts)
 
 
 def case_timeline(root: Path | str, case_id: str, *, summary_chars: int = 160) -> str:
     """One case: its latest status and every record about it, in time order."""
-    columns, rows = query(root, f"SELECT * FROM cases WHERE case_id = {_literal(case_id)}")
+    with closing(connect(root)) as con:
+        return _timeline(con, root, case_id, summary_chars)
+
+
+def _timeline(con: duckdb.DuckDBPyConnection, root: Path | str, case_id: str, summary_chars: int) -> str:
+    columns, rows = query(con, f"SELECT * FROM cases WHERE case_id = {_literal(case_id)}")
     if not rows:
         raise CaseNotFound(f"no trace of case {case_id!r} under {root}")
     case = dict(zip(columns, rows[0], strict=True))
@@ -89,7 +102,7 @@ def case_timeline(root: Path | str, case_id: str, *, summary_chars: int = 160) -
         f"entities {case['entities']}",
         f"description {case['description']}",
     ]
-    columns, rows = query(root, f"""
+    columns, rows = query(con, f"""
         SELECT ts, kind, step, summary FROM events WHERE case_id = {_literal(case_id)}
         ORDER BY ts, CASE kind WHEN 'planner' THEN 0 WHEN 'approval' THEN 1 WHEN 'action' THEN 2
                                  ELSE 3 END""")

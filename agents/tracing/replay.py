@@ -8,14 +8,16 @@ runner held them (the history a planner is shown); `render_replay` prints the st
 from __future__ import annotations
 
 import json
+from contextlib import closing
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import duckdb
 from pydantic import BaseModel, Field
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport, Step
-from opsagent.agents.tracing.views import query
+from opsagent.agents.tracing.views import connect, query
 from opsagent.errors import CaseNotFound, TraceError
 
 _JSON_COLUMNS = {"entities", "args", "reasons", "limits", "result", "preview", "prompt"}
@@ -51,7 +53,12 @@ class CaseTrace(BaseModel):
 
 def load_case_trace(root: Path | str, case_id: str) -> CaseTrace:
     """All of `case_id`'s rows under the trace root; CaseNotFound if it has none."""
-    case = _rows(root, "SELECT * FROM cases WHERE case_id = ?", case_id)
+    with closing(connect(root)) as con:  # one read of the store for the four queries
+        return _load(con, root, case_id)
+
+
+def _load(con: duckdb.DuckDBPyConnection, root: Path | str, case_id: str) -> CaseTrace:
+    case = _rows(con, "SELECT * FROM cases WHERE case_id = ?", case_id)
     if not case:
         raise CaseNotFound(f"no case {case_id!r} in the traces at {root}")
     row = case[0]
@@ -59,10 +66,10 @@ def load_case_trace(root: Path | str, case_id: str) -> CaseTrace:
         case_id=case_id, exception_type=row["exception_type"], description=row["description"],
         entities=row["entities"] or {}, status=row["status"], reason=row["reason"],
         received_at=row["received_at"], finished_at=row["finished_at"],
-        planner_calls=_rows(root, "SELECT * FROM planner_calls WHERE case_id = ? "
+        planner_calls=_rows(con, "SELECT * FROM planner_calls WHERE case_id = ? "
                                   "ORDER BY started_at, step", case_id),
-        actions=_rows(root, "SELECT * FROM actions WHERE case_id = ? ORDER BY started_at, step", case_id),
-        approvals=_rows(root, "SELECT * FROM approvals WHERE case_id = ? ORDER BY requested_at", case_id),
+        actions=_rows(con, "SELECT * FROM actions WHERE case_id = ? ORDER BY started_at, step", case_id),
+        approvals=_rows(con, "SELECT * FROM approvals WHERE case_id = ? ORDER BY requested_at", case_id),
     )
 
 
@@ -165,9 +172,9 @@ def _prompt_lines(prompt: list[dict] | None, full: bool, width: int) -> list[str
             f"{_cut(last['content'], width)}"]
 
 
-def _rows(root: Path | str, sql: str, case_id: str) -> list[dict[str, Any]]:
+def _rows(con: duckdb.DuckDBPyConnection, sql: str, case_id: str) -> list[dict[str, Any]]:
     safe = sql.replace("?", "'" + case_id.replace("'", "''") + "'")
-    names, rows = query(root, safe)
+    names, rows = query(con, safe)
     out = []
     for row in rows:
         record = dict(zip(names, row, strict=True))

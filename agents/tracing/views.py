@@ -138,12 +138,15 @@ def connect(root: Path | str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def query(root: Path | str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+def query(source: Path | str | duckdb.DuckDBPyConnection, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """Run one query over the trace views: (column names, rows). SQL errors raise TraceError.
 
+    `source` is a trace root (a connection is opened and closed for this query) or a connection
+    from `connect` (kept open: several queries then share one read of an object-store root).
     A file removed between DuckDB listing the folder and reading it (a compaction finishing)
     makes the query fail with an I/O error: it is run again, up to three times in all."""
-    con = connect(root)
+    owned = not isinstance(source, duckdb.DuckDBPyConnection)
+    con = connect(source) if owned else source
     try:
         for attempt in range(3):
             try:
@@ -159,7 +162,8 @@ def query(root: Path | str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]
             except duckdb.Error as err:
                 raise TraceError(str(err)) from err
     finally:
-        con.close()
+        if owned:
+            con.close()
     return table.column_names, list(zip(*(column.to_pylist() for column in table.columns), strict=True))
 
 
