@@ -130,3 +130,8 @@ class SecretError(OpsAgentError):
     """A secret a tool source needs cannot be had: the environment variable or the secrets-file
     key is not set, the secrets file cannot be read, or the value is too short to redact. The
     message names the reference, never a value."""
+
+
+class CaseStoreError(OpsAgentError):
+    """The case store (cases.sqlite) holds something it cannot read, e.g. a case whose JSON no
+    longer parses when an older file is migrated."""

@@ -66,6 +66,7 @@ class Step(BaseModel):
     result: Any = None
     error: str | None = None
     approval_id: str | None = None
+    confidence: float | None = None  # the planner's probability of this tool (agents/confidence.py)
 
     @property
     def done(self) -> bool:

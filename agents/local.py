@@ -37,6 +37,9 @@ class LocalPolicy:
     async def get_approval(self, approval_id: str) -> ApprovalRequest:
         return self.service.get_approval(approval_id)
 
+    async def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]:
+        return self.service.withdraw_approvals(case_id, reason)
+
     async def settle(self, permit: Permit, *, executed: bool) -> str:
         return self.service.settle(permit, executed=executed)
 

@@ -11,6 +11,7 @@ import jsonschema
 from pydantic import BaseModel, Field, ValidationError
 
 from opsagent.agents.case import Case
+from opsagent.agents.confidence import decision_confidence
 from opsagent.agents.engines.base import ChatMessage, GenerationRequest, GenerationResult, PlannerEngine
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.prompts import build_messages
@@ -29,6 +30,9 @@ class PlannerTurn(BaseModel):
     generation: GenerationResult | None = None
     prompt_digest: str | None = None
     messages: list[ChatMessage] | None = Field(None, description="The prompt, when the model was called.")
+    confidence: float | None = Field(
+        None, description="The model's probability of the step's tool and finish status "
+        "(`agents.confidence`); None when the engine gives no log-probabilities or no model was called.")
 
 
 class Planner:
@@ -89,7 +93,8 @@ class Planner:
         except PlannerOutputError as exc:
             return PlannerTurn(step=None, error=str(exc), generation=generation, prompt_digest=digest,
                                messages=messages)
-        return PlannerTurn(step=step, generation=generation, prompt_digest=digest, messages=messages)
+        return PlannerTurn(step=step, generation=generation, prompt_digest=digest, messages=messages,
+                           confidence=decision_confidence(generation.text, generation.tokens))
 
 
 def _concluding_step(playbook: Playbook, case: Case) -> PlannedStep | None:

@@ -51,8 +51,12 @@ def observation_message(step: Step, observe: dict[str, list[str]] | None = None)
 
 
 def step_output(step: Step) -> str:
-    out: dict[str, Any] = {"evidence": step.evidence, "tool": step.tool, "args": step.args}
-    return compact(out)
+    return compact(step_turn(step))
+
+
+def step_turn(step: Step) -> dict[str, Any]:
+    """A taken step as the planner's output that proposed it."""
+    return {"evidence": step.evidence, "tool": step.tool, "args": step.args}
 
 
 def build_messages(playbook: Playbook, tools: list[ToolSpec], case: Case) -> list[ChatMessage]:

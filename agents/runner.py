@@ -12,6 +12,7 @@ reached (`Case.outcome`): never `resolved`, since nothing was written.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -39,6 +40,7 @@ class PolicyPort(Protocol):
     async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
                                preview: Any) -> ApprovalRequest: ...
     async def get_approval(self, approval_id: str) -> ApprovalRequest: ...
+    async def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]: ...
     async def settle(self, permit: Permit, *, executed: bool) -> str: ...
 
 
@@ -159,7 +161,7 @@ class CaseRunner:
                 await self._finish(case, status, planned.reason or planned.status or "finished")
                 return
             step = Step(step=len(case.steps) + 1, tool=planned.tool, args=planned.args,
-                        evidence=planned.evidence)
+                        evidence=planned.evidence, confidence=turn.confidence)
             case.steps.append(step)
             if await self._act(case, step) == "paused":
                 return
@@ -173,6 +175,7 @@ class CaseRunner:
             tool=step.tool, args=step.args, entities=case.report.entities,
             observations={s.tool: s.result for s in case.steps if s.executed and s.ok},
             proposed={s.tool: s.result for s in case.steps if s.verdict == "propose" and s.ok},
+            confidence=step.confidence,
         )
         decision = await self.policy.decide(request)
         case.policy_version = decision.policy_version
@@ -197,7 +200,8 @@ class CaseRunner:
             approval = await self.policy.request_approval(
                 request, decision, result.body if result is not None else None)
             step.approval_id = approval.approval_id
-            await self.tracer.export([_approval_event(approval)])
+            superseded = [await self.policy.get_approval(a) for a in approval.supersedes]
+            await self.tracer.export([_approval_event(a) for a in (*superseded, approval)])
             outcome = "paused"
         writes = step.tool in self.registry and self.registry.get(step.tool).writes
         await self.tracer.export([_action_event(case, step, decision, result, started, writes)])
@@ -237,6 +241,7 @@ class CaseRunner:
             reason = f"shadow mode, nothing written; proposed {status.value}: {reason}"
             status = CaseStatus.proposed
         case.finished_at = datetime.now(UTC)
+        await self.withdraw_approvals(case, status)  # before the final status is checkpointed
         try:
             await self._set_status(case, status, reason)
         except Exception:  # the tracer itself is down: the status is still final
@@ -245,6 +250,20 @@ class CaseRunner:
                 await self._checkpoint(case)
             except Exception:
                 pass
+
+    async def withdraw_approvals(self, case: Case, ending: CaseStatus | None = None) -> None:
+        """The case ends (as `ending`, else its status): its still-pending approvals are withdrawn
+        (nothing will run their actions) and traced. Never raises: with the policy out of reach
+        they stay pending, and the API refuses to decide an approval its case does not wait for."""
+        ending = ending or case.status
+        try:
+            withdrawn = await self.policy.withdraw_approvals(
+                case.case_id, f"withdrawn: the case ended {ending.value}")
+            if withdrawn:
+                await self.tracer.export([_approval_event(a) for a in withdrawn])
+        except Exception as exc:
+            logging.getLogger(__name__).error("cannot withdraw the pending approvals of %s: %s",
+                                              case.case_id, exc)
 
 
 def _case_event(case: Case) -> CaseEvent:
@@ -292,6 +311,7 @@ def _planner_event(case: Case, turn: PlannerTurn, g: GenerationResult) -> Planne
         completion_tokens=g.completion_tokens, output=g.text, finish_reason=g.finish_reason,
         started_at=g.started_at, finished_at=g.finished_at, duration_ms=g.duration_ms,
         prompt=[m.model_dump() for m in turn.messages] if turn.messages is not None else None,
+        confidence=turn.confidence,
     )
 
 

@@ -20,6 +20,7 @@ from opsagent.agents.playbooks import Playbook
 from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.errors import TraceError
+from opsagent.evals.gates import GateWatch
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore, ClassMode, ModeChange
 from opsagent.policy.config import PolicyConfig
@@ -67,15 +68,22 @@ class PlannerActor:
 class PolicyActor:
     """The one place tool calls are decided, held actions approved and classes' autonomy modes
     set; every decision carries the policy version and the mode. Approvals and modes are kept in
-    SQLite under the system's state folder (approvals.sqlite, autonomy.sqlite)."""
+    SQLite under the system's state folder (approvals.sqlite, autonomy.sqlite). Given the trace
+    root and `gate_check_interval_s`, a `GateWatch` demotes classes below their gate on its own."""
 
     def __init__(self, policy: PolicyConfig, registry: ToolRegistry, state_dir: str,
-                 permit_key: bytes, approval_ttl_s: float = 86400.0) -> None:
+                 permit_key: bytes, approval_ttl_s: float = 86400.0, traces_dir: str | None = None,
+                 gate_check_interval_s: float | None = None) -> None:
         state = Path(state_dir)
         store = ApprovalStore(state / "approvals.sqlite", ttl=timedelta(seconds=approval_ttl_s))
+        autonomy = AutonomyStore(state / "autonomy.sqlite")
         engine = PolicyEngine(policy, registry, ledger=SpendLedger(state / "ledger.sqlite"),
-                              permit_key=permit_key, autonomy=AutonomyStore(state / "autonomy.sqlite"))
+                              permit_key=permit_key, autonomy=autonomy)
         self._service = PolicyService(engine, store)
+        # automatic demotion (evals/gates.py): periodically and after each approval decision
+        self._gates = (GateWatch(traces_dir, autonomy, lambda: engine.config,
+                                 interval_s=gate_check_interval_s).start()
+                       if traces_dir and gate_check_interval_s else None)
 
     def allowed_tools(self, exception_type: str) -> list[str]:
         return self._service.allowed_tools(exception_type)
@@ -90,6 +98,9 @@ class PolicyActor:
     def get_approval(self, approval_id: str) -> ApprovalRequest:
         return self._service.get_approval(approval_id)
 
+    def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]:
+        return self._service.withdraw_approvals(case_id, reason)
+
     def settle(self, permit: Permit, executed: bool) -> str:
         return self._service.settle(permit, executed=executed)
 
@@ -101,9 +112,12 @@ class PolicyActor:
         """Each class's autonomy mode and its last change (who, why, when)."""
         return self._service.autonomy_status()
 
-    def set_mode(self, exception_type: str, mode: str, identity: Identity, reason: str) -> ModeChange:
-        """Set a class's autonomy mode as `identity` (admin only), recorded with the reason."""
-        return self._service.set_mode(exception_type, mode, identity=identity, reason=reason)
+    def set_mode(self, exception_type: str, mode: str, identity: Identity, reason: str,
+                 expected: str | None = None) -> ModeChange:
+        """Set a class's autonomy mode as `identity` (admin only), recorded with the reason;
+        `expected`: the mode it was judged from (refused if it changed meanwhile)."""
+        return self._service.set_mode(exception_type, mode, identity=identity, reason=reason,
+                                      expected=expected)
 
     def policy_config(self) -> PolicyConfig:
         """The policy in force, for read-only views (the API's autonomy evidence and gates)."""
@@ -114,8 +128,11 @@ class PolicyActor:
 
     def decide_approval(self, approval_id: str, identity: Identity, approve: bool,
                         args_digest: str, reason: str | None = None) -> ApprovalRequest:
-        return self._service.decide_approval(approval_id, identity=identity, approve=approve,
-                                             args_digest=args_digest, reason=reason)
+        decided = self._service.decide_approval(approval_id, identity=identity, approve=approve,
+                                                args_digest=args_digest, reason=reason)
+        if self._gates is not None:
+            self._gates.nudge()  # never raises: the check runs in the watch's thread
+        return decided
 
     def version(self) -> str:
         return self._service.engine.version

@@ -4,13 +4,20 @@ A plain class (the `CaseManager` actor is a thin shell around it), so the API ca
 in-process. With a `CaseStore` every case is written at each transition its runner makes and
 every submission key with its case: a new book on the same store (a restarted case manager)
 holds the same cases and keys and resumes each open case from its last completed step.
+
+Memory stays bounded with a store: the book holds the open cases and the `case_cache` most
+recently finished ones; an older case is read back from the store, and lists, counts and
+submission keys are answered by the store over every case. Without a store (in-process tests)
+every case stays in memory.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 from collections.abc import Awaitable
+from itertools import islice
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,10 +26,13 @@ from pydantic import BaseModel, Field
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
 from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.runner import CaseRunner, ExecutorPort, PlannerPort, PolicyPort, TracePort
+from opsagent.cluster.case_query import CaseQuery, ReadScope, matches  # ReadScope: re-exported
 from opsagent.cluster.case_store import CaseStore, StoredCase
 from opsagent.agents.step_schema import FINISH, PlannedStep
 from opsagent.agents.tracing.records import CaseEvent
-from opsagent.errors import CaseNotFound, CaseStateError, IdempotencyConflict, OverloadedError
+from opsagent.errors import (
+    CaseNotFound, CaseStateError, ConfigError, IdempotencyConflict, OverloadedError,
+)
 from opsagent.policy.records import args_digest
 from opsagent.tools.registry import ToolRegistry
 
@@ -45,32 +55,6 @@ class Submission(BaseModel):
 
     entry: CaseEntry
     created: bool
-
-
-class ReadScope(BaseModel):
-    """Which cases a caller may read: all, the ones it submitted, and/or the ones that asked
-    for an approval."""
-
-    everything: bool = False
-    submitter: str | None = None
-    approvals: bool = False
-
-    def admits(self, entry: CaseEntry) -> bool:
-        return (self.everything or (self.submitter is not None and entry.submitted_by == self.submitter)
-                or (self.approvals and bool(entry.approval_ids)))
-
-
-class CaseQuery(BaseModel):
-    """Filters and a page of the case list; None means no filter. Newest cases first."""
-
-    model_config = {"extra": "forbid"}
-    status: CaseStatus | None = None
-    exception_types: list[str] | None = Field(None, description="Any of these classes.")
-    submitted_by: str | None = None
-    with_approval: bool | None = Field(None, description="Only cases that asked for an approval.")
-    readable_by: ReadScope | None = Field(None, description="Only cases this scope admits.")
-    offset: int = Field(0, ge=0)
-    limit: int = Field(50, ge=1, le=200)
 
 
 class CasePage(BaseModel):
@@ -105,7 +89,7 @@ class _Checkpointer:
         self._book = book
 
     async def checkpoint(self, case: Case) -> None:
-        await self._book._persist(case.case_id)
+        await self._book._persist(self._book._entries[case.case_id])  # a running case is held
 
 
 class CaseBook:
@@ -113,15 +97,24 @@ class CaseBook:
 
     def __init__(self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort,
                  tracer: TracePort, registry: ToolRegistry, *, max_steps: int = 6,
-                 max_open_cases: int = 1000, store: CaseStore | None = None) -> None:
+                 max_open_cases: int = 1000, store: CaseStore | None = None,
+                 case_cache: int = 1000) -> None:
+        if case_cache < 0:
+            raise ConfigError(f"case_cache must be 0 or more, not {case_cache}")
         self._cancelled: dict[str, str] = {}  # case id -> the reason its finish will carry
         self._store = store
         self._runner = CaseRunner(_CancellablePlanner(planner, self._cancelled), policy, executor,
                                   tracer, registry, max_steps=max_steps,
                                   checkpoint=_Checkpointer(self) if store is not None else None)
         self._tracer = tracer
-        self._entries: dict[str, CaseEntry] = {}
-        self._keys: dict[tuple[str, str], tuple[str, str]] = {}  # (who, key) -> (case id, digest)
+        self._entries: dict[str, CaseEntry] = {}  # every open case, and finished ones held
+        # (who, key) -> (case id, digest): every key without a store; with one, the submissions
+        # not yet written (the store answers for the others)
+        self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        # with a store: the finished cases held whose final state is stored, oldest first
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        self._case_cache = case_cache
+        self._writing: dict[str, asyncio.Lock] = {}  # case id -> its writes' turn
         self._tasks: dict[str, asyncio.Task] = {}
         self._max_open = max_open_cases
         self.recovered = 0
@@ -129,16 +122,15 @@ class CaseBook:
             self._load(store)
 
     def _load(self, store: CaseStore) -> None:
-        """Take the stored cases and keys; resume every open case (needs a running loop: the
-        actor's, or call `recover_open` later)."""
-        for stored in store.load():
-            self._entries[stored.case.case_id] = CaseEntry(
-                case=stored.case, submitted_by=stored.submitted_by,
-                idempotency_key=stored.idempotency_key,
-                cancel_requested_by=stored.cancel_requested_by)
-            if stored.cancel_reason is not None and not stored.case.status.final:
-                self._cancelled[stored.case.case_id] = stored.cancel_reason
-        self._keys = store.keys()
+        """Take the open cases and the `case_cache` most recent finished ones; resume every open
+        case (needs a running loop: the actor's, or call `recover_open` later)."""
+        for stored in store.load(recent_final=self._case_cache):
+            case_id = stored.case.case_id
+            self._entries[case_id] = _entry(stored)
+            if stored.case.status.final:
+                self._finished[case_id] = None
+            elif stored.cancel_reason is not None:
+                self._cancelled[case_id] = stored.cancel_reason
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -149,21 +141,27 @@ class CaseBook:
         """Resume every open case that is not running (from its last checkpoint); returns how
         many were started. A case awaiting approval resumes only if its approval was decided."""
         started = 0
-        for case_id, entry in self._entries.items():
+        for case_id, entry in list(self._entries.items()):
             if not entry.case.status.final and case_id not in self._tasks:
                 self._start(case_id, self._runner.recover(entry.case))
                 started += 1
         self.recovered += started
         return started
 
-    async def _persist(self, case_id: str) -> None:
+    async def _persist(self, entry: CaseEntry) -> None:
+        """Write the case as it is now. One write per case at a time, each taking the case when
+        its turn comes: a cancel's write cannot land after (and undo) the final checkpoint."""
         if self._store is None:
             return
-        entry = self._entries[case_id]
-        await asyncio.to_thread(self._store.save, StoredCase(
-            case=entry.case.model_copy(deep=True), submitted_by=entry.submitted_by,
-            idempotency_key=entry.idempotency_key, cancel_requested_by=entry.cancel_requested_by,
-            cancel_reason=self._cancelled.get(case_id)))
+        case_id = entry.case.case_id
+        async with self._writing.setdefault(case_id, asyncio.Lock()):
+            stored = StoredCase(
+                case=entry.case.model_copy(deep=True), submitted_by=entry.submitted_by,
+                idempotency_key=entry.idempotency_key, cancel_requested_by=entry.cancel_requested_by,
+                cancel_reason=self._cancelled.get(case_id))
+            await asyncio.to_thread(self._store.save, stored)
+        if stored.case.status.final and self._entries.get(case_id) is entry:
+            self._finished[case_id] = None  # stored as final: may be let go once nothing runs it
 
     async def submit(self, report: ExceptionReport, submitted_by: str | None = None,
                      idempotency_key: str | None = None) -> Submission:
@@ -172,13 +170,16 @@ class CaseBook:
         submission is refused (OverloadedError) rather than queued without bound."""
         digest = args_digest("submit", report.model_dump(mode="json"))
         slot = (submitted_by or "", idempotency_key) if idempotency_key else None
-        if slot is not None and slot in self._keys:
-            case_id, seen = self._keys[slot]
-            if seen != digest:
+        seen = None if slot is None else self._keys.get(slot)
+        if slot is not None and seen is None and self._store is not None:
+            seen = self._store.key(*slot)
+        if seen is not None:
+            case_id, seen_digest = seen
+            if seen_digest != digest:
                 raise IdempotencyConflict(
                     f"idempotency key {idempotency_key!r} was used for a different exception "
                     f"(case {case_id}); use a new key for a new exception")
-            return Submission(entry=self._entries[case_id], created=False)
+            return Submission(entry=self.entry(case_id), created=False)
         if len(self._tasks) >= self._max_open:
             raise OverloadedError("open cases", len(self._tasks), self._max_open)
         case = Case(report=report)
@@ -193,16 +194,17 @@ class CaseBook:
                     idempotency_key=idempotency_key), submitted_by, idempotency_key, digest)
             except BaseException:
                 self._entries.pop(case.case_id, None)
-                if slot is not None:
-                    self._keys.pop(slot, None)
                 raise
+            finally:
+                if slot is not None:
+                    self._keys.pop(slot, None)  # the store has it now (or nobody has)
         self._start(case.case_id, self._runner.run(case))
         return Submission(entry=entry, created=True)
 
     async def resume(self, case_id: str) -> Case:
         """Continue a case whose held action was decided; a no-op unless it awaits approval."""
         case = self.get(case_id)
-        if case_id not in self._tasks:
+        if not case.status.final and case_id not in self._tasks:
             self._start(case_id, self._runner.resume(case))
         return case
 
@@ -211,45 +213,65 @@ class CaseBook:
         A running case stops before its next planning turn; a paused one at once. A final case
         cannot be cancelled (CaseStateError)."""
         entry = self.entry(case_id)
-        case = entry.case
-        if case.status.final:
-            raise CaseStateError(f"case {case_id} is already {case.status.value}")
+        if entry.case.status.final:
+            raise CaseStateError(f"case {case_id} is already {entry.case.status.value}")
         if entry.cancel_requested_by is None:
             entry.cancel_requested_by = by
             self._cancelled[case_id] = f"cancelled by {by}" + (f": {reason}" if reason else "")
-            await self._persist(case_id)
-        if case_id not in self._tasks:
-            await self._finish_cancelled(case)
+            await self._persist(entry)
+        # it may have finished (or been resumed) while the request was written
+        if case_id not in self._tasks and not entry.case.status.final:
+            await self._finish_cancelled(entry)
+            self._retire(case_id)
         return entry
 
     def get(self, case_id: str) -> Case:
         return self.entry(case_id).case
 
     def entry(self, case_id: str) -> CaseEntry:
-        try:
-            return self._entries[case_id]
-        except KeyError:
-            raise CaseNotFound(case_id) from None
+        """A case held, or else read back from the store (CaseNotFound if neither has it)."""
+        entry = self._entries.get(case_id)
+        if entry is not None:
+            return entry
+        stored = self._store.get(case_id) if self._store is not None else None
+        if stored is None:
+            raise CaseNotFound(case_id)
+        return _entry(stored)
 
     def list(self, status: str | None = None) -> list[Case]:
+        """Every case (of that status), oldest first."""
+        if self._store is not None:
+            return self._store.with_status(None if status is None else str(status))
         return [e.case for e in self._entries.values() if status is None or e.case.status == status]
 
     def page(self, query: CaseQuery) -> CasePage:
         """The cases matching `query`, newest first, one page of them."""
-        found = [e for e in reversed(self._entries.values()) if _matches(e, query)]
-        return CasePage(items=found[query.offset:query.offset + query.limit], total=len(found),
-                        offset=query.offset, limit=query.limit)
+        if self._store is not None:
+            stored, total = self._store.page(query)
+            items = [_entry(s) for s in stored]
+        else:
+            found = [e for e in reversed(self._entries.values()) if matches(e, query)]
+            items, total = found[query.offset:query.offset + query.limit], len(found)
+        return CasePage(items=items, total=total, offset=query.offset, limit=query.limit)
 
     def classes(self) -> list[str]:
-        """The exception classes of the cases held, sorted."""
+        """The exception classes of the cases, sorted."""
+        if self._store is not None:
+            return self._store.classes()
         return sorted({e.case.report.exception_type for e in self._entries.values()})
 
     def counts(self) -> dict[str, int]:
         """Cases per status."""
+        if self._store is not None:
+            return self._store.counts()
         counts: dict[str, int] = {}
         for e in self._entries.values():
             counts[e.case.status.value] = counts.get(e.case.status.value, 0) + 1
         return counts
+
+    def held(self) -> int:
+        """Cases held in memory (open ones, and with a store at most `case_cache` finished)."""
+        return len(self._entries)
 
     def open_cases(self) -> int:
         return len(self._tasks)
@@ -265,18 +287,41 @@ class CaseBook:
     def _start(self, case_id: str, work: Awaitable[Any]) -> None:
         task = asyncio.get_running_loop().create_task(self._drive(case_id, work))
         self._tasks[case_id] = task
-        task.add_done_callback(lambda _t, cid=case_id: self._tasks.pop(cid, None))
+        task.add_done_callback(lambda _t, cid=case_id: self._task_done(cid))
+
+    def _task_done(self, case_id: str) -> None:
+        self._tasks.pop(case_id, None)
+        self._retire(case_id)
 
     async def _drive(self, case_id: str, work: Awaitable[Any]) -> None:
         await work
-        case = self._entries[case_id].case
-        if case_id in self._cancelled and not case.status.final:  # paused after the request
-            await self._finish_cancelled(case)
+        entry = self._entries[case_id]  # held while it runs
+        if case_id in self._cancelled and not entry.case.status.final:  # paused after the request
+            await self._finish_cancelled(entry)
 
-    async def _finish_cancelled(self, case: Case) -> None:
+    def _retire(self, case_id: str) -> None:
+        """Once a case is final and nothing runs it: forget its cancel reason and, with a store,
+        let go of the oldest finished cases beyond `case_cache` (the store answers for them)."""
+        entry = self._entries.get(case_id)
+        if entry is None or not entry.case.status.final or case_id in self._tasks:
+            return
+        self._cancelled.pop(case_id, None)
+        self._writing.pop(case_id, None)
+        excess = len(self._finished) - self._case_cache
+        if self._store is None or excess <= 0:
+            return
+        for old in list(islice(self._finished, excess + len(self._tasks))):
+            if excess > 0 and old not in self._tasks:
+                del self._finished[old]
+                self._entries.pop(old, None)
+                excess -= 1
+
+    async def _finish_cancelled(self, entry: CaseEntry) -> None:
+        case = entry.case
         case.status, case.reason = CaseStatus.escalated, self._cancelled[case.case_id]
         case.finished_at = datetime.now(UTC)
-        await self._persist(case.case_id)
+        await self._runner.withdraw_approvals(case)  # before the final state is stored
+        await self._persist(entry)
         try:
             await self._tracer.export([CaseEvent(
                 case_id=case.case_id, exception_type=case.report.exception_type,
@@ -288,10 +333,7 @@ class CaseBook:
                                               case.case_id, exc)
 
 
-def _matches(entry: CaseEntry, query: CaseQuery) -> bool:
-    case = entry.case
-    return ((query.status is None or case.status == query.status)
-            and (query.exception_types is None or case.report.exception_type in query.exception_types)
-            and (query.submitted_by is None or entry.submitted_by == query.submitted_by)
-            and (query.with_approval is None or bool(entry.approval_ids) == query.with_approval)
-            and (query.readable_by is None or query.readable_by.admits(entry)))
+def _entry(stored: StoredCase) -> CaseEntry:
+    return CaseEntry(case=stored.case, submitted_by=stored.submitted_by,
+                     idempotency_key=stored.idempotency_key,
+                     cancel_requested_by=stored.cancel_requested_by)

@@ -10,6 +10,8 @@ import ray
 
 from opsagent.cluster.case_book import CaseBook
 from opsagent.cluster.case_store import CaseStore
+from opsagent.cluster.config import ExecutorAutoscalingConfig
+from opsagent.cluster.executor_scaling import ExecutorPoolStatus
 from opsagent.cluster.ports import AckTally, ExecutorPool, PlannerPool, PolicyHandle, TraceHandle
 from opsagent.tools.registry import ToolRegistry
 
@@ -20,19 +22,32 @@ CASES_FILE = "cases.sqlite"
 class CaseManager(CaseBook):
     """Owns the cases in flight. With `state_dir` every case is kept in <state_dir>/cases.sqlite:
     restarted (it is created with `max_restarts`), the actor loads them and resumes each open
-    case from its last completed step."""
+    case from its last completed step. It holds the open cases and the `case_cache` most recently
+    finished ones in memory; the store answers for the rest."""
 
     def __init__(self, planner: Any, policy: Any, executors: list[Any], tracer: Any,
                  registry: ToolRegistry, max_steps: int = 6, max_open_cases: int = 1000,
-                 state_dir: str | None = None) -> None:
+                 state_dir: str | None = None,
+                 *, executor_factory: Any = None,
+                 executor_scaling: ExecutorAutoscalingConfig | None = None,
+                 case_cache: int = 1000) -> None:
         store = CaseStore(Path(state_dir) / CASES_FILE) if state_dir else None
-        super().__init__(PlannerPool(planner), PolicyHandle(policy), ExecutorPool(executors),
+        self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
+        super().__init__(PlannerPool(planner), PolicyHandle(policy), self._executors,
                          TraceHandle(tracer), registry, max_steps=max_steps,
-                         max_open_cases=max_open_cases, store=store)
+                         max_open_cases=max_open_cases, store=store, case_cache=case_cache)
 
     def recovered_cases(self) -> int:
         """Open cases this incarnation resumed from the store."""
         return self.recovered
+
+    def executor_pool(self) -> ExecutorPoolStatus:
+        """The executor pool now: size, calls in flight, bounds, its last size changes."""
+        return self._executors.status()
+
+    def executor_handles(self) -> list[Any]:
+        """The executor actors in the pool now (an autoscaled pool adds and removes some)."""
+        return self._executors.handles
 
     def trace_acks(self) -> AckTally:
         """The trace events this incarnation had acknowledged by the trace writer."""

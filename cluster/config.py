@@ -12,6 +12,20 @@ from opsagent.agents.engines import OpenAIEngineConfig, VllmEngineConfig
 from opsagent.errors import ConfigError
 
 
+class FewShotConfig(BaseModel):
+    """Worked examples retrieved from human-approved traces of each class (agents/playbooks/approved.py),
+    appended to the playbook's own when the system starts."""
+
+    model_config = {"extra": "forbid"}
+    traces: Path | str | None = Field(
+        default=None, description="Trace store to retrieve from (a folder or S3 URI); None: the "
+        "system's own traces_dir, so a deployment learns from what its approvers granted.")
+    per_class: int = Field(default=2, ge=1, le=8, description="Examples retrieved per class at most.")
+    placement: Literal["first", "last"] = Field(
+        default="last", description="Where the retrieved examples go: before the playbook's own "
+        "(first) or after them, next to the case (last).")
+
+
 class PlannerConfig(BaseModel):
     """Which engine the planner actor hosts and where it is placed."""
 
@@ -32,6 +46,9 @@ class PlannerConfig(BaseModel):
         description="Ray actor options of each replica, e.g. {num_gpus: 1} on a GPU node, or "
         "{resources: {planner: 1}} where the nodes meant for planning offer that resource.",
     )
+    few_shot: FewShotConfig | None = Field(
+        default=None, description="Retrieve worked examples from human-approved traces (None: the "
+        "playbooks' own examples only).")
     replicas: int = Field(
         default=1, ge=1, le=64,
         description="Planner actors (one per GPU node in production); each planning call goes "
@@ -39,12 +56,45 @@ class PlannerConfig(BaseModel):
     )
 
 
+class ExecutorAutoscalingConfig(BaseModel):
+    """Sizes the executor pool with its load (names after Ray Serve's autoscaling_config)."""
+
+    model_config = {"extra": "forbid"}
+    min_executors: int = Field(
+        default=1, ge=1, le=64,
+        description="Executors the system starts and never goes below; they are never removed.")
+    max_executors: int = Field(default=8, ge=1, le=64, description="Executors the pool never exceeds.")
+    target_in_flight: float = Field(
+        default=2.0, gt=0,
+        description="Tool calls in flight per executor the pool aims at: it grows when the "
+        "average over upscale_delay_s exceeds this times its size.")
+    upscale_delay_s: float = Field(
+        default=5.0, ge=0, description="Seconds of load the average is taken over before growing.")
+    downscale_delay_s: float = Field(
+        default=60.0, ge=0,
+        description="Seconds the load must have fitted in fewer executors before idle ones are removed.")
+    interval_s: float = Field(default=1.0, gt=0, description="Seconds between two scaling decisions.")
+
+    @model_validator(mode="after")
+    def _min_within_max(self) -> "ExecutorAutoscalingConfig":
+        if self.min_executors > self.max_executors:
+            raise ValueError(f"executor_autoscaling: min_executors ({self.min_executors}) is above "
+                             f"max_executors ({self.max_executors})")
+        return self
+
+
 class SystemConfig(BaseModel):
     """One opsagent system: planner, executor pool, policy, trace store, case manager."""
 
     model_config = {"extra": "forbid"}
     planner: PlannerConfig = Field(default_factory=PlannerConfig, description="The planner.")
-    executors: int = Field(default=2, ge=1, le=64, description="Executor actors in the pool.")
+    executors: int = Field(
+        default=2, ge=1, le=64,
+        description="Executor actors in the pool, a fixed size (unused with executor_autoscaling).")
+    executor_autoscaling: ExecutorAutoscalingConfig | None = Field(
+        default=None,
+        description="Grow and shrink the executor pool with its load, between min_executors and "
+        "max_executors; None: a fixed pool of `executors`.")
     executor_actor_options: dict[str, Any] = Field(
         default_factory=lambda: {"num_cpus": 0},
         description="Ray actor options of each executor, e.g. {num_cpus: 0.25, resources: "
@@ -83,9 +133,21 @@ class SystemConfig(BaseModel):
     approval_ttl_s: float = Field(
         default=86400.0, gt=0, description="Seconds a held action waits for a decision before expiring."
     )
+    gate_check_interval_s: float | None = Field(
+        default=60.0, ge=0,
+        description="Seconds between the policy actor's autonomy gate checks, which demote a class "
+        "whose live accuracy fell below its gate (evals/gates.py; one more check follows each approval "
+        "decision); None or 0: no automatic demotion (`opsagent autonomy check` still runs it).",
+    )
     max_steps: int = Field(default=6, ge=1, le=50, description="Planner steps before escalation.")
     max_open_cases: int = Field(
         default=1000, ge=1, description="Cases in flight before submissions are refused (503)."
+    )
+    case_cache: int = Field(
+        default=1000, ge=0,
+        description="Finished cases the case manager keeps in memory besides the open ones (the "
+        "most recent); older ones are read back from state_dir/cases.sqlite, so its memory does "
+        "not grow with the number of cases.",
     )
 
     @field_validator("traces_dir")
@@ -98,6 +160,12 @@ class SystemConfig(BaseModel):
         if isinstance(self.traces_dir, str) and self.trace_wal_dir is None:
             raise ValueError("traces_dir is an object store URI: set trace_wal_dir to a local folder")
         return self
+
+    @property
+    def initial_executors(self) -> int:
+        """Executors the system starts: `executors`, or min_executors when autoscaled."""
+        scaling = self.executor_autoscaling
+        return scaling.min_executors if scaling is not None else self.executors
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SystemConfig":

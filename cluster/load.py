@@ -3,9 +3,10 @@
 Plants N weight mismatches in a fresh sandbox platform, starts one `OpsAgentSystem` and its Serve
 front door, submits the cases over `POST /v1/exceptions` at a steady rate (a refused submission,
 429 or 503, is sent again after its Retry-After and counted), follows them over `GET /v1/cases`,
-and samples every actor's resident memory (psutil on the actor's process) while it runs. Reports
-throughput, p50/p95 latency (receipt to final status, as the case records them), memory per
-actor over time, and lost cases (accepted but not final at the end: must be 0).
+and samples every actor's resident memory (psutil on the actor's process) and the executor
+pool's size while it runs. Reports throughput, p50/p95 latency (receipt to final status, as the
+case records them), memory per actor over time, the pool's size over time (`--autoscale MIN:MAX`
+sizes it with the load) and lost cases (accepted but not final at the end: must be 0).
 
 `--engine scripted` (default) plans with a scripted gold planner, so the figures are the system's
 own (Ray, policy, executors, traces, case store), not the model's; `--engine vllm` uses the
@@ -29,13 +30,14 @@ from typing import Any
 import httpx
 import psutil
 import ray
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from opsagent.agents.engines.base import GenerationRequest, GenerationResult
 from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.app import ApiLimits
-from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.config import ExecutorAutoscalingConfig, SystemConfig
+from opsagent.cluster.executor_scaling import ScalingEvent
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import InputError
@@ -80,13 +82,22 @@ class ActorMemory(BaseModel):
         return 100.0 * (self.last_mb - self.first_mb) / self.first_mb if self.first_mb else 0.0
 
 
+class PoolSample(BaseModel):
+    """The executor pool at one moment of the run."""
+
+    t_s: float = Field(description="Seconds since the first submission.")
+    executors: int
+    in_flight: int = Field(description="Tool calls in flight then.")
+
+
 class LoadResult(BaseModel):
     """What one soak measured."""
 
     cases: int
     rate: float = Field(description="Target submissions per second.")
     engine: str
-    executors: int
+    executors: int = Field(description="Executors the system started (the floor when autoscaled).")
+    autoscale: str | None = Field(None, description="MIN:MAX of an autoscaled executor pool.")
     planner_replicas: int
     accepted: int
     refused: int = Field(description="Submissions answered 429/503 and sent again.")
@@ -99,6 +110,8 @@ class LoadResult(BaseModel):
     p95_s: float
     max_s: float
     memory: list[ActorMemory]
+    pool: list[PoolSample] = Field(default_factory=list, description="The executor pool over the run.")
+    scaling: list[ScalingEvent] = Field(default_factory=list, description="The pool's last size changes.")
     max_open: int = Field(description="Most cases open at once (seen by the poller).")
     when: datetime
 
@@ -121,6 +134,7 @@ def run_load(args: argparse.Namespace) -> int:
         raise InputError("bench load: --cases, --rate, --executors and --planner-replicas must be positive")
     if not 0 <= args.suspect_share <= 1:
         raise InputError("bench load: --suspect-share must be between 0 and 1")
+    args.scaling = autoscaling(args.autoscale)
     with private_tmpdir(), tempfile.TemporaryDirectory(prefix="oa-load-") as work:
         result = _soak(args, Path(work))
     text = format_load(result, args)
@@ -132,6 +146,21 @@ def run_load(args: argparse.Namespace) -> int:
     return 0 if result.lost == 0 else 1
 
 
+def autoscaling(spec: str | None) -> ExecutorAutoscalingConfig | None:
+    """`--autoscale MIN:MAX` as the pool's autoscaling config (other settings: the defaults)."""
+    if spec is None:
+        return None
+    low, sep, high = spec.partition(":")
+    try:
+        if not sep:
+            raise ValueError("no colon")
+        return ExecutorAutoscalingConfig(min_executors=int(low), max_executors=int(high))
+    except (ValueError, ValidationError) as exc:
+        detail = "; ".join(e["msg"] for e in exc.errors()) if isinstance(exc, ValidationError) else ""
+        raise InputError(f"bench load: --autoscale takes MIN:MAX executors (1 <= MIN <= MAX <= 64), "
+                         f"got {spec!r}{': ' + detail if detail else ''}") from exc
+
+
 def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
     start_ray(num_cpus=os.cpu_count() or 2)
     try:
@@ -139,7 +168,8 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
             instances = inject_weight_mismatch(platform, count=args.cases, seed=args.seed,
                                                suspect_share=args.suspect_share)
             config = SystemConfig(traces_dir=work / "traces", state_dir=work / "state",
-                                  executors=args.executors, max_open_cases=max(1000, args.cases))
+                                  executors=args.executors, executor_autoscaling=args.scaling,
+                                  max_open_cases=max(1000, args.cases))
             config.planner.replicas = args.planner_replicas
             engine = GoldScriptedEngine() if args.engine == "scripted" else None
             system = OpsAgentSystem(config, platform.registry(), engine=engine,
@@ -151,7 +181,8 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
                     "weight_mismatch", "autonomous", BENCH_ADMIN, "bench load: writes really run"))
                 url = system.serve(port=_free_port(), limits=ApiLimits(requests_per_window=10 ** 7))
                 token = TokenStore(system.tokens_path).add("bench", ["submitter"])
-                return asyncio.run(_drive(args, url, token, instances, _actor_pids(system)))
+                return asyncio.run(_drive(args, url, token, instances, _actor_pids(system),
+                                          system.handles["cases"]))
             finally:
                 system.stop()
     finally:
@@ -159,12 +190,13 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
 
 
 async def _drive(args: argparse.Namespace, url: str, token: str, instances: list[Any],
-                 pids: dict[str, int]) -> LoadResult:
+                 pids: dict[str, int], cases: Any) -> LoadResult:
     headers = {"Authorization": f"Bearer {token}"}
     accepted: dict[str, float] = {}
     refused = 0
     seen: dict[str, dict] = {}
     memory: list[tuple[float, dict[str, float]]] = []
+    pool: list[PoolSample] = []
     max_open = 0
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         async def submit(inst: Any) -> None:
@@ -194,7 +226,7 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
 
         t0 = time.monotonic()
         tasks = []
-        sampler = asyncio.create_task(_sample_memory(pids, memory, t0))
+        sampler = asyncio.create_task(_sample_memory(pids, memory, t0, PoolWatch(cases, pids, pool)))
         for i, inst in enumerate(instances):
             await asyncio.sleep(max(0.0, t0 + i / args.rate - time.monotonic()))
             tasks.append(asyncio.create_task(submit(inst)))
@@ -208,6 +240,7 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
                 break
             await asyncio.sleep(1.0)
         sampler.cancel()
+        scaling = (await cases.executor_pool.remote()).decisions
     done = [seen[c] for c in accepted if seen.get(c, {}).get("status") in FINAL]
     latencies = sorted(_latency(v) for v in done)
     first = min(datetime.fromisoformat(v["received_at"]) for v in done) if done else None
@@ -219,19 +252,53 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
     for v in done:
         final[v["status"]] = final.get(v["status"], 0) + 1
     return LoadResult(
-        cases=args.cases, rate=args.rate, engine=args.engine, executors=args.executors,
+        cases=args.cases, rate=args.rate, engine=args.engine,
+        executors=args.scaling.min_executors if args.scaling else args.executors, autoscale=args.autoscale,
         planner_replicas=args.planner_replicas, accepted=len(accepted), refused=refused,
         final=final, lost=len(accepted) - len(done), unexpected=unexpected, duration_s=round(duration, 1),
         throughput=round(len(done) / duration, 2) if duration else 0.0,
         p50_s=_pct(latencies, 50), p95_s=_pct(latencies, 95),
         max_s=round(latencies[-1], 3) if latencies else 0.0,
-        memory=_memory_table(memory), max_open=max_open, when=datetime.now().astimezone())
+        memory=_memory_table(memory), pool=pool, scaling=scaling, max_open=max_open,
+        when=datetime.now().astimezone())
+
+
+class PoolWatch:
+    """Samples the executor pool from the case manager; executors it adds join the memory
+    sampling as `executor <n>` (n in order of appearance)."""
+
+    def __init__(self, cases: Any, pids: dict[str, int], out: list[PoolSample]) -> None:
+        self._cases, self._pids, self.out = cases, pids, out
+        self._known = set(pids.values())
+
+    async def sample(self, t_s: float) -> dict[str, int]:
+        """Record the pool's size; the pids of executors not seen before, by label."""
+        status = await self._cases.executor_pool.remote()
+        self.out.append(PoolSample(t_s=round(t_s, 1), executors=status.size, in_flight=status.in_flight))
+        new: dict[str, int] = {}
+        for handle in await self._cases.executor_handles.remote():
+            try:
+                pid = await handle.pid.remote()
+            except ray.exceptions.RayError:  # removed (or restarting) meanwhile
+                continue
+            if pid not in self._known:
+                self._known.add(pid)
+                label = f"executor {sum(1 for n in self._pids if n.startswith('executor '))}"
+                self._pids[label] = pid
+                new[label] = pid
+        return new
 
 
 async def _sample_memory(pids: dict[str, int], out: list[tuple[float, dict[str, float]]],
-                         t0: float, every_s: float = 2.0) -> None:
+                         t0: float, pool: PoolWatch | None = None, every_s: float = 2.0) -> None:
     procs = {name: psutil.Process(pid) for name, pid in pids.items()}
     while True:
+        if pool is not None:
+            try:
+                for name, pid in (await pool.sample(time.monotonic() - t0)).items():
+                    procs[name] = psutil.Process(pid)
+            except (ray.exceptions.RayError, psutil.Error):  # the case manager restarting, a gone pid
+                pass
         sample = {}
         for name, proc in procs.items():
             try:
@@ -284,8 +351,9 @@ def _free_port() -> int:
 
 def format_load(result: LoadResult, args: argparse.Namespace) -> str:
     """The markdown section of one soak."""
+    pool = f"--autoscale {result.autoscale}" if result.autoscale else f"--executors {result.executors}"
     command = (f"opsagent bench load --cases {result.cases} --rate {result.rate:g} --engine {result.engine} "
-               f"--executors {result.executors} --planner-replicas {result.planner_replicas}")
+               f"{pool} --planner-replicas {result.planner_replicas}")
     statuses = ", ".join(f"{k} {v}" for k, v in sorted(result.final.items()))
     lines = [
         f"## Load: {result.cases} cases at {result.rate:g}/s ({result.engine} planner)",
@@ -309,4 +377,25 @@ def format_load(result: LoadResult, args: argparse.Namespace) -> str:
     ]
     lines += [f"| {m.actor} | {m.first_mb} | {m.peak_mb} | {m.last_mb} | {m.growth_pct:+.1f}% | {m.samples} |"
               for m in result.memory]
+    if result.autoscale:
+        lines += ["", *_pool_lines(result)]
     return "\n".join(lines) + "\n"
+
+
+def _pool_lines(result: LoadResult) -> list[str]:
+    """The pool's size over the run: the first sample, every change of size, the last one."""
+    kept = [p for i, p in enumerate(result.pool)
+            if i in (0, len(result.pool) - 1) or p.executors != result.pool[i - 1].executors]
+    sizes = [p.executors for p in result.pool]
+    flying = [p.in_flight for p in result.pool]
+    lines = [f"Executor pool, autoscaled {result.autoscale}: {min(sizes, default=0)} to "
+             f"{max(sizes, default=0)} executors; tool calls in flight at the samples: peak "
+             f"{max(flying, default=0)}, mean {statistics.fmean(flying) if flying else 0:.2f} "
+             "(sampled every 2 s; the rows: first, last and every change of size).",
+             "", "| t (s) | executors | tool calls in flight |", "|---|---|---|"]
+    lines += [f"| {p.t_s} | {p.executors} | {p.in_flight} |" for p in kept]
+    if result.scaling:
+        lines += ["", "| decided at | from | to | wanted | why |", "|---|---|---|---|---|"]
+        lines += [f"| {e.at:%H:%M:%S} | {e.from_size} | {e.to_size} | {e.desired} | {e.reason} |"
+                  for e in result.scaling]
+    return lines

@@ -10,11 +10,13 @@ from ray import serve
 
 from opsagent.agents.engines import OpenAIEngine, PlannerEngine, VllmEngine
 from opsagent.agents.playbooks import Playbook
+from opsagent.agents.playbooks.approved import RetrievedExamples, with_approved_examples
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.app import ApiLimits
-from opsagent.cluster.actors import ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor
+from opsagent.cluster.actors import PlannerActor, PolicyActor, TraceWriterActor
 from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.ports import ExecutorFactory
 from opsagent.cluster.runtime import NAMESPACE
 from opsagent.cluster.serve_app import ApiArgs, build_app
 from opsagent.errors import ConfigError
@@ -45,6 +47,13 @@ class OpsAgentSystem:
         self.registry = registry
         self.engine = engine or make_engine(config)
         self.playbooks = playbooks if playbooks is not None else builtin_playbooks()
+        self.retrieved: list[RetrievedExamples] = []
+        if config.planner.few_shot is not None:
+            few = config.planner.few_shot
+            source = few.traces if few.traces is not None else config.traces_dir
+            self.playbooks, self.retrieved = with_approved_examples(
+                self.playbooks, source if isinstance(source, str) else source.resolve(), few.per_class,
+                few.placement)
         if policy is None:
             policy = (PolicyConfig.from_yaml(config.policy_path) if config.policy_path
                       else load_default_policy())
@@ -64,16 +73,18 @@ class OpsAgentSystem:
         control = {**restarts, **c.control_actor_options}
         # One key signs and verifies permits: the policy's and the executors' only shared secret.
         key = permit_key_from_env() or new_permit_key()
-        policy = PolicyActor.options(name=POLICY, **control).remote(
-            self.policy, self.registry, state, key, c.approval_ttl_s)
-        executors = [ExecutorActor.options(name=f"opsagent-executor-{i}", **restarts,
-                                           **c.executor_actor_options).remote(
-            self.registry, key, c.executor_timeout_s) for i in range(c.executors)]
         traces = c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve())
+        policy = PolicyActor.options(name=POLICY, **control).remote(
+            self.policy, self.registry, state, key, c.approval_ttl_s, traces, c.gate_check_interval_s)
+        # the pool's floor; an autoscaled pool adds (and removes) more through the same factory
+        spawn = ExecutorFactory(self.registry, key, c.executor_timeout_s,
+                                {**restarts, **c.executor_actor_options})
+        executors = [spawn() for _ in range(c.initial_executors)]
         wal = str(c.trace_wal_dir.resolve()) if c.trace_wal_dir else None
         tracer = TraceWriterActor.options(name="opsagent-traces", **control).remote(traces, wal_dir=wal)
         cases = CaseManager.options(name=CASE_MANAGER, **control).remote(
-            planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, state)
+            planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, state,
+            executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache)
         self.handles = dict(planner=planners[0], planners=planners, policy=policy,
                             executors=executors, tracer=tracer, cases=cases)
         models = ray.get([p.start.remote() for p in planners])

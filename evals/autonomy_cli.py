@@ -24,8 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     setter.add_argument("exception_type")
     setter.add_argument("mode", choices=["shadow", "supervised", "autonomous"])
     setter.add_argument("--reason", required=True, help="why (recorded with the change)")
-    setter.add_argument("--override", action="store_true",
-                        help="promote although the gates do not allow it (recorded in the reason)")
+    setter.add_argument("--override", "--force", dest="override", action="store_true",
+                        help="promote one stage although the class is not eligible (recorded in the "
+                        "reason); never skips a stage")
     compare = sub.add_parser("compare", help="compare traced cases with a human action log; record verdicts")
     compare.add_argument("--human-log", type=Path, required=True,
                          help="JSONL, one line per instance (an eval set's human_log.jsonl)")
@@ -105,8 +106,9 @@ def render_status(statuses: list) -> str:
 
 
 def _set(args: argparse.Namespace, store, config) -> int:
+    """Set a mode through the gates' rule (`gates.gate_mode_change`, as the API does)."""
     from opsagent.errors import AutonomyError
-    from opsagent.evals.gates import class_statuses
+    from opsagent.evals.gates import class_statuses, gate_mode_change
     from opsagent.policy.autonomy import Mode
     from opsagent.policy.identity import Role, require
 
@@ -115,18 +117,14 @@ def _set(args: argparse.Namespace, store, config) -> int:
     if args.exception_type not in config.classes:
         raise AutonomyError(f"unknown exception class {args.exception_type!r} (policy lists: "
                             f"{', '.join(sorted(config.classes))})")
-    target = Mode(args.mode)
-    reason = args.reason
-    status = next(s for s in class_statuses(args.traces, store, config) if s.exception_type == args.exception_type)
-    if target.rank > status.mode.rank:
-        allowed = target == status.next_mode and status.eligible
-        if not allowed and not args.override:
-            raise AutonomyError(
-                f"{args.exception_type} is {status.mode}: the gates do not allow {target} "
-                f"({status.why}); promote one stage at a time once eligible, or pass --override")
-        if not allowed:
-            reason = f"{reason} [override: {status.why}]"
-    change = store.set_mode(args.exception_type, target, identity=identity, reason=reason)
+    target, name = Mode(args.mode), args.exception_type
+    current = store.mode(name, config.classes[name].initial_mode)
+    status = None
+    if target.rank > current.rank:  # only a promotion is judged on the evidence (traces read)
+        status = next(s for s in class_statuses(args.traces, store, config) if s.exception_type == name)
+    reason = gate_mode_change(name, current, target, reason=args.reason, override=args.override,
+                              status=status)
+    change = store.set_mode(name, target, identity=identity, reason=reason, expected=current)
     print(f"{change.exception_type}: {change.from_mode or '-'} -> {change.to_mode} by {change.actor} "
           f"at {change.at.isoformat(timespec='seconds')} ({change.reason})")
     return 0

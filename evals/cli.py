@@ -87,9 +87,9 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     help="autonomy mode of the set's classes (default autonomous: low-risk writes run, "
                     "high-risk ones wait for the simulated approver)")
     ev.add_argument("--name", default="base", help="label of this configuration (default base)")
-    ev.add_argument("--compare", type=Path, metavar="CONFIG_YAML",
-                    help="a second configuration to run on the same set (YAML: name, system, policy, "
-                    "playbooks, mode; see evals.runner.EvalConfig)")
+    ev.add_argument("--compare", type=Path, metavar="CONFIG_YAML", action="append",
+                    help="another configuration to run on the same set (YAML: name, system, policy, "
+                    "playbooks, mode; see evals.runner.EvalConfig); repeat for more")
     ev.add_argument("--case-timeout", type=float, default=1800.0,
                     help="seconds one case may take before it is counted as unfinished (default 1800)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -130,12 +130,27 @@ def run_eval(args: argparse.Namespace) -> int:
     folder = write_results(result, metrics, args.traces)
     report = write_html(result, metrics, args.report or folder / "report.html")
     print(terminal_summary(result, metrics))
+    print(confidence_summary(args.traces, result.rows, instances))
     print(f"\nresults: {folder / 'results.parquet'}\n  (DuckDB: SELECT * FROM read_parquet("
           f"'{args.traces}/eval_results/*/*.parquet', hive_partitioning = true))\nreport:  {report}")
     unsupervised = sum(m.overall.unsupervised_high_risk for m in metrics.values())
     if unsupervised:
         print(f"UNSUPERVISED HIGH-RISK ACTIONS: {unsupervised}", file=sys.stderr)
     return 1 if unsupervised else 0
+
+
+def confidence_summary(traces, rows, instances) -> str:
+    """Per configuration, what a `min_confidence` floor would do to its autonomous writes (only
+    for configurations whose planner reported confidences)."""
+    from opsagent.evals.calibration import render_sweep, scored_writes, sweep
+
+    parts = []
+    for config in dict.fromkeys(r.config for r in rows):
+        mine = [r for r in rows if r.config == config]
+        writes = scored_writes(traces, mine, instances)
+        if any(w.confidence is not None for w in writes):
+            parts.append(render_sweep(config, writes, sweep(writes, mine)))
+    return "\n\n".join(parts)
 
 
 def eval_configs(args: argparse.Namespace) -> list:
@@ -155,11 +170,14 @@ def eval_configs(args: argparse.Namespace) -> list:
     except ValidationError as exc:
         raise InputError(f"--name {args.name!r}: 1-40 letters, digits, '.', '_' or '-' ({exc.error_count()} "
                          "error)") from exc
-    if args.compare:
-        other = EvalConfig.from_yaml(args.compare)
+    for number, path in enumerate(args.compare or [], start=1):
+        other = EvalConfig.from_yaml(path)
         if "name" not in other.model_fields_set:
-            other = other.model_copy(update={"name": "compare"})
+            other = other.model_copy(update={"name": "compare" if number == 1 else f"compare{number}"})
         configs.append(other)
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise InputError(f"configurations need distinct names, got {names}")
     return configs
 
 

@@ -16,7 +16,12 @@ Demotion (autonomous -> supervised -> shadow, recorded with actor `opsagent-gate
 class's most recent `demote_window` verdicts in its stage number at least `demote_min_cases` and
 the Wilson *upper* bound of their correctness is below `threshold`, i.e. the class is, with the
 gate's confidence, worse than its gate (a point estimate would flap on a few unlucky cases).
-`check` runs it; recording verdicts runs it too.
+`check` runs it; recording verdicts runs it too, and in a running system the policy actor's
+`GateWatch` runs it every `gate_check_interval_s` and shortly after each approval decision.
+
+An admin's mode change (API and CLI alike) passes `gate_mode_change`: a demotion is always
+allowed; a promotion goes one stage up, and only when the class is eligible, unless the admin
+overrides the gate explicitly, which the recorded reason then says.
 
 The comparison: the same write tools with the same key arguments (every argument but free text:
 `FREE_TEXT_ARGS`; numbers to the cent), as multisets, and the same outcome (resolved or
@@ -27,7 +32,10 @@ unknown (the ticket was left open) is not comparable.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,17 +44,22 @@ from pydantic import BaseModel, Field, ValidationError
 
 from opsagent.agents.tracing.records import VerdictEvent
 from opsagent.agents.tracing.views import query
-from opsagent.errors import InputError
+from opsagent.errors import AutonomyError, InputError
 from opsagent.evals.catalogue._model import HumanLog, Instance, same
+from opsagent.evals.metrics import FINAL
 from opsagent.evals.stats import wilson
 from opsagent.policy.autonomy import AutonomyStore, GateConfig, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.identity import Identity, Role, require
 
+log = logging.getLogger(__name__)
+
 COMPARE_ACTOR = "opsagent-compare"
 FREE_TEXT_ARGS = frozenset({"reason", "note", "resolution", "description", "comment"})
 """Arguments people word freely: not compared."""
-FINAL = ("resolved", "escalated", "failed", "proposed")
+SETTLE_S = 2.0
+"""Seconds `GateWatch` waits after an approval decision before it checks: the trace writer
+publishes its log as Parquet about every second, and the gates read only what is published."""
 
 
 # --- the comparator ---------------------------------------------------------------------------
@@ -125,7 +138,7 @@ WHERE writes AND error IS NULL AND (decision = 'propose' OR (executed AND NOT dr
 QUALIFY row_number() OVER (PARTITION BY case_id, step ORDER BY started_at DESC) = 1
 ORDER BY case_id, step
 """
-_EVIDENCE = """
+_EVIDENCE = f"""
 WITH modes AS (
   SELECT case_id, arg_max(autonomy_mode, started_at) AS case_mode FROM actions
   WHERE autonomy_mode IS NOT NULL GROUP BY case_id),
@@ -145,7 +158,7 @@ judged AS (
          WHEN m.case_mode = 'supervised' AND d.case_id IS NOT NULL THEN 'approvals' END AS source
   FROM cases c JOIN modes m USING (case_id)
   LEFT JOIN explicit e USING (case_id) LEFT JOIN decided d USING (case_id)
-  WHERE c.status IN ('resolved', 'escalated', 'failed', 'proposed'))
+  WHERE c.status IN ({", ".join(f"'{s}'" for s in FINAL)}))
 SELECT case_id, exception_type, case_mode, received_at, correct, source FROM judged
 WHERE correct IS NOT NULL ORDER BY received_at, case_id
 """
@@ -265,10 +278,130 @@ def check(traces: Path | str, store: AutonomyStore, config: PolicyConfig) -> lis
         r, g = status.recent, status.gate
         reason = (f"live accuracy {r.correct}/{r.n} over its last {r.n} verdicts in {status.mode}: "
                   f"Wilson {g.confidence:.0%} upper bound {r.high:.3f} < gate {g.threshold}")
-        change = store.demote(status.exception_type, reason=reason)
+        change = store.demote(status.exception_type, reason=reason, expected=status.mode)
         if change is not None:
             changes.append(change)
     return changes
+
+
+def gate_mode_change(exception_type: str, current: Mode | str, target: Mode | str, *, reason: str,
+                     override: bool = False, status: ClassStatus | None = None) -> str:
+    """THE rule for an admin's mode change, for the API and the CLI alike: the reason to record,
+    or AutonomyError saying why not, with the evidence.
+
+    Staying or moving down (any number of stages) is always allowed. Moving up skips no stage,
+    override or not. One stage up needs the class to be eligible (`status`: its gate status in
+    `current`, required for a promotion); with `override` an ineligible class is promoted anyway
+    and the reason recorded says the gate was overridden, and on what evidence.
+    """
+    try:
+        current, target = Mode(current), Mode(target)
+    except ValueError as err:
+        raise AutonomyError(f"{err}; modes: {', '.join(m.value for m in Mode)}") from None
+    if not (reason and reason.strip()):
+        raise AutonomyError("a mode change needs a reason (it is recorded with the change)")
+    reason = reason.strip()
+    if target.rank <= current.rank:
+        return reason
+    if target != current.next:
+        raise AutonomyError(
+            f"{exception_type} is {current}: a promotion to {target} would skip {current.next}; "
+            f"promote one stage at a time (each stage earns its own evidence; override skips no stage)")
+    if status is None or status.exception_type != exception_type:
+        raise ValueError(f"a promotion of {exception_type} is judged on its gate status: pass it")
+    if status.mode != current:
+        raise AutonomyError(f"{exception_type} is {status.mode} by now, not {current}; look at its status again")
+    if status.eligible:
+        return reason
+    evidence = _evidence_text(status)
+    if not override:
+        raise AutonomyError(
+            f"{exception_type} is {current}: the gates do not allow {target} ({status.why}; {evidence}); "
+            f"promote once it is eligible, or override the gate explicitly (API: \"override\": true, "
+            f"CLI: --override), which is recorded with the change")
+    return f"{reason} [override of the gate: {status.why}; {evidence}]"
+
+
+def _evidence_text(status: ClassStatus) -> str:
+    e, g = status.evidence, status.gate
+    return (f"evidence in {status.mode}: {e.correct}/{e.n} correct, Wilson {g.confidence:.0%} "
+            f"[{e.low:.3f}, {e.high:.3f}]; gate: n >= {g.min_cases} and lower bound >= {g.threshold}")
+
+
+class GateWatch:
+    """Automatic demotion in a running system (the policy actor holds one): `check` every
+    `interval_s` and once more `settle_s` after each `nudge` (an approval decided), in a thread of
+    its own, so no decision waits for it.
+
+    Best effort: a failing check (trace store unreadable, mode store broken) is logged and tried
+    again at the next tick; it never reaches the caller. The gates see a case once it is finished
+    and its trace is published (about a second), so the check after a decision catches a case that
+    ended at once; one whose planner takes longer is caught by the next periodic check.
+    """
+
+    def __init__(self, traces: Path | str, store: AutonomyStore, config: Callable[[], PolicyConfig], *,
+                 interval_s: float, settle_s: float = SETTLE_S) -> None:
+        if interval_s <= 0 or settle_s < 0:
+            raise ValueError(f"gate checks need interval_s > 0 and settle_s >= 0, got {interval_s}, {settle_s}")
+        self.traces, self.store, self.config = traces, store, config
+        self.interval_s, self.settle_s = interval_s, settle_s
+        self.checks = 0
+        """Checks run so far (failed ones included)."""
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._nudged: float | None = None
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> GateWatch:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="opsagent-gates", daemon=True)
+            self._thread.start()
+        return self
+
+    def nudge(self) -> None:
+        """Check `settle_s` from now (a later nudge before then does not postpone it)."""
+        with self._lock:
+            if self._nudged is None:
+                self._nudged = time.monotonic() + self.settle_s
+        self._wake.set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def run_once(self) -> list[ModeChange]:
+        """One check; the demotions it recorded (none if it failed: the failure is logged)."""
+        self.checks += 1
+        try:
+            changes = check(self.traces, self.store, self.config())
+        except Exception:  # best effort: the next tick tries again
+            log.exception("autonomy gate check over %s failed", self.traces)
+            return []
+        for change in changes:
+            log.warning("gates demoted %s: %s -> %s (%s)", change.exception_type, change.from_mode,
+                        change.to_mode, change.reason)
+        return changes
+
+    def _loop(self) -> None:
+        due = time.monotonic() + self.interval_s
+        while not self._stop.is_set():
+            with self._lock:
+                wake_at = min(due, self._nudged) if self._nudged is not None else due
+            self._wake.wait(max(0.0, wake_at - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            now = time.monotonic()
+            with self._lock:
+                nudged = self._nudged is not None and now >= self._nudged
+                if nudged:
+                    self._nudged = None
+            if nudged or now >= due:
+                self.run_once()
+                due = time.monotonic() + self.interval_s
 
 
 def _why(mode: Mode, evidence: Evidence, recent: Evidence, gate: GateConfig, eligible: bool,

@@ -10,11 +10,14 @@ Definitions (every rate's denominator is the rows of the group unless said other
   the share that matches a gold action of its instance (same tool and key arguments).
 - escalation precision: of the rows the agent escalated, the share whose gold outcome is
   `escalated`; escalation recall: of the rows whose gold outcome is `escalated`, the share the
-  agent escalated (the target: >= 95 % of must-escalate instances escalated).
+  agent escalated (the target: >= 95 % of must-escalate instances escalated). A shadow-mode
+  `proposed` row counts with the outcome it proposed.
 - unsupervised high-risk: executed high-risk actions without an approval of exactly their
   arguments (`agents.tracing.report.UNSUPERVISED_HIGH_RISK`, per case); must be 0.
 - latency: receipt to the last executed write's finish, or to the final status when nothing was
-  written; p50/p95 by linear interpolation (DuckDB's `quantile_cont`), over finished rows.
+  written; p50/p95 by linear interpolation (DuckDB's `quantile_cont`), over finished rows: those
+  in a final status (`FINAL`: resolved, escalated, failed, or `proposed`, where a shadow-mode case
+  ends with its writes only proposed) or ended by an error; not those still open at the timeout.
 - planner calls and tokens per case: means over rows, from the `planner_calls` trace view.
 - pass^k (tau-bench): the mean over instances of C(c, k) / C(n, k), c of whose n trials scored
   1.0: the chance that k trials drawn from the n all succeed.
@@ -32,10 +35,12 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from opsagent.agents.case import CaseStatus
 from opsagent.evals.stats import wilson
 
-FINAL = ("resolved", "escalated", "failed")
-AGENT_OUTCOMES = ("resolved", "escalated", "failed", "open")
+FINAL = tuple(s.value for s in CaseStatus if s.final)
+"""The statuses a case ends in: resolved, escalated, failed, proposed (shadow mode)."""
+AGENT_OUTCOMES = ("resolved", "escalated", "proposed", "failed", "open")
 
 
 class CaseResult(BaseModel):
@@ -49,7 +54,8 @@ class CaseResult(BaseModel):
     variant: str
     case_id: str | None = Field(None, description="None if the submission itself failed.")
     status: str = Field(description="The case's last status; `timeout` or `error` if it never got one.")
-    outcome: str | None = Field(None, description="resolved | escalated, else None.")
+    outcome: str | None = Field(None, description="resolved | escalated (for a shadow-mode `proposed` "
+                                "case: the outcome it proposed), else None.")
     reason: str | None = Field(None, description="The case's last status reason (the planner's final word).")
     gold_outcome: str
     score: float
@@ -74,17 +80,24 @@ class CaseResult(BaseModel):
 
     @property
     def needed_human(self) -> bool:
-        """An approval was asked, or the case was not resolved (a human has to take it over)."""
-        return self.approvals_requested > 0 or self.outcome != "resolved"
+        """An approval was asked, or the case was not resolved (a human has to take it over; a
+        `proposed` case's writes are left to one)."""
+        return self.approvals_requested > 0 or self.status != "resolved"
 
     @property
     def automated(self) -> bool:
-        return self.score == 1.0 and self.outcome == "resolved" and self.approvals_requested == 0
+        return self.score == 1.0 and self.status == "resolved" and self.approvals_requested == 0
+
+    @property
+    def finished(self) -> bool:
+        """It ended: a final status (`FINAL`, shadow mode's `proposed` included) or an error."""
+        return self.agent_outcome != "open"
 
     @property
     def agent_outcome(self) -> str:
-        """resolved | escalated | failed (failed or an error) | open (never finished)."""
-        if self.status in ("resolved", "escalated", "failed"):
+        """resolved | escalated | proposed (shadow mode) | failed (failed or an error) | open (never
+        finished)."""
+        if self.status in FINAL:
             return self.status
         return "failed" if self.status == "error" else "open"
 
@@ -189,7 +202,7 @@ def group_metrics(rows: Sequence[CaseResult]) -> GroupMetrics:
     counts = {i: (sum(v), len(v)) for i, v in per_instance.items()}
     gold_esc = [r for r in rows if r.gold_outcome == "escalated"]
     agent_esc = [r for r in rows if r.outcome == "escalated"]
-    latencies = [r.latency_s for r in rows if r.latency_s is not None and r.agent_outcome != "open"]
+    latencies = [r.latency_s for r in rows if r.latency_s is not None and r.finished]
     confusion = {g: {a: 0 for a in AGENT_OUTCOMES} for g in ("resolved", "escalated")}
     for r in rows:
         confusion.setdefault(r.gold_outcome, {a: 0 for a in AGENT_OUTCOMES})[r.agent_outcome] += 1

@@ -40,7 +40,7 @@ from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApprovalError, ConfigError, InputError, OpsAgentError
 from opsagent.evals.catalogue import Instance, get_class, plant
 from opsagent.evals.catalogue._model import GoldAction, same
-from opsagent.evals.metrics import CaseResult, EvalRun
+from opsagent.evals.metrics import FINAL, CaseResult, EvalRun
 from opsagent.evals.scoring import AgentRun, GoldReference, score, snapshots
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.identity import Role, TokenStore
@@ -49,7 +49,6 @@ from opsagent.tools.registry import ToolRegistry
 
 Mode = Literal["autonomous", "supervised", "shadow"]
 RUNNING = {"received", "planning", "executing"}
-FINAL = {"resolved", "escalated", "failed"}
 APPROVER = "eval-approver"
 
 
@@ -61,7 +60,7 @@ class EvalConfig(BaseModel):
     system: SystemConfig = Field(default_factory=SystemConfig,
                                  description="The system (planner model, executors, max steps...); in "
                                  "YAML a mapping or the path of a SystemConfig YAML. Its traces_dir and "
-                                 "state_dir are replaced by the run's.")
+                                 "state_dir are replaced by the run's, and its gate checks are off.")
     policy: Path | None = Field(None, description="Policy YAML; None: system.policy_path, else the default.")
     playbooks: Path | None = Field(None, description="Folder of <class>.yaml playbooks (with their "
                                    ".examples.json) replacing the built-in ones of those classes.")
@@ -181,7 +180,7 @@ def approver_decision(approval: dict[str, Any], inst: Instance) -> tuple[bool, s
     """The simulated human approver: approve a held action iff it is one of the gold's actions
     (same tool and key arguments), reject it otherwise, with a reason the planner is told."""
     tool, args = approval["tool"], approval.get("args") or {}
-    match = next((a for a in inst.gold.actions if _matches(a, tool, args)), None)
+    match = next((a for a in inst.gold.actions if matches_gold(a, tool, args)), None)
     if match is not None:
         return True, f"checked against the records: {match.label()} is right"
     return False, (f"{tool} with these arguments is not the right fix for this exception; "
@@ -193,14 +192,15 @@ def correct_writes(steps: list[dict[str, Any]], gold: list[GoldAction]) -> int:
     unused = [a for a in gold if a.writes]
     hits = 0
     for s in steps:
-        match = next((a for a in unused if _matches(a, s["tool"], s.get("args") or {})), None)
+        match = next((a for a in unused if matches_gold(a, s["tool"], s.get("args") or {})), None)
         if match is not None:
             unused.remove(match)
             hits += 1
     return hits
 
 
-def _matches(action: GoldAction, tool: str, args: dict[str, Any]) -> bool:
+def matches_gold(action: GoldAction, tool: str, args: dict[str, Any]) -> bool:
+    """The write is the gold action: same tool, same key arguments."""
     return action.tool == tool and all(k in args and same(args[k], action.args[k]) for k in action.key_args)
 
 
@@ -250,11 +250,16 @@ class _Session:
             raise ConfigError(f"configuration {config.name!r} has no playbook for {', '.join(missing)}")
         self.policy = apply_mode(config.load_policy(), config.mode, classes)
         planner = config.system.planner
+        if planner.few_shot is not None and planner.few_shot.traces is None:
+            raise ConfigError(f"configuration {config.name!r}: planner.few_shot.traces must name a trace "
+                              "store of training cases (the run's own store holds the cases being scored)")
         if planner.warm_classes is None:
             planner = planner.model_copy(update={"warm_classes": classes})
         self.config = config
+        # no automatic demotion (gate_check_interval_s): a run measures the one mode it is given
         self.system_config = config.system.model_copy(update={
-            "traces_dir": traces, "state_dir": scratch / "state", "planner": planner})
+            "traces_dir": traces, "state_dir": scratch / "state", "planner": planner,
+            "gate_check_interval_s": None})
         self.engine = engines(config) if engines else None
         self.system: OpsAgentSystem | None = None
         self.submitter: _Api | None = None
@@ -401,7 +406,8 @@ class _Trial:
         return CaseResult(
             run_id=self.run_id, config=self.config, trial=self.trial, instance_id=inst.instance_id,
             exception_type=inst.exception_type, variant=inst.variant, case_id=out.case_id, status=status,
-            outcome=run.outcome, reason=view.get("reason"), gold_outcome=inst.gold.outcome, score=result.score,
+            outcome=run.outcome or view.get("proposed_outcome"), reason=view.get("reason"),
+            gold_outcome=inst.gold.outcome, score=result.score,
             outcome_ok=result.outcome_ok, state_ok=result.state_ok, missing_actions=result.missing_actions,
             failed_assertions=result.failed_assertions, steps=len(steps),
             approvals_requested=sum(bool(s.get("approval_id")) for s in steps),

@@ -4,6 +4,11 @@ A request is keyed by its action (case, step, arguments digest): asking twice re
 request. A decision needs an approver identity from authentication (never an agent), a pending
 request that has not expired, and the digest of the action the approver was shown: if anything
 about the action changed, the digest differs and a new approval is needed.
+
+Nothing is left pending that nothing will run: a new request for a case's step supersedes any
+other pending request of that step (a case manager that died before recording the first one
+re-planned the step), and when a case ends its pending requests are withdrawn. Both end as
+`expired` with the reason ("superseded by apr-...", "withdrawn: ...").
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from opsagent.errors import ApprovalError
 from opsagent.policy.identity import Identity, Role, require
@@ -28,9 +33,11 @@ CREATE TABLE IF NOT EXISTS approvals (
   step INTEGER NOT NULL, tool TEXT NOT NULL, args TEXT NOT NULL, args_digest TEXT NOT NULL,
   risk TEXT, reasons TEXT NOT NULL, policy_version TEXT NOT NULL, preview TEXT,
   status TEXT NOT NULL, requested_at TEXT NOT NULL, expires_at TEXT NOT NULL,
-  decided_at TEXT, approver TEXT, reason TEXT,
+  decided_at TEXT, approver TEXT, reason TEXT, supersedes TEXT NOT NULL DEFAULT '[]',
   UNIQUE (case_id, step, args_digest)
 )"""
+_COLUMNS = ("approval_id, case_id, exception_type, step, tool, args, args_digest, risk, reasons, "
+            "policy_version, preview, status, requested_at, expires_at, supersedes")
 
 
 class ApprovalStatus(StrEnum):
@@ -60,6 +67,8 @@ class ApprovalRequest(BaseModel):
     decided_at: datetime | None = None
     approver: str | None = None
     reason: str | None = None
+    supersedes: list[str] = Field(
+        default_factory=list, description="Pending requests of the same case and step this one replaced.")
 
 
 class ApprovalStore:
@@ -73,26 +82,64 @@ class ApprovalStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(approvals)")}
+        if "supersedes" not in columns:  # a file from before superseding
+            self._db.execute("ALTER TABLE approvals ADD COLUMN supersedes TEXT NOT NULL DEFAULT '[]'")
         self._lock = threading.Lock()
 
     def request(self, *, case_id: str, exception_type: str, step: int, tool: str,
                 args: dict[str, Any], args_digest: str, risk: str | None, reasons: list[str],
                 policy_version: str, preview: Any, now: datetime | None = None) -> ApprovalRequest:
-        """Store a pending request for this exact action, or return the one already stored."""
+        """Store a pending request for this exact action, or return the one already stored. A new
+        request supersedes the other pending requests of the same case and step (expired, with
+        the reason "superseded by <its id>"), so only the action the case will run can be approved."""
         now = now or datetime.now(UTC)
         with self._lock:
-            row = self._db.execute(
-                "SELECT * FROM approvals WHERE case_id=? AND step=? AND args_digest=?",
-                (case_id, step, args_digest)).fetchone()
-            if row is not None:
-                return self._record(row)
-            approval_id = f"apr-{uuid.uuid4().hex[:12]}"
-            self._db.execute(
-                "INSERT INTO approvals VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL,NULL)",
-                (approval_id, case_id, exception_type, step, tool, json.dumps(args), args_digest,
-                 risk, json.dumps(reasons), policy_version, json.dumps(preview, default=str),
-                 ApprovalStatus.pending, now.isoformat(), (now + self.ttl).isoformat()))
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT * FROM approvals WHERE case_id=? AND step=? AND args_digest=?",
+                    (case_id, step, args_digest)).fetchone()
+                if row is not None:
+                    self._db.execute("COMMIT")
+                    return self._record(row)
+                approval_id = f"apr-{uuid.uuid4().hex[:12]}"
+                replaced = [r[0] for r in self._db.execute(
+                    "SELECT approval_id FROM approvals WHERE case_id=? AND step=? AND status='pending' "
+                    "ORDER BY requested_at", (case_id, step))]
+                for old in replaced:
+                    self._set(old, ApprovalStatus.expired, now, None, f"superseded by {approval_id}")
+                self._db.execute(
+                    f"INSERT INTO approvals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (approval_id, case_id, exception_type, step, tool, json.dumps(args), args_digest,
+                     risk, json.dumps(reasons), policy_version, json.dumps(preview, default=str),
+                     ApprovalStatus.pending, now.isoformat(), (now + self.ttl).isoformat(),
+                     json.dumps(replaced)))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
         return self.get(approval_id)
+
+    def withdraw(self, case_id: str, reason: str, now: datetime | None = None) -> list[ApprovalRequest]:
+        """Expire the case's pending requests with `reason` (its case ended: nothing will run
+        them); returns them as withdrawn."""
+        now = now or datetime.now(UTC)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [r[0] for r in self._db.execute(
+                    "SELECT approval_id FROM approvals WHERE case_id=? AND status='pending' "
+                    "ORDER BY requested_at", (case_id,))]
+                for approval_id in ids:
+                    self._set(approval_id, ApprovalStatus.expired, now, None, reason)
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+        return [self.get(approval_id) for approval_id in ids]
 
     def get(self, approval_id: str) -> ApprovalRequest:
         row = self._db.execute("SELECT * FROM approvals WHERE approval_id=?", (approval_id,)).fetchone()
@@ -112,7 +159,8 @@ class ApprovalStore:
         now = now or datetime.now(UTC)
         with self._lock:
             cur = self._db.execute(
-                "UPDATE approvals SET status='expired', decided_at=? WHERE status='pending' AND expires_at<?",
+                "UPDATE approvals SET status='expired', decided_at=?, reason='expired before a decision' "
+                "WHERE status='pending' AND expires_at<?",
                 (now.isoformat(), now.isoformat()))
         return cur.rowcount
 
@@ -130,7 +178,8 @@ class ApprovalStore:
             try:
                 current = self.get(approval_id)
                 if current.status != ApprovalStatus.pending:
-                    raise ApprovalError(f"{approval_id} is already {current.status.value}")
+                    why = f" ({current.reason})" if current.reason else ""
+                    raise ApprovalError(f"{approval_id} is already {current.status.value}{why}")
                 if now > current.expires_at:
                     self._set(approval_id, ApprovalStatus.expired, now, None, "expired before a decision")
                     self._db.execute("COMMIT")
@@ -164,7 +213,7 @@ class ApprovalStore:
     def _record(self, row: tuple) -> ApprovalRequest:
         names = [d[0] for d in self._db.execute("SELECT * FROM approvals LIMIT 0").description]
         data = dict(zip(names, row, strict=True))
-        for key in ("args", "reasons", "preview"):
+        for key in ("args", "reasons", "preview", "supersedes"):
             data[key] = json.loads(data[key]) if data[key] is not None else None
         return ApprovalRequest.model_validate(data)
 

@@ -145,7 +145,7 @@ class AutonomyStore:
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
         self._broken: str | None = None
         try:
@@ -173,25 +173,36 @@ class AutonomyStore:
             return FAIL_CLOSED
 
     def set_mode(self, exception_type: str, mode: Mode | str, *, identity: Identity, reason: str,
-                 now: datetime | None = None) -> ModeChange:
+                 now: datetime | None = None, expected: Mode | str | None = None) -> ModeChange:
         """Set the class's mode as `identity`, who must hold the admin role (AuthError otherwise).
 
         Setting the mode a class is already in records nothing and returns its last change.
+        `expected`: the mode the change was judged from (the gates' evidence is of that stage);
+        AutonomyError if the recorded mode is another one by now (e.g. the gates demoted it).
         """
         require(identity, Role.admin)
         if identity.kind != "human":
             raise AutonomyError(f"{identity.name} is an agent identity and cannot set autonomy modes")
-        return self._append(exception_type, _mode(mode), actor=identity.name, reason=reason,
-                            automatic=False, now=now)
+        change = self._append(exception_type, _mode(mode), actor=identity.name, reason=reason,
+                              automatic=False, now=now, expected=_mode(expected) if expected else None)
+        if change is None:
+            raise AutonomyError(f"{exception_type} is no longer {expected}: its mode changed meanwhile "
+                                f"({self.mode(exception_type)} now); look at its status again")
+        return change
 
-    def demote(self, exception_type: str, *, reason: str, now: datetime | None = None) -> ModeChange | None:
+    def demote(self, exception_type: str, *, reason: str, now: datetime | None = None,
+               expected: Mode | str | None = None) -> ModeChange | None:
         """Move the class one stage down (the gates' automatic demotion, actor opsagent-gates);
-        None if it is already in shadow or has no recorded mode to demote from."""
+        None if it is already in shadow, has no recorded mode to demote from, or (`expected`: the
+        mode its evidence was judged in) is in another mode by now."""
         current = self.last_change(exception_type)
         if current is None or current.to_mode.previous is None:
             return None
-        return self._append(exception_type, current.to_mode.previous, actor=GATES_ACTOR, reason=reason,
-                            automatic=True, now=now)
+        want = _mode(expected) if expected else current.to_mode
+        if want != current.to_mode or want.previous is None:
+            return None
+        return self._append(exception_type, want.previous, actor=GATES_ACTOR, reason=reason,
+                            automatic=True, now=now, expected=want)
 
     def seed(self, config: PolicyConfig, now: datetime | None = None) -> list[ModeChange]:
         """Record the policy's `initial_mode` for every class that has no mode yet (a class's
@@ -221,8 +232,9 @@ class AutonomyStore:
         """Each class's mode and last change: the policy's classes, then any other recorded one."""
         names = list(config.classes) if config is not None else []
         try:
-            recorded = [r[0] for r in self._db.execute(  # type: ignore[union-attr]
-                "SELECT DISTINCT exception_type FROM mode_changes ORDER BY 1")] if self._db else []
+            with self._lock:
+                recorded = [r[0] for r in self._db.execute(  # type: ignore[union-attr]
+                    "SELECT DISTINCT exception_type FROM mode_changes ORDER BY 1")] if self._db else []
         except sqlite3.Error:
             recorded = []
         out = []
@@ -244,7 +256,9 @@ class AutonomyStore:
             self._db.close()
 
     def _append(self, exception_type: str, mode: Mode, *, actor: str, reason: str, automatic: bool,
-                now: datetime | None) -> ModeChange:
+                now: datetime | None, expected: Mode | None = None) -> ModeChange | None:
+        """Append a change in one transaction; None (nothing recorded) if `expected` is given and
+        the class's recorded mode is another one (a class never recorded matches any)."""
         if not _CLASS.match(exception_type):
             raise AutonomyError(f"{exception_type!r} is not an exception class name")
         if not (reason and reason.strip()):
@@ -257,6 +271,9 @@ class AutonomyStore:
                 row = db.execute("SELECT to_mode FROM mode_changes WHERE exception_type=? "
                                  "ORDER BY seq DESC LIMIT 1", (exception_type,)).fetchone()
                 before = Mode(row[0]) if row else None
+                if expected is not None and before is not None and before != expected:
+                    db.execute("ROLLBACK")
+                    return None
                 if before == mode:
                     db.execute("ROLLBACK")
                     return self.last_change(exception_type)  # type: ignore[return-value]
@@ -275,7 +292,8 @@ class AutonomyStore:
     def _read(self, sql: str, params: tuple) -> list[ModeChange]:
         db = self._usable()
         try:
-            rows = db.execute(sql, params).fetchall()
+            with self._lock:  # one connection, shared by the policy's threads (the gate watch's too)
+                rows = db.execute(sql, params).fetchall()
             return [ModeChange(exception_type=r[0], from_mode=r[1], to_mode=r[2], actor=r[3], reason=r[4],
                                at=datetime.fromisoformat(r[5]), automatic=bool(r[6])) for r in rows]
         except (sqlite3.Error, ValueError) as err:

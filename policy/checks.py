@@ -237,7 +237,8 @@ def autonomy_mode(
     Reads are never affected (a tool the registry does not know counts as a write). A write in
     shadow mode is proposed: dry-run only, never executed, even if a human approved it. In
     supervised mode a write the chain allowed needs approval, unless a human approved exactly this
-    action. In autonomous mode the chain's verdict stands.
+    action. In autonomous mode the chain's verdict stands, except that a write the planner was
+    less sure of than the class's `min_confidence` (or whose confidence is unknown) is held.
     """
     try:
         writes = ctx.spec(request).writes
@@ -257,6 +258,13 @@ def autonomy_mode(
                            "write needs approval", risk)
     if ctx.mode not in (Mode.supervised, Mode.autonomous):
         return CheckResult("deny", f"unknown autonomy mode {ctx.mode!r}")
+    listed = ctx.config.classes.get(request.exception_type)
+    floor = listed.min_confidence if listed is not None and ctx.mode == Mode.autonomous else None
+    if floor is not None and verdict == "allow" and not ctx.approved and not (
+            request.confidence is not None and request.confidence >= floor):
+        sure = "unknown" if request.confidence is None else f"{request.confidence:.2f}"
+        return CheckResult("require_approval", f"the planner's confidence in {request.tool} is {sure}, "
+                           f"below {floor:.2f} for {request.exception_type}: a human decides", risk)
     return None
 
 

@@ -262,6 +262,12 @@ class ClassPolicy(BaseModel):
     gates: GateConfig | None = Field(
         None, description="This class's promotion and demotion gates (None: the policy's `gates`)."
     )
+    min_confidence: float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="In autonomous mode, a write whose planner confidence (the model's probability "
+        "of choosing that tool, agents/confidence.py) is below this, or unknown, needs a human's "
+        "approval: the model proposes, a person decides what it was unsure of. None: no such hold.",
+    )
 
 
 class PolicyConfig(BaseModel):

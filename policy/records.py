@@ -34,6 +34,10 @@ class ToolCallRequest(BaseModel, frozen=True):
         description="Writes the case proposed in shadow mode: tool name -> the result their dry run "
         "previews. They count as read only while the class is in shadow mode (nothing executes then).",
     )
+    confidence: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="The planner's probability of choosing this tool (None: the engine cannot tell). "
+        "A class's `min_confidence` holds an autonomous write below it for a human.")
 
 
 class LimitUsage(BaseModel, frozen=True):

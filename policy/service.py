@@ -49,7 +49,8 @@ class PolicyService:
 
     def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
                          preview: Any) -> ApprovalRequest:
-        """Store the held action with its preview; the same action asked twice is one request."""
+        """Store the held action with its preview; the same action asked twice is one request,
+        and it supersedes other pending requests of the case's step."""
         return self.approvals.request(
             case_id=request.case_id, exception_type=request.exception_type, step=request.step,
             tool=request.tool, args=request.args, args_digest=decision.args_digest,
@@ -59,6 +60,10 @@ class PolicyService:
 
     def get_approval(self, approval_id: str) -> ApprovalRequest:
         return self.approvals.get(approval_id)
+
+    def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]:
+        """The case ended: its still-pending requests expire with `reason` (returned)."""
+        return self.approvals.withdraw(case_id, reason)
 
     def list_approvals(self, status: ApprovalStatus | str | None = None) -> list[ApprovalRequest]:
         return self.approvals.list(status)
@@ -81,12 +86,14 @@ class PolicyService:
         return self.engine.autonomy.classes(config)
 
     def set_mode(self, exception_type: str, mode: Mode | str, *, identity: Identity,
-                 reason: str) -> ModeChange:
-        """Set a class's mode as `identity` (admin only: AuthError otherwise), recorded with why."""
+                 reason: str, expected: Mode | str | None = None) -> ModeChange:
+        """Set a class's mode as `identity` (admin only: AuthError otherwise), recorded with why;
+        `expected`: the mode the change was judged from (AutonomyError if it changed meanwhile)."""
         require(identity, Role.admin)
         if not isinstance(self.engine.autonomy, AutonomyStore):
             raise AutonomyError("this policy service has no autonomy store; modes come from the policy file")
         if exception_type not in self.engine.config.classes:
             raise AutonomyError(f"unknown exception class {exception_type!r} (policy lists: "
                                 f"{', '.join(sorted(self.engine.config.classes)) or 'none'})")
-        return self.engine.autonomy.set_mode(exception_type, mode, identity=identity, reason=reason)
+        return self.engine.autonomy.set_mode(exception_type, mode, identity=identity, reason=reason,
+                                             expected=expected)

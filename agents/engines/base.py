@@ -32,6 +32,13 @@ class GenerationRequest(BaseModel, frozen=True):
     output_format: OutputFormat = Field(default="compact", description="See `OutputFormat`.")
 
 
+class TokenLogprob(BaseModel, frozen=True):
+    """One output token and its log-probability."""
+
+    text: str
+    logprob: float
+
+
 class GenerationResult(BaseModel, frozen=True):
     """What the engine produced, with the accounting the traces need."""
 
@@ -49,6 +56,10 @@ class GenerationResult(BaseModel, frozen=True):
     queued_ms: float | None = Field(
         default=None, description="Time the request waited in the engine's queue before it was "
         "first scheduled, if the engine reports it (part of the prefill time).")
+    tokens: list[TokenLogprob] | None = Field(
+        default=None, description="The output tokens with the log-probability the model gave each "
+        "among the tokens the output grammar allowed, if the engine reports them; their texts "
+        "concatenate to `text`.")
 
     @property
     def duration_ms(self) -> float:

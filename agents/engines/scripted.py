@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine
+from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine, TokenLogprob
 from opsagent.errors import UnexpectedEngineCall
 
 ScriptStep = dict[str, Any] | str | Callable[[GenerationRequest], dict[str, Any] | str]
@@ -22,8 +22,12 @@ class ScriptedEngine(PlannerEngine):
     not fit still return it: the planner, not the engine, must catch that.
     """
 
-    def __init__(self, script: Iterable[ScriptStep], model: str = "scripted") -> None:
+    def __init__(self, script: Iterable[ScriptStep], model: str = "scripted",
+                 token_logprob: float | None = None) -> None:
+        """`token_logprob`: report each output as one token of that log-probability (so the
+        planner's decision confidence is its exp); None: no log-probabilities, like most servers."""
         self.model = model
+        self.token_logprob = token_logprob
         self._script: deque[ScriptStep] = deque(script)
         self.requests: list[GenerationRequest] = []
         self.outputs: list[str] = []
@@ -46,6 +50,7 @@ class ScriptedEngine(PlannerEngine):
             text=text, model=self.model, prompt_tokens=prompt,
             completion_tokens=len(text.split()), finish_reason="stop",
             started_at=now, finished_at=now,
+            tokens=None if self.token_logprob is None else [TokenLogprob(text=text, logprob=self.token_logprob)],
         )
 
     @property

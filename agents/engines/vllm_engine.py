@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine
+from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine, TokenLogprob
 from opsagent.errors import EngineError
 
 
@@ -91,6 +91,7 @@ class VllmEngine(PlannerEngine):
         params = SamplingParams(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
+            logprobs=0,  # the chosen token's only: the planner's decision confidence
             structured_outputs=StructuredOutputsParams(
                 json=request.json_schema,
                 disable_any_whitespace=request.output_format == "compact",
@@ -122,6 +123,7 @@ class VllmEngine(PlannerEngine):
             first_token_at=first_token_at,
             cached_prompt_tokens=getattr(final, "num_cached_tokens", None),
             queued_ms=_queued_ms(getattr(final, "metrics", None)),
+            tokens=_token_logprobs(completion),
         )
 
     async def reset_prefix_cache(self) -> bool:
@@ -135,6 +137,25 @@ class VllmEngine(PlannerEngine):
         if self._engine is not None:
             self._engine.shutdown()
             self._engine = None
+
+
+def _token_logprobs(completion: Any) -> list[TokenLogprob] | None:
+    """Each output token's text and log-probability (vLLM computes it after the structured-output
+    mask, so it is the model's choice among what the grammar allowed); None when vLLM gave none
+    or their texts do not add up to the output."""
+    entries = getattr(completion, "logprobs", None)
+    if not entries or len(entries) != len(completion.token_ids):
+        return None
+    tokens = []
+    for token_id, entry in zip(completion.token_ids, entries, strict=True):
+        chosen = entry.get(token_id)
+        if chosen is None or chosen.decoded_token is None:
+            return None
+        tokens.append(TokenLogprob(text=chosen.decoded_token, logprob=chosen.logprob))
+    joined = "".join(t.text for t in tokens)
+    while tokens and len(joined) > len(completion.text) and joined.endswith(tokens[-1].text):
+        joined = joined[:len(joined) - len(tokens.pop().text)]  # a stop token the text leaves out
+    return tokens if joined == completion.text else None
 
 
 def _queued_ms(metrics: Any) -> float | None:

@@ -41,10 +41,10 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Version of the trace schema: 1 had no `event_id` and no `schema_version`, 2 no `actions.limits`,
 3 no `planner_calls.prompt`, 4 no autonomy modes (`actions.autonomy_mode`, `case_events.outcome`,
-the `verdicts` table); see SCHEMA.md."""
+the `verdicts` table), 5 no `planner_calls.confidence`; see SCHEMA.md."""
 
 
 class TraceEvent(BaseModel):
@@ -173,6 +173,9 @@ class PlannerCallEvent(TraceEvent):
     duration_ms: float = Field(description="Wall-clock duration in milliseconds.")
     prompt: list[dict[str, Any]] | None = Field(
         None, description="The chat messages the model was given ({role, content} each).")
+    confidence: float | None = Field(
+        None, description="The model's probability of the step's tool (and finish status), from its "
+        "token log-probabilities; None when the engine gives none.")
 
 
 class ApprovalEvent(TraceEvent):

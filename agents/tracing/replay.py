@@ -51,10 +51,14 @@ class CaseTrace(BaseModel):
         return None
 
 
-def load_case_trace(root: Path | str, case_id: str) -> CaseTrace:
-    """All of `case_id`'s rows under the trace root; CaseNotFound if it has none."""
-    with closing(connect(root)) as con:  # one read of the store for the four queries
+def load_case_trace(root: Path | str, case_id: str,
+                    con: duckdb.DuckDBPyConnection | None = None) -> CaseTrace:
+    """All of `case_id`'s rows under the trace root (read through `con`, a connection already
+    open on it, when given); CaseNotFound if it has none."""
+    if con is not None:
         return _load(con, root, case_id)
+    with closing(connect(root)) as opened:  # one read of the store for the four queries
+        return _load(opened, root, case_id)
 
 
 def _load(con: duckdb.DuckDBPyConnection, root: Path | str, case_id: str) -> CaseTrace:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field, StrictBool, StringConstraints
 
-from opsagent.agents.case import ENTITY_KEY, ExceptionReport, Step
+from opsagent.agents.case import ENTITY_KEY, CaseStatus, ExceptionReport, Step
 from opsagent.cluster.case_book import CaseEntry
 from opsagent.policy.approvals import ApprovalRequest
 from opsagent.policy.autonomy import Mode
@@ -83,6 +83,9 @@ class CaseView(BaseModel):
     received_at: datetime
     finished_at: datetime | None
     policy_version: str | None
+    proposed_outcome: str | None = Field(
+        default=None, description="Shadow mode: the outcome (resolved / escalated) a `proposed` case "
+        "would have reached had its writes run; None for any other status.")
     steps: list[Step] = Field(default_factory=list)
 
     @classmethod
@@ -93,7 +96,8 @@ class CaseView(BaseModel):
             status=case.status.value, reason=case.reason, description=case.report.description,
             entities=case.report.entities, submitted_by=entry.submitted_by,
             cancel_requested_by=entry.cancel_requested_by, received_at=case.received_at,
-            finished_at=case.finished_at, policy_version=case.policy_version, steps=case.steps,
+            finished_at=case.finished_at, policy_version=case.policy_version,
+            proposed_outcome=case.outcome if case.status == CaseStatus.proposed else None, steps=case.steps,
         )
 
 
@@ -168,11 +172,15 @@ class ApprovalContext(BaseModel):
 
 
 class ModeRequest(BaseModel):
-    """A class's new autonomy mode and why (recorded with the change)."""
+    """A class's new autonomy mode and why (recorded with the change). A promotion goes one stage
+    up and needs the class to be eligible (evals/gates.py); a demotion is always allowed."""
 
     model_config = {"extra": "forbid"}
     mode: Mode = Field(description="shadow, supervised or autonomous.")
     reason: str = Field(min_length=1, max_length=500, pattern=r"\S", description="Why, for the record.")
+    override: StrictBool = Field(
+        default=False, description="Promote one stage although the class is not eligible; the recorded "
+        "reason then says the gate was overridden and on what evidence. Never skips a stage.")
 
 
 class PolicyUpload(BaseModel):

@@ -186,8 +186,11 @@ async def autonomy(caller: Caller, service: Service) -> list[ClassStatus]:
 @v1.put("/autonomy/{exception_type}", response_model=ModeChange, responses={**_404, **_409})
 async def set_mode(exception_type: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
                    body: ModeRequest, caller: Caller, service: Service) -> ModeChange:
-    """Set a class's autonomy mode (admin), recorded with who and why."""
-    return await service.set_mode(caller, exception_type, body.mode, body.reason)
+    """Set a class's autonomy mode (admin), recorded with who and why. A demotion is always
+    allowed; a promotion goes one stage up and needs the class to be eligible under its gate
+    (`GET /v1/autonomy`), else 409 naming the evidence, unless `override` is set: then the
+    recorded reason says the gate was overridden. Skipping a stage is refused (409) either way."""
+    return await service.set_mode(caller, exception_type, body.mode, body.reason, body.override)
 
 
 @v1.get("/policy", response_model=PolicyVersion)

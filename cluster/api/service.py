@@ -26,8 +26,8 @@ from opsagent.agents.case import CaseStatus, ExceptionReport
 from opsagent.cluster.api.models import ApprovalContext, Overview, TimelineEntry
 from opsagent.cluster.api.trace_reads import TraceReads
 from opsagent.cluster.case_book import CaseEntry, CasePage, CaseQuery, ReadScope, Submission
-from opsagent.errors import CaseNotFound, CaseStateError, ConfigError, InputError, OpsAgentError
-from opsagent.evals.gates import ClassStatus
+from opsagent.errors import AutonomyError, CaseNotFound, CaseStateError, ConfigError, InputError, OpsAgentError
+from opsagent.evals.gates import ClassStatus, gate_mode_change
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.autonomy import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
@@ -154,10 +154,25 @@ class OpsService:
         config: PolicyConfig = await ask(self.policy.policy_config)
         return await self.traces.autonomy(modes, config)
 
-    async def set_mode(self, who: Identity, exception_type: str, mode: Mode, reason: str) -> ModeChange:
-        """Set a class's autonomy mode (admins), recorded with who and why."""
+    async def set_mode(self, who: Identity, exception_type: str, mode: Mode, reason: str,
+                       override: bool = False) -> ModeChange:
+        """Set a class's autonomy mode (admins), recorded with who and why, through the gates'
+        rule (`evals.gates.gate_mode_change`, as the CLI): down always, up one stage when the
+        class is eligible, or with `override` (recorded in the reason). Refused: AutonomyError."""
         require(who, Role.admin)
-        return await ask(self.policy.set_mode, exception_type, mode.value, who, reason)
+        modes: list[ClassMode] = await ask(self.policy.autonomy_status)
+        config: PolicyConfig = await ask(self.policy.policy_config)
+        current = next((m for m in modes if m.exception_type == exception_type), None)
+        if current is None or exception_type not in config.classes:
+            raise AutonomyError(f"unknown exception class {exception_type!r} (policy lists: "
+                                f"{', '.join(sorted(config.classes)) or 'none'})")
+        status = None
+        if mode.rank > current.mode.rank:  # only a promotion is judged on the evidence (traces read)
+            statuses = await self.traces.autonomy(modes, config)
+            status = next((s for s in statuses if s.exception_type == exception_type), None)
+        recorded = gate_mode_change(exception_type, current.mode, mode, reason=reason, override=override,
+                                    status=status)
+        return await ask(self.policy.set_mode, exception_type, mode.value, who, recorded, current.mode.value)
 
     # policy, overview, health
 

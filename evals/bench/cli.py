@@ -89,6 +89,9 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     p.add_argument("--engine", choices=["scripted", "vllm"], default="scripted",
                    help="planner engine: scripted gold planner (default) or the embedded model")
     p.add_argument("--executors", type=int, default=2, help="executor actors (default 2)")
+    p.add_argument("--autoscale", metavar="MIN:MAX",
+                   help="size the executor pool with its load between MIN and MAX executors "
+                   "(replaces --executors; reported as the pool size over time)")
     p.add_argument("--planner-replicas", type=int, default=1, help="planner actors (default 1)")
     p.add_argument("--suspect-share", type=float, default=0.1,
                    help="share of cases whose scale failed (they escalate; default 0.1)")

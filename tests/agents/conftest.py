@@ -17,7 +17,7 @@ from opsagent.agents.planner import Planner
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.runner import CaseRunner
 from opsagent.agents.tracing.exporters import InMemoryExporter
-from opsagent.policy.config import load_default_policy
+from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.service import PolicyService
@@ -43,10 +43,11 @@ class Harness:
     """Runs one case through the real policy and executor; the engine follows `script`."""
 
     def __init__(self, registry: ToolRegistry, script: list[ScriptStep], max_steps: int = 6,
-                 planner: Any = None, mode: str = "autonomous"):
-        self.engine = ScriptedEngine(script)
+                 planner: Any = None, mode: str = "autonomous", policy: PolicyConfig | None = None,
+                 token_logprob: float | None = None):
+        self.engine = ScriptedEngine(script, token_logprob=token_logprob)
         self.traces = InMemoryExporter()
-        config = load_default_policy()  # every class ships in shadow: promoted as an admin would
+        config = policy or load_default_policy()  # every class ships in shadow: promoted as an admin would
         self.autonomy = promoted(config, mode)
         self.policy = PolicyEngine(config, registry, autonomy=self.autonomy)
         self.service = PolicyService(self.policy, ApprovalStore(":memory:"))

@@ -70,6 +70,9 @@ class _Policy:
         return PolicyDecision(verdict="deny", risk=None, reasons=["not in this test"], checks=[],
                               policy_version="test", args_digest="0" * 64)
 
+    async def withdraw_approvals(self, case_id, reason):
+        return []
+
 
 class _Tracer:
     def __init__(self) -> None:

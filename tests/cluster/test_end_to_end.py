@@ -63,6 +63,10 @@ def test_weight_mismatches_end_to_end_on_the_embedded_model(ray_runtime, platfor
             assert view["steps"][-1]["tool"] == "tms_open_weight_dispute"
     _, rows = query(tmp_path, "SELECT model, finish_reason, count(*) FROM planner_calls GROUP BY ALL")
     assert rows and all(r[0] == "SmolLM2-135M-Instruct" and r[1] == "stop" for r in rows)
+    # vLLM reported each output token's log-probability: every decision has its confidence
+    _, rows = query(tmp_path, "SELECT count(*), count(*) FILTER (WHERE confidence > 0 AND confidence <= 1) "
+                              "FROM planner_calls")
+    assert rows[0][0] > 0 and rows[0][0] == rows[0][1], rows
     _, rows = query(tmp_path, "SELECT count(DISTINCT case_id) FROM cases WHERE finished_at IS NOT NULL")
     assert rows == [(len(ids),)]
     assert query(tmp_path, UNSUPERVISED_HIGH_RISK)[1] == [(0,)]

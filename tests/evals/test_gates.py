@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -22,16 +23,18 @@ from opsagent.agents.tracing.parquet import ParquetExporter
 from opsagent.agents.tracing.records import ActionEvent, CaseEvent, VerdictEvent
 from opsagent.agents.tracing.views import query
 from opsagent.cli import main as cli
-from opsagent.errors import AuthError, InputError
+from opsagent.errors import AuthError, AutonomyError, InputError
 from opsagent.evals.catalogue import CLASSES, HumanLog, make, plant
 from opsagent.evals.evalset import write_eval_set
 from opsagent.evals.gates import (
     CaseVerdict,
+    GateWatch,
     Write,
     check,
     class_statuses,
     compare,
     compare_human_log,
+    gate_mode_change,
     record_verdicts,
     review,
     wilson,
@@ -334,7 +337,8 @@ def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypat
     assert "shadow -> supervised by ada" in capsys.readouterr().out
     store = AutonomyStore(state / "autonomy.sqlite")
     last = store.last_change("weight_mismatch")
-    assert last.to_mode == Mode.supervised and "[override: needs" in last.reason
+    assert last.to_mode == Mode.supervised and "[override of the gate: needs 200 more" in last.reason
+    assert "evidence in shadow: 0/0 correct" in last.reason
     assert cli(["autonomy", "set", "weight_mismatch", "shadow", "--reason", "back", *common]) == 0  # down: ok
     assert cli(["autonomy", "set", "lost_parcel", "shadow", "--reason", "x", *common]) == 2
 
@@ -359,3 +363,123 @@ def test_cli_demotes_through_check(tmp_path, capsys) -> None:
                 "--policy", str(policy)]) == 0
     assert "demoted weight_mismatch: autonomous -> supervised" in capsys.readouterr().out
     assert AutonomyStore(state / "autonomy.sqlite").last_change("weight_mismatch").actor == GATES_ACTOR
+
+
+# --- an admin's mode change: the one rule of the API and the CLI ------------------------------
+
+def test_demotion_and_staying_are_always_allowed() -> None:
+    for current, target in (("autonomous", "shadow"), ("autonomous", "supervised"), ("supervised", "shadow"),
+                            ("shadow", "shadow")):
+        assert gate_mode_change("weight_mismatch", current, target, reason=" why ") == "why"
+
+
+def test_a_promotion_needs_eligibility_and_skips_no_stage() -> None:
+    store = _store("shadow")
+    eligible, ineligible = _status(store, _verdicts(200, 190)), _status(store, _verdicts(200, 150))
+    assert gate_mode_change("weight_mismatch", "shadow", "supervised", reason="earned", status=eligible) == "earned"
+    with pytest.raises(AutonomyError) as refused:
+        gate_mode_change("weight_mismatch", "shadow", "supervised", reason="go", status=ineligible)
+    message = str(refused.value)
+    assert "gates do not allow supervised" in message and "150/200 correct" in message
+    assert "lower bound 0.686 < 0.85" in message and "n >= 200" in message and "override" in message
+    for override in (False, True):  # two stages at once: refused, evidence or override notwithstanding
+        with pytest.raises(AutonomyError, match="would skip supervised"):
+            gate_mode_change("weight_mismatch", "shadow", "autonomous", reason="go", override=override,
+                             status=eligible)
+
+
+def test_an_override_promotes_an_ineligible_class_and_says_so() -> None:
+    status = _status(_store("shadow"), _verdicts(10, 10))
+    reason = gate_mode_change("weight_mismatch", "shadow", "supervised", reason="pilot with ops lead",
+                              override=True, status=status)
+    assert reason.startswith("pilot with ops lead [override of the gate: needs 190 more")
+    assert "10/10 correct" in reason and "Wilson 95% [0.722, 1.000]" in reason
+    eligible = _status(_store("shadow"), _verdicts(200, 200))  # an override nobody needed is not recorded
+    assert gate_mode_change("weight_mismatch", "shadow", "supervised", reason="ok", override=True,
+                            status=eligible) == "ok"
+
+
+def test_a_mode_change_refuses_bad_input() -> None:
+    status = _status(_store("shadow"), _verdicts(10, 10))
+    with pytest.raises(AutonomyError, match="needs a reason"):
+        gate_mode_change("weight_mismatch", "shadow", "supervised", reason="  ", override=True, status=status)
+    with pytest.raises(AutonomyError, match="'reckless' is not a valid Mode; modes: shadow, supervised"):
+        gate_mode_change("weight_mismatch", "shadow", "reckless", reason="x")
+    with pytest.raises(ValueError, match="judged on its gate status"):
+        gate_mode_change("weight_mismatch", "shadow", "supervised", reason="x")
+    with pytest.raises(AutonomyError, match="is shadow by now, not supervised"):
+        gate_mode_change("weight_mismatch", "supervised", "autonomous", reason="x", status=status)
+
+
+def _eligible_traces(root: Path, at: datetime) -> None:
+    _trace(root, "weight_mismatch", "shadow", [True] * 200, at, source="human_log")
+
+
+def test_cli_set_goes_through_the_gate(tmp_path, capsys, monkeypatch) -> None:
+    state, traces = tmp_path / "state", tmp_path / "traces"
+    monkeypatch.setenv("OPSAGENT_TOKEN", TokenStore(state / "tokens.json").add("ada", ["admin"]))
+    common = ["--traces", str(traces), "--state", str(state)]
+    assert cli(["autonomy", "status", *common]) == 0
+    capsys.readouterr()
+    _eligible_traces(traces, datetime.now(UTC) + timedelta(seconds=1))
+    assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", "--force", *common]) == 2
+    assert "would skip supervised" in capsys.readouterr().err
+    assert cli(["autonomy", "set", "weight_mismatch", "supervised", "--reason", "200/200 in shadow", *common]) == 0
+    assert "shadow -> supervised by ada" in capsys.readouterr().out
+    assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", *common]) == 2
+    assert "needs 200 more" in capsys.readouterr().err  # supervised earns its own evidence
+    assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", "--force", *common]) == 0
+    history = AutonomyStore(state / "autonomy.sqlite").history("weight_mismatch")
+    assert [(h.to_mode, h.reason.split(" [")[0], "[override of the gate" in h.reason) for h in history[1:]] == [
+        (Mode.supervised, "200/200 in shadow", False), (Mode.autonomous, "go", True)]
+    assert cli(["autonomy", "set", "weight_mismatch", "shadow", "--reason", "incident 42", *common]) == 0
+
+
+# --- automatic demotion in a running system ---------------------------------------------------
+
+def _failing(root: Path, n: int = 20) -> None:
+    _trace(root, "weight_mismatch", "autonomous", [False] * n, datetime.now(UTC) + timedelta(seconds=1))
+
+
+def test_gate_watch_demotes_and_survives_a_failing_check(tmp_path, caplog) -> None:
+    config = load_default_policy()
+    store = AutonomyStore(":memory:")
+    store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="test")
+    _failing(tmp_path)
+    broken = GateWatch(tmp_path, store, lambda: (_ for _ in ()).throw(RuntimeError("no policy")), interval_s=60)
+    assert broken.run_once() == [] and "gate check" in caplog.text and "no policy" in caplog.text
+    assert store.mode("weight_mismatch") == Mode.autonomous
+    (change,) = GateWatch(tmp_path, store, lambda: config, interval_s=60).run_once()
+    assert (change.to_mode, change.actor, change.automatic) == (Mode.supervised, GATES_ACTOR, True)
+    with pytest.raises(ValueError, match="interval_s > 0"):
+        GateWatch(tmp_path, store, lambda: config, interval_s=0)
+
+
+def _until(predicate, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"not so within {timeout_s} s")
+        time.sleep(0.02)
+
+
+def test_gate_watch_checks_after_a_nudge_and_periodically(tmp_path) -> None:
+    config = load_default_policy()
+    store = AutonomyStore(":memory:")
+    store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="test")
+    _failing(tmp_path)
+    nudged = GateWatch(tmp_path, store, lambda: config, interval_s=3600, settle_s=0).start()
+    try:
+        assert nudged.checks == 0
+        nudged.nudge()
+        _until(lambda: store.mode("weight_mismatch") == Mode.supervised)
+        assert store.last_change("weight_mismatch").actor == GATES_ACTOR
+    finally:
+        nudged.stop()
+    store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="again")
+    _failing(tmp_path)
+    periodic = GateWatch(tmp_path, store, lambda: config, interval_s=0.05).start()
+    try:
+        _until(lambda: store.mode("weight_mismatch") == Mode.supervised)
+    finally:
+        periodic.stop()

@@ -6,8 +6,9 @@ import math
 
 import pytest
 
+from opsagent.agents.case import CaseStatus
 from opsagent.evals.metrics import (
-    CaseResult, Rate, format_rate, group_metrics, pass_hat_k, quantile, summarize, targets, wilson,
+    FINAL, CaseResult, Rate, format_rate, group_metrics, pass_hat_k, quantile, summarize, targets, wilson,
 )
 
 
@@ -84,9 +85,33 @@ def test_group_metrics_on_every_kind_of_row():
     assert m.latency_p95_s == pytest.approx(quantile([2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0], 0.95))
     assert m.planner_calls_per_case == 3.0 and m.completion_tokens_per_case == 30.0
     assert m.pass_k == {1: 3 / 8}
-    assert m.confusion == {"resolved": {"resolved": 3, "escalated": 1, "failed": 1, "open": 0},
-                           "escalated": {"resolved": 1, "escalated": 1, "failed": 0, "open": 1}}
+    assert m.confusion == {"resolved": {"resolved": 3, "escalated": 1, "proposed": 0, "failed": 1, "open": 0},
+                           "escalated": {"resolved": 1, "escalated": 1, "proposed": 0, "failed": 0, "open": 1}}
     assert m.escalation_recall.value == pytest.approx(1 / 3)
+
+
+def test_a_shadow_mode_row_is_finished_and_counts_with_its_proposed_outcome():
+    """Shadow mode: a case whose writes were only proposed ends `proposed` (a final status): its
+    latency counts, its proposed outcome counts for escalation, and a human still has to act."""
+    assert FINAL == ("resolved", "escalated", "failed", "proposed")
+    assert set(FINAL) == {s.value for s in CaseStatus if s.final}
+    rows = [
+        row(instance_id="would-resolve", status="proposed", outcome="resolved", score=0.0, state_ok=False,
+            latency_s=3.0),
+        row(instance_id="would-escalate", status="proposed", outcome="escalated", gold_outcome="escalated",
+            score=0.0, state_ok=False, latency_s=5.0),
+        row(instance_id="open", status="timeout", outcome=None, score=0.0, latency_s=99.0),
+    ]
+    assert [(r.finished, r.agent_outcome) for r in rows] == [
+        (True, "proposed"), (True, "proposed"), (False, "open")]
+    assert rows[0].needed_human and not rows[0].automated
+    m = group_metrics(rows)
+    assert m.latency_p50_s == pytest.approx(4.0) and m.latency_p95_s == pytest.approx(4.9)
+    assert m.confusion["resolved"]["proposed"] == 1 and m.confusion["escalated"]["proposed"] == 1
+    assert m.confusion["resolved"]["open"] == 1
+    assert (m.escalation_recall.hits, m.escalation_recall.n) == (1, 1)
+    assert (m.escalation_precision.hits, m.escalation_precision.n) == (1, 1)
+    assert (m.automation.hits, m.needed_human.hits) == (0, 3)
 
 
 def test_pass_k_over_trials_and_summaries_per_config_and_class():

@@ -121,6 +121,26 @@ def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     assert rows == [("approved", "eval-approver", 2), ("rejected", "eval-approver", 2)]
 
 
+def test_a_shadow_run_ends_proposed_and_counts_its_cases_as_finished(ray_runtime, instances, gold_responder,
+                                                                    tmp_path):
+    """Shadow mode: a case that proposed writes ends `proposed`, the runner stops waiting for it (a
+    timeout here would mean it waited for a status that never comes) and its row is finished."""
+    picked = [i for i in instances if i.exception_type == "weight_mismatch"]  # dispute, scale_failed
+    result = run_eval(picked, [EvalConfig(name="shadow", mode="shadow", system=SystemConfig(executors=1))],
+                      traces=tmp_path, trials=1, concurrency=2, background=5, case_timeout_s=120,
+                      engines=lambda c: ScriptedEngine([gold_responder(picked)] * 50))
+    rows = {r.variant: r for r in result.rows}
+    dispute = rows["dispute"]
+    assert (dispute.status, dispute.outcome, dispute.agent_outcome) == ("proposed", "resolved", "proposed"), \
+        (dispute.status, dispute.reason, dispute.error)
+    assert dispute.finished and dispute.latency_s is not None and dispute.needed_human and not dispute.automated
+    assert dispute.autonomous_writes == 0 and dispute.unsupervised_high_risk == 0
+    assert rows["scale_failed"].status == "escalated"  # nothing to propose: it escalates as ever
+    m = summarize(result.rows)["shadow"].overall
+    assert m.confusion["resolved"]["proposed"] == 1 and m.confusion["escalated"]["escalated"] == 1
+    assert m.latency_p50_s is not None and m.confusion["resolved"]["open"] == 0
+
+
 def test_the_simulated_approver_approves_exactly_the_gold_actions(instances):
     credit = next(i for i in instances if i.variant == "credit_large")
     step = next(a for a in credit.gold.actions if a.risk == "high")
@@ -215,3 +235,43 @@ def test_the_mode_hook_sets_the_classes_autonomy_mode(registry):
         engine = PolicyEngine(changed, registry)
         assert engine.mode("damage_claim") == mode
         assert engine.mode("weight_mismatch") == policy.classes["weight_mismatch"].initial_mode
+
+
+def test_each_autonomous_write_is_scored_with_its_confidence(run, instances):
+    from opsagent.evals.calibration import scored_writes
+
+    result, traces, _ = run
+    gold = [r for r in result.rows if r.config == "gold"]
+    writes = scored_writes(traces, gold, instances)
+    # the same writes the rows count, every one right; the scripted engine gives no confidence
+    assert len(writes) == sum(r.autonomous_writes for r in gold) > 0
+    assert all(w.correct and w.confidence is None and w.config == "gold" for w in writes)
+    # case by case too: an approved write is not autonomous (credit_large's credit was approved)
+    assert any(r.approvals_approved for r in gold)
+    assert all(sum(w.case_id == r.case_id for w in writes) == r.autonomous_writes for r in gold)
+    assert scored_writes(traces, [], instances) == []
+
+
+def test_several_configurations_can_be_compared_and_need_distinct_names(tmp_path):
+    from opsagent.cli import _parser
+    from opsagent.evals.cli import eval_configs
+
+    (tmp_path / "b.yaml").write_text("mode: supervised\n")
+    (tmp_path / "c.yaml").write_text("name: fewshot\nsystem: {planner: {few_shot: {traces: t, per_class: 1}}}\n")
+    args = _parser().parse_args(["eval", "--compare", str(tmp_path / "b.yaml"), "--compare", str(tmp_path / "c.yaml")])
+    configs = eval_configs(args)
+    assert [c.name for c in configs] == ["base", "compare", "fewshot"]
+    assert configs[2].system.planner.few_shot.per_class == 1
+    args = _parser().parse_args(["eval", "--compare", str(tmp_path / "b.yaml"), "--compare", str(tmp_path / "b.yaml")])
+    assert [c.name for c in eval_configs(args)] == ["base", "compare", "compare2"]
+    (tmp_path / "d.yaml").write_text("name: base\n")
+    with pytest.raises(InputError, match="distinct names"):
+        eval_configs(_parser().parse_args(["eval", "--compare", str(tmp_path / "d.yaml")]))
+
+
+def test_few_shot_retrieval_in_an_eval_must_name_its_store(tmp_path):
+    from opsagent.evals.runner import _Session
+
+    config = EvalConfig(system=SystemConfig.model_validate({"planner": {"few_shot": {}}}))
+    with pytest.raises(ConfigError, match="few_shot.traces must name"):
+        _Session(config, [], tmp_path / "traces", tmp_path, None)

@@ -90,3 +90,81 @@ def test_rejection_needs_a_reason_and_unknown_ids_fail(tmp_path):
     assert done.status == ApprovalStatus.rejected and done.reason == "billed weight is right"
     with pytest.raises(ApprovalError, match="no approval"):
         store.get("apr-nope")
+
+
+OTHER = {**ARGS, "billed_weight_kg": 3.0}
+OTHER_DIGEST = args_digest("tms_adjust_billed_weight", OTHER)
+
+
+def test_a_new_request_for_the_step_supersedes_the_pending_one(tmp_path):
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    first = _request(store)  # the case manager died before recording it; the step was re-planned
+    second = _request(store, args=OTHER)
+    old = store.get(first.approval_id)
+    assert old.status == ApprovalStatus.expired and old.reason == f"superseded by {second.approval_id}"
+    assert old.decided_at is not None and old.approver is None
+    assert second.status == ApprovalStatus.pending and second.supersedes == [first.approval_id]
+    assert [a.approval_id for a in store.list("pending")] == [second.approval_id]
+    with pytest.raises(ApprovalError, match=f"already expired \\(superseded by {second.approval_id}\\)"):
+        store.decide(first.approval_id, identity=ALICE, approve=True, args_digest=DIGEST)
+    assert store.approved("case-1", 3, DIGEST) is None
+    done = store.decide(second.approval_id, identity=ALICE, approve=True, args_digest=OTHER_DIGEST)
+    assert done.status == ApprovalStatus.approved
+    assert _request(store, args=OTHER).approval_id == second.approval_id  # still one request per action
+
+
+def test_superseding_spares_other_steps_cases_and_decided_requests(tmp_path):
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    step_two = _request(store, step=2)
+    approved = _request(store)
+    store.decide(approved.approval_id, identity=ALICE, approve=True, args_digest=DIGEST)
+    other_case = store.request(case_id="case-2", exception_type="weight_mismatch", step=3,
+                               tool="tms_adjust_billed_weight", args=ARGS, args_digest=DIGEST,
+                               risk="high", reasons=[], policy_version="v1", preview=None)
+    newer = _request(store, args=OTHER)
+    assert newer.supersedes == []
+    assert store.get(step_two.approval_id).status == ApprovalStatus.pending
+    assert store.get(approved.approval_id).status == ApprovalStatus.approved
+    assert store.get(other_case.approval_id).status == ApprovalStatus.pending
+
+
+def test_withdrawing_a_cases_approvals_expires_only_its_pending_ones(tmp_path):
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    rejected = _request(store, step=2)
+    store.decide(rejected.approval_id, identity=ALICE, approve=False, args_digest=DIGEST, reason="no")
+    pending = _request(store)
+    elsewhere = store.request(case_id="case-2", exception_type="weight_mismatch", step=3,
+                              tool="tms_adjust_billed_weight", args=ARGS, args_digest=DIGEST,
+                              risk="high", reasons=[], policy_version="v1", preview=None)
+    withdrawn = store.withdraw("case-1", "withdrawn: the case ended escalated")
+    assert [(a.approval_id, a.status, a.reason) for a in withdrawn] == [
+        (pending.approval_id, ApprovalStatus.expired, "withdrawn: the case ended escalated")]
+    assert store.get(rejected.approval_id).status == ApprovalStatus.rejected
+    assert store.get(elsewhere.approval_id).status == ApprovalStatus.pending
+    with pytest.raises(ApprovalError, match="withdrawn: the case ended escalated"):
+        store.decide(pending.approval_id, identity=ALICE, approve=True, args_digest=DIGEST)
+    assert store.withdraw("case-1", "again") == [] and store.withdraw("case-nope", "x") == []
+
+
+def test_an_approvals_file_from_before_superseding_opens_and_works(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "a.sqlite"
+    old = sqlite3.connect(path)
+    old.execute("""CREATE TABLE approvals (
+      approval_id TEXT PRIMARY KEY, case_id TEXT NOT NULL, exception_type TEXT NOT NULL,
+      step INTEGER NOT NULL, tool TEXT NOT NULL, args TEXT NOT NULL, args_digest TEXT NOT NULL,
+      risk TEXT, reasons TEXT NOT NULL, policy_version TEXT NOT NULL, preview TEXT,
+      status TEXT NOT NULL, requested_at TEXT NOT NULL, expires_at TEXT NOT NULL,
+      decided_at TEXT, approver TEXT, reason TEXT, UNIQUE (case_id, step, args_digest))""")
+    old.execute("INSERT INTO approvals VALUES ('apr-old', 'case-1', 'weight_mismatch', 3, "
+                "'tms_adjust_billed_weight', ?, ?, 'high', '[]', 'v1', 'null', 'pending', "
+                "'2026-01-01T00:00:00+00:00', '2999-01-01T00:00:00+00:00', NULL, NULL, NULL)",
+                ('{"shipment_id": "SHP-1"}', "d" * 64))
+    old.commit()
+    old.close()
+    store = ApprovalStore(path)
+    assert store.get("apr-old").supersedes == []
+    newer = _request(store)
+    assert newer.supersedes == ["apr-old"] and store.get("apr-old").status == ApprovalStatus.expired
+    assert ApprovalStore(path).get(newer.approval_id).supersedes == ["apr-old"]  # reopened as is

@@ -244,3 +244,15 @@ def test_the_service_sets_modes_for_known_classes_and_the_next_decision_uses_it(
     with pytest.raises(AutonomyError, match="no autonomy store"):
         without_store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="x")
     assert {s.mode for s in without_store.autonomy_status()} == {Mode.shadow}
+
+
+def test_a_change_judged_on_a_stale_mode_records_nothing() -> None:
+    """`expected`: the mode the gates judged the class in; changed meanwhile, nothing is recorded."""
+    store = AutonomyStore(":memory:")
+    store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="test")
+    store.set_mode("weight_mismatch", "supervised", identity=ADMIN, reason="admin was faster")
+    assert store.demote("weight_mismatch", reason="gates", expected="autonomous") is None
+    assert store.mode("weight_mismatch") == Mode.supervised
+    with pytest.raises(AutonomyError, match="no longer autonomous"):
+        store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="x", expected="autonomous")
+    assert store.demote("weight_mismatch", reason="gates", expected="supervised").to_mode == Mode.shadow

@@ -1,0 +1,82 @@
+"""Which cases a list asks for: filters, a reader's scope and a page, checked in memory or as SQL.
+
+The case book answers a `CaseQuery` over the cases it holds (`matches`) or, with a store, over
+every case in cases.sqlite (`where`: the same filters as an SQL condition on its indexed columns).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field
+
+from opsagent.agents.case import CaseStatus
+
+if TYPE_CHECKING:
+    from opsagent.cluster.case_book import CaseEntry
+
+
+class ReadScope(BaseModel):
+    """Which cases a caller may read: all, the ones it submitted, and/or the ones that asked
+    for an approval."""
+
+    everything: bool = False
+    submitter: str | None = None
+    approvals: bool = False
+
+    def admits(self, entry: CaseEntry) -> bool:
+        return (self.everything or (self.submitter is not None and entry.submitted_by == self.submitter)
+                or (self.approvals and bool(entry.approval_ids)))
+
+
+class CaseQuery(BaseModel):
+    """Filters and a page of the case list; None means no filter. Newest cases first."""
+
+    model_config = {"extra": "forbid"}
+    status: CaseStatus | None = None
+    exception_types: list[str] | None = Field(None, description="Any of these classes.")
+    submitted_by: str | None = None
+    with_approval: bool | None = Field(None, description="Only cases that asked for an approval.")
+    readable_by: ReadScope | None = Field(None, description="Only cases this scope admits.")
+    offset: int = Field(0, ge=0)
+    limit: int = Field(50, ge=1, le=200)
+
+
+def matches(entry: CaseEntry, query: CaseQuery) -> bool:
+    """Whether a case held in memory passes the query's filters."""
+    case = entry.case
+    return ((query.status is None or case.status == query.status)
+            and (query.exception_types is None or case.report.exception_type in query.exception_types)
+            and (query.submitted_by is None or entry.submitted_by == query.submitted_by)
+            and (query.with_approval is None or bool(entry.approval_ids) == query.with_approval)
+            and (query.readable_by is None or query.readable_by.admits(entry)))
+
+
+def where(query: CaseQuery) -> tuple[str, list[Any]]:
+    """The query's filters as an SQL condition on the store's `cases` table, with its parameters
+    (the same cases `matches` admits)."""
+    terms: list[str] = []
+    params: list[Any] = []
+    if query.status is not None:
+        terms.append("status = ?")
+        params.append(query.status.value)
+    if query.exception_types is not None:
+        terms.append(f"exception_type IN ({', '.join('?' * len(query.exception_types))})"
+                     if query.exception_types else "0")
+        params.extend(query.exception_types)
+    if query.submitted_by is not None:
+        terms.append("submitted_by = ?")
+        params.append(query.submitted_by)
+    if query.with_approval is not None:
+        terms.append("has_approval = ?")
+        params.append(int(query.with_approval))
+    scope = query.readable_by
+    if scope is not None and not scope.everything:
+        admitted = []
+        if scope.submitter is not None:
+            admitted.append("submitted_by = ?")
+            params.append(scope.submitter)
+        if scope.approvals:
+            admitted.append("has_approval = 1")
+        terms.append(f"({' OR '.join(admitted)})" if admitted else "0")
+    return " AND ".join(terms) or "1", params

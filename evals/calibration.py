@@ -1,0 +1,122 @@
+"""How far the planner's confidence separates its right autonomous writes from its wrong ones.
+
+For every autonomous write of an eval run (executed, succeeded, no approval: the writes
+`autonomous_write_precision` counts) the planner's confidence in choosing that tool
+(`planner_calls.confidence`, agents/confidence.py) and whether it matched a gold action of its
+instance. `sweep` then answers, for each candidate floor, what a class policy's `min_confidence`
+at that floor would have done to the run: the writes still autonomous and their precision (with
+its Wilson interval), and the automated cases kept (every autonomous write of the case at or
+above the floor). It is an offline estimate: a held write would have gone to a person, and what
+the case did next is not simulated; choose the floor on a training set, then measure it on the
+held-out one.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from opsagent.agents.tracing.views import query
+from opsagent.evals.catalogue import Instance
+from opsagent.evals.metrics import CaseResult, Rate
+from opsagent.evals.runner import matches_gold
+
+FLOORS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+class ScoredWrite(BaseModel):
+    """One autonomous write of a run, its planner confidence and whether the gold has it."""
+
+    config: str
+    case_id: str
+    instance_id: str
+    step: int
+    tool: str
+    confidence: float | None = Field(description="None: the engine gave no log-probabilities.")
+    correct: bool
+
+
+class FloorEffect(BaseModel):
+    """What `min_confidence = floor` would have left autonomous in a run."""
+
+    floor: float
+    precision: Rate = Field(description="Correct writes among those at or above the floor.")
+    held: int = Field(description="Autonomous writes the floor would have held for a human.")
+    held_correct: int = Field(description="... of which matched the gold (work a person now does).")
+    automated: int = Field(description="Automated cases whose every autonomous write clears the floor.")
+    automated_before: int
+
+
+def scored_writes(traces: Path | str, rows: Sequence[CaseResult],
+                  instances: Iterable[Instance]) -> list[ScoredWrite]:
+    """Every autonomous write of `rows`' cases with its confidence and correctness (each gold
+    action matches one write, in step order, as `runner.correct_writes` counts them)."""
+    gold = {i.instance_id: i.gold.actions for i in instances}
+    by_case = {r.case_id: r for r in rows if r.case_id}
+    if not by_case:
+        return []
+    ids = "(" + ",".join("'" + c.replace("'", "''") + "'" for c in by_case) + ")"
+    _, found = query(traces, f"""
+        WITH conf AS (
+          SELECT case_id, step, arg_max(confidence, started_at) AS confidence FROM planner_calls
+          WHERE case_id IN {ids} GROUP BY ALL),
+        held AS (SELECT DISTINCT case_id, step FROM approvals WHERE case_id IN {ids})
+        SELECT a.case_id, a.step, a.tool, a.args, c.confidence
+        FROM actions a LEFT JOIN conf c USING (case_id, step) ANTI JOIN held h USING (case_id, step)
+        WHERE a.case_id IN {ids} AND a.writes AND a.executed AND NOT a.dry_run AND a.error IS NULL
+        ORDER BY a.case_id, a.step""")
+    unused = {cid: [a for a in gold.get(r.instance_id, []) if a.writes] for cid, r in by_case.items()}
+    out = []
+    for case_id, step, tool, args, confidence in found:
+        parsed = json.loads(args) if isinstance(args, str) else (args or {})
+        match = next((a for a in unused[case_id] if matches_gold(a, tool, parsed)), None)
+        if match is not None:
+            unused[case_id].remove(match)
+        row = by_case[case_id]
+        out.append(ScoredWrite(config=row.config, case_id=case_id, instance_id=row.instance_id, step=step,
+                               tool=tool, confidence=confidence, correct=match is not None))
+    return out
+
+
+def sweep(writes: Sequence[ScoredWrite], rows: Sequence[CaseResult],
+          floors: Iterable[float] = FLOORS) -> list[FloorEffect]:
+    """The effect of each floor on the writes and automated cases of one configuration's run."""
+    automated = {r.case_id for r in rows if r.automated}
+    lowest: dict[str, float] = {}
+    for w in writes:
+        lowest[w.case_id] = min(lowest.get(w.case_id, 1.0), -1.0 if w.confidence is None else w.confidence)
+    effects = []
+    for floor in floors:
+        kept = [w for w in writes if w.confidence is not None and w.confidence >= floor]
+        held = [w for w in writes if not (w.confidence is not None and w.confidence >= floor)]
+        effects.append(FloorEffect(
+            floor=floor, precision=Rate.of(sum(w.correct for w in kept), len(kept)), held=len(held),
+            held_correct=sum(w.correct for w in held),
+            automated=sum(lowest.get(c, 1.0) >= floor for c in automated), automated_before=len(automated)))
+    return effects
+
+
+def render_sweep(config: str, writes: Sequence[ScoredWrite], effects: Sequence[FloorEffect]) -> str:
+    """The sweep as a terminal table, with the confidence of right and wrong writes."""
+    right = sorted(w.confidence for w in writes if w.correct and w.confidence is not None)
+    wrong = sorted(w.confidence for w in writes if not w.correct and w.confidence is not None)
+    lines = [f"autonomous writes by planner confidence ({config}): {len(right)} right, median "
+             f"{_median(right)}; {len(wrong)} wrong, median {_median(wrong)}",
+             "  min_confidence  writes kept  precision (Wilson 95 %)     held (right)  automated kept"]
+    for e in effects:
+        p = e.precision
+        prec = "n/a" if p.value is None else f"{p.value:6.1%} ({p.low:.1%}-{p.high:.1%})"
+        lines.append(f"  {e.floor:<14.2f}  {p.n:<11}  {prec:<26}  {e.held:>4} ({e.held_correct:>3})    "
+                     f"{e.automated}/{e.automated_before}")
+    return "\n".join(lines)
+
+
+def _median(values: Sequence[float]) -> str:
+    if not values:
+        return "n/a"
+    mid = len(values) // 2
+    value = values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+    return f"{value:.3f}"
