@@ -73,6 +73,7 @@ class ActorMemory(BaseModel):
 
     actor: str
     first_mb: float = Field(description="At the first sample after the warm-up tenth of the run.")
+    mid_mb: float = Field(description="At the middle sample of the settled run.")
     peak_mb: float
     last_mb: float
     samples: int
@@ -80,6 +81,11 @@ class ActorMemory(BaseModel):
     @property
     def growth_pct(self) -> float:
         return 100.0 * (self.last_mb - self.first_mb) / self.first_mb if self.first_mb else 0.0
+
+    @property
+    def late_growth_pct(self) -> float:
+        """Growth over the second half of the settled run: near 0 once memory has levelled off."""
+        return 100.0 * (self.last_mb - self.mid_mb) / self.mid_mb if self.mid_mb else 0.0
 
 
 class PoolSample(BaseModel):
@@ -132,6 +138,8 @@ def run_load(args: argparse.Namespace) -> int:
         raise InputError("bench load: --calls-per-minute must be positive")
     if args.cases < 1 or args.rate <= 0 or args.executors < 1 or args.planner_replicas < 1:
         raise InputError("bench load: --cases, --rate, --executors and --planner-replicas must be positive")
+    if args.case_cache is not None and args.case_cache < 1:
+        raise InputError(f"bench load: --case-cache must be >= 1, got {args.case_cache}")
     if not 0 <= args.suspect_share <= 1:
         raise InputError("bench load: --suspect-share must be between 0 and 1")
     args.scaling = autoscaling(args.autoscale)
@@ -169,7 +177,8 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
                                                suspect_share=args.suspect_share)
             config = SystemConfig(traces_dir=work / "traces", state_dir=work / "state",
                                   executors=args.executors, executor_autoscaling=args.scaling,
-                                  max_open_cases=max(1000, args.cases))
+                                  max_open_cases=max(1000, args.cases),
+                                  **({"case_cache": args.case_cache} if args.case_cache else {}))
             config.planner.replicas = args.planner_replicas
             engine = GoldScriptedEngine() if args.engine == "scripted" else None
             system = OpsAgentSystem(config, platform.registry(), engine=engine,
@@ -317,7 +326,8 @@ def _memory_table(series: list[tuple[float, dict[str, float]]]) -> list[ActorMem
     table = []
     for name in names:
         values = [s[name] for _, s in settled if name in s]
-        table.append(ActorMemory(actor=name, first_mb=round(values[0], 1), peak_mb=round(max(values), 1),
+        table.append(ActorMemory(actor=name, first_mb=round(values[0], 1),
+                                 mid_mb=round(values[len(values) // 2], 1), peak_mb=round(max(values), 1),
                                  last_mb=round(values[-1], 1), samples=len(values)))
     return table
 
@@ -372,11 +382,11 @@ def format_load(result: LoadResult, args: argparse.Namespace) -> str:
         f"| latency p50 / p95 / max (receipt to final) | {result.p50_s} / {result.p95_s} / {result.max_s} s |",
         f"| most cases open at once | {result.max_open} |",
         "",
-        "| actor | RSS first (MB) | peak | last | growth | samples |",
-        "|---|---|---|---|---|---|",
+        "| actor | RSS first (MB) | middle | peak | last | growth | growth, 2nd half | samples |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    lines += [f"| {m.actor} | {m.first_mb} | {m.peak_mb} | {m.last_mb} | {m.growth_pct:+.1f}% | {m.samples} |"
-              for m in result.memory]
+    lines += [f"| {m.actor} | {m.first_mb} | {m.mid_mb} | {m.peak_mb} | {m.last_mb} | {m.growth_pct:+.1f}% "
+              f"| {m.late_growth_pct:+.1f}% | {m.samples} |" for m in result.memory]
     if result.autoscale:
         lines += ["", *_pool_lines(result)]
     return "\n".join(lines) + "\n"

@@ -169,6 +169,9 @@ class TraceWriter(TraceExporter):
             except (OSError, pa.ArrowException) as err:
                 raise TraceError(f"cannot publish segment {name} under {self.root}: {err}") from err
         self._compact(folders)
+        # a compaction reads whole partitions (up to compact_max_bytes): hand the buffers back to
+        # the system, or Arrow's allocator keeps the peak resident for the life of the process
+        pa.default_memory_pool().release_unused()
         return written
 
     def _decode_segment(self, name: str) -> dict[tuple[type[TraceEvent], str], list[dict]]:

@@ -93,6 +93,8 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                    help="size the executor pool with its load between MIN and MAX executors "
                    "(replaces --executors; reported as the pool size over time)")
     p.add_argument("--planner-replicas", type=int, default=1, help="planner actors (default 1)")
+    p.add_argument("--case-cache", type=int, default=None,
+                   help="finished cases the case manager keeps in memory (default: the config's, 1000)")
     p.add_argument("--suspect-share", type=float, default=0.1,
                    help="share of cases whose scale failed (they escalate; default 0.1)")
     p.add_argument("--timeout", type=float, default=600.0,
