@@ -19,6 +19,9 @@ from opsagent.tools.spec import ToolResult, ToolSpec
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 # Upper bound on attempts of one call, whatever a source asks for.
 MAX_ATTEMPTS = 6
+STALE_CONNECTION = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
+"""Errors of a request on a connection the server closed before answering."""
+MAX_STALE = 4
 
 
 def build_request(
@@ -63,8 +66,9 @@ async def call_tool(
     idempotency key (the system then applies a repeated write once). A 500, and an answer whose
     body claims to be JSON but does not parse, are retried the same way; at most MAX_ATTEMPTS
     sends in all. `ToolResult.attempts` says how many were made. A connection the server closed
-    without answering (a stale pooled connection) gets one more attempt beyond `retries`,
-    under the same rule.
+    before answering (a pooled connection it had timed out: `STALE_CONNECTION`) is retried at
+    once, under the same rule, up to `MAX_STALE` times without counting as an attempt: after a
+    pause every pooled connection may be stale, and backing off would only age the next one.
     """
     if dry_run and not spec.supports_dry_run:
         raise ToolError(f"{spec.name} does not support dry runs")
@@ -80,7 +84,7 @@ async def call_tool(
                           duration_ms=(time.perf_counter() - t0) * 1000, attempts=attempt, **fields)
 
     limit = min(retries + 1, MAX_ATTEMPTS)
-    stale_retried = False
+    stale = 0
     while True:
         attempt += 1
         again = may_retry and attempt < limit
@@ -94,11 +98,12 @@ async def call_tool(
             return result(ok=False, status_code=None, body=None,
                           error=f"timed out after {timeout:g}s")
         except httpx.HTTPError as exc:
+            if may_retry and isinstance(exc, STALE_CONNECTION) and stale < MAX_STALE:
+                stale += 1  # a pooled connection the server had closed: again at once, not counted
+                attempt -= 1
+                continue
             if again:
                 await asyncio.sleep(backoff_s * 2 ** (attempt - 1))
-                continue
-            if may_retry and isinstance(exc, httpx.RemoteProtocolError) and not stale_retried:
-                stale_retried = True  # a pooled connection the server had closed: once more, fresh
                 continue
             cause = str(exc) or "no detail"
             return result(ok=False, status_code=None, body=None,

@@ -98,3 +98,39 @@ def test_same_key_different_body_is_rejected(call, fresh):
     assert call("tms_open_weight_dispute", args, idempotency_key=f"k2-{sid}").ok
     other = call("tms_open_weight_dispute", {**args, "reason": "other"}, idempotency_key=f"k2-{sid}")
     assert not other.ok and other.status_code == 422 and "already used" in other.error
+
+
+def _dropping(drops: int, error: type[httpx.HTTPError]):
+    """A transport whose first `drops` requests die on a closed connection, then answers 200."""
+    sent = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if len(sent) <= drops:
+            raise error("connection closed by the server", request=request)
+        return httpx.Response(200, json={"ok": True})
+
+    return httpx.MockTransport(handle), sent
+
+
+@pytest.mark.parametrize("error", [httpx.ReadError, httpx.RemoteProtocolError, httpx.WriteError])
+def test_stale_pooled_connections_are_retried_at_once_without_using_the_retries(registry, error):
+    spec = registry.get("tms_open_weight_dispute")
+    transport, sent = _dropping(4, error)
+
+    async def go(**kw):
+        async with httpx.AsyncClient(transport=transport) as client:
+            return await call_tool(client, spec, "http://carrier", {"shipment_id": "SHP-1", "claimed_weight_kg": 1.0,
+                                                                     "reason": "r"}, backoff_s=0, **kw)
+
+    # a write with its idempotency key: four stale connections, then the answer, with no retries left
+    result = asyncio.run(go(idempotency_key="c:3", retries=0))
+    assert result.ok and result.attempts == 1 and len(sent) == 5
+    assert {r.headers["Idempotency-Key"] for r in sent} == {"c:3"}
+    # a fifth stale connection counts as a failed attempt; without a key a write is never resent
+    transport, sent = _dropping(5, error)
+    result = asyncio.run(go(idempotency_key="c:3", retries=0))
+    assert not result.ok and error.__name__ in result.error and len(sent) == 5
+    transport, sent = _dropping(1, error)
+    result = asyncio.run(go(retries=2))
+    assert not result.ok and len(sent) == 1
