@@ -37,6 +37,9 @@ from opsagent.policy.records import args_digest
 from opsagent.tools.registry import ToolRegistry
 
 
+__all__ = ["CaseBook", "CaseEntry", "CasePage", "CaseQuery", "ReadScope", "Submission"]
+
+
 class CaseEntry(BaseModel):
     """A case with what the API needs around it: who submitted it and whether it was cancelled."""
 

@@ -16,7 +16,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from pydantic import BaseModel
@@ -25,6 +25,14 @@ from ray.exceptions import ActorUnavailableError, RayActorError
 from opsagent.cluster.actors import ExecutorActor
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus, ExecutorScaler, ScalingEvent
+
+if TYPE_CHECKING:  # annotations only
+    from opsagent.agents.case import Case
+    from opsagent.agents.planner import PlannerTurn
+    from opsagent.agents.tracing.records import TraceEvent
+    from opsagent.policy.approvals import ApprovalRequest
+    from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
+    from opsagent.tools.spec import ToolResult
 
 RETRY_BUDGET_S = 120.0  # a node's death is detected, and its actors rescheduled, within this
 RETRY_PAUSE_S = 0.25

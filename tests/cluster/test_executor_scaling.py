@@ -262,7 +262,7 @@ def test_the_pool_grows_to_max_under_load_and_shrinks_by_idle_added_actors_only(
         assert killed == [made[0]] and "2 busy or started by the system, kept" in shrunk.reason
         for m in made:
             m.release.set()
-        await asyncio.gather(*later)
+        await asyncio.gather(*calls, *later)  # every call of the burst answered
         clock.now = 45.0
         await pool.rescale()
         status = pool.status()
