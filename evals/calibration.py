@@ -14,15 +14,17 @@ held-out one.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, Field
 
-from opsagent.agents.tracing.views import query
+from opsagent.agents.tracing.views import query, sql_list
 from opsagent.evals.catalogue import Instance
 from opsagent.evals.metrics import CaseResult, Rate
-from opsagent.evals.runner import matches_gold
+from opsagent.evals.runner import matched_writes
 
 FLOORS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
@@ -52,13 +54,13 @@ class FloorEffect(BaseModel):
 
 def scored_writes(traces: Path | str, rows: Sequence[CaseResult],
                   instances: Iterable[Instance]) -> list[ScoredWrite]:
-    """Every autonomous write of `rows`' cases with its confidence and correctness (each gold
-    action matches one write, in step order, as `runner.correct_writes` counts them)."""
+    """Every autonomous write of `rows`' cases with its confidence and correctness (as
+    `runner.matched_writes` judges them: each gold action matches one write, in step order)."""
     gold = {i.instance_id: i.gold.actions for i in instances}
     by_case = {r.case_id: r for r in rows if r.case_id}
     if not by_case:
         return []
-    ids = "(" + ",".join("'" + c.replace("'", "''") + "'" for c in by_case) + ")"
+    ids = sql_list(by_case)
     _, found = query(traces, f"""
         WITH conf AS (
           SELECT case_id, step, arg_max(confidence, started_at) AS confidence FROM planner_calls
@@ -68,16 +70,16 @@ def scored_writes(traces: Path | str, rows: Sequence[CaseResult],
         FROM actions a LEFT JOIN conf c USING (case_id, step) ANTI JOIN held h USING (case_id, step)
         WHERE a.case_id IN {ids} AND a.writes AND a.executed AND NOT a.dry_run AND a.error IS NULL
         ORDER BY a.case_id, a.step""")
-    unused = {cid: [a for a in gold.get(r.instance_id, []) if a.writes] for cid, r in by_case.items()}
-    out = []
+    per_case: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for case_id, step, tool, args, confidence in found:
-        parsed = json.loads(args) if isinstance(args, str) else (args or {})
-        match = next((a for a in unused[case_id] if matches_gold(a, tool, parsed)), None)
-        if match is not None:
-            unused[case_id].remove(match)
+        per_case[case_id].append(dict(step=step, tool=tool, confidence=confidence,
+                                      args=json.loads(args) if isinstance(args, str) else (args or {})))
+    out = []
+    for case_id, writes in per_case.items():
         row = by_case[case_id]
-        out.append(ScoredWrite(config=row.config, case_id=case_id, instance_id=row.instance_id, step=step,
-                               tool=tool, confidence=confidence, correct=match is not None))
+        for w, correct in zip(writes, matched_writes(writes, gold.get(row.instance_id, [])), strict=True):
+            out.append(ScoredWrite(config=row.config, case_id=case_id, instance_id=row.instance_id,
+                                   step=w["step"], tool=w["tool"], confidence=w["confidence"], correct=correct))
     return out
 
 

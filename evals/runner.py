@@ -33,7 +33,7 @@ from opsagent.agents.engines.base import PlannerEngine
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.playbooks.model import builtin_playbooks, load_playbook
 from opsagent.agents.tracing.audit import UNSUPERVISED_HIGH_RISK_ROWS
-from opsagent.agents.tracing.views import query
+from opsagent.agents.tracing.views import query, sql_list
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.demo import free_port
 from opsagent.cluster.system import OpsAgentSystem
@@ -189,14 +189,20 @@ def approver_decision(approval: dict[str, Any], inst: Instance) -> tuple[bool, s
 
 def correct_writes(steps: list[dict[str, Any]], gold: list[GoldAction]) -> int:
     """How many of `steps` (executed writes) match a gold write, each gold action matching once."""
+    return sum(matched_writes(steps, gold))
+
+
+def matched_writes(steps: list[dict[str, Any]], gold: list[GoldAction]) -> list[bool]:
+    """For each of `steps` (executed writes, in order): does it match a gold write not matched
+    by an earlier one?"""
     unused = [a for a in gold if a.writes]
-    hits = 0
+    out = []
     for s in steps:
         match = next((a for a in unused if matches_gold(a, s["tool"], s.get("args") or {})), None)
         if match is not None:
             unused.remove(match)
-            hits += 1
-    return hits
+        out.append(match is not None)
+    return out
 
 
 def matches_gold(action: GoldAction, tool: str, args: dict[str, Any]) -> bool:
@@ -425,7 +431,7 @@ def _trace_facts(traces: Path, case_ids: list[str]) -> dict[str, dict[str, Any]]
     or to the final status), unsupervised high-risk actions."""
     if not case_ids:
         return {}
-    ids = "(" + ",".join("'" + c.replace("'", "''") + "'" for c in case_ids) + ")"
+    ids = sql_list(case_ids)
     facts: dict[str, dict[str, Any]] = {c: {} for c in case_ids}
     _, rows = query(traces, f"""
         SELECT case_id, count(*), sum(prompt_tokens), sum(completion_tokens) FROM planner_calls

@@ -30,7 +30,7 @@ from opsagent.agents.playbooks.model import Example, Playbook, Turn
 from opsagent.agents.prompts import observation_message, step_turn
 from opsagent.agents.step_schema import FINISH
 from opsagent.agents.tracing.replay import CaseTrace, load_case_trace, steps_of
-from opsagent.agents.tracing.views import connect, query
+from opsagent.agents.tracing.views import connect, query, sql_string
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +44,11 @@ WITH verdict AS (
          count(*) FILTER (WHERE status IN ('rejected', 'expired')) AS refused
   FROM approvals GROUP BY case_id
 )
-SELECT c.case_id, c.status, coalesce(v.correct, false) AS judged_correct
+SELECT c.case_id, c.status
 FROM cases c
 LEFT JOIN verdict v USING (case_id)
 LEFT JOIN approval a USING (case_id)
-WHERE c.exception_type = '{exception_type}'
+WHERE c.exception_type = {exception_type}
   AND c.status IN ('resolved', 'escalated', 'proposed')
   AND (v.correct OR (v.correct IS NULL AND coalesce(a.approved, 0) > 0 AND coalesce(a.refused, 0) = 0))
 ORDER BY c.finished_at DESC NULLS LAST, c.case_id
@@ -70,10 +70,13 @@ def approved_examples(root: Path | str, playbook: Playbook, limit: int) -> tuple
     if limit < 1:
         return [], found
     with closing(connect(root)) as con:
-        _, rows = query(con, _APPROVED_CASES.format(exception_type=playbook.exception_type.replace("'", "''")))
+        _, rows = query(con, _APPROVED_CASES.format(exception_type=sql_string(playbook.exception_type)))
         found.approved_cases = len(rows)
         candidates: list[tuple[str, str, Example]] = []
-        for case_id, status, _judged in rows:
+        statuses = {status for _, status in rows}
+        for case_id, status in rows:  # newest first: stop once the choice is settled
+            if len(candidates) >= limit and statuses <= {s for _, s, _ in candidates}:
+                break
             example = to_example(load_case_trace(root, case_id, con), playbook)
             if example is not None:
                 candidates.append((case_id, status, example))

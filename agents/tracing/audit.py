@@ -11,7 +11,7 @@ from typing import Any
 import duckdb
 
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK, format_table
-from opsagent.agents.tracing.views import connect, query
+from opsagent.agents.tracing.views import connect, query, sql_string
 from opsagent.errors import CaseNotFound
 
 HIGH_RISK_ACTIONS = """
@@ -89,7 +89,7 @@ def case_timeline(root: Path | str, case_id: str, *, summary_chars: int = 160) -
 
 
 def _timeline(con: duckdb.DuckDBPyConnection, root: Path | str, case_id: str, summary_chars: int) -> str:
-    columns, rows = query(con, f"SELECT * FROM cases WHERE case_id = {_literal(case_id)}")
+    columns, rows = query(con, f"SELECT * FROM cases WHERE case_id = {sql_string(case_id)}")
     if not rows:
         raise CaseNotFound(f"no trace of case {case_id!r} under {root}")
     case = dict(zip(columns, rows[0], strict=True))
@@ -103,7 +103,7 @@ def _timeline(con: duckdb.DuckDBPyConnection, root: Path | str, case_id: str, su
         f"description {case['description']}",
     ]
     columns, rows = query(con, f"""
-        SELECT ts, kind, step, summary FROM events WHERE case_id = {_literal(case_id)}
+        SELECT ts, kind, step, summary FROM events WHERE case_id = {sql_string(case_id)}
         ORDER BY ts, CASE kind WHEN 'planner' THEN 0 WHEN 'approval' THEN 1 WHEN 'action' THEN 2
                                  ELSE 3 END""")
     return "\n".join(head) + "\n\n" + format_table(*_shorten(columns, rows, summary_chars))
@@ -127,6 +127,3 @@ def _cell(value: Any) -> str:
         return json.dumps(value, sort_keys=True)
     return str(value)
 
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"

@@ -17,7 +17,7 @@ import duckdb
 from pydantic import BaseModel, Field
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport, Step
-from opsagent.agents.tracing.views import connect, query
+from opsagent.agents.tracing.views import connect, query, sql_string
 from opsagent.errors import CaseNotFound, TraceError
 
 _JSON_COLUMNS = {"entities", "args", "reasons", "limits", "result", "preview", "prompt"}
@@ -177,7 +177,7 @@ def _prompt_lines(prompt: list[dict] | None, full: bool, width: int) -> list[str
 
 
 def _rows(con: duckdb.DuckDBPyConnection, sql: str, case_id: str) -> list[dict[str, Any]]:
-    safe = sql.replace("?", "'" + case_id.replace("'", "''") + "'")
+    safe = sql.replace("?", sql_string(case_id))
     names, rows = query(con, safe)
     out = []
     for row in rows:

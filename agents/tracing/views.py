@@ -24,6 +24,7 @@ import datetime as dt
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from collections.abc import Iterable
 from typing import Any
 
 import duckdb
@@ -110,7 +111,7 @@ def views_sql(root: Path | str) -> str:
     """The SQL script that creates every view over the trace folder at `root` (a local folder,
     made absolute, or a URI such as s3://bucket/traces, without its ?options, for httpfs)."""
     location = str(root).split("?")[0] if "://" in str(root) else str(Path(root).resolve())
-    return f"SET VARIABLE traces = {_quote(location)};\n" + VIEWS_SQL.read_text()
+    return f"SET VARIABLE traces = {sql_string(location)};\n" + VIEWS_SQL.read_text()
 
 
 def create_views(con: duckdb.DuckDBPyConnection, root: Path | str) -> None:
@@ -197,7 +198,7 @@ def _create_snapshot_views(con: duckdb.DuckDBPyConnection, store: TraceStore) ->
         tables = {cls: read_table(store, cls) for cls in RECORD_TYPES}
     except (OSError, pa.ArrowException) as err:
         raise TraceError(f"cannot read the trace tables under {store.uri}: {err}") from err
-    statements = [f"SET VARIABLE traces = {_quote(store.uri)};"]
+    statements = [f"SET VARIABLE traces = {sql_string(store.uri)};"]
     for cls, table in tables.items():
         con.register(f"_files_{cls.table}", table)
         statements.append(_raw_view_sql(cls, f"_files_{cls.table}"))
@@ -246,5 +247,11 @@ def _sql_type(arrow_type: pa.DataType) -> str:
     return names[arrow_type]
 
 
-def _quote(text: str) -> str:
+def sql_string(text: str) -> str:
+    """`text` as a SQL string literal."""
     return "'" + text.replace("'", "''") + "'"
+
+
+def sql_list(values: Iterable[str]) -> str:
+    """`values` as a parenthesised list of SQL string literals, for `IN`."""
+    return "(" + ",".join(map(sql_string, values)) + ")"

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from opsagent.agents.tracing.views import query
+from opsagent.agents.tracing.views import query, sql_list
 from opsagent.evals.bench.breakdown import ActionRow, CallRow, CaseRow, CaseTrace, StatusRow
 from opsagent.evals.bench.recording import EngineTiming
 
@@ -37,10 +37,6 @@ class RecordedTool(BaseModel):
     finished_at: datetime | None
 
 
-def _ids(case_ids: list[str]) -> str:
-    return "(" + ",".join("'" + c.replace("'", "''") + "'" for c in case_ids) + ")"
-
-
 def _rows(traces: Path | str, sql: str) -> list[dict[str, Any]]:
     cols, rows = query(traces, sql)
     return [dict(zip(cols, r, strict=True)) for r in rows]
@@ -51,7 +47,7 @@ def load_traces(traces: Path | str, case_ids: list[str],
     """Case id -> its trace; planner calls are joined with the engine timings on case and start."""
     if not case_ids:
         return {}
-    ids = _ids(case_ids)
+    ids = sql_list(case_ids)
     out = {r["case_id"]: CaseTrace(case=CaseRow(**r)) for r in _rows(traces, f"""
         SELECT case_id, exception_type, status, received_at, finished_at FROM cases
         WHERE case_id IN {ids}""")}
@@ -86,7 +82,7 @@ def recorded_calls(traces: Path | str, case_ids: list[str]) -> dict[str, list[Re
         return out
     for r in _rows(traces, f"""
             SELECT case_id, step, started_at, finished_at, prompt, output, completion_tokens
-            FROM planner_calls WHERE case_id IN {_ids(case_ids)} AND prompt IS NOT NULL
+            FROM planner_calls WHERE case_id IN {sql_list(case_ids)} AND prompt IS NOT NULL
             ORDER BY started_at"""):
         r["prompt"] = json.loads(r["prompt"])
         out[r["case_id"]].append(RecordedCall(**r))
@@ -100,7 +96,7 @@ def recorded_tools(traces: Path | str, case_ids: list[str]) -> dict[str, list[Re
         return out
     for r in _rows(traces, f"""
             SELECT case_id, step, tool, args, dry_run, finished_at FROM actions
-            WHERE case_id IN {_ids(case_ids)} AND (executed OR dry_run) ORDER BY started_at"""):
+            WHERE case_id IN {sql_list(case_ids)} AND (executed OR dry_run) ORDER BY started_at"""):
         r["args"] = json.loads(r["args"]) if r["args"] else {}
         out[r["case_id"]].append(RecordedTool(**r))
     return out

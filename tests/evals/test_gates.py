@@ -20,7 +20,6 @@ from opsagent.agents.planner import Planner
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.runner import CaseRunner
 from opsagent.agents.tracing.parquet import ParquetExporter
-from opsagent.agents.tracing.records import ActionEvent, CaseEvent, VerdictEvent
 from opsagent.agents.tracing.views import query
 from opsagent.cli import main as cli
 from opsagent.errors import AuthError, AutonomyError, InputError
@@ -46,6 +45,7 @@ from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity, Role, TokenStore
 from opsagent.policy.service import PolicyService
+from tests.fakes.verdicts import trace_verdicts
 
 ADMIN = Identity(name="ada", roles=frozenset({Role.admin}))
 OPERATOR = Identity(name="omar", roles=frozenset({Role.approver}))
@@ -128,21 +128,7 @@ def test_gold_agrees_with_every_human_log_that_follows_it() -> None:
 
 def _trace(root: Path, exception_type: str, mode: str | None, results: list[bool], start: datetime,
            source: str = "review") -> list[str]:
-    """One finished case per result, decided in `mode`, with a recorded verdict; returns case ids."""
-    ids = []
-    with ParquetExporter(root) as out:
-        for i, correct in enumerate(results):
-            case_id, at = f"case-{exception_type[:4]}-{start.timestamp():.0f}-{i}", start + timedelta(minutes=i)
-            out.export([
-                CaseEvent(case_id=case_id, exception_type=exception_type, status="resolved", description="d",
-                          entities={"shipment_id": f"S{i}"}, received_at=at, finished_at=at, recorded_at=at),
-                ActionEvent(case_id=case_id, step=1, tool="wms_get_shipment", args={}, risk="low",
-                            decision="allow", reasons=[], writes=False, executed=True, dry_run=False,
-                            started_at=at, policy_version="v", args_digest="d", autonomy_mode=mode),
-                VerdictEvent(case_id=case_id, exception_type=exception_type, autonomy_mode=mode, source=source,
-                             correct=correct, reason="r", actor="omar", case_received_at=at, recorded_at=at)])
-            ids.append(case_id)
-    return ids
+    return trace_verdicts(root, exception_type, mode, results, start, source=source)
 
 
 def _store(mode: str, at: datetime = T0) -> AutonomyStore:

@@ -8,8 +8,7 @@ from datetime import UTC, datetime, timedelta
 import httpx
 import pytest
 
-from opsagent.agents.tracing.parquet import ParquetExporter
-from opsagent.agents.tracing.records import ActionEvent, CaseEvent, VerdictEvent
+from tests.fakes.verdicts import trace_verdicts
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +29,7 @@ def _client(door, role):
 def _earn(traces, exception_type: str, mode: str, n: int) -> None:
     """`n` finished cases of the class decided in `mode`, each judged correct by a review."""
     start = datetime.now(UTC) + timedelta(seconds=1)  # after the class entered its mode
-    with ParquetExporter(traces) as out:
-        for i in range(n):
-            case_id, at = f"case-{exception_type[:6]}-{mode[:3]}-{i}", start + timedelta(seconds=i)
-            out.export([
-                CaseEvent(case_id=case_id, exception_type=exception_type, status="resolved", description="d",
-                          entities={"shipment_id": f"S{i}"}, received_at=at, finished_at=at, recorded_at=at),
-                ActionEvent(case_id=case_id, step=1, tool="wms_get_shipment", args={}, risk="low",
-                            decision="allow", reasons=[], writes=False, executed=True, dry_run=False,
-                            started_at=at, policy_version="v", args_digest="d", autonomy_mode=mode),
-                VerdictEvent(case_id=case_id, exception_type=exception_type, autonomy_mode=mode,
-                             source="review", correct=True, reason="r", actor="omar", case_received_at=at,
-                             recorded_at=at)])
+    trace_verdicts(traces, exception_type, mode, [True] * n, start, spacing=timedelta(seconds=1))
 
 
 def _put(client, exception_type, **body):
