@@ -50,12 +50,9 @@ class Candidate(BaseModel):
     def option(self) -> str:
         """The candidate as the start of the planner's reply, up to its first free argument's
         value (or whole): the text the engine scores."""
-        text = compact(reply(self.step))
         if not self.free:
-            return text
-        marker = f'"{self.free[0]}":'
-        at = text.index(marker) + len(marker)
-        return text[:at]
+            return compact(reply(self.step))
+        return reply_up_to(self.step, self.free[0])
 
 
 def evidence_values(playbook: Playbook, done: dict[str, Any]) -> list[dict[str, Any]]:
@@ -176,6 +173,13 @@ def _default_reason(status: str, evidence: dict[str, Any], case: Case) -> str:
     last = next((s.tool for s in reversed(case.steps) if s.done), None)
     text = "Resolved" if status == "resolved" else "Escalated for a human"
     return f"{text}: {stated or 'no evidence'}" + (f", after {last}." if last else ".")
+
+
+def reply_up_to(step: PlannedStep, arg: str) -> str:
+    """The step's reply as text, cut just before the value of argument `arg`."""
+    text = compact(reply(step))
+    marker = f'"{arg}":'
+    return text[:text.index(marker) + len(marker)]
 
 
 def reply(step: PlannedStep) -> dict[str, Any]:
