@@ -101,10 +101,12 @@ def free_port() -> int:
 class VllmServer:
     """`python -m vllm.entrypoints.openai.api_server` on the embedded model, with tool calling."""
 
-    def __init__(self, work: Path, *, model: str | None = None, max_model_len: int = 4096) -> None:
+    def __init__(self, work: Path, *, model: str | None = None, max_model_len: int = 4096,
+                 dtype: str = "bfloat16") -> None:
         self.work = work
         self.model = model
         self.max_model_len = max_model_len
+        self.dtype = dtype
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -123,7 +125,7 @@ class VllmServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
              "--model", self.model or str(embedded_model_path()), "--served-model-name", SERVED_NAME,
-             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "bfloat16", "--enforce-eager",
+             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", self.dtype, "--enforce-eager",
              "--max-model-len", str(self.max_model_len), "--enable-prefix-caching",
              "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(template)],
             env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

@@ -332,7 +332,9 @@ def peer_phase(cfg: BenchConfig, instances: list[Instance], reference: GoldRefer
                 log(f"peer {p.label} level {level}: {p.cases_per_s or 0:.3f} cases/s, p50 {p.latency.p50 or 0:.2f} s, "
                     f"{p.correct}/{p.cases} correct, {p.finished} finished; errors: {errors[:3]}")
 
-    with VllmServer(work / "peer") as server:
+    engine = cfg.system.planner.vllm  # the peers' server runs the model as opsagent's engine does
+    with VllmServer(work / "peer", model=engine.model, max_model_len=engine.max_model_len,
+                    dtype=engine.dtype) as server:
         log(f"vllm serve ready on {server.base_url}")
         asyncio.run(levels(server))
 

@@ -224,9 +224,12 @@ def test_the_bench_peer_phase_scores_the_structured_peer(monkeypatch, tmp_path):
     instances = [*make("weight_mismatch", seed=616161, count=2), *make("missed_pickup", seed=616161, count=2)]
     chat = ScriptedChat(gold_steps(instances))
 
+    started: list[dict[str, Any]] = []
+
     class Server:
-        def __init__(self, work) -> None:
+        def __init__(self, work, **engine: Any) -> None:
             self.base_url = chat.base_url
+            started.append(engine)
 
         def __enter__(self):
             chat.__enter__()
@@ -241,6 +244,8 @@ def test_the_bench_peer_phase_scores_the_structured_peer(monkeypatch, tmp_path):
     result = bench_run.BenchResult(started_at=datetime.now(UTC), command="t", instances=4, classes=[])
     bench_run.peer_phase(cfg, instances, GoldReference.build(instances), tmp_path, result, log=lambda m: None)
     (level,) = result.peer
+    vllm = cfg.system.planner.vllm  # the server runs the model as opsagent's engine does
+    assert started == [{"model": vllm.model, "max_model_len": vllm.max_model_len, "dtype": vllm.dtype}]
     assert level.kind == "structured" and level.label == "structured" and level.concurrency == 2
     assert level.correct == level.finished == level.cases == 4 and level.cases_per_s > 0
     text = render(result, title="t", two_step_class="missed_pickup")
