@@ -158,10 +158,10 @@ class VllmEngine(PlannerEngine):
 
         Each option is tokenized as the end of the prompt (the assistant's reply so far). `branch`:
         the options' token sequences form a tree after their common part; one request per node
-        where they part (all sent at once, each a single forward pass that asks for the
-        log-probabilities of exactly the tokens that continue an option there) gives, renormalised
-        among those tokens, the probability of each branch; an option's probability is the
-        product along its path. That is the distribution constrained decoding would follow, with
+        where they part (the first alone, then the deeper ones at once; each a single forward
+        pass that asks for the log-probabilities of exactly the tokens that continue an option
+        there) gives, renormalised among those tokens, the probability of each branch; an
+        option's probability is the product along its path. That is the distribution constrained decoding would follow, with
         the forced tokens costing nothing. `score`: each option's total log-likelihood from the
         prompt log-probabilities of its tokens (one request per option, whole option scored)."""
         if self._engine is None:
@@ -219,8 +219,11 @@ class VllmEngine(PlannerEngine):
                 final = out
             return final
 
-        paths = list(branches)
-        outs = await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+        # the first node where the options part is asked alone: the nodes below it extend its
+        # prompt, so they find its whole blocks in the prefix cache instead of computing them again
+        paths = sorted(branches, key=len)
+        outs = [await one(0, paths[0])]
+        outs += await asyncio.gather(*(one(i, p) for i, p in enumerate(paths[1:], start=1)))
         # log-probability of each next token at each branch node, renormalised among them
         local: dict[tuple[int, ...], dict[int, float]] = {}
         for path, out in zip(paths, outs, strict=True):
