@@ -37,7 +37,10 @@ class VllmEngineConfig(BaseModel):
         default=True, description="Reuse the KV cache of the shared prompt prefix across calls."
     )
     kv_cache_gib: int = Field(
-        default=1, ge=1, description="CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
+        default=4, ge=1, description="CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE). The embedded "
+        "model in float32 keeps 46 KB per token: 4 GiB hold ~93k tokens, the class prefixes (~4-6k "
+        "tokens each) and the open cases' own; at 1 GiB (23k tokens) 16 concurrent cases evicted "
+        "the prefixes they share."
     )
     gpu_memory_utilization: float | None = Field(
         default=None, description="Share of GPU memory vLLM may take (GPU nodes only)."
@@ -61,7 +64,7 @@ class VllmEngine(PlannerEngine):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_gib)
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs

@@ -102,11 +102,13 @@ class VllmServer:
     """`python -m vllm.entrypoints.openai.api_server` on the embedded model, with tool calling."""
 
     def __init__(self, work: Path, *, model: str | None = None, max_model_len: int = 4096,
-                 dtype: str = "bfloat16") -> None:
+                 dtype: str = "bfloat16", kv_cache_gib: int = 1, block_size: int | None = None) -> None:
         self.work = work
         self.model = model
         self.max_model_len = max_model_len
         self.dtype = dtype
+        self.kv_cache_gib = kv_cache_gib
+        self.block_size = block_size
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -121,13 +123,15 @@ class VllmServer:
         template = self.work / "chat_template.jinja"
         template.write_text(CHAT_TEMPLATE)
         log = open(self.work / "vllm-server.log", "w")
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "VLLM_HOST_IP": "127.0.0.1"}
+        block = ["--block-size", str(self.block_size)] if self.block_size else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
              "--model", self.model or str(embedded_model_path()), "--served-model-name", SERVED_NAME,
              "--host", "127.0.0.1", "--port", str(self.port), "--dtype", self.dtype, "--enforce-eager",
              "--max-model-len", str(self.max_model_len), "--enable-prefix-caching",
-             "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(template)],
+             "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(template),
+             *block],
             env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -337,7 +337,8 @@ def peer_phase(cfg: BenchConfig, instances: list[Instance], reference: GoldRefer
 
     engine = cfg.system.planner.vllm  # the peers' server runs the model as opsagent's engine does
     with VllmServer(work / "peer", model=engine.model, max_model_len=engine.max_model_len,
-                    dtype=engine.dtype) as server:
+                    dtype=engine.dtype, kv_cache_gib=engine.kv_cache_gib,
+                    block_size=engine.block_size) as server:
         log(f"vllm serve ready on {server.base_url}")
         asyncio.run(levels(server))
 
