@@ -21,7 +21,7 @@ from opsagent.agents.case import Case
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.prompts import compact
 from opsagent.agents.step_schema import (
-    FINISH, RESOLVED_KEY, PlannedStep, offered_tools, read_value, refused, succeeded,
+    FINISH, RESOLVED_KEY, PlannedStep, offered_tools, pins, read_value, refused, succeeded,
 )
 from opsagent.tools.spec import ToolSpec
 
@@ -91,13 +91,13 @@ def _tool_candidates(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[
                      evidence: dict[str, Any]) -> list[Candidate]:
     props = tool.parameters.get("properties") or {}
     required = set(tool.parameters.get("required") or ())
-    pins = _pins(playbook, tool, case, done)
+    pinned = pins(playbook, tool, case, done)
     fixed: dict[str, list[Any]] = {}
     free: list[str] = []
     enums: set[str] = set()
     for name, prop in props.items():
-        if name in pins:
-            fixed[name] = [pins[name]]
+        if name in pinned:
+            fixed[name] = [pinned[name]]
         elif (note := compose(playbook.notes.get(f"{tool.name}.{name}"), case, done, evidence)):
             fixed[name] = [note[:playbook.max_string]]
         elif name in required and prop.get("enum"):
@@ -112,18 +112,6 @@ def _tool_candidates(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[
         out.append(Candidate(step=PlannedStep(evidence=evidence, tool=tool.name, args=args),
                              free=free, enum_args=[n for n in fixed if n in enums]))
     return out
-
-
-def _pins(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any]) -> dict[str, Any]:
-    """Argument values fixed by the case: its entities, and bindings whose source was read."""
-    props = tool.parameters.get("properties") or {}
-    pins = {k: v for k, v in case.report.entities.items() if k in props}
-    for target, source in playbook.bindings.items():
-        name, _, arg = target.partition(".")
-        found, value = read_value(done, source)
-        if name == tool.name and found:
-            pins[arg] = value
-    return pins
 
 
 def compose(template: str | None, case: Case, done: dict[str, Any],
