@@ -26,7 +26,7 @@ from opsagent.policy.autonomy import FAIL_CLOSED, Mode
 from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy, read_value
 from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
 from opsagent.policy.limits import Limit, LimitExceeded, limits_for
-from opsagent.policy.no_dry_run import no_dry_run_risk
+from opsagent.policy.no_dry_run import no_dry_run_risk, no_idempotency_risk
 from opsagent.policy.records import LimitUsage, ToolCallRequest, args_digest
 
 if TYPE_CHECKING:
@@ -219,7 +219,8 @@ def within_limits(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | 
 def risk_tier(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
     """Records the risk tier; high risk needs human approval."""
     risk, why = assess_risk(ctx.tool_policy(request), request.args)
-    if risk == "low" and (blind := no_dry_run_risk(ctx.spec(request))):  # policy/no_dry_run.py
+    spec = ctx.spec(request)
+    if risk == "low" and (blind := no_dry_run_risk(spec) or no_idempotency_risk(spec)):  # no_dry_run.py
         risk, why = "high", blind
     ctx.risk = risk
     if risk == "high":

@@ -162,7 +162,7 @@ async def decide(request: Request, approval_id: str) -> Response:
     try:
         done = await _service(request).decide(
             who, approval_id, approve=verdict == "approve", args_digest=form.get("args_digest", ""),
-            reason=form.get("reason") or None)
+            reason=form.get("reason") or None, credential=request.state.credential)
     except AuthError:
         raise
     except OpsAgentError as exc:
@@ -231,7 +231,8 @@ async def set_mode(request: Request, exception_type: str) -> Response:
     except ValueError:
         return _back("/console/autonomy", error=f"unknown mode {form.get('mode')!r}")
     try:
-        change = await _service(request).set_mode(who, exception_type, mode, form.get("reason", ""))
+        change = await _service(request).set_mode(who, exception_type, mode, form.get("reason", ""),
+                                                  credential=request.state.credential)
     except AuthError:
         raise
     except OpsAgentError as exc:

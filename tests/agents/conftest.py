@@ -53,7 +53,7 @@ class Harness:
         self.service = PolicyService(self.policy, ApprovalStore(":memory:"))
         self.runner = CaseRunner(
             planner or Planner(self.engine, builtin_playbooks(), registry), LocalPolicy(self.service),
-            Executor(registry, self.policy.permit_key), LocalTracer(self.traces), registry,
+            Executor(registry, self.policy.verifier), LocalTracer(self.traces), registry,
             max_steps=max_steps,
         )
 

@@ -111,22 +111,21 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
     from opsagent.cluster.api.app import create_app
     from opsagent.cluster.cases import CaseManager
     from opsagent.policy.config import load_default_policy
-    from opsagent.policy.identity import Identity, Role, TokenStore
-    from opsagent.policy.permits import new_permit_key
+    from opsagent.policy.credentials import Credential
+    from opsagent.policy.identity import TokenStore
 
     traces, state = root / "traces", root / "state"
-    key = new_permit_key()
+    store = TokenStore(state / "tokens.json")
     planner = LocalActor(PlannerActor, engine, playbooks, registry)
-    policy = LocalActor(PolicyActor, load_default_policy(), registry, str(state), key)
-    setter = Identity(name="test-setup", roles=frozenset({Role.admin}))
+    policy = LocalActor(PolicyActor, load_default_policy(), registry, str(state))  # creates its key
+    setter = Credential.of(store.add("test-setup", ["admin"]))
     for exception_type, mode in (modes or {}).items():
         policy.instance.set_mode(exception_type, mode, setter, "test set-up")
-    executor = LocalActor(ExecutorActor, registry, key)
+    executor = LocalActor(ExecutorActor, registry, policy.instance.public_keys())
     tracer = LocalActor(TraceWriterActor, str(traces), flush_every_s=0.2)
     cases = LocalActor(CaseManager, planner, policy, [executor], tracer, registry, 6, max_open_cases)
     app = create_app(cases, policy, tokens_path=state / "tokens.json", traces_dir=traces,
                      limits=limits, access_log=state / "access.jsonl")
-    store = TokenStore(state / "tokens.json")
     tokens = {role: store.add(role, [role]) for role in ("submitter", "approver", "auditor", "admin")}
     tokens["submitter2"] = store.add("submitter2", ["submitter"])
     with ThreadedServer(app) as server:

@@ -109,7 +109,7 @@ def _run_case(registry, root: Path, *, steps=STEPS, policy=POLICY,
     prompts) and every trace file's bytes before publishing (the write-ahead log)."""
     engine = ScriptedEngine(steps)
     decider = PolicyEngine(PolicyConfig.from_yaml(policy), registry)
-    executor = Executor(registry, decider.permit_key, secrets=secrets_)
+    executor = Executor(registry, decider.verifier, secrets=secrets_)
     writer = TraceWriter(root)
     runner = CaseRunner(Planner(engine, {PLAYBOOK.exception_type: PLAYBOOK}, registry), LocalPolicy(decider),
                         executor, LocalTracer(writer), registry)
