@@ -207,6 +207,13 @@ class ToolPolicy(BaseModel):
         description="Preconditions on values the case has read: tool.field -> the limits that value must "
         "meet, e.g. {wms_get_shipment.scale_check: {one_of: [passed]}}. A read not made denies.",
     )
+    related: dict[str, str] = Field(
+        default_factory=dict,
+        description="Records the case read must belong to the case: tool.field -> the case's entity it "
+        "must equal, e.g. {tkt_get_ticket.entities.invoice_id: invoice_id, erp_get_invoice.shipment_id: "
+        "shipment_id}: the ticket is about this invoice, the invoice about this shipment. A read not "
+        "made, or a case without that entity, denies.",
+    )
     spend: SpendPolicy | None = Field(
         None, description="The tool moves money: the argument carrying the amount and the spend limits."
     )
@@ -216,7 +223,7 @@ class ToolPolicy(BaseModel):
     )
     note: str = Field("", description="Why the tool has this tier (for reviewers; not evaluated).")
 
-    @field_validator("reads")
+    @field_validator("reads", "related")
     @classmethod
     def _reads_are_refs(cls, value: dict[str, ArgConstraint]) -> dict[str, ArgConstraint]:
         for ref in value:
@@ -233,11 +240,13 @@ class ToolPolicy(BaseModel):
     def named_args(self) -> set[str]:
         """Every argument name this entry refers to."""
         spend = {self.spend.arg, self.spend.currency_arg} - {None} if self.spend else set()
+        if self.spend is not None and self.spend.per_entity is not None:
+            spend.add(self.spend.per_entity.arg)
         return set(self.constraints) | set(self.scope) | {c.arg for c in self.high_if} | spend
 
     def read_refs(self) -> set[str]:
         """Every read value (tool.field) this entry compares with."""
-        refs = set(self.reads)
+        refs = set(self.reads) | set(self.related)
         for constraint in [*self.constraints.values(), *self.reads.values()]:
             refs.update(constraint.read_refs())
         return refs
