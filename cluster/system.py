@@ -105,6 +105,7 @@ class OpsAgentSystem:
                        tokens_path=str(self.tokens_path.resolve()),
                        traces_dir=c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve()),
                        access_log=str((c.state_dir / "access.jsonl").resolve()),
+                       rate_limit_path=str((c.state_dir / "rate_limit.sqlite").resolve()),
                        **({"limits": limits} if limits is not None else {}))
         serve.run(build_app(args), name="opsagent",
                   route_prefix="/", blocking=False)

@@ -219,7 +219,10 @@ async def overview(caller: Caller, service: Service) -> Overview:
 
 
 @v1.get("/health", response_model=Health, responses={503: ERROR_RESPONSES[503]})
-async def health(service: Service, response: Response) -> Health:
-    """Liveness and readiness (no token needed): the case manager answers."""
+async def health(request: Request, service: Service, response: Response) -> Health:
+    """Liveness and readiness (no token needed): the case manager answers. Rate limited per
+    client address like any request; the case manager is asked at most once a second per replica."""
+    client = request.client.host if request.client else "unknown"
+    request.app.state.auth.limiter.hit(f"health from {client}")
     response.headers["Cache-Control"] = "no-store"
     return Health(status="ok", open_cases=await service.open_cases())

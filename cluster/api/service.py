@@ -23,6 +23,7 @@ as the opsagent error it was.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from opsagent.agents.case import CaseStatus, ExceptionReport
@@ -38,6 +39,7 @@ from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, Role, require
 
 READERS = (Role.submitter, Role.approver, Role.auditor)
+HEALTH_TTL_S = 1.0
 WATCHERS = (Role.approver, Role.auditor)
 
 
@@ -57,6 +59,7 @@ class OpsService:
 
     def __init__(self, cases: Any, policy: Any, traces: TraceReads) -> None:
         self.cases, self.policy, self.traces = cases, policy, traces
+        self._health: tuple[float, int] | None = None
 
     # exceptions and cases
 
@@ -206,7 +209,11 @@ class OpsService:
         return Overview(open_approvals=len(pending), **figures)
 
     async def open_cases(self) -> int:
-        return await ask(self.cases.open_cases)
+        """The case manager's count of open cases, asked at most once per HEALTH_TTL_S."""
+        now = time.monotonic()
+        if self._health is None or now - self._health[0] >= HEALTH_TTL_S:
+            self._health = (now, await ask(self.cases.open_cases))
+        return self._health[1]
 
 
 def _scope(who: Identity) -> ReadScope:

@@ -122,7 +122,7 @@ def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     assert (folder / "summary.json").exists()
     # the traces beside them: every case of the run, and the simulated approver's decisions
     _, rows = query(traces, "SELECT status, approver, count(*) FROM approvals GROUP BY ALL ORDER BY 1")
-    assert rows == [("approved", "eval-approver", 2), ("rejected", "eval-approver", 2)]
+    assert rows == [("approved", "eval-approver", 3), ("rejected", "eval-approver", 2)]  # + the held credit
 
 
 def test_a_shadow_run_ends_proposed_and_counts_its_cases_as_finished(ray_runtime, instances, gold_responder,
