@@ -2,7 +2,7 @@
 
 A refused approval, autonomy change or reload changes nothing but this log (SQLite next to the
 approvals), so an attempt from inside the cluster leaves a record an auditor can read
-(`PolicyActor.refusals`, `opsagent audit`).
+(`PolicyActor.refusals`).
 """
 
 from __future__ import annotations
