@@ -50,7 +50,7 @@ def error_page(request: Request, answer: Response) -> Response:
     titles = {403: "Not allowed", 404: "Not found", 409: "Conflict", 413: "Too large",
               422: "Invalid request", 429: "Slow down", 503: "Unavailable"}
     page = render(request, "error.html", who=getattr(request.state, "identity", None),
-                  status=answer.status_code, title=titles.get(answer.status_code, "Error"),
+                  csrf=csrf_value(request.cookies.get(COOKIE, "")), status=answer.status_code, title=titles.get(answer.status_code, "Error"),
                   message=message, status_code=answer.status_code)
     for header in ("Retry-After",):
         if header in answer.headers:
