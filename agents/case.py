@@ -92,6 +92,7 @@ class Case(BaseModel):
     finished_at: datetime | None = None
     last_write_at: datetime | None = None  # last successful system-of-record update
     policy_version: str | None = None
+    submitted_by: str | None = None  # who submitted the exception: never its approver
     outcome: Literal["resolved", "escalated"] | None = None  # for a `proposed` case: what the agent proposed
     planner_calls: int = 0
     prompt_tokens: int = 0

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 
 from opsagent.errors import PermitError, SecretError
-from opsagent.policy.permits import verify_permit
+from opsagent.policy.permit_uses import PermitUses
+from opsagent.policy.permits import PermitSigner, PermitVerifier, as_verifier
 from opsagent.policy.records import Permit
 from opsagent.tools.http import call_tool
 from opsagent.tools.mcp import McpPool
@@ -25,8 +26,11 @@ class Executor:
     many side by side.
 
     A write runs only with a permit the policy signed for exactly this call (tool, arguments,
-    case, step, unexpired): a component that skips the policy cannot write. Its idempotency key
-    is derived from case and step, so a retried step is applied at most once.
+    case, step, unexpired): a component that skips the policy cannot write. The executor holds
+    only the policy's public keys (`PermitVerifier`). Each permit is used once: its nonce is
+    recorded in `uses` before the call, and a second use is refused unless it retries the same
+    call under the same idempotency key, which is derived from case and step, so a retried step is
+    applied at most once (an MCP write carries it as its argument or in `_meta`).
 
     A call goes the way its tool's source says: an HTTP request (OpenAPI) or tools/call on an
     MCP server. Auth headers and server secrets are resolved here, at call time, from `secrets`
@@ -34,10 +38,15 @@ class Executor:
     from the result before it is returned, so none reaches traces, prompts or logs.
     """
 
-    def __init__(self, registry: ToolRegistry, permit_key: bytes, *, timeout: float = 10.0,
-                 secrets: Secrets | None = None) -> None:
+    def __init__(self, registry: ToolRegistry, verifier: PermitVerifier | PermitSigner, *,
+                 timeout: float = 10.0, secrets: Secrets | None = None,
+                 uses: PermitUses | None = None) -> None:
+        """`verifier`: the policy's public keys (a `PermitSigner` is accepted only to build its
+        verifier, for one-process tests; it is not kept). `uses`: the durable record of used
+        permits (default: in memory, this executor only)."""
         self.registry = registry
-        self.permit_key = permit_key
+        self.verifier = as_verifier(verifier)
+        self.uses = uses if uses is not None else PermitUses()
         self.timeout = timeout
         self.secrets = secrets or Secrets()
         self._refs = [ref for source in registry.sources() for ref in source.secret_refs()]
@@ -53,15 +62,18 @@ class Executor:
         permit come back as `ToolResult(ok=False)` with the cause; a refused call never reaches
         the system."""
         spec = self.registry.get(tool)
+        key = f"{case_id}:{step}" if spec.writes and spec.idempotency is not None else None
         if spec.writes and not dry_run:
             try:
-                verify_permit(permit, tool, args, case_id, step, self.permit_key)
+                checked = self.verifier.verify(permit, tool, args, case_id, step)
+                self.uses.claim(checked, key)  # durably, before anything is sent
             except PermitError as exc:
                 return _failed(f"refused: {exc}")
         source = self.registry.source(spec.system)
         redact = Redactor(self.secrets.known_values(self._refs))
         if isinstance(source, McpSource):
-            result = await self._mcp.call(spec, source, args, dry_run=dry_run, timeout=self.timeout)
+            result = await self._mcp.call(spec, source, args, dry_run=dry_run, timeout=self.timeout,
+                                          idempotency_key=key)
             return redact.result(result)
         try:
             headers = auth_headers(source.auth, self.secrets)
@@ -72,7 +84,7 @@ class Executor:
             self._client, self._loop = httpx.AsyncClient(timeout=self.timeout), loop
         result = await call_tool(
             self._client, spec, source.base_url, args,
-            idempotency_key=f"{case_id}:{step}" if spec.writes else None,
+            idempotency_key=key,
             dry_run=dry_run, timeout=source.timeout_s or self.timeout, headers=headers,
             retries=source.retries, backoff_s=source.backoff_s,
         )

@@ -175,7 +175,7 @@ class CaseRunner:
             tool=step.tool, args=step.args, entities=case.report.entities,
             observations={s.tool: s.result for s in case.steps if s.executed and s.ok},
             proposed={s.tool: s.result for s in case.steps if s.verdict == "propose" and s.ok},
-            confidence=step.confidence,
+            confidence=step.confidence, submitted_by=case.submitted_by,
         )
         decision = await self.policy.decide(request)
         case.policy_version = decision.policy_version

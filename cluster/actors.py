@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -19,15 +20,21 @@ from opsagent.agents.planner import Planner, PlannerTurn
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.agents.tracing.records import TraceEvent
-from opsagent.errors import TraceError
+from opsagent.errors import ApprovalError, AuthError, AutonomyError, ConfigError, TraceError
 from opsagent.evals.gates import GateWatch
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore, ClassMode, ModeChange
 from opsagent.policy.config import PolicyConfig
+from opsagent.policy.credentials import CredentialCheck
 from opsagent.policy.engine import PolicyEngine
-from opsagent.policy.identity import Identity
+from opsagent.policy.identity import Identity, Role, TokenStore, require
 from opsagent.policy.ledger import SpendLedger
+from opsagent.policy.permit_uses import PermitUses
+from opsagent.policy.permits import (
+    PermitSigner, PermitVerifier, load_or_create_signer, permit_key_from_env, public_keys_from_env,
+)
 from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
+from opsagent.policy.refusals import Refusal, RefusalLog
 from opsagent.policy.service import PolicyService
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
@@ -70,21 +77,37 @@ class PolicyActor:
     """The one place tool calls are decided, held actions approved and classes' autonomy modes
     set; every decision carries the policy version and the mode. Approvals and modes are kept in
     SQLite under the system's state folder (approvals.sqlite, autonomy.sqlite). Given the trace
-    root and `gate_check_interval_s`, a `GateWatch` demotes classes below their gate on its own."""
+    root and `gate_check_interval_s`, a `GateWatch` demotes classes below their gate on its own.
+
+    Trust: the permit signing key is loaded here and never leaves this process (`permit_key`: its
+    PEM file; default OPSAGENT_PERMIT_SIGNING_KEY, else state_dir/permit-signing-key.pem, created
+    on first start); others get `public_keys()`. Approvals, mode changes, reloads and submitter
+    records take a `Credential` (the caller's API token) that this actor authenticates against
+    the token store (`tokens_path`, default state_dir/tokens.json); any other caller is refused,
+    and every refusal is logged (state_dir/refusals.sqlite, `refusals()`), changing nothing else.
+    """
 
     def __init__(self, policy: PolicyConfig, registry: ToolRegistry, state_dir: str,
-                 permit_key: bytes, approval_ttl_s: float = 86400.0, traces_dir: str | None = None,
-                 gate_check_interval_s: float | None = None) -> None:
+                 permit_key: str | None = None, approval_ttl_s: float = 86400.0,
+                 traces_dir: str | None = None, gate_check_interval_s: float | None = None,
+                 tokens_path: str | None = None) -> None:
         state = Path(state_dir)
+        signer = _signer(permit_key, state)
         store = ApprovalStore(state / "approvals.sqlite", ttl=timedelta(seconds=approval_ttl_s))
         autonomy = AutonomyStore(state / "autonomy.sqlite")
         engine = PolicyEngine(policy, registry, ledger=SpendLedger(state / "ledger.sqlite"),
-                              permit_key=permit_key, autonomy=autonomy)
+                              permit_key=signer, autonomy=autonomy)
         self._service = PolicyService(engine, store)
+        self._check = CredentialCheck(TokenStore(tokens_path or state / "tokens.json"))
+        self._refusals = RefusalLog(state / "refusals.sqlite")
         # automatic demotion (evals/gates.py): periodically and after each approval decision
         self._gates = (GateWatch(traces_dir, autonomy, lambda: engine.config,
                                  interval_s=gate_check_interval_s).start()
                        if traces_dir and gate_check_interval_s else None)
+
+    def public_keys(self) -> bytes:
+        """The PEM public key executors verify permits with (never the private key)."""
+        return self._service.engine.verifier.public_pem()
 
     def allowed_tools(self, exception_type: str) -> list[str]:
         return self._service.allowed_tools(exception_type)
@@ -105,20 +128,33 @@ class PolicyActor:
     def settle(self, permit: Permit, executed: bool) -> str:
         return self._service.settle(permit, executed=executed)
 
-    def reload(self, policy: PolicyConfig) -> str:
-        """Swap the policy for every decision from now on (in-flight cases included)."""
-        return self._service.reload(policy)
+    def reload(self, credential: Any, text: str) -> str:
+        """Swap the policy for every decision from now on (in-flight cases included), as the
+        admin `credential` names; `text` is policy YAML (never a path). Returns the version."""
+        with self._guard("reload", "policy", credential) as who:
+            require(who.identity, Role.admin)
+            if not isinstance(text, str):
+                raise ConfigError(f"a policy reload takes YAML text, got {type(text).__name__}")
+            config = PolicyConfig.from_text(text)
+            return self._service.reload(config)
 
     def autonomy_status(self) -> list[ClassMode]:
         """Each class's autonomy mode and its last change (who, why, when)."""
         return self._service.autonomy_status()
 
-    def set_mode(self, exception_type: str, mode: str, identity: Identity, reason: str,
+    def set_mode(self, exception_type: str, mode: str, credential: Any, reason: str,
                  expected: str | None = None) -> ModeChange:
-        """Set a class's autonomy mode as `identity` (admin only), recorded with the reason;
+        """Set a class's autonomy mode as the admin `credential` names, recorded with the reason;
         `expected`: the mode it was judged from (refused if it changed meanwhile)."""
-        return self._service.set_mode(exception_type, mode, identity=identity, reason=reason,
-                                      expected=expected)
+        with self._guard("set_mode", exception_type, credential) as who:
+            return self._service.set_mode(exception_type, mode, identity=who.identity, reason=reason,
+                                          expected=expected)
+
+    def record_submission(self, credential: Any, case_id: str) -> None:
+        """The submitter `credential` names opened `case_id`: it may never approve that case."""
+        with self._guard("record_submission", case_id, credential) as who:
+            require(who.identity, Role.submitter)
+            self._service.approvals.record_submitter(case_id, who.identity.name)
 
     def policy_config(self) -> PolicyConfig:
         """The policy in force, for read-only views (the API's autonomy evidence and gates)."""
@@ -127,13 +163,19 @@ class PolicyActor:
     def list_approvals(self, status: str | None = None) -> list[ApprovalRequest]:
         return self._service.list_approvals(status)
 
-    def decide_approval(self, approval_id: str, identity: Identity, approve: bool,
+    def decide_approval(self, approval_id: str, credential: Any, approve: bool,
                         args_digest: str, reason: str | None = None) -> ApprovalRequest:
-        decided = self._service.decide_approval(approval_id, identity=identity, approve=approve,
-                                                args_digest=args_digest, reason=reason)
+        """Approve or reject as the approver `credential` names (never a case's submitter)."""
+        with self._guard("decide_approval", approval_id, credential) as who:
+            decided = self._service.decide_approval(approval_id, identity=who.identity, approve=approve,
+                                                    args_digest=args_digest, reason=reason)
         if self._gates is not None:
             self._gates.nudge()  # never raises: the check runs in the watch's thread
         return decided
+
+    def refusals(self, limit: int = 1000) -> list[Refusal]:
+        """The latest refused calls, oldest first."""
+        return self._refusals.list(limit)
 
     def version(self) -> str:
         return self._service.engine.version
@@ -141,13 +183,42 @@ class PolicyActor:
     def pid(self) -> int:
         return os.getpid()
 
+    @contextlib.contextmanager
+    def _guard(self, operation: str, target: str, credential: Any) -> Any:
+        """Authenticate `credential`; log any refusal (authentication, role, approval, mode or
+        policy error) with who and why before it propagates. Nothing else is changed by one."""
+        who = _Caller()
+        try:
+            who.identity = self._check.identify(credential)
+            yield who
+        except (AuthError, ApprovalError, AutonomyError, ConfigError) as err:
+            name = who.identity.name if who.identity is not None else "unauthenticated"
+            self._refusals.record(operation, str(target), name, f"{type(err).__name__}: {err}")
+            raise
+
+
+class _Caller:
+    identity: Identity | None = None
+
+
+def _signer(path: str | None, state: Path) -> PermitSigner:
+    if path:
+        return PermitSigner.from_file(path)
+    return permit_key_from_env() or load_or_create_signer(state / "permit-signing-key.pem")
+
 
 @ray.remote
 class ExecutorActor:
-    """Stateless: runs one tool call at a time (per request) and returns the observation."""
+    """Stateless but for its record of used permits: runs one tool call at a time (per request)
+    and returns the observation. Holds the policy's public keys only (`public_keys`: PEM)."""
 
-    def __init__(self, registry: ToolRegistry, permit_key: bytes, timeout_s: float = 10.0) -> None:
-        self._executor = Executor(registry, permit_key, timeout=timeout_s)
+    def __init__(self, registry: ToolRegistry, public_keys: bytes, timeout_s: float = 10.0,
+                 uses_path: str | None = None) -> None:
+        verifier = PermitVerifier.from_pem(public_keys)
+        if (extra := public_keys_from_env()) is not None:  # rotation: keys added since the start
+            verifier = extra.merged(verifier)
+        self._executor = Executor(registry, verifier, timeout=timeout_s,
+                                  uses=PermitUses(uses_path) if uses_path else None)
 
     async def execute(self, tool: str, args: dict[str, Any], case_id: str, step: int,
                       permit: Permit | None = None, dry_run: bool = False) -> ToolResult:

@@ -185,7 +185,7 @@ class CaseBook:
             return Submission(entry=self.entry(case_id), created=False)
         if len(self._tasks) >= self._max_open:
             raise OverloadedError("open cases", len(self._tasks), self._max_open)
-        case = Case(report=report)
+        case = Case(report=report, submitted_by=submitted_by)
         entry = CaseEntry(case=case, submitted_by=submitted_by, idempotency_key=idempotency_key)
         self._entries[case.case_id] = entry
         if slot is not None:

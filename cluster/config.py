@@ -123,6 +123,11 @@ class SystemConfig(BaseModel):
         description="Ray actor options of the policy, trace writer and case manager, e.g. "
         "{resources: {control: 0.01}} to keep them on the node that holds state_dir.",
     )
+    policy_actor_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Ray actor options of the policy actor over control_actor_options, e.g. "
+        "{resources: {policy: 1}} to place it on the one pod that mounts the permit signing key.",
+    )
     max_actor_restarts: int = Field(
         default=-1, ge=-1,
         description="Times Ray restarts a dead actor (-1: without limit). A restarted case "

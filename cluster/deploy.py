@@ -131,6 +131,7 @@ def app(args: dict[str, Any] | None = None) -> Application:
             "tokens_path": str(config.state_dir / "tokens.json"),
             "traces_dir": str(config.traces_dir),
             "access_log": str(config.state_dir / "access.jsonl"),
+            "rate_limit_path": str(config.state_dir / "rate_limit.sqlite"),
             **parsed.api})
     except (ValidationError, json.JSONDecodeError) as exc:
         raise ConfigError(f"opsagent deployment arguments: {exc}") from exc

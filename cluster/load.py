@@ -43,11 +43,12 @@ from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import InputError
 from opsagent.evals.gold import gold_step
 from opsagent.policy.config import PolicyConfig, load_default_policy
-from opsagent.policy.identity import Identity, Role, TokenStore
+from opsagent.policy.credentials import Credential
+from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import Platform, inject_weight_mismatch
 
 FINAL = {"resolved", "escalated", "failed", "proposed"}
-BENCH_ADMIN = Identity(name="bench-admin", roles=frozenset({Role.admin}))
+BENCH_ADMIN = "bench-admin"  # the admin that puts the class in autonomous mode (a token of its own)
 
 
 class GoldScriptedEngine(ScriptedEngine):
@@ -195,8 +196,9 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
                                     policy=policy_with_rate(args.calls_per_minute))
             system.start()
             try:
+                admin = Credential.of(TokenStore(system.tokens_path).add(BENCH_ADMIN, ["admin"]))
                 ray.get(system.handles["policy"].set_mode.remote(
-                    "weight_mismatch", "autonomous", BENCH_ADMIN, "bench load: writes really run"))
+                    "weight_mismatch", "autonomous", admin, "bench load: writes really run"))
                 url = system.serve(port=_free_port(), limits=ApiLimits(requests_per_window=10 ** 7))
                 token = TokenStore(system.tokens_path).add("bench", ["submitter"])
                 return asyncio.run(_drive(args, url, token, instances, _actor_pids(system),

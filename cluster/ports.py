@@ -111,11 +111,14 @@ class PolicyHandle:
 class ExecutorFactory:
     """Creates executor actors with the system's placement (Ray actor options, restarts), named
     opsagent-executor-<n> with the next n not taken (a name still held by an actor that is
-    going away is skipped). Picklable: the case manager gets one to grow its pool."""
+    going away is skipped). Picklable: the case manager gets one to grow its pool, so it holds
+    the policy's public keys (PEM) only, never signing material."""
 
-    def __init__(self, registry: Any, permit_key: bytes, timeout_s: float,
-                 actor_options: dict[str, Any], first: int = 0) -> None:
-        self._args = (registry, permit_key, timeout_s)
+    def __init__(self, registry: Any, public_keys: bytes, timeout_s: float,
+                 actor_options: dict[str, Any], first: int = 0, uses_path: str | None = None) -> None:
+        if b"PRIVATE" in public_keys:
+            raise ValueError("an executor factory takes the policy's public keys, never a private key")
+        self._args = (registry, public_keys, timeout_s, uses_path)
         self._options = dict(actor_options)
         self._next = first
 

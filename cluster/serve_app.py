@@ -26,6 +26,11 @@ class ApiArgs(BaseModel):
     access_log: str | None = Field(
         default=None, description="File of access records (JSON lines); None: the Serve log only.")
     limits: ApiLimits = Field(default_factory=ApiLimits, description="Body size and rate limits.")
+    rate_limit_path: str | None = Field(
+        default=None, description="File (on a volume every replica shares) in which all replicas count "
+        "requests, so the rate limit is one for the front door; None: each replica counts its own.")
+    cookie_secure: bool | None = Field(
+        default=None, description="The console cookie's Secure flag; None: set when served over HTTPS.")
     max_queued_requests: int = Field(
         default=200, ge=1, description="Requests Serve queues for a replica before answering 503.")
 
@@ -52,7 +57,8 @@ class OpsAgentAPI:
             cases = ray.get_actor(a.case_manager, namespace=NAMESPACE)
             policy = ray.get_actor(a.policy, namespace=NAMESPACE)
         return create_app(cases, policy, tokens_path=a.tokens_path, traces_dir=a.traces_dir,
-                          limits=a.limits, access_log=a.access_log)
+                          limits=a.limits, access_log=a.access_log, rate_limit_path=a.rate_limit_path,
+                          cookie_secure=a.cookie_secure)
 
 
 def build_app(args: dict[str, Any] | ApiArgs | None = None, system: Any = None) -> Application:

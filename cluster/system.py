@@ -24,7 +24,6 @@ from opsagent.cluster.runtime import NAMESPACE
 from opsagent.cluster.serve_app import ApiArgs, build_app
 from opsagent.errors import ConfigError
 from opsagent.policy.config import PolicyConfig, load_default_policy
-from opsagent.policy.permits import new_permit_key, permit_key_from_env
 from opsagent.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -80,14 +79,17 @@ class OpsAgentSystem:
         c.state_dir.mkdir(parents=True, exist_ok=True)
         state = str(c.state_dir.resolve())
         control = {**restarts, **c.control_actor_options}
-        # One key signs and verifies permits: the policy's and the executors' only shared secret.
-        key = permit_key_from_env() or new_permit_key()
         traces = c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve())
-        policy = PolicyActor.options(name=POLICY, **control).remote(
-            self.policy, self.registry, state, key, c.approval_ttl_s, traces, c.gate_check_interval_s)
+        # The policy loads (or on one machine creates) its private signing key in its own process;
+        # every other component gets the public key only.
+        policy = PolicyActor.options(name=POLICY, **{**control, **c.policy_actor_options}).remote(
+            self.policy, self.registry, state, None, c.approval_ttl_s, traces, c.gate_check_interval_s,
+            str(self.tokens_path.resolve()))
+        public_keys = ray.get(policy.public_keys.remote())
         # the pool's floor; an autoscaled pool adds (and removes) more through the same factory
-        spawn = ExecutorFactory(self.registry, key, c.executor_timeout_s,
-                                {**restarts, **c.executor_actor_options})
+        spawn = ExecutorFactory(self.registry, public_keys, c.executor_timeout_s,
+                                {**restarts, **c.executor_actor_options},
+                                uses_path=str((c.state_dir / "permit_uses.sqlite").resolve()))
         executors = [spawn() for _ in range(c.initial_executors)]
         wal = str(c.trace_wal_dir.resolve()) if c.trace_wal_dir else None
         tracer = TraceWriterActor.options(name="opsagent-traces", **control).remote(traces, wal_dir=wal)
@@ -121,6 +123,7 @@ class OpsAgentSystem:
                        tokens_path=str(self.tokens_path.resolve()),
                        traces_dir=c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve()),
                        access_log=str((c.state_dir / "access.jsonl").resolve()),
+                       rate_limit_path=str((c.state_dir / "rate_limit.sqlite").resolve()),
                        **({"limits": limits} if limits is not None else {}))
         serve.run(build_app(args), name="opsagent",
                   route_prefix="/", blocking=False)

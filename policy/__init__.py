@@ -14,7 +14,14 @@ from opsagent.policy.config import (
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
 from opsagent.policy.limits import LimitExceeded, LimitsConfig, SpendPolicy
-from opsagent.policy.permits import issue_permit, new_permit_key, process_permit_key, verify_permit
+from opsagent.policy.permits import (
+    PermitSigner,
+    PermitVerifier,
+    issue_permit,
+    new_permit_key,
+    process_permit_key,
+    verify_permit,
+)
 from opsagent.policy.records import (
     LimitUsage,
     Permit,
@@ -42,6 +49,8 @@ __all__ = [
     "Mode",
     "ModeChange",
     "Permit",
+    "PermitSigner",
+    "PermitVerifier",
     "PolicyConfig",
     "PolicyDecision",
     "PolicyEngine",

@@ -5,6 +5,11 @@ request. A decision needs an approver identity from authentication (never an age
 request that has not expired, and the digest of the action the approver was shown: if anything
 about the action changed, the digest differs and a new approval is needed.
 
+Separation of duties: the approver may not be anyone who submitted the case's exception (the
+submitter the case manager reports with the request, and every one the front door recorded with
+a verified credential, `record_submitter`), unless the class's policy turns it off. The check is
+by name, so an admin token of the submitter does not bypass it.
+
 Nothing is left pending that nothing will run: a new request for a case's step supersedes any
 other pending request of that step (a case manager that died before recording the first one
 re-planned the step), and when a case ends its pending requests are withdrawn. Both end as
@@ -35,6 +40,10 @@ CREATE TABLE IF NOT EXISTS approvals (
   status TEXT NOT NULL, requested_at TEXT NOT NULL, expires_at TEXT NOT NULL,
   decided_at TEXT, approver TEXT, reason TEXT, supersedes TEXT NOT NULL DEFAULT '[]',
   UNIQUE (case_id, step, args_digest)
+)"""
+_SUBMITTERS = """
+CREATE TABLE IF NOT EXISTS submitters (
+  case_id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (case_id, name)
 )"""
 _COLUMNS = ("approval_id, case_id, exception_type, step, tool, args, args_digest, risk, reasons, "
             "policy_version, preview, status, requested_at, expires_at, supersedes")
@@ -82,6 +91,7 @@ class ApprovalStore:
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute(_SCHEMA)
+        self._db.execute(_SUBMITTERS)
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(approvals)")}
         if "supersedes" not in columns:  # a file from before superseding
             self._db.execute("ALTER TABLE approvals ADD COLUMN supersedes TEXT NOT NULL DEFAULT '[]'")
@@ -89,11 +99,15 @@ class ApprovalStore:
 
     def request(self, *, case_id: str, exception_type: str, step: int, tool: str,
                 args: dict[str, Any], args_digest: str, risk: str | None, reasons: list[str],
-                policy_version: str, preview: Any, now: datetime | None = None) -> ApprovalRequest:
+                policy_version: str, preview: Any, now: datetime | None = None,
+                submitted_by: str | None = None) -> ApprovalRequest:
         """Store a pending request for this exact action, or return the one already stored. A new
         request supersedes the other pending requests of the same case and step (expired, with
-        the reason "superseded by <its id>"), so only the action the case will run can be approved."""
+        the reason "superseded by <its id>"), so only the action the case will run can be approved.
+        `submitted_by`: the case's submitter, who may not approve it."""
         now = now or datetime.now(UTC)
+        if submitted_by:
+            self.record_submitter(case_id, submitted_by)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -141,6 +155,14 @@ class ApprovalStore:
                 raise
         return [self.get(approval_id) for approval_id in ids]
 
+    def record_submitter(self, case_id: str, name: str) -> None:
+        """`name` submitted case `case_id`'s exception: it may never approve that case's actions."""
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO submitters VALUES (?, ?)", (case_id, name))
+
+    def submitters(self, case_id: str) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT name FROM submitters WHERE case_id=?", (case_id,))}
+
     def get(self, approval_id: str) -> ApprovalRequest:
         row = self._db.execute("SELECT * FROM approvals WHERE approval_id=?", (approval_id,)).fetchone()
         if row is None:
@@ -165,8 +187,10 @@ class ApprovalStore:
         return cur.rowcount
 
     def decide(self, approval_id: str, *, identity: Identity, approve: bool, args_digest: str,
-               reason: str | None = None, now: datetime | None = None) -> ApprovalRequest:
-        """Approve or reject a pending request as `identity`, for the action digest it was shown."""
+               reason: str | None = None, now: datetime | None = None,
+               separation_of_duties: bool = True) -> ApprovalRequest:
+        """Approve or reject a pending request as `identity`, for the action digest it was shown;
+        with `separation_of_duties`, never as one of the case's submitters."""
         now = now or datetime.now(UTC)
         if identity.kind != "human":
             raise ApprovalError(f"{identity.name} is an agent identity and can never approve")
@@ -184,6 +208,9 @@ class ApprovalStore:
                     self._set(approval_id, ApprovalStatus.expired, now, None, "expired before a decision")
                     self._db.execute("COMMIT")
                     raise ApprovalError(f"{approval_id} expired at {current.expires_at.isoformat()}")
+                if separation_of_duties and identity.name in self.submitters(current.case_id):
+                    raise ApprovalError(f"{identity.name} submitted case {current.case_id} and may not "
+                                        f"decide its actions (separation of duties); another approver must")
                 if args_digest != current.args_digest:
                     raise ApprovalError(
                         f"{approval_id}: the action differs from the one previewed "

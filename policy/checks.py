@@ -26,7 +26,7 @@ from opsagent.policy.autonomy import FAIL_CLOSED, Mode
 from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy, read_value
 from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
 from opsagent.policy.limits import Limit, LimitExceeded, limits_for
-from opsagent.policy.no_dry_run import no_dry_run_risk
+from opsagent.policy.no_dry_run import no_dry_run_risk, no_idempotency_risk
 from opsagent.policy.records import LimitUsage, ToolCallRequest, args_digest
 
 if TYPE_CHECKING:
@@ -176,6 +176,17 @@ def cross_record(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | N
     for arg, constraint in policy.constraints.items():
         if arg in request.args and (problem := constraint.read_violation(request.args[arg], observations)):
             return deny(f"{request.tool}: {arg} {_short(problem)}")
+    for ref, entity in policy.related.items():
+        if entity not in request.entities:
+            return deny(f"{request.tool} needs {ref} to be the case's {entity}, but case {request.case_id} "
+                        "names none")
+        try:
+            value = read_value(ref, observations)
+        except LookupError as err:
+            return deny(f"{request.tool} needs {ref}, but {err}")
+        if value != request.entities[entity]:
+            return deny(f"{request.tool}: {ref} is {_short(repr(value), 60)}, not the case's {entity} "
+                        f"{request.entities[entity]!r}: the records do not belong together")
     return None
 
 
@@ -198,7 +209,8 @@ def within_limits(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | 
     if ctx.ledger is None:
         return deny(f"{request.tool} has limits but the policy has no ledger to count them")
     key = ActionKey(request.case_id, request.step, args_digest(request.tool, request.args))
-    entry = LedgerEntry(key, request.exception_type, request.tool, amount, currency)
+    entity = next((limit.entity for limit in found if limit.entity is not None), None)
+    entry = LedgerEntry(key, request.exception_type, request.tool, amount, currency, entity)
     try:
         ctx.limits = ctx.ledger.usage(entry, found, now=ctx.now, approved=ctx.approved)
     except LimitExceeded as err:
@@ -219,7 +231,8 @@ def within_limits(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | 
 def risk_tier(request: ToolCallRequest, ctx: CheckContext) -> CheckResult | None:
     """Records the risk tier; high risk needs human approval."""
     risk, why = assess_risk(ctx.tool_policy(request), request.args)
-    if risk == "low" and (blind := no_dry_run_risk(ctx.spec(request))):  # policy/no_dry_run.py
+    spec = ctx.spec(request)
+    if risk == "low" and (blind := no_dry_run_risk(spec) or no_idempotency_risk(spec)):  # no_dry_run.py
         risk, why = "high", blind
     ctx.risk = risk
     if risk == "high":

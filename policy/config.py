@@ -29,6 +29,8 @@ from opsagent.policy.limits import LimitsConfig, SpendPolicy
 Risk = Literal["low", "high"]
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
+MAX_POLICY_CHARS = 1_000_000
+"""The largest policy text `PolicyConfig.from_text` parses by default."""
 
 
 class ArgConstraint(BaseModel):
@@ -205,6 +207,13 @@ class ToolPolicy(BaseModel):
         description="Preconditions on values the case has read: tool.field -> the limits that value must "
         "meet, e.g. {wms_get_shipment.scale_check: {one_of: [passed]}}. A read not made denies.",
     )
+    related: dict[str, str] = Field(
+        default_factory=dict,
+        description="Records the case read must belong to the case: tool.field -> the case's entity it "
+        "must equal, e.g. {tkt_get_ticket.entities.invoice_id: invoice_id, erp_get_invoice.shipment_id: "
+        "shipment_id}: the ticket is about this invoice, the invoice about this shipment. A read not "
+        "made, or a case without that entity, denies.",
+    )
     spend: SpendPolicy | None = Field(
         None, description="The tool moves money: the argument carrying the amount and the spend limits."
     )
@@ -214,7 +223,7 @@ class ToolPolicy(BaseModel):
     )
     note: str = Field("", description="Why the tool has this tier (for reviewers; not evaluated).")
 
-    @field_validator("reads")
+    @field_validator("reads", "related")
     @classmethod
     def _reads_are_refs(cls, value: dict[str, ArgConstraint]) -> dict[str, ArgConstraint]:
         for ref in value:
@@ -231,11 +240,13 @@ class ToolPolicy(BaseModel):
     def named_args(self) -> set[str]:
         """Every argument name this entry refers to."""
         spend = {self.spend.arg, self.spend.currency_arg} - {None} if self.spend else set()
+        if self.spend is not None and self.spend.per_entity is not None:
+            spend.add(self.spend.per_entity.arg)
         return set(self.constraints) | set(self.scope) | {c.arg for c in self.high_if} | spend
 
     def read_refs(self) -> set[str]:
         """Every read value (tool.field) this entry compares with."""
-        refs = set(self.reads)
+        refs = set(self.reads) | set(self.related)
         for constraint in [*self.constraints.values(), *self.reads.values()]:
             refs.update(constraint.read_refs())
         return refs
@@ -262,6 +273,9 @@ class ClassPolicy(BaseModel):
     gates: GateConfig | None = Field(
         None, description="This class's promotion and demotion gates (None: the policy's `gates`)."
     )
+    separation_of_duties: bool = Field(
+        True, description="The approver of a held action may not be anyone who submitted the case's "
+        "exception (by identity name: an admin token does not bypass it).")
     min_confidence: float | None = Field(
         None, gt=0.0, le=1.0,
         description="In autonomous mode, a write whose planner confidence (the model's probability "
@@ -302,20 +316,30 @@ class PolicyConfig(BaseModel):
 
     @classmethod
     def from_yaml(cls, source: str | Path) -> PolicyConfig:
-        """Load from a YAML file path or YAML text; raises ConfigError with the cause."""
+        """Load from a YAML file path or YAML text (trusted callers: the CLI, the system's config);
+        raises ConfigError with the cause. Text from a request goes to `from_text`, never here."""
         if isinstance(source, Path) or ("\n" not in source and _looks_like_path(source)):
             path = Path(source)
             try:
                 text = path.read_text()
             except OSError as err:
                 raise ConfigError(f"cannot read policy file {path}: {err}") from err
-            where = str(path)
-        else:
-            text, where = source, "<policy text>"
+            return cls.from_text(text, where=str(path), max_chars=None)
+        return cls.from_text(source, max_chars=None)
+
+    @classmethod
+    def from_text(cls, text: str, *, where: str = "<policy text>",
+                  max_chars: int | None = MAX_POLICY_CHARS) -> PolicyConfig:
+        """Parse policy YAML text; never reads a file, whatever the text looks like. Refuses text
+        over `max_chars` and YAML anchors and aliases (an alias bomb grows without bound)."""
+        if not isinstance(text, str):
+            raise ConfigError(f"{where}: a policy is YAML text, got {type(text).__name__}")
+        if max_chars is not None and len(text) > max_chars:
+            raise ConfigError(f"{where}: {len(text)} characters exceed the limit of {max_chars}")
         try:
-            data = yaml.safe_load(text)
+            data = _load_plain_yaml(text)
         except yaml.YAMLError as err:
-            raise ConfigError(f"{where}: not valid YAML: {err}") from err
+            raise ConfigError(f"{where}: not valid YAML: {_yaml_problem(err)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{where}: expected a mapping at the top level, got {type(data).__name__}")
         try:
@@ -325,6 +349,24 @@ class PolicyConfig(BaseModel):
                 f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
             )
             raise ConfigError(f"{where}: invalid policy: {problems}") from err
+
+
+def _load_plain_yaml(text: str) -> Any:
+    """`yaml.safe_load`, after checking the text uses no anchor, alias or merge key."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            mark = event.start_mark
+            raise yaml.YAMLError(f"line {mark.line + 1}: YAML anchors and aliases are not allowed in a policy")
+    return yaml.safe_load(text)
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The parser's complaint with its line, without echoing the text around it."""
+    problem = getattr(err, "problem", None)
+    mark = getattr(err, "problem_mark", None)
+    if problem:
+        return f"{problem} (line {mark.line + 1})" if mark is not None else str(problem)
+    return str(err).splitlines()[0][:200]
 
 
 def load_default_policy() -> PolicyConfig:

@@ -40,7 +40,7 @@ from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckRes
 from opsagent.policy.config import PolicyConfig, check_read_ref
 from opsagent.policy.ledger import ActionKey, SpendLedger
 from opsagent.policy.limits import LimitExceeded
-from opsagent.policy.permits import issue_permit, process_permit_key, verify_signature
+from opsagent.policy.permits import PermitSigner, PermitVerifier, issue_permit, process_permit_key
 from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest, args_digest
 
 if TYPE_CHECKING:
@@ -63,18 +63,20 @@ class PolicyEngine:
 
     def __init__(
         self, config: PolicyConfig, registry: ToolRegistry, *, checks: Sequence[Check] = DEFAULT_CHECKS,
-        ledger: SpendLedger | None = None, permit_key: bytes | None = None,
+        ledger: SpendLedger | None = None, permit_key: PermitSigner | None = None,
         clock: Callable[[], float] = time.time, autonomy: ModeSource | None = None,
     ) -> None:
         """`ledger`: the cluster's counters (default: in memory, this process only). `permit_key`:
-        shared with the executors (default: OPSAGENT_PERMIT_KEY or a per-process key).
+        the policy's private signing key, which never leaves it (default: OPSAGENT_PERMIT_SIGNING_KEY
+        or a per-process key); executors get `verifier`, its public half.
         `autonomy`: the classes' modes (default: none, each class in its policy's `initial_mode`);
         classes it has no mode for get their `initial_mode` recorded."""
         self._current = _Current(config, config.version)  # the config is frozen: digest it once
         self.registry = registry
         self.checks = tuple(checks)
         self.ledger = ledger if ledger is not None else SpendLedger()
-        self.permit_key = permit_key if permit_key is not None else process_permit_key()
+        self._signer = permit_key if permit_key is not None else process_permit_key()
+        self.verifier: PermitVerifier = self._signer.verifier()
         self.clock = clock
         self.autonomy = autonomy
         self._seed(config)
@@ -162,7 +164,7 @@ class PolicyEngine:
             decision = decision.model_copy(update={"limits": usages})
         permit = issue_permit(
             tool=request.tool, args_digest=digest, case_id=request.case_id, step=request.step,
-            policy_version=current.version, key=self.permit_key, ttl_s=limits_config.permit_ttl_s, now=now,
+            policy_version=current.version, key=self._signer, ttl_s=limits_config.permit_ttl_s, now=now,
         )
         return decision.model_copy(update={"permit": permit})
 
@@ -173,7 +175,7 @@ class PolicyEngine:
 
         Raises PermitError for a permit this policy did not sign.
         """
-        verify_signature(permit, self.permit_key)
+        self.verifier.verify_signature(permit)
         key = ActionKey(permit.case_id, permit.step, permit.args_digest)
         if executed:
             return self.ledger.commit(key, now=self.clock())

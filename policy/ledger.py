@@ -12,7 +12,7 @@ released action that is reserved again counts once more, and only once.
 
 What counts against a limit:
 - spend: committed actions, and reserved ones whose hold has not lapsed; per UTC day by the day
-  of the reservation;
+  of the reservation; per entity (the `entity` column, e.g. "invoice_id=INV-1") across cases;
 - calls per minute: every action reserved in the last 60 seconds, whatever became of it.
 
 Amounts are stored as integer millionths, so sums and comparisons are exact.
@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS ledger (
   at REAL NOT NULL,             -- unix time of the reservation
   hold_until REAL NOT NULL,     -- an uncommitted reservation lapses then
   state TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'released')),
+  entity TEXT,                  -- the business entity spent on, e.g. invoice_id=INV-1
   PRIMARY KEY (case_id, step, args_digest)
 );
 CREATE INDEX IF NOT EXISTS ledger_day ON ledger (day, tool, exception_type);
@@ -67,6 +68,7 @@ class LedgerEntry:
     tool: str
     amount: float = 0.0
     currency: str | None = None
+    entity: str | None = None
 
 
 def utc_day(now: float) -> str:
@@ -86,6 +88,9 @@ class SpendLedger:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(_SCHEMA)
+        if "entity" not in {row[1] for row in self._conn.execute("PRAGMA table_info(ledger)")}:
+            self._conn.execute("ALTER TABLE ledger ADD COLUMN entity TEXT")  # a file from before entities
+        self._conn.execute("CREATE INDEX IF NOT EXISTS ledger_entity ON ledger (entity, tool)")
 
     def usage(self, entry: LedgerEntry, limits: Sequence[Limit], *, now: float | None = None,
               approved: bool = False) -> list[LimitUsage]:
@@ -119,9 +124,11 @@ class SpendLedger:
                     )
                 else:
                     self._conn.execute(
-                        "INSERT OR REPLACE INTO ledger VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved')",
+                        "INSERT OR REPLACE INTO ledger (case_id, step, args_digest, exception_type, tool, "
+                        "amount_micro, currency, day, at, hold_until, state, entity) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
                         (*entry.key, entry.exception_type, entry.tool, _micro(entry.amount), entry.currency,
-                         utc_day(now), now, hold_until),
+                         utc_day(now), now, hold_until, entry.entity),
                     )
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -224,8 +231,10 @@ def _others(conn: sqlite3.Connection, entry: LedgerEntry, limit: Limit, now: flo
     if limit.window == "action":
         return 0
     params: dict[str, object] = {**entry.key._asdict(), "now": now, "tool": limit.tool,
-                                 "exception_type": limit.exception_type}
+                                 "exception_type": limit.exception_type, "entity": limit.entity}
     where = [_NOT_SELF]
+    if limit.entity is not None:
+        where.append("entity = :entity")
     if limit.tool is not None:
         where.append("tool = :tool")
     if limit.exception_type is not None:

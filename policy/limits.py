@@ -7,6 +7,9 @@ the one currency `limits.currency` (a call in another currency is denied: no con
 - per case: this case's spend on the tool (for this exception class);
 - per day: the whole cluster's spend on the tool for the class, and (`limits.spend_per_day`)
   on every tool of every class, per UTC day;
+- per entity: the spend on the tool for one business entity (the invoice, customer or shipment an
+  argument names, `spend.per_entity`), across every case and class, per UTC day and in all: eleven
+  cases crediting 90 EUR each on one invoice count as 990 EUR on that invoice;
 - rate: calls per minute to the tool for the class (`calls_per_minute` on the tool), for the class
   (on the class), and for the whole cluster (`limits.calls_per_minute`).
 
@@ -29,11 +32,26 @@ if TYPE_CHECKING:
     from opsagent.policy.records import ToolCallRequest
 
 OnExceed = Literal["deny", "require_approval"]
-Window = Literal["action", "case", "day", "minute"]
+Window = Literal["action", "case", "day", "minute", "ever"]
 
 MAX_AMOUNT = 1e12  # amounts are counted in millionths in a 64-bit integer
 
 _Strict = ConfigDict(extra="forbid", frozen=True)
+
+
+class EntitySpend(BaseModel):
+    """Spend counted across cases for one business entity, e.g. credits on one invoice."""
+
+    model_config = _Strict
+
+    arg: str = Field(description="The argument naming the entity (e.g. invoice_id); each value is counted "
+                     "on its own, over every case and exception class.")
+    per_day: float | None = Field(None, ge=0, description="The most all cases may spend on this tool for "
+                                  "one entity per UTC day.")
+    total: float | None = Field(None, ge=0, description="The most all cases may ever spend on this tool for "
+                                "one entity.")
+    on_exceed: OnExceed | None = Field(
+        None, description="deny or require_approval past these limits; default the spend block's on_exceed.")
 
 
 class SpendPolicy(BaseModel):
@@ -54,6 +72,8 @@ class SpendPolicy(BaseModel):
         None,
         description="deny or require_approval when one of these limits is exceeded; default limits.on_exceed.",
     )
+    per_entity: EntitySpend | None = Field(
+        None, description="Limits per business entity, counted across cases (e.g. per invoice).")
 
 
 class LimitsConfig(BaseModel):
@@ -92,6 +112,7 @@ class Limit:
     on_exceed: OnExceed
     tool: str | None = None  # count only this tool's actions (None: every tool)
     exception_type: str | None = None  # count only this class's actions (None: every class)
+    entity: str | None = None  # count only actions on this entity ("invoice_id=INV-1")
 
 
 def limits_for(config: PolicyConfig, request: ToolCallRequest) -> tuple[list[Limit], float, str | None]:
@@ -118,6 +139,15 @@ def limits_for(config: PolicyConfig, request: ToolCallRequest) -> tuple[list[Lim
         ):
             if bound is not None:
                 found.append(Limit(what, "spend", window, bound, on, tool, cls))
+        if (per := spend.per_entity) is not None:
+            entity = entity_key(per, request.args)
+            on_entity = per.on_exceed or on
+            for window, bound, what in (
+                ("day", per.per_day, f"daily spend on {tool} for {entity} ({cur})"),
+                ("ever", per.total, f"total spend on {tool} for {entity} ({cur})"),
+            ):
+                if bound is not None:
+                    found.append(Limit(what, "spend", window, bound, on_entity, tool, None, entity))
         if settings.spend_per_day is not None:
             found.append(Limit(f"daily spend, whole cluster ({cur})", "spend", "day",
                                settings.spend_per_day, settings.on_exceed))
@@ -129,6 +159,14 @@ def limits_for(config: PolicyConfig, request: ToolCallRequest) -> tuple[list[Lim
         if bound is not None:
             found.append(Limit(what, "calls", "minute", bound, settings.on_exceed, scope_tool, scope_class))
     return found, amount, currency
+
+
+def entity_key(per: EntitySpend, args: dict[str, Any]) -> str:
+    """`arg=value` of the entity a call spends on; ValueError if the argument is not a name."""
+    value = args.get(per.arg)
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"the entity argument {per.arg!r} is missing or not a string")
+    return f"{per.arg}={value}"
 
 
 def spend_amount(spend: SpendPolicy, currency: str, args: dict[str, Any]) -> tuple[float, str]:

@@ -34,6 +34,9 @@ class ToolCallRequest(BaseModel, frozen=True):
         description="Writes the case proposed in shadow mode: tool name -> the result their dry run "
         "previews. They count as read only while the class is in shadow mode (nothing executes then).",
     )
+    submitted_by: str | None = Field(
+        None, description="Who submitted the case's exception (from the front door's authentication): "
+        "they may not approve its held actions.")
     confidence: float | None = Field(
         None, ge=0.0, le=1.0,
         description="The planner's probability of choosing this tool (None: the engine cannot tell). "
@@ -52,7 +55,7 @@ class LimitUsage(BaseModel, frozen=True):
 class Permit(BaseModel, frozen=True):
     """The policy's signed leave to run exactly one action; executors refuse writes without one.
 
-    Signed with HMAC-SHA256 over every other field (see `policy.permits`).
+    Signed with the policy's Ed25519 key over every other field (see `policy.permits`); used once.
     """
 
     tool: str = Field(description="The tool the permit is for.")
@@ -62,8 +65,12 @@ class Permit(BaseModel, frozen=True):
     issued_at: float = Field(description="Unix time the permit was issued.")
     expires_at: float = Field(description="Unix time after which the permit is void.")
     policy_version: str = Field(description="The policy version that allowed the action.")
-    nonce: str = Field(description="Random, so no two permits are alike.")
-    signature: str = Field(description="Hex HMAC-SHA256 of the other fields under the policy's permit key.")
+    nonce: str = Field(description="Random, so no two permits are alike; an executor records it before "
+                       "the call and refuses a second use (unless it retries the same idempotent call).")
+    key_id: str = Field(description="Which of the policy's keys signed it (sha256 of the public key, "
+                        "16 hex digits): old and new keys verify during a rotation.")
+    signature: str = Field(description="Hex Ed25519 signature of the other fields under the policy's "
+                           "private key.")
 
 
 class PolicyDecision(BaseModel, frozen=True):

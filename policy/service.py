@@ -55,7 +55,7 @@ class PolicyService:
             case_id=request.case_id, exception_type=request.exception_type, step=request.step,
             tool=request.tool, args=request.args, args_digest=decision.args_digest,
             risk=decision.risk, reasons=decision.reasons, policy_version=decision.policy_version,
-            preview=preview,
+            preview=preview, submitted_by=request.submitted_by,
         )
 
     def get_approval(self, approval_id: str) -> ApprovalRequest:
@@ -70,8 +70,13 @@ class PolicyService:
 
     def decide_approval(self, approval_id: str, *, identity: Identity, approve: bool,
                         args_digest: str, reason: str | None = None) -> ApprovalRequest:
+        """Decide as `identity` (authenticated by the caller: the policy actor checks a
+        credential first); separation of duties as the class's policy says."""
+        current = self.approvals.get(approval_id)
+        class_policy = self.engine.config.classes.get(current.exception_type)
+        separate = class_policy.separation_of_duties if class_policy is not None else True
         return self.approvals.decide(approval_id, identity=identity, approve=approve,
-                                     args_digest=args_digest, reason=reason)
+                                     args_digest=args_digest, reason=reason, separation_of_duties=separate)
 
     def reload(self, config: PolicyConfig) -> str:
         """Swap the policy for every decision from now on; returns its version."""

@@ -60,7 +60,8 @@ async def call_tool(
     """Call one tool. Raises ToolError only for programming errors (bad argument shape, dry run
     of a tool without dry-run support); every HTTP or transport failure is a ToolResult(ok=False).
 
-    `headers` are sent as given (auth: the caller attaches them at call time). A transport
+    `headers` are sent as given (auth: the caller attaches them at call time). Errors carry the
+    whole text the system answered; the executor redacts secrets from it, then cuts it. A transport
     failure or a 429/500/502/503/504 answer is sent again up to `retries` times, waiting `backoff_s`,
     then twice that, and so on: always for reads and dry runs, for writes only with an
     idempotency key (the system then applies a repeated write once). A 500, and an answer whose
@@ -141,7 +142,7 @@ def _payload(response: httpx.Response) -> tuple[Any, str | None]:
         return response.json(), None
     except ValueError as exc:
         if "json" in response.headers.get("content-type", "").lower():
-            return response.text, f"{exc}; body starts {response.text[:80]!r}"
+            return response.text, f"{exc}; body starts {response.text!r}"  # redacted, then cut
         return response.text, None
 
 
@@ -155,4 +156,4 @@ def _error(status: int, payload: Any) -> str:
             for d in detail
         )
     text = str(detail) if detail not in (None, "") else "no detail"
-    return f"HTTP {status}: {text[:300]}"
+    return f"HTTP {status}: {text}"  # whole: the executor redacts it, then cuts it

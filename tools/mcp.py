@@ -12,8 +12,14 @@ to the planner; the executor sends `dry_run: true` for a preview and `dry_run: f
 real call. A write without it cannot be previewed: its spec says `supports_dry_run=False` and
 the policy treats it as high risk (`opsagent.policy.no_dry_run`).
 
+Idempotency (the convention opsagent reads): a write whose input schema has a string
+`idempotency_key` property gets the executor's key there (not offered to the planner either);
+otherwise, for a source that declares `idempotent_meta: true`, in the call's `_meta` under
+`IDEMPOTENCY_META`. A write with neither cannot be made idempotent: the policy treats it as high
+risk and the executor sends it at most once (`opsagent.policy.no_dry_run`, `policy.permit_uses`).
+
 Calls: an `McpPool` keeps one session per server open (a background task owns it, as the SDK
-needs), reconnects after a failure, retries reads (never writes: MCP has no idempotency key),
+needs), reconnects after a failure, retries reads (never writes),
 and turns every failure into `ToolResult(ok=False)`. A stdio server gets its secrets in its
 environment; what it writes to stderr is logged here (INFO) with every secret redacted.
 """
@@ -41,6 +47,8 @@ from opsagent.tools.spec import ToolResult, ToolSpec
 log = logging.getLogger(__name__)
 
 DRY_RUN_ARG = "dry_run"
+IDEMPOTENCY_ARG = "idempotency_key"
+IDEMPOTENCY_META = "io.opsagent/idempotency-key"
 CONNECT_TIMEOUT_S = 30.0
 _MAX_PAGES = 100
 
@@ -61,8 +69,11 @@ def tool_spec(tool: Any, source: McpSource) -> ToolSpec | None:
     dry_run = (props.get(DRY_RUN_ARG) or {}).get("type") == "boolean"
     if dry_run:
         props.pop(DRY_RUN_ARG)
+    keyed = _takes_string(props.get(IDEMPOTENCY_ARG))
+    if keyed:
+        props.pop(IDEMPOTENCY_ARG)
     schema = {**schema, "properties": props, "required": [r for r in schema.get("required", [])
-                                                         if r != DRY_RUN_ARG]}
+                                                         if r not in (DRY_RUN_ARG, IDEMPOTENCY_ARG)]}
     schema.setdefault("additionalProperties", False)
     hints = tool.annotations
     writes = not (hints is not None and hints.read_only_hint is True)
@@ -84,6 +95,8 @@ def tool_spec(tool: Any, source: McpSource) -> ToolSpec | None:
         reversible=(False if destructive else None) if writes else None,
         inverse=None,
         supports_dry_run=dry_run,
+        idempotency=(("argument" if keyed else "meta" if source.idempotent_meta else None)
+                     if writes else None),
     )
 
 
@@ -232,15 +245,23 @@ class McpPool:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def call(self, spec: ToolSpec, source: McpSource, args: dict[str, Any], *, dry_run: bool = False,
-                   timeout: float = 10.0) -> ToolResult:
-        """Call one MCP tool. ToolError for a programming error (unknown argument, dry run of a tool
-        without one); every other failure is a ToolResult(ok=False)."""
+                   timeout: float = 10.0, idempotency_key: str | None = None) -> ToolResult:
+        """Call one MCP tool, a write with `idempotency_key` where its spec says it takes one.
+        ToolError for a programming error (unknown argument, dry run of a tool without one);
+        every other failure is a ToolResult(ok=False) with the whole error text (the executor
+        redacts it, then cuts it)."""
         if dry_run and not spec.supports_dry_run:
             raise ToolError(f"{spec.name} does not support dry runs")
         unknown = sorted(set(args) - set(spec.body_params))
         if unknown:
             raise ToolError(f"{spec.name}: unknown argument(s) {', '.join(unknown)}")
         sent = {**args, DRY_RUN_ARG: dry_run} if spec.supports_dry_run else dict(args)
+        meta: dict[str, Any] | None = None
+        if idempotency_key is not None and not dry_run:
+            if spec.idempotency == "argument":
+                sent[IDEMPOTENCY_ARG] = idempotency_key
+            elif spec.idempotency == "meta":
+                meta = {IDEMPOTENCY_META: idempotency_key}
         timeout = source.timeout_s or timeout
         tries = 1 + (source.retries if (not spec.writes or dry_run) else 0)
         started, t0 = datetime.now(UTC), time.perf_counter()
@@ -250,7 +271,8 @@ class McpPool:
             try:
                 connection = await self._connection(source)
                 async with asyncio.timeout(timeout):
-                    result = await connection.client.call_tool(spec.path, sent, read_timeout_seconds=timeout)
+                    result = await connection.client.call_tool(spec.path, sent, read_timeout_seconds=timeout,
+                                                               meta=meta)
             except SecretError as exc:
                 error = f"cannot call {spec.name}: {exc}"
                 break
@@ -265,7 +287,7 @@ class McpPool:
                 failed = bool(result.is_error)
                 return ToolResult(
                     ok=not failed, status_code=None, body=body, dry_run=dry_run, attempts=attempt,
-                    error=f"MCP tool error: {_text(body)[:300]}" if failed else None,
+                    error=f"MCP tool error: {_text(body)}" if failed else None,
                     started_at=started, finished_at=datetime.now(UTC),
                     duration_ms=(time.perf_counter() - t0) * 1000)
         return ToolResult(ok=False, status_code=None, body=None, error=error, dry_run=dry_run, attempts=attempt,
@@ -300,6 +322,16 @@ class McpPool:
             return
         for name in list(self._connections):
             await self._drop(name)
+
+
+def _takes_string(prop: Any) -> bool:
+    """A property schema that accepts a string (`type: string`, or a string in its anyOf)."""
+    if not isinstance(prop, dict):
+        return False
+    kinds = prop.get("type")
+    if kinds == "string" or (isinstance(kinds, list) and "string" in kinds):
+        return True
+    return any(_takes_string(p) for p in prop.get("anyOf", []))
 
 
 def _body(result: Any) -> Any:

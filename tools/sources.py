@@ -127,7 +127,11 @@ class McpSource(BaseModel):
                         description="Put before each tool's name in the registry (avoids clashes).")
     timeout_s: float | None = Field(None, gt=0, description="Seconds per call (default: the executor's).")
     retries: int = Field(1, ge=0, le=10, description="Extra attempts of a read whose call failed at the "
-                         "transport level. Writes are never retried: MCP has no idempotency key.")
+                         "transport level. Writes are never retried.")
+    idempotent_meta: bool = Field(
+        False, description="The server applies a write carrying the same `_meta` idempotency key "
+        "(io.opsagent/idempotency-key) once. Without this, and without an `idempotency_key` "
+        "argument of its own, an MCP write cannot be made idempotent and is high risk.")
     tools: dict[str, McpToolOverride] = Field(
         default_factory=dict, description="Per tool name on the server: corrections.")
 

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 import jsonschema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class ToolSpec(BaseModel, frozen=True):
@@ -36,6 +36,19 @@ class ToolSpec(BaseModel, frozen=True):
     inverse: str | None = Field(description="operationId of the inverse, from x-opsagent-inverse.")
     supports_dry_run: bool = Field(description="The source can preview a call without applying "
                                    "it: `?dry_run=true` (OpenAPI) or a `dry_run` argument (MCP).")
+    idempotency: Literal["header", "argument", "meta"] | None = Field(
+        None, description="How a write carries its idempotency key, so a re-sent call applies once: "
+        "header = `Idempotency-Key` (OpenAPI writes, the default), argument = the MCP tool's own "
+        "`idempotency_key` argument, meta = the MCP call's `_meta` (a server its source declares "
+        "honours it). None for a write: it cannot be made idempotent, so it is high risk and sent once.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _http_writes_take_a_key(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and "idempotency" not in data and data.get("writes")
+                and data.get("source", "openapi") == "openapi"):
+            return {**data, "idempotency": "header"}
+        return data
 
 
 class ToolResult(BaseModel):
@@ -45,7 +58,8 @@ class ToolResult(BaseModel):
     status_code: int | None = Field(description="The HTTP status; None when the transport failed "
                                     "and for MCP tools.")
     body: Any = Field(description="Parsed JSON, or text if the answer is not JSON.")
-    error: str | None = Field(description="Short human-readable cause when not ok.")
+    error: str | None = Field(description="Human-readable cause when not ok (secrets redacted, then cut "
+                              "to `tools.redaction.MAX_ERROR_CHARS`).")
     dry_run: bool = False
     attempts: int = Field(1, description="How many times the call was sent (retries included).")
     started_at: datetime

@@ -48,7 +48,7 @@ async def record(playbook: Playbook, platform: Platform, *, count: int, seed: in
     policy = PolicyEngine(config, registry, autonomy=promoted_store(
         [playbook.exception_type], identity=RECORDER, reason="recording gold worked examples on a sandbox"))
     service = PolicyService(policy, ApprovalStore(":memory:"))
-    executor = Executor(registry, policy.permit_key)
+    executor = Executor(registry, policy.verifier)
     instances = make(playbook.exception_type, seed=seed, count=count, escalate_share=escalate_share)
     plant(instances, platform)
     examples = []

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from opsagent.cluster.api.access_log import AccessLog, AccessLogMiddleware
 from opsagent.cluster.api.auth import Authenticator
 from opsagent.cluster.api.http_errors import install_error_handlers
-from opsagent.cluster.api.request_limits import BodySizeLimit, RateLimiter
+from opsagent.cluster.api.request_limits import BodySizeLimit, RateLimiter, SharedRateLimiter
 from opsagent.cluster.api.routes import v1
 from opsagent.cluster.api.service import OpsService
 from opsagent.cluster.api.trace_reads import TraceReads
@@ -36,8 +36,11 @@ class ApiLimits(BaseModel):
 
 
 def create_app(cases: Any, policy: Any, *, tokens_path: str | Path, traces_dir: str | Path,
-               limits: ApiLimits | None = None, access_log: str | Path | None = None) -> FastAPI:
-    """The app over a case manager and a policy actor (handles with `.method.remote()`)."""
+               limits: ApiLimits | None = None, access_log: str | Path | None = None,
+               rate_limit_path: str | Path | None = None, cookie_secure: bool | None = None) -> FastAPI:
+    """The app over a case manager and a policy actor (handles with `.method.remote()`).
+    `rate_limit_path`: the file every replica counts requests in (None: this replica's memory);
+    `cookie_secure`: the console cookie's Secure flag (None: set when the request came by HTTPS)."""
     limits = limits or ApiLimits()
     app = FastAPI(
         title="opsagent", version="1",
@@ -45,8 +48,10 @@ def create_app(cases: Any, policy: Any, *, tokens_path: str | Path, traces_dir: 
         "Every /v1 route but health needs `Authorization: Bearer <token>`; the roles come "
         "from the token. The operations console is at /console.")
     app.state.service = OpsService(cases, policy, TraceReads(traces_dir))
-    app.state.auth = Authenticator(TokenStore(tokens_path),
-                                   RateLimiter(limits.requests_per_window, limits.window_s))
+    limiter = (SharedRateLimiter(rate_limit_path, limits.requests_per_window, limits.window_s)
+               if rate_limit_path is not None else RateLimiter(limits.requests_per_window, limits.window_s))
+    app.state.auth = Authenticator(TokenStore(tokens_path), limiter)
+    app.state.cookie_secure = cookie_secure
     install_error_handlers(app, html=error_page)
     app.include_router(v1)
     app.include_router(console)

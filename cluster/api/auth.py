@@ -8,6 +8,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from opsagent.cluster.api.request_limits import RateLimiter
 from opsagent.errors import AuthError
+from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, TokenStore
 
 bearer = HTTPBearer(auto_error=False, description="An API token (`opsagent tokens add NAME --role ROLE`).")
@@ -31,9 +32,11 @@ class Authenticator:
         return identity
 
     def authenticate(self, request: Request, token: str | None) -> Identity:
-        """The caller of `request`; also stored as `request.state.identity`."""
+        """The caller of `request`; also stored as `request.state.identity`, and its token as
+        `request.state.credential` (what the policy actor authenticates on its own)."""
         identity = self.identify(token, request.client.host if request.client else "unknown")
         request.state.identity = identity
+        request.state.credential = Credential.of(token or "")
         return identity
 
 
@@ -42,3 +45,8 @@ def api_caller(request: Request,
     """FastAPI dependency: the identity behind the request's bearer token (401 without one)."""
     auth: Authenticator = request.app.state.auth
     return auth.authenticate(request, credentials.credentials if credentials else None)
+
+
+def api_credential(request: Request, caller: Identity = Depends(api_caller)) -> Credential:
+    """FastAPI dependency: the authenticated caller's token, for the policy actor to check."""
+    return request.state.credential

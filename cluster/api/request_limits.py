@@ -1,12 +1,19 @@
-"""Request limits: a sliding-window rate limit per caller (429) and a body size limit (413)."""
+"""Request limits: a sliding-window rate limit per caller (429) and a body size limit (413).
+
+The rate limit is kept in memory per replica (`RateLimiter`) or, when several API replicas serve
+one front door, in one SQLite file on the state volume they share (`SharedRateLimiter`), so a
+caller gets the same limit whatever the replica count.
+"""
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +48,46 @@ class RateLimiter:
             if len(self._hits) > 10_000:  # forget idle callers, so addresses cannot fill memory
                 for idle in [k for k, h in self._hits.items() if not h or h[-1] <= now - self.window_s]:
                     del self._hits[idle]
+
+
+class SharedRateLimiter:
+    """`RateLimiter`'s rule, counted in one SQLite file for every replica (and process) that
+    opens it: at most `requests` per `window_s` seconds per key, whole front door."""
+
+    def __init__(self, path: str | Path, requests: int, window_s: float, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        if requests < 1 or window_s <= 0:
+            raise ValueError("a rate limit needs requests >= 1 and window_s > 0")
+        self.requests, self.window_s = requests, window_s
+        self._clock = clock  # wall time: the replicas' processes share it
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), timeout=5.0, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS hits (key TEXT NOT NULL, at REAL NOT NULL)")
+        self._db.execute("CREATE INDEX IF NOT EXISTS hits_key ON hits (key, at)")
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def hit(self, key: str) -> None:
+        """Count one request of `key`; RateLimited (with the seconds to wait) if over the limit."""
+        now = self._clock()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                seen, first = self._db.execute("SELECT count(*), min(at) FROM hits WHERE key = ? AND at > ?",
+                                               (key, now - self.window_s)).fetchone()
+                if seen >= self.requests:
+                    raise RateLimited(f"requests by {key} in {self.window_s:g} s", seen + 1, self.requests,
+                                      retry_after_s=first + self.window_s - now)
+                self._db.execute("INSERT INTO hits VALUES (?, ?)", (key, now))
+                self._count += 1
+                if self._count % 500 == 0:  # forget old hits, so addresses cannot fill the file
+                    self._db.execute("DELETE FROM hits WHERE at <= ?", (now - self.window_s,))
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
 
 class BodySizeLimit:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from opsagent.agents.case import CaseStatus
-from opsagent.cluster.api.auth import api_caller
+from opsagent.cluster.api.auth import api_caller, api_credential
 from opsagent.cluster.api.http_errors import ERROR_RESPONSES, ErrorBody
 from opsagent.cluster.api.models import (
     IDEMPOTENCY_KEY, ApprovalContext, ApprovalDecision, CancelRequest, CaseSummary, CaseView,
@@ -22,9 +22,11 @@ from opsagent.errors import IdempotencyConflict, InputError
 from opsagent.evals.gates import ClassStatus
 from opsagent.policy.autonomy import Mode, ModeChange
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
+from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity
 
 Caller = Annotated[Identity, Depends(api_caller)]
+Cred = Annotated[Credential, Depends(api_credential)]
 
 
 def _service(request: Request) -> OpsService:
@@ -84,7 +86,7 @@ def _next(page: CasePage) -> int | None:
          responses={200: {"model": SubmitResponse, "description": "A retry: the case it made."},
                     **_409})
 async def submit_exception(
-    body: SubmitRequest, caller: Caller, service: Service,
+    body: SubmitRequest, caller: Caller, service: Service, credential: Cred,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key",
                                                   pattern=IDEMPOTENCY_KEY)] = None,
 ) -> JSONResponse:
@@ -93,7 +95,8 @@ async def submit_exception(
     if idempotency_key and body.idempotency_key and idempotency_key != body.idempotency_key:
         raise IdempotencyConflict("the Idempotency-Key header and the body's idempotency_key differ; "
                                   "send one key")
-    submission = await service.submit(caller, body.report(), idempotency_key or body.idempotency_key)
+    submission = await service.submit(caller, body.report(), idempotency_key or body.idempotency_key,
+                                      credential)
     case = submission.entry.case
     answer = SubmitResponse(case_id=case.case_id, status=case.status.value,
                             created=submission.created, links={
@@ -161,19 +164,20 @@ async def get_approval(approval_id: str, caller: Caller, service: Service) -> Ap
 @v1.post("/approvals/{approval_id}/approve", response_model=ApprovalRequest,
          responses={**_404, **_409})
 async def approve(approval_id: str, body: ApprovalDecision, caller: Caller,
-                  service: Service) -> ApprovalRequest:
-    """Approve the action shown with `args_digest`; the case resumes and runs it once."""
+                  service: Service, credential: Cred) -> ApprovalRequest:
+    """Approve the action shown with `args_digest`; the case resumes and runs it once. Refused
+    (409) for the case's own submitter (separation of duties)."""
     return await service.decide(caller, approval_id, approve=True, args_digest=body.args_digest,
-                                reason=body.reason)
+                                reason=body.reason, credential=credential)
 
 
 @v1.post("/approvals/{approval_id}/reject", response_model=ApprovalRequest,
          responses={**_404, **_409})
 async def reject(approval_id: str, body: RejectDecision, caller: Caller,
-                 service: Service) -> ApprovalRequest:
+                 service: Service, credential: Cred) -> ApprovalRequest:
     """Reject the action shown with `args_digest`, with a reason; the planner is told it."""
     return await service.decide(caller, approval_id, approve=False, args_digest=body.args_digest,
-                                reason=body.reason)
+                                reason=body.reason, credential=credential)
 
 
 @v1.get("/autonomy", response_model=list[ClassStatus])
@@ -185,12 +189,13 @@ async def autonomy(caller: Caller, service: Service) -> list[ClassStatus]:
 
 @v1.put("/autonomy/{exception_type}", response_model=ModeChange, responses={**_404, **_409})
 async def set_mode(exception_type: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]{0,63}$")],
-                   body: ModeRequest, caller: Caller, service: Service) -> ModeChange:
+                   body: ModeRequest, caller: Caller, service: Service, credential: Cred) -> ModeChange:
     """Set a class's autonomy mode (admin), recorded with who and why. A demotion is always
     allowed; a promotion goes one stage up and needs the class to be eligible under its gate
     (`GET /v1/autonomy`), else 409 naming the evidence, unless `override` is set: then the
     recorded reason says the gate was overridden. Skipping a stage is refused (409) either way."""
-    return await service.set_mode(caller, exception_type, body.mode, body.reason, body.override)
+    return await service.set_mode(caller, exception_type, body.mode, body.reason, body.override,
+                                  credential=credential)
 
 
 @v1.get("/policy", response_model=PolicyVersion)
@@ -199,9 +204,12 @@ async def policy_version(caller: Caller, service: Service) -> PolicyVersion:
 
 
 @v1.put("/policy", response_model=PolicyVersion)
-async def reload_policy(body: PolicyUpload, caller: Caller, service: Service) -> PolicyVersion:
-    """Replace the policy without a restart (admin); every decision from now on uses it."""
-    return PolicyVersion(version=await service.reload_policy(caller, body.yaml), reloaded_by=caller.name)
+async def reload_policy(body: PolicyUpload, caller: Caller, service: Service,
+                        credential: Cred) -> PolicyVersion:
+    """Replace the policy without a restart (admin); every decision from now on uses it. The body
+    is the policy's YAML text (no anchors or aliases); nothing is ever read from a path."""
+    return PolicyVersion(version=await service.reload_policy(caller, body.yaml, credential=credential),
+                         reloaded_by=caller.name)
 
 
 @v1.get("/overview", response_model=Overview)
@@ -211,7 +219,10 @@ async def overview(caller: Caller, service: Service) -> Overview:
 
 
 @v1.get("/health", response_model=Health, responses={503: ERROR_RESPONSES[503]})
-async def health(service: Service, response: Response) -> Health:
-    """Liveness and readiness (no token needed): the case manager answers."""
+async def health(request: Request, service: Service, response: Response) -> Health:
+    """Liveness and readiness (no token needed): the case manager answers. Rate limited per
+    client address like any request; the case manager is asked at most once a second per replica."""
+    client = request.client.host if request.client else "unknown"
+    request.app.state.auth.limiter.hit(f"health from {client}")
     response.headers["Cache-Control"] = "no-store"
     return Health(status="ok", open_cases=await service.open_cases())

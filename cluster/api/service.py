@@ -13,6 +13,9 @@ Both front ends call this one class, so a rule holds for both. Who may do what:
 | replace the policy, change autonomy modes  |           |                     |         | yes   |
 
 A case the caller may not read is answered as unknown (404), so its existence does not leak.
+Approvals, mode changes and reloads also pass the caller's `Credential` to the policy actor,
+which authenticates it itself: the checks here are for clear answers, the policy's are the
+boundary. Submissions are recorded with the policy the same way (separation of duties).
 Actor handles are called as `handle.method.remote(...)`; an error raised in an actor comes back
 as the opsagent error it was.
 """
@@ -20,6 +23,7 @@ as the opsagent error it was.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 from opsagent.agents.case import CaseStatus, ExceptionReport
@@ -31,9 +35,11 @@ from opsagent.evals.gates import ClassStatus, gate_mode_change
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.autonomy import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
+from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, Role, require
 
 READERS = (Role.submitter, Role.approver, Role.auditor)
+HEALTH_TTL_S = 1.0
 WATCHERS = (Role.approver, Role.auditor)
 
 
@@ -53,13 +59,19 @@ class OpsService:
 
     def __init__(self, cases: Any, policy: Any, traces: TraceReads) -> None:
         self.cases, self.policy, self.traces = cases, policy, traces
+        self._health: tuple[float, int] | None = None
 
     # exceptions and cases
 
     async def submit(self, who: Identity, report: ExceptionReport,
-                     idempotency_key: str | None = None) -> Submission:
+                     idempotency_key: str | None = None, credential: Credential | None = None) -> Submission:
+        """Open a case; with `credential`, the policy records `who` as its submitter (never its
+        approver) before the answer goes back."""
         require(who, Role.submitter)
-        return await ask(self.cases.submit, report, who.name, idempotency_key)
+        submission: Submission = await ask(self.cases.submit, report, who.name, idempotency_key)
+        if credential is not None:
+            await ask(self.policy.record_submission, credential, submission.entry.case.case_id)
+        return submission
 
     async def cases_page(self, who: Identity, query: CaseQuery, mode: Mode | None = None) -> CasePage:
         """Cases `who` may read; `mode` keeps those of the classes now in that autonomy mode."""
@@ -111,7 +123,7 @@ class OpsService:
         return list(await asyncio.gather(*(self._context(a) for a in pending)))
 
     async def decide(self, who: Identity, approval_id: str, *, approve: bool, args_digest: str,
-                     reason: str | None) -> ApprovalRequest:
+                     reason: str | None, credential: Credential) -> ApprovalRequest:
         """Approve or reject a held action shown with `args_digest`; the case then resumes.
         Refused (409) unless the case still waits for exactly this approval."""
         require(who, Role.approver)
@@ -122,7 +134,7 @@ class OpsService:
         if approval.status == ApprovalStatus.pending and not context.decidable:
             raise CaseStateError(f"case {approval.case_id} is {context.case_status or 'unknown'}; "
                                  f"nothing waits for {approval_id}")
-        decided: ApprovalRequest = await ask(self.policy.decide_approval, approval_id, who, approve,
+        decided: ApprovalRequest = await ask(self.policy.decide_approval, approval_id, credential, approve,
                                              args_digest, reason)
         await ask(self.cases.resume, decided.case_id)
         return decided
@@ -155,7 +167,7 @@ class OpsService:
         return await self.traces.autonomy(modes, config)
 
     async def set_mode(self, who: Identity, exception_type: str, mode: Mode, reason: str,
-                       override: bool = False) -> ModeChange:
+                       override: bool = False, *, credential: Credential) -> ModeChange:
         """Set a class's autonomy mode (admins), recorded with who and why, through the gates'
         rule (`evals.gates.gate_mode_change`, as the CLI): down always, up one stage when the
         class is eligible, or with `override` (recorded in the reason). Refused: AutonomyError."""
@@ -172,7 +184,8 @@ class OpsService:
             status = next((s for s in statuses if s.exception_type == exception_type), None)
         recorded = gate_mode_change(exception_type, current.mode, mode, reason=reason, override=override,
                                     status=status)
-        return await ask(self.policy.set_mode, exception_type, mode.value, who, recorded, current.mode.value)
+        return await ask(self.policy.set_mode, exception_type, mode.value, credential, recorded,
+                         current.mode.value)
 
     # policy, overview, health
 
@@ -180,13 +193,14 @@ class OpsService:
         require(who, *WATCHERS)
         return await ask(self.policy.version)
 
-    async def reload_policy(self, who: Identity, text: str) -> str:
+    async def reload_policy(self, who: Identity, text: str, *, credential: Credential) -> str:
+        """Replace the policy with `text` (YAML, never a path: nothing is read from disk)."""
         require(who, Role.admin)
         try:
-            config = PolicyConfig.from_yaml(text)
+            PolicyConfig.from_text(text)  # a clear 422 before the policy parses it again itself
+            return await ask(self.policy.reload, credential, text)
         except ConfigError as exc:
             raise InputError(str(exc)) from exc
-        return await ask(self.policy.reload, config)
 
     async def overview(self, who: Identity) -> Overview:
         require(who, *WATCHERS)
@@ -195,7 +209,11 @@ class OpsService:
         return Overview(open_approvals=len(pending), **figures)
 
     async def open_cases(self) -> int:
-        return await ask(self.cases.open_cases)
+        """The case manager's count of open cases, asked at most once per HEALTH_TTL_S."""
+        now = time.monotonic()
+        if self._health is None or now - self._health[0] >= HEALTH_TTL_S:
+            self._health = (now, await ask(self.cases.open_cases))
+        return self._health[1]
 
 
 def _scope(who: Identity) -> ReadScope:

@@ -1,7 +1,10 @@
 """The operations console: server-rendered pages at /console over the same `OpsService` as /v1.
 
 Log in by pasting an API token: it is kept in an HttpOnly, SameSite=Strict cookie scoped to
-/console, and every form carries a CSRF value derived from it. The roles are the token's, as on
+/console (Secure when served over HTTPS, or as configured), and every form carries a CSRF value
+derived from it. The login form, before any session, carries a random value that must match a
+short-lived cookie set with the form (so another site cannot log a browser in as someone else);
+logging out needs the session's CSRF value like any other form. The roles are the token's, as on
 the API. Pages: overview, approval queue (approve / reject bound to the digest shown), cases
 with filters, a case's steps and timeline, autonomy modes.
 """
@@ -11,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import secrets
 from typing import Annotated, Any
 from urllib.parse import parse_qs, urlencode
 
@@ -28,6 +32,7 @@ from opsagent.policy.autonomy import Mode
 from opsagent.policy.identity import Identity, Role
 
 COOKIE = "opsagent_console"
+LOGIN_COOKIE = "opsagent_login"  # the login form's CSRF value, before any session
 MAX_FORM_BYTES = 16 * 1024
 
 console = APIRouter(prefix="/console", include_in_schema=False)
@@ -45,7 +50,7 @@ def error_page(request: Request, answer: Response) -> Response:
     titles = {403: "Not allowed", 404: "Not found", 409: "Conflict", 413: "Too large",
               422: "Invalid request", 429: "Slow down", 503: "Unavailable"}
     page = render(request, "error.html", who=getattr(request.state, "identity", None),
-                  status=answer.status_code, title=titles.get(answer.status_code, "Error"),
+                  csrf=csrf_value(request.cookies.get(COOKIE, "")), status=answer.status_code, title=titles.get(answer.status_code, "Error"),
                   message=message, status_code=answer.status_code)
     for header in ("Retry-After",):
         if header in answer.headers:
@@ -101,13 +106,23 @@ async def asset(name: str) -> Response:
 
 @console.get("/login", response_class=HTMLResponse)
 async def login_form(request: Request) -> HTMLResponse:
-    return render(request, "login.html", who=None, error=request.query_params.get("error"))
+    nonce = secrets.token_urlsafe(24)
+    response = render(request, "login.html", who=None, error=request.query_params.get("error"), csrf=nonce)
+    response.set_cookie(LOGIN_COOKIE, nonce, httponly=True, samesite="strict", path="/console",
+                        max_age=900, secure=_secure(request))
+    return response
 
 
 @console.post("/login")
 async def login(request: Request) -> Response:
     body = await request.body()
-    token = (parse_qs(body.decode("utf-8", "replace")).get("token") or [""])[0].strip()
+    if len(body) > MAX_FORM_BYTES:
+        return _back("/console/login", error="form too large")
+    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+    expected = request.cookies.get(LOGIN_COOKIE) or ""
+    if not expected or not hmac.compare_digest(form.get("csrf", ""), expected):
+        return _back("/console/login", error="the login form expired or came from elsewhere; try again")
+    token = form.get("token", "").strip()
     auth: Authenticator = request.app.state.auth
     try:
         who = auth.authenticate(request, token)
@@ -116,15 +131,23 @@ async def login(request: Request) -> Response:
     start = "/console/overview" if who.has(Role.approver, Role.auditor) else "/console/cases"
     response = RedirectResponse(start, status_code=303)
     response.set_cookie(COOKIE, token, httponly=True, samesite="strict", path="/console",
-                        max_age=8 * 3600)
+                        max_age=8 * 3600, secure=_secure(request))
+    response.delete_cookie(LOGIN_COOKIE, path="/console")
     return response
 
 
 @console.post("/logout")
 async def logout(request: Request) -> Response:
+    await _form(request)  # the session's CSRF value: another site cannot log you out
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(COOKIE, path="/console")
     return response
+
+
+def _secure(request: Request) -> bool:
+    """The cookies' Secure flag: as configured, else whether the request came over HTTPS."""
+    configured = getattr(request.app.state, "cookie_secure", None)
+    return request.url.scheme == "https" if configured is None else configured
 
 
 @console.get("", include_in_schema=False)
@@ -162,7 +185,7 @@ async def decide(request: Request, approval_id: str) -> Response:
     try:
         done = await _service(request).decide(
             who, approval_id, approve=verdict == "approve", args_digest=form.get("args_digest", ""),
-            reason=form.get("reason") or None)
+            reason=form.get("reason") or None, credential=request.state.credential)
     except AuthError:
         raise
     except OpsAgentError as exc:
@@ -231,7 +254,8 @@ async def set_mode(request: Request, exception_type: str) -> Response:
     except ValueError:
         return _back("/console/autonomy", error=f"unknown mode {form.get('mode')!r}")
     try:
-        change = await _service(request).set_mode(who, exception_type, mode, form.get("reason", ""))
+        change = await _service(request).set_mode(who, exception_type, mode, form.get("reason", ""),
+                                                  credential=request.state.credential)
     except AuthError:
         raise
     except OpsAgentError as exc:

@@ -54,7 +54,7 @@ class Harness:
         self.runner = CaseRunner(
             planner or Planner(self.engine, builtin_playbooks(), registry, decoding=decoding),
             LocalPolicy(self.service),
-            Executor(registry, self.policy.permit_key), LocalTracer(self.traces), registry,
+            Executor(registry, self.policy.verifier), LocalTracer(self.traces), registry,
             max_steps=max_steps,
         )
 

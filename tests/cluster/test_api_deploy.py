@@ -68,6 +68,33 @@ def test_the_rayservice_puts_the_planner_on_gpus_and_the_executors_on_cpus(tmp_p
     assert any(Path(system.state_dir).is_relative_to(m["mountPath"]) for m in mounts)
 
 
+def test_only_the_policy_pod_mounts_the_permit_signing_key():
+    """Hole 1 in the manifest: no pod but the policy's holds signing material, and the policy
+    actor can only be placed there."""
+    documents = list(yaml.safe_load_all((CLUSTER / "kuberay" / "rayservice.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    service = next(d for d in documents if d["kind"] == "RayService")
+    system = SystemConfig.model_validate(yaml.safe_load(config_map["data"]["system.yaml"]))
+    cluster = service["spec"]["rayClusterConfig"]
+    pods = {"head": cluster["headGroupSpec"]} | {g["groupName"]: g for g in cluster["workerGroupSpecs"]}
+    holders = set()
+    for name, group in pods.items():
+        spec = group["template"]["spec"]
+        text = json.dumps(spec)
+        assert "OPSAGENT_PERMIT_KEY\"" not in text and "permit-key" not in text
+        secrets_ = {v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        envs = {e["name"] for c in spec["containers"] for e in c.get("env", [])}
+        if "opsagent-permit-signing-key" in secrets_ or "OPSAGENT_PERMIT_SIGNING_KEY" in envs:
+            holders.add(name)
+    assert holders == {"policy"}
+    policy = pods["policy"]
+    offered = json.loads(yaml.safe_load(policy["rayStartParams"]["resources"]))
+    wanted = system.policy_actor_options["resources"]
+    assert set(wanted) <= set(offered)
+    assert all(set(wanted).isdisjoint(json.loads(yaml.safe_load(g["rayStartParams"].get("resources", '"{}"'))))
+               for n, g in pods.items() if n != "policy")
+
+
 def test_the_builder_refuses_bad_arguments(monkeypatch):
     monkeypatch.delenv(SYSTEMS_ENV, raising=False)
     monkeypatch.delenv("OPSAGENT_TOOL_SOURCES", raising=False)

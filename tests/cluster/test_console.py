@@ -21,8 +21,9 @@ from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
-from opsagent.policy.identity import Identity, Role, TokenStore
+from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
+from tests.fakes.autonomy import credential
 from tests.fakes.held_planner import held_then_decided
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -47,9 +48,8 @@ def system(ray_runtime, platform, tmp_path_factory):
                           state_dir=tmp_path_factory.mktemp("state"), executors=1)
     running = OpsAgentSystem(config, platform.registry(), engine=engine,
                              playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
-    admin = Identity(name="e2e-setup", roles=frozenset({Role.admin}))
     ray.get(running.handles["policy"].set_mode.remote(
-        "weight_mismatch", "autonomous", admin, "e2e: low-risk writes run, high-risk ones are held"))
+        "weight_mismatch", "autonomous", credential(running.tokens_path, "e2e-setup"), "e2e: low-risk writes run, high-risk ones are held"))
     url = running.serve(port=_free_port())
     tokens = TokenStore(running.tokens_path)
     yield dict(system=running, url=url, risky=risky, good=good, config=config,

@@ -64,7 +64,7 @@ class World:
         self.traces = InMemoryExporter()
 
     def book(self, stuck_on: str | None = None, planner_hangs: bool = False) -> tuple[CaseBook, Stuck]:
-        executor = Stuck(Executor(self.registry, self.engine.permit_key), stuck_on)
+        executor = Stuck(Executor(self.registry, self.engine.verifier), stuck_on)
         planner = Planner(ScriptedEngine([self.script] * 40), builtin_playbooks(), self.registry)
         if planner_hangs:
             planner = _Hanging()

@@ -312,7 +312,7 @@ def burst(ray_runtime, platform, tmp_path_factory):
     from opsagent.cluster.load import GoldScriptedEngine, policy_with_rate
     from opsagent.cluster.system import OpsAgentSystem
     from opsagent.tools.platform import inject_weight_mismatch
-    from tests.fakes.autonomy import TEST_ADMIN
+    from tests.fakes.autonomy import credential
     from tests.fakes.slow_proxy import slow_platform
 
     instances = inject_weight_mismatch(platform, count=24, seed=8801, suspect_share=0.0)
@@ -327,7 +327,7 @@ def burst(ray_runtime, platform, tmp_path_factory):
                                 policy=policy_with_rate(100_000)).start()
         try:
             h = system.handles
-            ray.get(h["policy"].set_mode.remote("weight_mismatch", "autonomous", TEST_ADMIN, "test: burst"))
+            ray.get(h["policy"].set_mode.remote("weight_mismatch", "autonomous", credential(system.tokens_path), "test: burst"))
             ids = {}
             for inst in instances:
                 report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

@@ -31,9 +31,8 @@ from opsagent.cluster.load import GoldScriptedEngine, policy_with_rate
 from opsagent.cluster.ports import AckTally
 from opsagent.cluster.runtime import LOOPBACK_ENV, NAMESPACE
 from opsagent.cluster.system import OpsAgentSystem
-from opsagent.policy.identity import Identity, Role
 from opsagent.tools.platform import inject_weight_mismatch
-from tests.fakes.autonomy import TEST_ADMIN
+from tests.fakes.autonomy import credential
 from tests.fakes.held_planner import held_then_decided
 
 pytestmark = pytest.mark.ray
@@ -41,7 +40,6 @@ pytestmark = pytest.mark.ray
 CASES = int(os.environ.get("OPSAGENT_FAULT_CASES", "120"))
 RISKY = max(4, CASES // 12)  # need an approved high-risk rebill
 RATE = 15.0  # submissions per second
-APPROVER = Identity(name="fault-approver", roles=frozenset({Role.approver}))
 FINAL = {"resolved", "escalated", "failed", "proposed"}
 
 
@@ -79,7 +77,7 @@ def batch(cluster, platform, tmp_path_factory):
                             playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]},
                             policy=policy_with_rate(100_000)).start()
     h = system.handles
-    ray.get(h["policy"].set_mode.remote("weight_mismatch", "autonomous", TEST_ADMIN, "test: fault batch"))
+    ray.get(h["policy"].set_mode.remote("weight_mismatch", "autonomous", credential(system.tokens_path), "test: fault batch"))
     chaos = _chaos(c, workers, system)
     everything = good + risky
     order = sorted(everything, key=lambda inst: inst.entities["shipment_id"])  # risky ones spread out
@@ -159,6 +157,7 @@ def _on_node(pid: int, node) -> bool:
 def _finish_with_approvals(system, case_ids, timeout_s: float = 300.0):
     """Approve every held action as it appears and wait until every case is final."""
     h = system.handles
+    approver = credential(system.tokens_path, "fault-approver", ["approver"])
     decided: set[str] = set()
     deadline = time.monotonic() + timeout_s
     while True:
@@ -169,7 +168,7 @@ def _finish_with_approvals(system, case_ids, timeout_s: float = 300.0):
                 if approval_id not in decided:
                     approval = _ask(h["policy"], "get_approval", approval_id)
                     if approval.status == "pending":
-                        _ask(h["policy"], "decide_approval", approval_id, APPROVER, True,
+                        _ask(h["policy"], "decide_approval", approval_id, approver, True,
                              approval.args_digest)
                     decided.add(approval_id)
                 _ask(h["cases"], "resume", case.case_id)

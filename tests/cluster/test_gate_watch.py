@@ -17,13 +17,11 @@ from opsagent.cluster.system import OpsAgentSystem
 from opsagent.evals.gold import gold_step
 from opsagent.policy.autonomy import GATES_ACTOR
 from opsagent.policy.config import PolicyConfig, load_default_policy
-from opsagent.policy.identity import Identity, Role
 from opsagent.tools.platform import inject_weight_mismatch
-from tests.fakes.autonomy import TEST_ADMIN
+from tests.fakes.autonomy import credential
 
 pytestmark = pytest.mark.ray
 
-APPROVER = Identity(name="rita", roles=frozenset({Role.approver}))
 GATES = {"min_cases": 2, "demote_min_cases": 2, "demote_window": 2}
 """Small enough for two cases: 0/2 correct has a Wilson 95 % upper bound of 0.66 < 0.85."""
 
@@ -62,7 +60,7 @@ def system(ray_runtime, platform, tmp_path_factory):
                           gate_check_interval_s=0.5)
     running = OpsAgentSystem(config, platform.registry(), engine=engine, policy=_policy(),
                              playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
-    ray.get(running.handles["policy"].set_mode.remote("weight_mismatch", "supervised", TEST_ADMIN,
+    ray.get(running.handles["policy"].set_mode.remote("weight_mismatch", "supervised", credential(running.tokens_path),
                                                       "test: every write waits for a human"))
     yield running
     running.stop()
@@ -70,6 +68,7 @@ def system(ray_runtime, platform, tmp_path_factory):
 
 def test_a_supervised_class_whose_approvals_are_rejected_is_demoted(system, platform):
     policy, cases = system.handles["policy"], system.handles["cases"]
+    approver = credential(system.tokens_path, "rita", ["approver"])
     instances = inject_weight_mismatch(platform, count=2, seed=9301, suspect_share=0.0)
     ids = []
     for inst in instances:
@@ -81,7 +80,7 @@ def test_a_supervised_class_whose_approvals_are_rejected_is_demoted(system, plat
                       lambda c: c.status.value == "awaiting_approval", f"{case_id} held")
         approval = ray.get(policy.get_approval.remote(case.steps[-1].approval_id))
         assert approval.tool == "tms_open_weight_dispute"  # low risk, held because supervised
-        ray.get(policy.decide_approval.remote(approval.approval_id, APPROVER, False, approval.args_digest,
+        ray.get(policy.decide_approval.remote(approval.approval_id, approver, False, approval.args_digest,
                                               "wrong shipment"))
         ray.get(cases.resume.remote(case_id))
     for case_id in ids:

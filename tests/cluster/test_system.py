@@ -19,7 +19,7 @@ from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
-from tests.fakes.autonomy import TEST_ADMIN
+from tests.fakes.autonomy import credential
 from tests.fakes.planners import gold_except
 
 FINAL = {"resolved", "escalated", "failed", "awaiting_approval"}
@@ -45,7 +45,7 @@ def scenario(ray_runtime, platform, tmp_path_factory):
                             platform.registry(), engine=engine,
                             playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
     # the shipped policy starts every class in shadow: an admin promotes the one these tests run
-    ray.get(system.handles["policy"].set_mode.remote("weight_mismatch", "autonomous", TEST_ADMIN,
+    ray.get(system.handles["policy"].set_mode.remote("weight_mismatch", "autonomous", credential(system.tokens_path),
                                                      "test: resolve weight mismatches"))
     url = system.serve(port=_free_port())
     tokens = TokenStore(system.tokens_path)

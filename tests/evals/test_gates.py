@@ -216,7 +216,7 @@ def shadow_run(platform, registry, tmp_path_factory):
     before = {s: _count(platform, s) for s in ("carrier", "billing", "ticketing")}
 
     async def run_all() -> list[Case]:
-        executor = Executor(registry, policy.permit_key)
+        executor = Executor(registry, policy.verifier)
         with ParquetExporter(root) as traces:
             cases = []
             for inst in instances:

@@ -81,8 +81,12 @@ def test_a_gold_following_planner_scores_one_on_every_trial(run, instances):
         held = by_variant["credit_large", trial]
         assert (held.approvals_requested, held.approvals_approved, held.approvals_rejected) == (1, 1, 0)
         assert held.needed_human and not held.automated  # correct, but a human approved a step
-        assert by_variant["credit_small", trial].automated
         assert not by_variant["scale_failed", trial].automated  # escalated: a human takes over
+    # Trials share the system, so its policy's ledger: the second trial's credit goes to the same
+    # invoice as the first one's that day and, past the per-invoice daily limit, waits for a human.
+    assert by_variant["credit_small", 0].automated
+    small = by_variant["credit_small", 1]
+    assert small.needed_human and small.approvals_requested == 1 and small.score == 1.0
     for r in gold:
         assert r.planner_calls > 0 and r.prompt_tokens > 0 and r.latency_s is not None
         assert r.unsupervised_high_risk == 0
@@ -105,7 +109,7 @@ def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     gold, wrong = metrics["gold"].overall, metrics["wrong"].overall
     assert gold.accuracy.value == 1.0 and gold.pass_k == {1: 1.0, 2: 1.0}
     assert gold.escalation_recall.value == 1.0 and gold.escalation_precision.value == 1.0
-    assert gold.automation.hits == 2 * 3  # wm dispute, credit_small, record_delivery, per trial
+    assert gold.automation.hits == 2 * 3 - 1  # wm dispute, credit_small (first trial), record_delivery
     assert gold.autonomous_write_precision.value == 1.0 and gold.autonomous_write_precision.n > 0
     assert wrong.accuracy.value == 0.0 and wrong.pass_k == {1: 0.0, 2: 0.0}
     assert gold.unsupervised_high_risk == wrong.unsupervised_high_risk == 0
@@ -118,7 +122,7 @@ def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     assert (folder / "summary.json").exists()
     # the traces beside them: every case of the run, and the simulated approver's decisions
     _, rows = query(traces, "SELECT status, approver, count(*) FROM approvals GROUP BY ALL ORDER BY 1")
-    assert rows == [("approved", "eval-approver", 2), ("rejected", "eval-approver", 2)]
+    assert rows == [("approved", "eval-approver", 3), ("rejected", "eval-approver", 2)]  # + the held credit
 
 
 def test_a_shadow_run_ends_proposed_and_counts_its_cases_as_finished(ray_runtime, instances, gold_responder,

@@ -123,7 +123,7 @@ def test_gold_through_the_agent_runner_scores_one(platform, registry, sets):
     config = load_default_policy()
     policy = PolicyEngine(config, registry, autonomy=promoted(config))  # the classes ship in shadow
     service = PolicyService(policy, ApprovalStore(":memory:"))
-    executor = Executor(registry, policy.permit_key)
+    executor = Executor(registry, policy.verifier)
     held = []
 
     async def run(inst: Instance) -> AgentRun:

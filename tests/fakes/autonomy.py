@@ -4,10 +4,12 @@ test promotes the classes it runs, as a recorded admin action (never by editing 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 
 from opsagent.policy.autonomy import AutonomyStore, Mode, promoted_store
 from opsagent.policy.config import PolicyConfig
-from opsagent.policy.identity import Identity, Role
+from opsagent.policy.credentials import Credential
+from opsagent.policy.identity import Identity, Role, TokenStore
 
 TEST_ADMIN = Identity(name="test-admin", roles=frozenset({Role.admin}))
 
@@ -16,3 +18,9 @@ def promoted(config: PolicyConfig | Iterable[str], mode: Mode | str = Mode.auton
     """An in-memory autonomy store with every class of `config` (or the named classes) in `mode`."""
     classes = list(config.classes) if isinstance(config, PolicyConfig) else list(config)
     return promoted_store(classes, identity=TEST_ADMIN, reason=f"test: runs {mode}", mode=Mode(mode))
+
+
+def credential(tokens_path: Path | str, name: str = "test-admin", roles: Iterable[str] = ("admin",)) -> Credential:
+    """A new token for `name` in a system's token store, as the `Credential` the policy actor
+    checks itself (its methods refuse a bare `Identity`)."""
+    return Credential.of(TokenStore(tokens_path).add(name, list(roles)))

@@ -43,6 +43,14 @@ class LocalActor:
         return _Method(getattr(self.instance, name))
 
 
+class LocalObject(LocalActor):
+    """An existing plain object called like a Ray handle (e.g. a planner port standing in for
+    the planner actor)."""
+
+    def __init__(self, instance: Any) -> None:
+        self.instance = instance
+
+
 class _Server(uvicorn.Server):
     loop: asyncio.AbstractEventLoop | None = None
 
@@ -103,35 +111,37 @@ class FrontDoor:
 @contextlib.contextmanager
 def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[str, Any],
                      max_open_cases: int = 1000, limits: Any = None,
-                     modes: dict[str, str] | None = None) -> Iterator[FrontDoor]:
+                     modes: dict[str, str] | None = None,
+                     planner: Any = None) -> Iterator[FrontDoor]:
     """The front door's app over the real actor classes, in this process, served over HTTP.
     Tokens: one per role, named after it, plus `submitter2` (a second submitter). `modes` sets
-    classes' autonomy modes first (the shipped policy starts every class in shadow)."""
+    classes' autonomy modes first (the shipped policy starts every class in shadow). `planner`:
+    a plan(case, allowed_tools) object used instead of the planner actor over `engine`."""
     from opsagent.cluster.actors import ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor
     from opsagent.cluster.api.app import create_app
     from opsagent.cluster.cases import CaseManager
     from opsagent.policy.config import load_default_policy
-    from opsagent.policy.identity import Identity, Role, TokenStore
-    from opsagent.policy.permits import new_permit_key
+    from opsagent.policy.credentials import Credential
+    from opsagent.policy.identity import TokenStore
 
     traces, state = root / "traces", root / "state"
-    key = new_permit_key()
-    planner = LocalActor(PlannerActor, engine, playbooks, registry)
-    policy = LocalActor(PolicyActor, load_default_policy(), registry, str(state), key)
-    setter = Identity(name="test-setup", roles=frozenset({Role.admin}))
+    store = TokenStore(state / "tokens.json")
+    planner = LocalActor(PlannerActor, engine, playbooks, registry) if planner is None else LocalObject(planner)
+    policy = LocalActor(PolicyActor, load_default_policy(), registry, str(state))  # creates its key
+    setter = Credential.of(store.add("test-setup", ["admin"]))
     for exception_type, mode in (modes or {}).items():
         policy.instance.set_mode(exception_type, mode, setter, "test set-up")
-    executor = LocalActor(ExecutorActor, registry, key)
+    executor = LocalActor(ExecutorActor, registry, policy.instance.public_keys())
     tracer = LocalActor(TraceWriterActor, str(traces), flush_every_s=0.2)
     cases = LocalActor(CaseManager, planner, policy, [executor], tracer, registry, 6, max_open_cases)
     app = create_app(cases, policy, tokens_path=state / "tokens.json", traces_dir=traces,
                      limits=limits, access_log=state / "access.jsonl")
-    store = TokenStore(state / "tokens.json")
     tokens = {role: store.add(role, [role]) for role in ("submitter", "approver", "auditor", "admin")}
     tokens["submitter2"] = store.add("submitter2", ["submitter"])
     with ThreadedServer(app) as server:
         try:
-            yield FrontDoor(server, dict(planner=planner, policy=policy, cases=cases, tracer=tracer),
+            yield FrontDoor(server, dict(planner=planner, policy=policy, cases=cases, tracer=tracer,
+                                         executor=executor),
                             tokens, traces, state)
         finally:
             server.run(tracer.close.remote())

@@ -1,8 +1,8 @@
 """A small MCP server for the tests, written with the official `mcp` SDK (`MCPServer`, mcp 2's
 name for FastMCP): a parcel-hold desk.
 
-Tools: `get_parcel` (read, `readOnlyHint`), `hold_parcel` (a write with the `dry_run` argument
-convention), `release_parcel` (a write with no annotations and no dry run), `whoami` (a read
+Tools: `get_parcel` (read, `readOnlyHint`), `hold_parcel` (a write with the `dry_run` and
+`idempotency_key` argument conventions; it counts the holds it applied in `holds`), `release_parcel` (a write with no annotations and no dry run), `whoami` (a read
 that echoes the server's token, so tests can check it is redacted) and `diagnose` (logs the
 token to stderr and fails with it in its error message).
 
@@ -34,6 +34,7 @@ def build_server(token: str | None) -> MCPServer:
     server = MCPServer("parcels", log_level="WARNING")
     parcels: dict[str, dict[str, Any]] = {pid: {"parcel_id": pid, "on_hold": False, "reason": None}
                                           for pid in ("P-1", "P-2")}
+    done: dict[str, dict[str, Any]] = {}  # idempotency key -> the answer of the write it applied
 
     def parcel(parcel_id: str) -> dict[str, Any]:
         if parcel_id not in parcels:
@@ -46,13 +47,20 @@ def build_server(token: str | None) -> MCPServer:
         return dict(parcel(parcel_id))
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False))
-    def hold_parcel(parcel_id: str, reason: str, dry_run: bool = False) -> dict:
-        """Put a parcel on hold. With dry_run, only say what would change."""
+    def hold_parcel(parcel_id: str, reason: str, dry_run: bool = False,
+                    idempotency_key: str | None = None) -> dict:
+        """Put a parcel on hold. With dry_run, only say what would change. A call repeating an
+        idempotency key answers the first result and applies nothing."""
+        if not dry_run and idempotency_key is not None and idempotency_key in done:
+            return done[idempotency_key]
         before = dict(parcel(parcel_id))
-        after = {**before, "on_hold": True, "reason": reason}
+        after = {**before, "on_hold": True, "reason": reason, "holds": before.get("holds", 0) + 1}
+        answer = {"dry_run": dry_run, "before": before, "after": after}
         if not dry_run:
             parcels[parcel_id] = after
-        return {"dry_run": dry_run, "before": before, "after": after}
+            if idempotency_key is not None:
+                done[idempotency_key] = answer
+        return answer
 
     @server.tool()
     def release_parcel(parcel_id: str) -> dict:

@@ -53,7 +53,7 @@ def trace_two_cases(platform: Platform, registry: ToolRegistry, root: Path,
     service = PolicyService(engine_policy, ApprovalStore(":memory:"))
     writer = TraceWriter(root)
     runner = CaseRunner(Planner(engine, builtin_playbooks(), registry), LocalPolicy(service),
-                        Executor(registry, engine_policy.permit_key), LocalTracer(writer), registry)
+                        Executor(registry, engine_policy.verifier), LocalTracer(writer), registry)
 
     def run(inst) -> Case:
         report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

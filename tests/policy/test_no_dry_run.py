@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from opsagent.policy import PolicyConfig, PolicyEngine, ToolCallRequest, args_digest
-from opsagent.policy.no_dry_run import no_dry_run_risk
+from opsagent.policy.no_dry_run import no_dry_run_risk, no_idempotency_risk
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.sources import McpSource
 from opsagent.tools.spec import ToolSpec
@@ -22,19 +22,20 @@ classes:
 ARGS = {"parcel_id": "P-1"}
 
 
-def _spec(name: str, *, writes: bool, dry_run: bool) -> ToolSpec:
+def _spec(name: str, *, writes: bool, dry_run: bool, keyed: bool = True) -> ToolSpec:
     return ToolSpec(
         name=name, system="parcels", source="mcp", method="MCP", path=name, description=name,
         parameters={"type": "object", "properties": {"parcel_id": {"type": "string"}},
                     "required": ["parcel_id"], "additionalProperties": False},
         path_params=[], body_params=["parcel_id"], writes=writes, reversible=None, inverse=None,
-        supports_dry_run=dry_run,
+        supports_dry_run=dry_run, idempotency="argument" if writes and keyed else None,
     )
 
 
 READ = _spec("get_parcel", writes=False, dry_run=False)
 PREVIEWED = _spec("hold_parcel", writes=True, dry_run=True)
 BLIND = _spec("release_parcel", writes=True, dry_run=False)
+UNKEYED = _spec("hold_parcel", writes=True, dry_run=True, keyed=False)
 
 
 @pytest.fixture
@@ -70,3 +71,15 @@ def test_an_approved_blind_write_runs_recorded_as_high_risk(engine) -> None:
                                 approved_by="alice")
     assert (decision.verdict, decision.risk) == ("allow", "high") and decision.permit is not None
     assert decision.reasons[0] == "approved by alice"
+
+
+def test_a_write_that_cannot_be_made_idempotent_is_high_risk() -> None:
+    """Hole 6: an MCP write with no idempotency key could apply twice when re-sent; it never runs
+    on the planner's say-so, and the rule names why."""
+    assert no_idempotency_risk(PREVIEWED) is None and no_idempotency_risk(READ) is None
+    assert "cannot apply it idempotently" in no_idempotency_risk(UNKEYED)
+    source = McpSource(name="parcels", transport="stdio", command=["parcels-server"])
+    engine = PolicyEngine(PolicyConfig.from_yaml(POLICY), ToolRegistry([READ, UNKEYED, BLIND], sources=[source]))
+    decision = engine.decide(_request("hold_parcel"))
+    assert (decision.verdict, decision.risk) == ("require_approval", "high")
+    assert "idempotently" in decision.reasons[0]

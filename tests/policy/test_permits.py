@@ -1,8 +1,12 @@
-"""Permits: only an allow carries one, and no bypass gets one accepted for anything else."""
+"""Permits: only an allow carries one, and no bypass gets one accepted for anything else; only
+the policy's private key signs one, and nothing but the policy holds it."""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import pickle
 
 import pytest
 
@@ -15,16 +19,21 @@ from opsagent.policy import (
     process_permit_key,
     verify_permit,
 )
-from opsagent.policy.permits import KEY_ENV, permit_key_from_env
+from opsagent.policy.permits import (
+    KEY_ENV, LEGACY_KEY_ENV, PUBLIC_KEYS_ENV, PermitSigner, PermitVerifier, load_or_create_signer,
+    permit_key_from_env, public_keys_from_env,
+)
+from opsagent.policy.records import Permit, canonical_json
 
-KEY = b"k" * 32
+SIGNER = new_permit_key()
+KEY = SIGNER.verifier()  # what executors hold: the public key
 ARGS = {"invoice_id": "INV-1", "amount": 100, "currency": "EUR", "reason": "overbilled"}
 CREDIT = "billing_issue_credit"
 
 
 @pytest.fixture
 def engine(billing_policy, registry, clock):
-    return PolicyEngine(billing_policy(), registry, permit_key=KEY, clock=clock)
+    return PolicyEngine(billing_policy(), registry, permit_key=SIGNER, clock=clock)
 
 
 @pytest.fixture
@@ -47,7 +56,9 @@ def test_a_permit_survives_a_trip_through_json(permit, clock) -> None:
 
 
 @pytest.mark.parametrize(("change", "why"), [
-    ({"signature": "0" * 64}, "signature is not valid"),
+    ({"signature": "0" * 128}, "signature is not valid"),
+    ({"signature": "not hex"}, "signature is not valid"),
+    ({"key_id": "0" * 16}, "unknown key id"),
     ({"args_digest": args_digest(CREDIT, {**ARGS, "amount": 5000})}, "signature is not valid"),
     ({"expires_at": 9e12}, "signature is not valid"),
     ({"step": 2}, "signature is not valid"),
@@ -92,9 +103,11 @@ def test_a_missing_or_malformed_permit_is_refused(missing, clock) -> None:
         verify_permit(missing, CREDIT, ARGS, "CASE-1", 1, KEY, clock.now)
 
 
-def test_a_short_key_is_refused(permit, clock) -> None:
-    with pytest.raises(PermitError, match="no usable permit key"):
-        verify_permit(permit, CREDIT, ARGS, "CASE-1", 1, b"", clock.now)
+def test_a_verifier_is_built_from_public_keys_only() -> None:
+    with pytest.raises(ConfigError, match="private key"):
+        PermitVerifier.from_pem(SIGNER.private_pem())
+    with pytest.raises(ConfigError, match="no PEM public key"):
+        PermitVerifier.from_pem(b"not a key")
 
 
 def test_only_an_allow_from_authorize_carries_a_permit(engine, credit) -> None:
@@ -126,18 +139,71 @@ def test_settle_refuses_a_forged_permit(engine, permit) -> None:
 def test_engines_sharing_a_key_accept_each_others_permits(billing_policy, registry, credit, clock) -> None:
     key = new_permit_key()
     issued = PolicyEngine(billing_policy(), registry, permit_key=key, clock=clock).authorize(credit()).permit
-    verify_permit(issued, CREDIT, ARGS, "CASE-1", 1, key, clock.now)
+    verify_permit(issued, CREDIT, ARGS, "CASE-1", 1, key.verifier(), clock.now)
     with pytest.raises(PermitError):
-        verify_permit(issued, CREDIT, ARGS, "CASE-1", 1, new_permit_key(), clock.now)
+        verify_permit(issued, CREDIT, ARGS, "CASE-1", 1, new_permit_key().verifier(), clock.now)
 
 
-def test_permit_key_from_the_environment(monkeypatch) -> None:
-    assert permit_key_from_env({}) is None
-    assert permit_key_from_env({KEY_ENV: "ab" * 16}) == bytes.fromhex("ab" * 16)
-    for bad in ("ab" * 8, "not hex"):
-        with pytest.raises(ConfigError, match=KEY_ENV):
-            permit_key_from_env({KEY_ENV: bad})
+def test_nothing_outside_the_policy_can_forge_a_permit(permit, clock) -> None:
+    """Hole 1: the key executors (and the factory the case manager holds) carry is public. Every
+    byte of it, used as an HMAC key as the old build did, or as anything else, makes no valid
+    permit; the private key cannot be pickled out of the policy's process."""
+    from opsagent.cluster.ports import ExecutorFactory
+
+    public_pem = SIGNER.verifier().public_pem()
+    factory = ExecutorFactory(None, public_pem, 10.0, {})
+    held = pickle.dumps(factory)  # what a case manager holds, as it would travel
+    assert SIGNER.private_pem() not in held and b"PRIVATE" not in held
+    raw_private = SIGNER._private.private_bytes_raw()
+    assert raw_private not in held and raw_private not in pickle.dumps(KEY)
+    with pytest.raises(TypeError, match="never leaves"):
+        pickle.dumps(SIGNER)
+    with pytest.raises(ValueError, match="public keys"):
+        ExecutorFactory(None, SIGNER.private_pem(), 10.0, {})
+    fields = {**permit.model_dump(exclude={"signature"}), "tool": "tms_adjust_billed_weight"}
+    for secret in (public_pem, *KEY._raw.values()):
+        forged_sig = hmac.new(secret, canonical_json(fields).encode(), hashlib.sha256).hexdigest()
+        forged = Permit(**fields, signature=forged_sig)
+        with pytest.raises(PermitError, match="signature is not valid"):
+            verify_permit(forged, "tms_adjust_billed_weight", ARGS, "CASE-1", 1, KEY, clock.now)
+
+
+def test_keys_rotate_by_key_id(tmp_path, registry, billing_policy, credit, clock) -> None:
+    old, new = new_permit_key(), new_permit_key()
+    keys = tmp_path / "public.pem"
+    keys.write_bytes(old.public_pem())
+    verifier = PermitVerifier.from_file(keys)
+    by_old = PolicyEngine(billing_policy(), registry, permit_key=old, clock=clock).authorize(credit()).permit
+    by_new = PolicyEngine(billing_policy(), registry, permit_key=new, clock=clock).authorize(credit()).permit
+    assert (by_old.key_id, by_new.key_id) == (old.key_id, new.key_id) and old.key_id != new.key_id
+    verify_permit(by_old, CREDIT, ARGS, "CASE-1", 1, verifier, clock.now)
+    with pytest.raises(PermitError, match="unknown key id"):
+        verify_permit(by_new, CREDIT, ARGS, "CASE-1", 1, verifier, clock.now)
+    keys.write_bytes(old.public_pem() + new.public_pem())  # rotation: the new key is published
+    import os
+    os.utime(keys, (clock.now + 5, clock.now + 5))
+    for issued in (by_old, by_new):  # both verify during the rotation, re-read on the unknown id
+        verify_permit(issued, CREDIT, ARGS, "CASE-1", 1, verifier, clock.now)
+    assert set(verifier.key_ids) == {old.key_id, new.key_id}
+
+
+def test_keys_come_from_files_with_clear_errors(tmp_path, monkeypatch) -> None:
+    assert permit_key_from_env({}) is None and public_keys_from_env({}) is None
+    path = tmp_path / "signing.pem"
+    with pytest.raises(ConfigError, match="does not exist"):
+        permit_key_from_env({KEY_ENV: str(path)})
+    path.write_text("-----BEGIN PRIVATE KEY-----\nnonsense\n-----END PRIVATE KEY-----\n")
+    with pytest.raises(ConfigError, match="not a PEM private key"):
+        permit_key_from_env({KEY_ENV: str(path)})
+    with pytest.raises(ConfigError, match="no longer used"):
+        permit_key_from_env({LEGACY_KEY_ENV: "ab" * 32})
+    made = load_or_create_signer(tmp_path / "state" / "key.pem")
+    assert (tmp_path / "state" / "key.pem").stat().st_mode & 0o777 == 0o600
+    assert load_or_create_signer(tmp_path / "state" / "key.pem").key_id == made.key_id
+    assert permit_key_from_env({KEY_ENV: str(tmp_path / "state" / "key.pem")}).key_id == made.key_id
+    (tmp_path / "pub.pem").write_bytes(made.public_pem())
+    assert public_keys_from_env({PUBLIC_KEYS_ENV: str(tmp_path / "pub.pem")}).key_ids == [made.key_id]
     monkeypatch.delenv(KEY_ENV, raising=False)
-    assert process_permit_key() == process_permit_key() and len(process_permit_key()) == 32
-    monkeypatch.setenv(KEY_ENV, "cd" * 32)
-    assert process_permit_key() == bytes.fromhex("cd" * 32)
+    monkeypatch.delenv(LEGACY_KEY_ENV, raising=False)
+    assert process_permit_key() is process_permit_key()
+    assert isinstance(process_permit_key(), PermitSigner)

@@ -59,4 +59,4 @@ def test_a_permit_issued_before_a_reload_lasts_until_it_expires(
     permit = engine.authorize(credit(amount=100)).permit
     engine.reload(billing_policy(per_action=1))
     args = credit(amount=100).args
-    verify_permit(permit, "billing_issue_credit", args, "CASE-1", 1, engine.permit_key, clock.now + 59)
+    verify_permit(permit, "billing_issue_credit", args, "CASE-1", 1, engine.verifier, clock.now + 59)

@@ -20,7 +20,7 @@ from opsagent.errors import ConfigError, SecretError, ToolCallError, ToolError
 from opsagent.policy import PolicyConfig, PolicyEngine
 from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.identity import Identity, Role
-from opsagent.policy.permits import issue_permit
+from opsagent.policy.permits import issue_permit, new_permit_key
 from opsagent.policy.records import args_digest
 from opsagent.policy.service import PolicyService
 from opsagent.tools.building import build_registry
@@ -32,7 +32,7 @@ from tests.fakes.mcp_server import SCRIPT as MCP_SERVER
 from tests.fakes.mcp_server import serve_http
 from tests.fakes.planners import RawPlanner
 
-KEY = b"k" * 32
+KEY = new_permit_key()
 POLICY = """
 classes:
   parcel_hold:
@@ -75,11 +75,12 @@ def test_listed_tools_become_specs(stdio_registry):
     assert get.parameters == {"type": "object", "properties": {"parcel_id": {"type": "string"}},
                               "required": ["parcel_id"], "additionalProperties": False}
     assert argument_errors(get, {"parcel_id": 7}) and argument_errors(get, {"parcel_id": "P-1", "x": 1})
-    hold = stdio_registry.get("pcl_hold_parcel")  # the dry_run argument is the convention, not an argument
-    assert hold.writes and hold.supports_dry_run and hold.reversible is None
+    hold = stdio_registry.get("pcl_hold_parcel")  # dry_run and idempotency_key: conventions, not arguments
+    assert hold.writes and hold.supports_dry_run and hold.reversible is None and hold.idempotency == "argument"
     assert set(hold.parameters["properties"]) == {"parcel_id", "reason"} and hold.body_params == ["parcel_id", "reason"]
     release = stdio_registry.get("pcl_release_parcel")  # no annotations: a destructive write
     assert release.writes and not release.supports_dry_run and release.reversible is False
+    assert release.idempotency is None  # no key argument, and the source does not vouch for _meta
     assert stdio_registry.source("parcels").kind == "mcp"
     with pytest.raises(ToolError, match="MCP server"):
         stdio_registry.base_url("parcels")
@@ -112,6 +113,39 @@ def test_calls_go_through_the_executor_with_permits_and_dry_runs(stdio_registry)
                 await call("pcl_release_parcel", {"parcel_id": "P-1"}, dry_run=True)
             with pytest.raises(ToolError, match="unknown argument"):
                 await call("pcl_get_parcel", {"parcel_id": "P-1", "dry_run": True})
+        finally:
+            await executor.close()
+
+    asyncio.run(go())
+
+
+def test_a_resent_mcp_write_applies_once(stdio_registry):
+    """Hole 6: the actor-retry path re-sends a write with its permit, and case recovery re-sends
+    it under a fresh permit for the same step; the server gets the idempotency key each time and
+    applies the hold once. A write with no key is sent once and never again, whatever the permit."""
+    executor = Executor(stdio_registry, KEY)
+    args = {"parcel_id": "P-2", "reason": "customs"}
+
+    async def go():
+        try:
+            permit = _permit("pcl_hold_parcel", args, case_id="case-r", step=2)
+            first = await executor.execute("pcl_hold_parcel", args, case_id="case-r", step=2, permit=permit)
+            again = await executor.execute("pcl_hold_parcel", args, case_id="case-r", step=2, permit=permit)
+            fresh = _permit("pcl_hold_parcel", args, case_id="case-r", step=2)
+            recovered = await executor.execute("pcl_hold_parcel", args, case_id="case-r", step=2, permit=fresh)
+            assert first.ok and again.ok and recovered.ok
+            assert first.body == again.body == recovered.body
+            parcel = await executor.execute("pcl_get_parcel", {"parcel_id": "P-2"}, case_id="case-r", step=3)
+            assert parcel.body["holds"] == 1
+            release = {"parcel_id": "P-2"}
+            once = _permit("pcl_release_parcel", release, case_id="case-r", step=4)
+            ran = await executor.execute("pcl_release_parcel", release, case_id="case-r", step=4, permit=once)
+            replay = await executor.execute("pcl_release_parcel", release, case_id="case-r", step=4, permit=once)
+            other = await executor.execute("pcl_release_parcel", release, case_id="case-r", step=4,
+                                           permit=_permit("pcl_release_parcel", release, case_id="case-r", step=4))
+            assert ran.ok
+            assert not replay.ok and "already used" in replay.error
+            assert not other.ok and "no idempotency key" in other.error
         finally:
             await executor.close()
 

@@ -11,11 +11,14 @@ prompts and logs are searched. A control run without redaction shows the scan fi
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import secrets
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
+import httpx
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -109,7 +112,7 @@ def _run_case(registry, root: Path, *, steps=STEPS, policy=POLICY,
     prompts) and every trace file's bytes before publishing (the write-ahead log)."""
     engine = ScriptedEngine(steps)
     decider = PolicyEngine(PolicyConfig.from_yaml(policy), registry)
-    executor = Executor(registry, decider.permit_key, secrets=secrets_)
+    executor = Executor(registry, decider.verifier, secrets=secrets_)
     writer = TraceWriter(root)
     runner = CaseRunner(Planner(engine, {PLAYBOOK.exception_type: PLAYBOOK}, registry), LocalPolicy(decider),
                         executor, LocalTracer(writer), registry)
@@ -187,3 +190,57 @@ def test_the_scan_finds_a_leak_when_nothing_is_redacted(planted, echo_source, tm
     leaks = _leaks(root, unpublished, [planted["echo"]])
     assert any(w.startswith("before publishing: _wal") for w in leaks)
     assert any(w.endswith(".parquet") and not w.startswith("decoded") for w in leaks)
+
+
+def _long_401(secret: str) -> httpx.MockTransport:
+    """A system that answers 401 with a long detail echoing the bearer token it was sent, where a
+    cut at 300 characters falls in the middle of the token."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        detail = "x" * 262 + f" rejected {request.headers['authorization']} for this tenant; " + "y" * 200
+        return httpx.Response(401, json={"detail": detail})
+
+    return httpx.MockTransport(answer)
+
+
+def test_a_secret_in_a_long_error_is_redacted_before_the_error_is_cut() -> None:
+    """Hole 5: the error was cut to 300 characters first, and the cut token no longer matched:
+    22 of its 40 characters reached the traces. Now no 8 consecutive characters of it remain."""
+    from opsagent.tools.http import call_tool
+    from opsagent.tools.redaction import MAX_ERROR_CHARS
+    from opsagent.tools.spec import ToolSpec
+
+    secret = secrets.token_hex(20)  # 40 characters
+    spec = ToolSpec(name="erp_get", system="erp", method="GET", path="/x", description="x",
+                    parameters={"type": "object", "properties": {}}, path_params=[], body_params=[],
+                    writes=False, reversible=None, inverse=None, supports_dry_run=False)
+
+    async def go():
+        async with httpx.AsyncClient(transport=_long_401(secret)) as client:
+            return await call_tool(client, spec, "http://erp.test", {},
+                                   headers={"Authorization": f"Bearer {secret}"})
+
+    result = Redactor([secret]).result(asyncio.run(go()))
+    assert not result.ok and len(result.error) <= MAX_ERROR_CHARS
+    assert not any(secret[i:i + 8] in result.error for i in range(len(secret) - 7)), result.error
+    assert "rejected Bearer [redact" in result.error  # the cut falls in the mask, not in the token
+
+
+@pytest.mark.parametrize("echo_of", [
+    lambda s: repr(s),
+    lambda s: json.dumps({"token": s}),
+    lambda s: quote(s, safe=""),
+    lambda s: quote_plus(s),
+    lambda s: "Basic " + base64.b64encode(f"svc-user:{s}".encode()).decode(),
+    lambda s: "auth=" + base64.urlsafe_b64encode(f"{s}".encode()).decode().rstrip("="),
+    lambda s: f"creds {base64.b64encode(f'admin:{s}'.encode()).decode()}, retry later",
+])
+def test_every_encoding_of_a_secret_in_an_error_is_redacted(echo_of) -> None:
+    secret = 'p@ss/w0rd+"quoted"\\' + secrets.token_hex(8)
+    text = "upstream said: " + echo_of(secret) + " (end)"
+    redacted = Redactor([secret]).text(text)
+    assert MASK in redacted
+    for form in (secret, repr(secret)[1:-1], quote(secret, safe=""), quote_plus(secret),
+                 base64.b64encode(f"svc-user:{secret}".encode()).decode()):
+        assert form not in redacted
+    assert redacted.startswith("upstream said: ") and redacted.endswith(" (end)")
