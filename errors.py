@@ -113,6 +113,15 @@ class RateLimited(OpsAgentError):
         self.retry_after_s = retry_after_s
 
 
+class ApiBusy(OpsAgentError):
+    """The API kept answering 429 (rate limited) or 503 (overloaded) until the client's retries or
+    its deadline ran out; `retry_after_s` is the wait the last answer asked for."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class RequestTooLarge(OpsAgentError):
     """A request body is larger than allowed (413): what was limited, its size and the limit."""
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,12 +25,16 @@ from opsagent.cluster.client import OpsAgentClient
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.errors import ApiBusy
 from opsagent.policy.autonomy import Mode
 from opsagent.policy.identity import Role, TokenStore
 from opsagent.tools.platform.launcher import Platform
+from opsagent.progress import CaseProgress
 from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch
 
 WAITING = {"received", "planning", "executing"}
+PAGE = 200
+"""Most case ids one list request asks for (the API's page limit)."""
 
 
 def free_port() -> int:
@@ -37,25 +43,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def submit_all(client: OpsAgentClient,
-               instances: list[InjectedException]) -> dict[str, InjectedException]:
-    """POST every exception to the front door; returns case id -> the instance it came from."""
-    return {client.submit(i.exception_type, i.description, i.entities)["case_id"]: i
-            for i in instances}
+def submit_all(client: OpsAgentClient, instances: list[InjectedException], *,
+               deadline: float | None = None) -> dict[str, InjectedException]:
+    """POST every exception to the front door; returns case id -> the instance it came from.
+    Each submission has an idempotency key, so a 429 or 503 is waited out and retried (until
+    `deadline`) without making a second case."""
+    batch = uuid.uuid4().hex[:12]
+    return {client.submit(i.exception_type, i.description, i.entities, idempotency_key=f"demo-{batch}-{n}",
+                          deadline=deadline)["case_id"]: i
+            for n, i in enumerate(instances)}
 
 
-def wait_all(client: OpsAgentClient, case_ids: list[str], timeout_s: float) -> dict[str, dict]:
-    """Poll until every case is final or awaiting approval (or the time is up)."""
+def wait_all(client: OpsAgentClient, case_ids: list[str], timeout_s: float, *, interval_s: float = 1.0,
+             on_poll: Callable[[dict[str, str]], None] | None = None) -> dict[str, dict]:
+    """Follow the cases until every one is final or awaiting approval, or the time is up; returns
+    each case's last summary (as `GET /v1/cases` lists it).
+
+    One list request per `interval_s` asks for the cases still running (by id, up to `PAGE` per
+    request), so the request rate does not grow with the number of cases. A 429 or 503 is waited
+    out for its whole Retry-After while the deadline allows; past the deadline the cases still
+    running are left as they were last seen. `on_poll` gets every case's status after each poll."""
     deadline = time.monotonic() + timeout_s
     views: dict[str, dict] = {}
     pending = list(case_ids)
-    while pending and time.monotonic() < deadline:
-        for case_id in list(pending):
-            views[case_id] = client.case(case_id)
-            if views[case_id]["status"] not in WAITING:
-                pending.remove(case_id)
-        if pending:
-            time.sleep(0.5)
+    while pending:
+        try:
+            for start in range(0, len(pending), PAGE):
+                page = client.cases(case_id=pending[start:start + PAGE], limit=PAGE, deadline=deadline)
+                views.update({c["case_id"]: c for c in page["items"]})
+        except ApiBusy:  # the API asks for a longer wait than the deadline leaves
+            break
+        pending = [cid for cid in case_ids if views.get(cid, {}).get("status", "received") in WAITING]
+        if on_poll is not None:
+            on_poll({cid: views.get(cid, {}).get("status", "received") for cid in case_ids})
+        if not pending or time.monotonic() + interval_s > deadline:
+            break
+        time.sleep(interval_s)
     return views
 
 
@@ -69,6 +92,28 @@ def promote_for_demo(system: OpsAgentSystem, exception_type: str = "weight_misma
         "demo: no shadow or supervised evidence on a fresh sandbox; promoted so that the demo writes"))
     return (f"autonomy: {exception_type} {change.from_mode or '-'} -> {change.to_mode} by {change.actor} "
             f"({change.reason})")
+
+
+def planner_start_line(config: SystemConfig) -> str:
+    """What the planner's start-up is about to do: convert the embedded model (first run only),
+    load it into the engine, warm the classes' prompt prefixes."""
+    from opsagent.agents.engines.embedded_model import _DONE, MODEL_NAME, cache_dir
+
+    steps = []
+    if config.planner.engine == "vllm" and config.planner.vllm.model is None:
+        if not (cache_dir() / MODEL_NAME / _DONE).exists():
+            steps.append(f"converting the embedded {MODEL_NAME} to a Hugging Face folder in "
+                         f"{cache_dir()} (first run only, about 20 s)")
+        steps.append(f"loading {MODEL_NAME} into vLLM")
+    else:
+        steps.append(f"starting the {config.planner.engine} engine")
+    warm = config.planner.warm_classes
+    if warm is None:
+        steps.append("warming every class's prompt prefix")
+    elif warm:
+        steps.append(f"warming {len(warm)} class prompt prefix{'es' if len(warm) > 1 else ''} "
+                     f"({', '.join(warm)})")
+    return "planner starting: " + ", then ".join(steps)
 
 
 def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedException],
@@ -87,7 +132,8 @@ def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedExcept
 
 
 def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, port: int,
-             timeout_s: float) -> int:
+             timeout_s: float, progress: bool = False) -> int:
+    """Run the demo; `progress` draws a live line of the cases (see opsagent.progress)."""
     config = SystemConfig.from_yaml(config_path) if config_path else SystemConfig()
     traces.mkdir(parents=True, exist_ok=True)
     with private_tmpdir() as scratch, Platform(Path(scratch) / "platform") as platform:
@@ -103,15 +149,20 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
         system = OpsAgentSystem(config, platform.registry())
         try:
             t0 = time.monotonic()
+            print(planner_start_line(config), flush=True)
             system.start()
-            print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s")
+            print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s", flush=True)
             base_url = system.serve(port=port or free_port())
             print(promote_for_demo(system))
             token = TokenStore(system.tokens_path).add("demo-ops", [Role.submitter, Role.auditor])
             with OpsAgentClient(base_url, token) as client:
-                submitted = submit_all(client, instances)
-                print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions")
-                views = wait_all(client, list(submitted), timeout_s)
+                deadline = time.monotonic() + timeout_s
+                submitted = submit_all(client, instances, deadline=deadline)
+                print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions; "
+                      "following them with one list request a second", flush=True)
+                with CaseProgress(len(submitted), "demo", enabled=progress) as bar:
+                    views = wait_all(client, list(submitted), max(0.0, deadline - time.monotonic()),
+                                     on_poll=lambda statuses: bar.show(statuses, lambda s: s not in WAITING))
             system.flush_traces()
             records = check_records(platform.base_urls, submitted, views)
         finally:

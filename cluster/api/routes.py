@@ -61,13 +61,16 @@ class CaseFilters:
     def __init__(
         self,
         status: CaseStatus | None = None,
+        case_id: Annotated[list[str] | None, Query(
+            max_length=200, description="Only these cases (repeat the parameter; up to 200), e.g. "
+            "to follow a batch of submissions with one request.")] = None,
         mode: Annotated[Mode | None, Query(description="Classes now in this autonomy mode.")] = None,
         exception_type: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
         submitted_by: Annotated[str | None, Query(max_length=128)] = None,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> None:
-        self.query = CaseQuery(status=status, submitted_by=submitted_by, offset=offset, limit=limit,
+        self.query = CaseQuery(status=status, case_ids=case_id, submitted_by=submitted_by, offset=offset, limit=limit,
                                exception_types=[exception_type] if exception_type else None)
         self.mode = mode
 
@@ -118,7 +121,7 @@ async def get_exception(case_id: str, caller: Caller, service: Service) -> Excep
 
 @v1.get("/cases", response_model=Page[CaseSummary])
 async def list_cases(caller: Caller, service: Service, filters: Filters) -> Page[CaseSummary]:
-    """Cases you may read, newest first, filtered by status, class and submitter."""
+    """Cases you may read, newest first, filtered by status, class, submitter and case ids."""
     page = await service.cases_page(caller, filters.query, filters.mode)
     return Page[CaseSummary](items=[CaseSummary.of(e) for e in page.items], total=page.total,
                              offset=page.offset, limit=page.limit, next_offset=_next(page))
