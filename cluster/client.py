@@ -106,6 +106,21 @@ class OpsAgentClient:
                           json={"args_digest": args_digest, "reason": reason})
 
 
+    def set_mode(self, exception_type: str, mode: str, reason: str, override: bool = False) -> dict:
+        """Change a class's autonomy mode (admin), through the gates' rule."""
+        return self._call("PUT", f"/v1/autonomy/{exception_type}",
+                          json={"mode": mode, "reason": reason, "override": override})
+
+    def tokens(self) -> list[dict]:
+        return self._call("GET", "/v1/tokens")
+
+    def create_token(self, name: str, roles: list[str], expires_s: float | None = None) -> dict:
+        return self._call("POST", "/v1/tokens", json={"name": name, "roles": roles, "expires_s": expires_s})
+
+    def revoke_token(self, ref: str) -> list[dict]:
+        return self._call("POST", f"/v1/tokens/{ref}/revoke")
+
+
 def _retry_after(response: httpx.Response, cap: float | None) -> float:
     """The answer's Retry-After in seconds (1 if absent or unreadable), at most `cap`."""
     try:

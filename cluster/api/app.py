@@ -44,8 +44,9 @@ def create_app(cases: Any, policy: Any, *, tokens_path: str | Path, traces_dir: 
         description="Submit logistics exceptions, follow their cases, decide held actions. "
         "Every /v1 route but health needs `Authorization: Bearer <token>`; the roles come "
         "from the token. The operations console is at /console.")
-    app.state.service = OpsService(cases, policy, TraceReads(traces_dir))
-    app.state.auth = Authenticator(TokenStore(tokens_path),
+    tokens = TokenStore(tokens_path)
+    app.state.service = OpsService(cases, policy, TraceReads(traces_dir), tokens)
+    app.state.auth = Authenticator(tokens,
                                    RateLimiter(limits.requests_per_window, limits.window_s))
     install_error_handlers(app, html=error_page)
     app.include_router(v1)

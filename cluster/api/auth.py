@@ -31,8 +31,14 @@ class Authenticator:
         return identity
 
     def authenticate(self, request: Request, token: str | None) -> Identity:
-        """The caller of `request`; also stored as `request.state.identity`."""
-        identity = self.identify(token, request.client.host if request.client else "unknown")
+        """The caller of `request`; also stored as `request.state.identity` (a refused known
+        token, revoked or expired, as `request.state.refused`, for the access log)."""
+        try:
+            identity = self.identify(token, request.client.host if request.client else "unknown")
+        except AuthError as exc:
+            if exc.subject:
+                request.state.refused = exc.subject
+            raise
         request.state.identity = identity
         return identity
 

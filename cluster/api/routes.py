@@ -14,7 +14,7 @@ from opsagent.cluster.api.models import (
     IDEMPOTENCY_KEY, ApprovalContext, ApprovalDecision, CancelRequest, CaseSummary, CaseView,
     ExceptionView, Health, ModeRequest, Overview, Page, PolicyUpload, PolicyVersion, RejectDecision,
     SubmitRequest,
-    SubmitResponse, TimelineEntry,
+    SubmitResponse, TimelineEntry, TokenRequest,
 )
 from opsagent.cluster.api.service import OpsService
 from opsagent.cluster.case_book import CasePage, CaseQuery
@@ -22,7 +22,7 @@ from opsagent.errors import IdempotencyConflict, InputError
 from opsagent.evals.gates import ClassStatus
 from opsagent.policy.autonomy import Mode, ModeChange
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
-from opsagent.policy.identity import Identity
+from opsagent.policy.identity import Identity, IssuedToken, TokenInfo
 
 Caller = Annotated[Identity, Depends(api_caller)]
 
@@ -194,6 +194,25 @@ async def set_mode(exception_type: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]
     (`GET /v1/autonomy`), else 409 naming the evidence, unless `override` is set: then the
     recorded reason says the gate was overridden. Skipping a stage is refused (409) either way."""
     return await service.set_mode(caller, exception_type, body.mode, body.reason, body.override)
+
+
+@v1.get("/tokens", response_model=list[TokenInfo])
+async def list_tokens(caller: Caller, service: Service) -> list[TokenInfo]:
+    """Every API token (admin): whose, roles, created, expires, revoked, last used; never the token."""
+    return await service.list_tokens(caller)
+
+
+@v1.post("/tokens", status_code=201, response_model=IssuedToken)
+async def create_token(body: TokenRequest, caller: Caller, service: Service) -> IssuedToken:
+    """Create a token (admin); the answer is the only place the token is ever shown."""
+    return await service.create_token(caller, body.name, body.roles, body.expires_s)
+
+
+@v1.post("/tokens/{ref}/revoke", response_model=list[TokenInfo], responses=_404)
+async def revoke_token(ref: Annotated[str, Path(max_length=128)], caller: Caller,
+                       service: Service) -> list[TokenInfo]:
+    """Revoke a token by its id, or every active token of a name (admin); its next request is 401."""
+    return await service.revoke_token(caller, ref)
 
 
 @v1.get("/policy", response_model=PolicyVersion)
