@@ -95,7 +95,12 @@ def _tokens(args: argparse.Namespace) -> int:
         elif args.tokens_command == "list":
             infos = store.listing()
         else:
-            revoked = store.revoke(args.ref, by=os.environ.get("USER") or "local")
+            from opsagent.errors import InputError, OpsAgentError
+
+            try:
+                revoked = store.revoke(args.ref, by=os.environ.get("USER") or "local")
+            except InputError as exc:  # a runtime failure, as the API's 404
+                raise OpsAgentError(str(exc)) from None
     if args.tokens_command == "add":
         print(issued.token)
         expiry = issued.info.expires_at.isoformat(timespec="seconds") if issued.info.expires_at else "never"

@@ -195,7 +195,7 @@ def test_traces_sql_cli_prints_csv(scenario, capsys):
     assert code == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "exception_type,n" and lines[1].startswith("weight_mismatch,")
-    assert cli(["traces", "sql", "--traces", str(scenario["traces"]), "SELECT nope FROM cases"]) == 2
+    assert cli(["traces", "sql", "--traces", str(scenario["traces"]), "SELECT nope FROM cases"]) == 1
 
 
 def test_approvals_cli_lists_and_refuses_a_second_decision(scenario, capsys, monkeypatch):
