@@ -24,6 +24,7 @@ from opsagent.agents.tracing.report import demo_summary
 from opsagent.cluster.client import OpsAgentClient
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
+from opsagent.cluster.startup import planner_start_line
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApiBusy
 from opsagent.policy.autonomy import Mode
@@ -92,28 +93,6 @@ def promote_for_demo(system: OpsAgentSystem, exception_type: str = "weight_misma
         "demo: no shadow or supervised evidence on a fresh sandbox; promoted so that the demo writes"))
     return (f"autonomy: {exception_type} {change.from_mode or '-'} -> {change.to_mode} by {change.actor} "
             f"({change.reason})")
-
-
-def planner_start_line(config: SystemConfig) -> str:
-    """What the planner's start-up is about to do: convert the embedded model (first run only),
-    load it into the engine, warm the classes' prompt prefixes."""
-    from opsagent.agents.engines.embedded_model import _DONE, MODEL_NAME, cache_dir
-
-    steps = []
-    if config.planner.engine == "vllm" and config.planner.vllm.model is None:
-        if not (cache_dir() / MODEL_NAME / _DONE).exists():
-            steps.append(f"converting the embedded {MODEL_NAME} to a Hugging Face folder in "
-                         f"{cache_dir()} (first run only, about 20 s)")
-        steps.append(f"loading {MODEL_NAME} into vLLM")
-    else:
-        steps.append(f"starting the {config.planner.engine} engine")
-    warm = config.planner.warm_classes
-    if warm is None:
-        steps.append("warming every class's prompt prefix")
-    elif warm:
-        steps.append(f"warming {len(warm)} class prompt prefix{'es' if len(warm) > 1 else ''} "
-                     f"({', '.join(warm)})")
-    return "planner starting: " + ", then ".join(steps)
 
 
 def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedException],

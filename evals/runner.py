@@ -15,6 +15,7 @@ Ray itself is not imported here: the system is started through `cluster.system`.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 import uuid
@@ -36,6 +37,7 @@ from opsagent.agents.tracing.audit import UNSUPERVISED_HIGH_RISK_ROWS
 from opsagent.agents.tracing.views import query, sql_list
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.demo import free_port
+from opsagent.cluster.startup import planner_start_line
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApprovalError, ConfigError, InputError, OpsAgentError
 from opsagent.evals.catalogue import Instance, get_class, plant
@@ -278,6 +280,8 @@ class _Session:
         self.registry = registry
         self.system = OpsAgentSystem(self.system_config, registry, engine=self.engine,
                                      playbooks=self.playbooks, policy=self.policy)
+        if self.engine is None:  # the configured engine: its start-up can take minutes
+            print(planner_start_line(self.system_config), file=sys.stderr, flush=True)
         try:
             self.system.start()
             url = self.system.serve(port=free_port())
