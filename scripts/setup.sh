@@ -56,13 +56,16 @@ pip install -e ".[test,bench]"  # bench: the LangGraph peer, whose tool wrappers
 # The console's browser tests drive Debian's chromium (Playwright never downloads a browser here).
 stage "checking chromium for the console's browser tests"
 if ! have_chromium && command -v apt-get >/dev/null 2>&1; then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } >>"$LOG" 2>&1 || true
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    >"$VENV/chromium.log" 2>&1 || true
 fi
 if ! have_chromium; then
   if [ "$CI_RUN" = true ]; then
-    STAGE="installing chromium (CI runs the console's browser tests, so it is required)"
-    say "chromium could not be installed (apt-get needs root and a Debian package source)"
-    false  # -> failed(): the log's tail and the retry command
+    trap - ERR
+    say "FAILED: chromium could not be installed, and CI runs the console's browser tests"
+    if [ -s "$VENV/chromium.log" ]; then tail -n 15 "$VENV/chromium.log" | sed 's/^/    /' >&2; fi
+    say "install Debian's chromium (apt-get install chromium, as root), then retry: bash scripts/setup.sh"
+    exit 1
   fi
   say "chromium could not be installed: the console's browser tests will be skipped on this machine"
 fi
