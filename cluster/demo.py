@@ -29,8 +29,8 @@ from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApiBusy
 from opsagent.policy.autonomy import Mode
 from opsagent.policy.identity import Role, TokenStore
-from opsagent.tools.platform.launcher import Platform
 from opsagent.progress import CaseProgress
+from opsagent.tools.platform.launcher import Platform
 from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch
 
 WAITING = {"received", "planning", "executing"}

@@ -1,12 +1,16 @@
-"""Who is acting: API tokens with roles, stored hashed; identities come from authentication only."""
+"""Who is acting: API tokens with roles, stored hashed, with an expiry, a revocation and a last-used
+time; identities come from authentication only."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import secrets
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -96,6 +100,18 @@ class TokenStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"token file {self.path}: {exc}") from exc
 
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the file's lock (threads of this process, and other processes: Serve replicas, the
+        CLI) for a read-modify-write, so a last-used update can never undo a revocation."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     def _save(self, tokens: dict[str, dict]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
@@ -113,7 +129,7 @@ class TokenStore:
         now = datetime.now(UTC)
         record = {**identity.model_dump(mode="json"), "created_at": now.isoformat(),
                   "expires_at": (now + timedelta(seconds=expires_s)).isoformat() if expires_s else None}
-        with self._lock:
+        with self._locked():
             tokens = self._load()
             tokens[_digest(token)] = record
             self._save(tokens)
@@ -146,7 +162,7 @@ class TokenStore:
         return Identity.model_validate({k: record[k] for k in ("name", "roles", "kind") if k in record})
 
     def _touch(self, digest: str, now: datetime) -> None:
-        with self._lock:
+        with self._locked():
             tokens = self._load()
             if digest in tokens:
                 tokens[digest]["last_used_at"] = now.isoformat()
@@ -161,7 +177,7 @@ class TokenStore:
         """Revoke the token with this id, or every active token of this name; returns them.
         InputError if nothing active matches."""
         now = datetime.now(UTC)
-        with self._lock:
+        with self._locked():
             tokens = self._load()
             hits = [d for d, r in tokens.items()
                     if (token_id(d) == ref or r.get("name") == ref) and _info(d, r).state(now) == "active"]

@@ -84,3 +84,31 @@ def test_an_expired_token_is_refused(tmp_path):
     with pytest.raises(AuthError, match="is expired"):
         store.authenticate(token)
     assert [i.state() for i in store.listing()] == ["expired"]
+
+
+def test_a_last_use_written_concurrently_never_undoes_a_revocation(tmp_path):
+    import threading
+
+    from opsagent.errors import AuthError
+    from opsagent.policy import identity
+    from opsagent.policy.identity import TokenStore
+
+    path = tmp_path / "tokens.json"
+    tokens = [TokenStore(path).add(f"user{i}", ["auditor"]) for i in range(8)]
+    stores = [TokenStore(path) for _ in range(4)]  # like Serve replicas, each with its own lock
+    identity.LAST_USED_EVERY_S, saved = 0.0, identity.LAST_USED_EVERY_S
+    try:
+        def use(store):
+            for _ in range(20):
+                for t in tokens[1:]:
+                    store.authenticate(t)
+        threads = [threading.Thread(target=use, args=(s,)) for s in stores]
+        for t in threads:
+            t.start()
+        TokenStore(path).revoke("user0", by="admin")
+        for t in threads:
+            t.join()
+    finally:
+        identity.LAST_USED_EVERY_S = saved
+    with pytest.raises(AuthError, match="revoked"):
+        TokenStore(path).authenticate(tokens[0])
