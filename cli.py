@@ -24,8 +24,17 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
+class _Parser(argparse.ArgumentParser):
+    """Reads the old spelling `opsagent eval --set ...` as `opsagent eval run --set ...`."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self.prog == "opsagent":
+            args = _argv(list(sys.argv[1:] if args is None else args))
+        return super().parse_known_args(args, namespace)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="opsagent", description=__doc__,
         epilog="Exit codes: 0 success, 1 a runtime failure, 2 a usage error. Reading commands take "
         "--json. Shell completion: eval \"$(opsagent completion bash)\".")
@@ -88,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     own, or an InputError: a malformed argument or input)."""
     parser = _parser()
     _autocomplete(parser)
-    args = parser.parse_args(_argv(list(sys.argv[1:] if argv is None else argv)))
+    args = parser.parse_args(argv)
     try:
         return _run(args, argv)
     except InputError as exc:

@@ -154,7 +154,7 @@ def _approvals(args: argparse.Namespace) -> int:
         digest = args.digest or approval["args_digest"]
         if digest != approval["args_digest"]:
             raise ApprovalError("the action changed since you reviewed it: show it again")
-        if args.approvals_command == "approve" and not (args.digest or args.yes):
+        if args.approvals_command == "approve" and approval["status"] == "pending" and not (args.digest or args.yes):
             confirm(f"approve {approval['tool']} on case {approval['case_id']}?")
         done = client.decide(args.approval_id, approve=args.approvals_command == "approve",
                              args_digest=digest, reason=args.reason)

@@ -312,6 +312,9 @@ def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypat
     assert cli(["autonomy", "status", *common]) == 0
     out = capsys.readouterr().out
     assert "weight_mismatch" in out and "needs 200 more" in out
+    assert cli(["autonomy", "status", "--json", *common]) == 0
+    statuses = {c["exception_type"]: c for c in json.loads(capsys.readouterr().out)}
+    assert statuses["weight_mismatch"]["mode"] == "shadow" and "evidence" in statuses["weight_mismatch"]
 
     base = ["autonomy", "set", "weight_mismatch", "supervised", "--reason", "looks fine", *common]
     assert cli([*base, "--token", operator]) == 1
