@@ -218,7 +218,7 @@ async def _replan(args: argparse.Namespace) -> int:
     engine = make_engine(config)
     await engine.start()
     try:
-        planner = Planner(engine, playbooks, registry, max_tokens=config.planner.max_tokens)
+        planner = Planner(engine, playbooks, registry, **config.planner.planner_options())
         if cases is None:
             trace = load_case_trace(args.traces, args.case_id)
             print()

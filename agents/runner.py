@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from opsagent.agents.case import Case, CaseStatus, Step
-from opsagent.agents.engines.base import GenerationResult
 from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.step_schema import FINISH
 from opsagent.agents.tracing.records import (
@@ -148,7 +147,8 @@ class CaseRunner:
                 case.planner_calls += 1
                 case.prompt_tokens += turn.generation.prompt_tokens
                 case.completion_tokens += turn.generation.completion_tokens
-                await self.tracer.export([_planner_event(case, turn, turn.generation)])
+            if turn.generation is not None or turn.candidates is not None:
+                await self.tracer.export([_planner_event(case, turn)])
             if turn.step is None:
                 bad_outputs += 1
                 if bad_outputs >= self.max_bad_outputs:
@@ -304,14 +304,21 @@ def _approval_event(approval: ApprovalRequest) -> ApprovalEvent:
     )
 
 
-def _planner_event(case: Case, turn: PlannerTurn, g: GenerationResult) -> PlannerCallEvent:
+def _planner_event(case: Case, turn: PlannerTurn) -> PlannerCallEvent:
+    """The planner's turn as traced: a model call, or a step the playbook left no choice in."""
+    g = turn.generation
+    now = datetime.now(UTC)
     return PlannerCallEvent(
-        case_id=case.case_id, step=len(case.steps) + 1, model=g.model,
-        prompt_digest=turn.prompt_digest or "", prompt_tokens=g.prompt_tokens,
-        completion_tokens=g.completion_tokens, output=g.text, finish_reason=g.finish_reason,
-        started_at=g.started_at, finished_at=g.finished_at, duration_ms=g.duration_ms,
+        case_id=case.case_id, step=len(case.steps) + 1, model=g.model if g else "rule",
+        prompt_digest=turn.prompt_digest or "", prompt_tokens=g.prompt_tokens if g else 0,
+        completion_tokens=g.completion_tokens if g else 0,
+        output=g.text if g else (turn.step.model_dump_json() if turn.step else ""),
+        finish_reason=g.finish_reason if g else "rule",
+        started_at=g.started_at if g else now, finished_at=g.finished_at if g else now,
+        duration_ms=g.duration_ms if g else 0.0,
         prompt=[m.model_dump() for m in turn.messages] if turn.messages is not None else None,
-        confidence=turn.confidence,
+        confidence=turn.confidence, decided_by=turn.decided_by,
+        candidates=None if turn.candidates is None else [c.model_dump() for c in turn.candidates],
     )
 
 

@@ -38,8 +38,9 @@ class PlannerActor:
     """Hosts one planner engine; async, so concurrent cases' calls reach the engine together."""
 
     def __init__(self, engine: PlannerEngine, playbooks: dict[str, Playbook],
-                 registry: ToolRegistry, max_tokens: int = 160) -> None:
-        self._planner = Planner(engine, playbooks, registry, max_tokens=max_tokens)
+                 registry: ToolRegistry, options: dict[str, Any] | None = None) -> None:
+        """`options`: the `Planner`'s keyword arguments (`PlannerConfig.planner_options()`)."""
+        self._planner = Planner(engine, playbooks, registry, **(options or {}))
         self._started: asyncio.Task | None = None
 
     async def start(self) -> str:

@@ -9,6 +9,8 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from opsagent.agents.engines import OpenAIEngineConfig, VllmEngineConfig
+from opsagent.agents.engines.base import ChoiceMethod
+from opsagent.agents.planner import Decoding
 from opsagent.errors import ConfigError
 
 
@@ -27,7 +29,7 @@ class FewShotConfig(BaseModel):
 
 
 class PlannerConfig(BaseModel):
-    """Which engine the planner actor hosts and where it is placed."""
+    """Which engine the planner actor hosts, how it is asked, and where it is placed."""
 
     model_config = {"extra": "forbid"}
     engine: Literal["vllm", "openai"] = Field(
@@ -36,6 +38,17 @@ class PlannerConfig(BaseModel):
     vllm: VllmEngineConfig = Field(default_factory=VllmEngineConfig, description="vLLM settings.")
     openai: OpenAIEngineConfig | None = Field(default=None, description="Remote server settings.")
     max_tokens: int = Field(default=160, gt=0, description="Output budget of one planner step.")
+    decoding: Decoding = Field(
+        default="choice",
+        description="choice: the model picks among candidate steps built in code, only free "
+        "arguments are generated (agents/planner.py); schema: the model writes the whole step as "
+        "grammar-constrained JSON (the pre-2026-12 planner, kept as the benchmarks' baseline and "
+        "used with engines that cannot score options).")
+    choice_method: ChoiceMethod = Field(
+        default="branch",
+        description="How the engine scores candidates: branch (next-token probabilities where "
+        "the candidates part) or score (each candidate's whole log-likelihood; slower, see "
+        "docs/benchmarks.md).")
     warm_classes: list[str] | None = Field(
         default=None,
         description="Classes whose shared prompt prefix is computed at start-up (None: every "
@@ -54,6 +67,11 @@ class PlannerConfig(BaseModel):
         description="Planner actors (one per GPU node in production); each planning call goes "
         "to the replica with the fewest calls in flight.",
     )
+
+    def planner_options(self) -> dict[str, Any]:
+        """The `Planner`'s keyword arguments."""
+        return {"max_tokens": self.max_tokens, "decoding": self.decoding,
+                "choice_method": self.choice_method}
 
 
 class ExecutorAutoscalingConfig(BaseModel):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ from opsagent.errors import ConfigError
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.permits import new_permit_key, permit_key_from_env
 from opsagent.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
 
 CASE_MANAGER = "opsagent-cases"
 POLICY = "opsagent-policy"
@@ -60,13 +65,17 @@ class OpsAgentSystem:
         self.policy = policy
         self.handles: dict[str, Any] = {}
         self.model: str | None = None
+        self.startup: dict[str, float] = {}
 
-    def start(self) -> "OpsAgentSystem":
-        """Create the actors and wait until the planner replicas' engines are loaded."""
+    def start(self, say: Callable[[str], None] | None = None) -> "OpsAgentSystem":
+        """Create the actors and wait until the planner replicas' engines are loaded and the
+        classes' prompt prefixes computed; `say` hears what start-up is doing (default: the log).
+        `self.startup` keeps how long the engine and the warm-up took."""
+        say = say or log.info
         c = self.config
         restarts = {"max_restarts": c.max_actor_restarts}
         planners = [PlannerActor.options(name=_planner_name(i), **restarts, **c.planner.actor_options).remote(
-            self.engine, self.playbooks, self.registry, c.planner.max_tokens)
+            self.engine, self.playbooks, self.registry, c.planner.planner_options())
             for i in range(c.planner.replicas)]
         c.state_dir.mkdir(parents=True, exist_ok=True)
         state = str(c.state_dir.resolve())
@@ -87,11 +96,20 @@ class OpsAgentSystem:
             executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache)
         self.handles = dict(planner=planners[0], planners=planners, policy=policy,
                             executors=executors, tracer=tracer, cases=cases)
+        began = time.monotonic()
+        say(f"planner: starting {c.planner.engine} engine on {c.planner.replicas} replica(s) "
+            "(the embedded model is converted once and cached)")
         models = ray.get([p.start.remote() for p in planners])
         self.model = models[0]
+        loaded = time.monotonic()
         warm = c.planner.warm_classes if c.planner.warm_classes is not None else list(self.playbooks)
         allowed = {k: ray.get(policy.allowed_tools.remote(k)) for k in warm if k in self.playbooks}
+        say(f"planner: {self.model} loaded in {loaded - began:.1f} s; warming {len(allowed)} class "
+            "prompt prefixes in one batch")
         ray.get([p.warm_up.remote(allowed) for p in planners])
+        self.startup = {"engine_s": round(loaded - began, 1), "warm_s": round(time.monotonic() - loaded, 1),
+                        "classes": len(allowed)}
+        say(f"planner: ready in {time.monotonic() - began:.1f} s ({self.startup['warm_s']} s warming)")
         return self
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, limits: ApiLimits | None = None) -> str:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine, TokenLogprob
+from opsagent.agents.engines.base import (
+    ChoiceRequest, ChoiceResult, GenerationRequest, GenerationResult, PlannerEngine, TokenLogprob,
+)
 from opsagent.errors import EngineError
 
 
@@ -20,7 +24,14 @@ class VllmEngineConfig(BaseModel):
         description="Hugging Face id or local folder; None means the embedded SmolLM2-135M-Instruct.",
     )
     max_model_len: int = Field(default=8192, description="Longest prompt plus output, in tokens.")
-    dtype: str = Field(default="bfloat16", description="Weight and activation dtype.")
+    dtype: str = Field(
+        default="float32",
+        description="Weight and activation dtype. float32 on CPUs without native bfloat16 "
+        "(measured in docs/benchmarks.md: prompt processing 2-3x faster than emulated bfloat16); "
+        "`auto` or `bfloat16` on GPU nodes.")
+    block_size: int | None = Field(
+        default=None, description="KV cache block size in tokens (None: vLLM's default, 128 on "
+        "CPU). Only whole blocks are reused from the prefix cache.")
     enforce_eager: bool = Field(default=True, description="Skip graph capture (needed on CPU).")
     enable_prefix_caching: bool = Field(
         default=True, description="Reuse the KV cache of the shared prompt prefix across calls."
@@ -38,6 +49,8 @@ class VllmEngineConfig(BaseModel):
 
 class VllmEngine(PlannerEngine):
     """Hosts `vllm.v1.engine.async_llm.AsyncLLM` in this process."""
+
+    supports_choice = True
 
     def __init__(self, config: VllmEngineConfig | None = None) -> None:
         self.config = config or VllmEngineConfig()
@@ -67,6 +80,8 @@ class VllmEngine(PlannerEngine):
             enforce_eager=self.config.enforce_eager,
             enable_prefix_caching=self.config.enable_prefix_caching,
         )
+        if self.config.block_size is not None:
+            args["block_size"] = self.config.block_size
         if self.config.gpu_memory_utilization is not None:
             args["gpu_memory_utilization"] = self.config.gpu_memory_utilization
         args.update(self.config.engine_args)
@@ -82,20 +97,18 @@ class VllmEngine(PlannerEngine):
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
-        prompt_ids = self._tokenizer.apply_chat_template(
-            [m.model_dump() for m in request.messages], add_generation_prompt=True, tokenize=True
-        )
-        if hasattr(prompt_ids, "get"):  # some tokenizers return a BatchEncoding
-            prompt_ids = prompt_ids["input_ids"]
+        prompt_ids = self._prompt_ids(request.messages, request.prefix)
         constrained = request.output_format != "free"
+        if request.regex is not None:
+            structured = StructuredOutputsParams(regex=request.regex)
+        else:
+            structured = StructuredOutputsParams(
+                json=request.json_schema, disable_any_whitespace=request.output_format == "compact")
         params = SamplingParams(
             max_tokens=request.max_tokens,
             temperature=request.temperature,
             logprobs=0,  # the chosen token's only: the planner's decision confidence
-            structured_outputs=StructuredOutputsParams(
-                json=request.json_schema,
-                disable_any_whitespace=request.output_format == "compact",
-            ) if constrained else None,
+            structured_outputs=structured if constrained else None,
         )
         started = datetime.now(UTC)
         first_token_at = None
@@ -125,6 +138,128 @@ class VllmEngine(PlannerEngine):
             queued_ms=_queued_ms(getattr(final, "metrics", None)),
             tokens=_token_logprobs(completion),
         )
+
+    def _prompt_ids(self, messages: list, prefix: str | None = None) -> list[int]:
+        """The chat template's token ids; with `prefix` (even empty: the reply has begun), the
+        assistant's reply so far is part of the prompt and the model continues it."""
+        chat = [m.model_dump() for m in messages]
+        if prefix:
+            chat.append({"role": "assistant", "content": prefix})
+            ids = self._tokenizer.apply_chat_template(
+                chat, add_generation_prompt=False, continue_final_message=True, tokenize=True)
+        else:
+            ids = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        if hasattr(ids, "get"):  # some tokenizers return a BatchEncoding
+            ids = ids["input_ids"]
+        return list(ids)
+
+    async def choose(self, request: ChoiceRequest) -> ChoiceResult:
+        """Pick among the options by the model's own probabilities, decoding nothing.
+
+        Each option is tokenized as the end of the prompt (the assistant's reply so far). `branch`:
+        the options' token sequences form a tree after their common part; one request per node
+        where they part (all sent at once, each a single forward pass that asks for the
+        log-probabilities of exactly the tokens that continue an option there) gives, renormalised
+        among those tokens, the probability of each branch; an option's probability is the
+        product along its path. That is the distribution constrained decoding would follow, with
+        the forced tokens costing nothing. `score`: each option's total log-likelihood from the
+        prompt log-probabilities of its tokens (one request per option, whole option scored)."""
+        if self._engine is None:
+            raise EngineError("VllmEngine.choose called before start()")
+        started = datetime.now(UTC)
+        sequences = [self._prompt_ids(request.messages, option) for option in request.options]
+        common = _common_prefix(sequences)
+        if any(len(seq) == common for seq in sequences):
+            raise EngineError(f"choice {request.request_id}: an option is a prefix of another")
+        try:
+            if request.method == "score":
+                logps, outs = await self._score(request.request_id, sequences, common)
+            else:
+                logps, outs = await self._branch(request.request_id, sequences, common)
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"vLLM choice {request.request_id} failed: {exc}") from exc
+        top = max(logps)
+        weights = [math.exp(lp - top) for lp in logps]
+        total = sum(weights)
+        probabilities = [w / total for w in weights]
+        cached = [getattr(o, "num_cached_tokens", None) for o in outs]
+        queued = [q for q in (_queued_ms(getattr(o, "metrics", None)) for o in outs) if q is not None]
+        return ChoiceResult(
+            index=max(range(len(probabilities)), key=probabilities.__getitem__),
+            probabilities=probabilities, model=self.model,
+            prompt_tokens=sum(len(o.prompt_token_ids or ()) for o in outs),
+            cached_prompt_tokens=None if None in cached else sum(cached),
+            requests=len(outs), started_at=started, finished_at=datetime.now(UTC),
+            queued_ms=max(queued) if queued else None,
+        )
+
+    async def _branch(self, request_id: str, sequences: list[list[int]],
+                      common: int) -> tuple[list[float], list[Any]]:
+        from vllm import SamplingParams
+
+        nodes: dict[tuple[int, ...], set[int]] = {}  # path after `common` -> next tokens there
+        for seq in sequences:
+            tail = seq[common:]
+            for depth in range(len(tail)):
+                nodes.setdefault(tuple(tail[:depth]), set()).add(tail[depth])
+        branches = {path: sorted(nxt) for path, nxt in nodes.items() if len(nxt) > 1}
+        prefix = sequences[0][:common]
+        # every request asks for the same token ids: requests batched together with lists of
+        # different lengths came back with entries missing (vLLM 0.32 on CPU)
+        asked = sorted(set().union(*branches.values()))
+
+        async def one(index: int, path: tuple[int, ...]) -> Any:
+            params = SamplingParams(max_tokens=1, temperature=0.0, logprob_token_ids=asked,
+                                    detokenize=False)
+            final = None
+            async for out in self._engine.generate(
+                    {"prompt_token_ids": prefix + list(path)}, params, f"{request_id}-b{index}"):
+                final = out
+            return final
+
+        paths = list(branches)
+        outs = await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+        # log-probability of each next token at each branch node, renormalised among them
+        local: dict[tuple[int, ...], dict[int, float]] = {}
+        for path, out in zip(paths, outs, strict=True):
+            entry = out.outputs[0].logprobs[0]
+            raw = {t: entry[t].logprob for t in branches[path]}
+            top = max(raw.values())
+            norm = top + math.log(sum(math.exp(v - top) for v in raw.values()))
+            local[path] = {t: v - norm for t, v in raw.items()}
+        logps = []
+        for seq in sequences:
+            tail, lp = seq[common:], 0.0
+            for depth in range(len(tail)):
+                here = local.get(tuple(tail[:depth]))
+                if here is not None:
+                    lp += here[tail[depth]]
+            logps.append(lp)
+        return logps, list(outs)
+
+    async def _score(self, request_id: str, sequences: list[list[int]],
+                     common: int) -> tuple[list[float], list[Any]]:
+        from vllm import SamplingParams
+
+        async def one(index: int, seq: list[int], skip_cache: bool = False) -> Any:
+            params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0,
+                                    skip_reading_prefix_cache=skip_cache, detokenize=False)
+            final = None
+            async for out in self._engine.generate(
+                    {"prompt_token_ids": seq}, params, f"{request_id}-s{index}{'c' * skip_cache}"):
+                final = out
+            # rows served from the prefix cache carry no log-probabilities: an option whose own
+            # tokens were cached (by an earlier request) is scored again without the cache
+            if (final.num_cached_tokens or 0) > common and not skip_cache:
+                return await one(index, seq, skip_cache=True)
+            return final
+
+        outs = await asyncio.gather(*(one(i, s) for i, s in enumerate(sequences)))
+        logps = [sum(out.prompt_logprobs[pos][seq[pos]].logprob for pos in range(common, len(seq)))
+                 for seq, out in zip(sequences, outs, strict=True)]
+        return logps, list(outs)
 
     async def reset_prefix_cache(self) -> bool:
         """Drop every cached prefix (for measurements that must start cold); True if done."""
@@ -156,6 +291,15 @@ def _token_logprobs(completion: Any) -> list[TokenLogprob] | None:
     while tokens and len(joined) > len(completion.text) and joined.endswith(tokens[-1].text):
         joined = joined[:len(joined) - len(tokens.pop().text)]  # a stop token the text leaves out
     return tokens if joined == completion.text else None
+
+
+def _common_prefix(sequences: list[list[int]]) -> int:
+    """Length of the token prefix all sequences share."""
+    shortest = min(len(s) for s in sequences)
+    for i in range(shortest):
+        if any(s[i] != sequences[0][i] for s in sequences):
+            return i
+    return shortest
 
 
 def _queued_ms(metrics: Any) -> float | None:

@@ -88,6 +88,18 @@ class Playbook(BaseModel):
         default_factory=list,
         description="Tools offered again after they succeeded (others are offered once).",
     )
+    notes: dict[str, str] = Field(
+        default_factory=dict,
+        description="`tool.arg` -> template of a free-text argument (a reason, a resolution, a "
+        "note), composed in code instead of written by the model: `{tool.field}` is the value "
+        "read, `{entity}` a case entity, `{fact}` the evidence stated. Arguments with neither a "
+        "template nor a binding are written by the model (bounded by `max_string`).",
+    )
+    finish_reasons: dict[str, str] = Field(
+        default_factory=dict,
+        description="`resolved` / `escalated` -> template of the reason a finish states (same "
+        "fields as `notes`); without one the reason lists the evidence.",
+    )
     max_steps: int = Field(default=6, ge=1, le=20, description="Planner steps before escalation.")
     max_string: int = Field(default=100, ge=8, description="Longest free-text argument generated.")
     examples: list[Example] = Field(default_factory=list, description="Worked examples.")

@@ -41,10 +41,11 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Version of the trace schema: 1 had no `event_id` and no `schema_version`, 2 no `actions.limits`,
 3 no `planner_calls.prompt`, 4 no autonomy modes (`actions.autonomy_mode`, `case_events.outcome`,
-the `verdicts` table), 5 no `planner_calls.confidence`; see SCHEMA.md."""
+the `verdicts` table), 5 no `planner_calls.confidence`, 6 no `planner_calls.decided_by` and
+`planner_calls.candidates`; see SCHEMA.md."""
 
 
 class TraceEvent(BaseModel):
@@ -174,8 +175,15 @@ class PlannerCallEvent(TraceEvent):
     prompt: list[dict[str, Any]] | None = Field(
         None, description="The chat messages the model was given ({role, content} each).")
     confidence: float | None = Field(
-        None, description="The model's probability of the step's tool (and finish status), from its "
-        "token log-probabilities; None when the engine gives none.")
+        None, description="The model's probability of the step's decision: among the step's "
+        "candidates (choice decoding), or of the tokens spelling the tool and finish status (schema "
+        "decoding); None when the engine gives none.")
+    decided_by: str | None = Field(
+        None, description="model: the engine chose; rule: the playbook left one step, no call was "
+        "made (then model is `rule`, tokens 0). Null before schema version 7.")
+    candidates: list[dict[str, Any]] | None = Field(
+        None, description="Every candidate of the step with the model's probability "
+        "([{decision, probability}]; choice decoding; stored as JSON).")
 
 
 class ApprovalEvent(TraceEvent):

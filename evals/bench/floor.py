@@ -25,7 +25,9 @@ import httpx
 import jsonschema
 from pydantic import BaseModel, Field
 
-from opsagent.agents.engines.base import ChatMessage, GenerationRequest, GenerationResult, OutputFormat
+from opsagent.agents.engines.base import (
+    ChatMessage, ChoiceMethod, ChoiceRequest, GenerationRequest, GenerationResult, OutputFormat,
+)
 from opsagent.agents.engines.vllm_engine import VllmEngine, VllmEngineConfig
 from opsagent.evals.bench.recording import EngineTiming
 from opsagent.evals.bench.stats import ratio
@@ -43,15 +45,26 @@ class FloorRequest(BaseModel):
     step: int
     finished_at: datetime = Field(description="When the recorded call ended (for the latency window).")
     messages: list[ChatMessage]
-    json_schema: dict[str, Any]
+    json_schema: dict[str, Any] = Field(default_factory=dict)
     max_tokens: int
     output: str
+    options: list[str] | None = Field(None, description="A choice among these (choice decoding).")
+    method: ChoiceMethod | None = None
 
     @property
     def key(self) -> str:
-        text = json.dumps([[m.model_dump() for m in self.messages], self.json_schema, self.max_tokens],
-                          sort_keys=True)
+        text = json.dumps([[m.model_dump() for m in self.messages], self.json_schema, self.max_tokens,
+                           self.options], sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
+
+    def choice(self, method: ChoiceMethod | None = None, suffix: str = "") -> ChoiceRequest:
+        return ChoiceRequest(request_id=f"floor-{self.key[:12]}-{suffix}-{uuid.uuid4().hex[:6]}",
+                             messages=self.messages, options=self.options or [],
+                             method=method or self.method or "branch")
+
+    def chose_as_recorded(self, index: int) -> bool:
+        """The re-issued choice picked the option the recorded step began with."""
+        return bool(self.options) and self.output.startswith(self.options[index])
 
     def request(self, output_format: OutputFormat = "compact", max_tokens: int | None = None,
                 suffix: str = "") -> GenerationRequest:
@@ -65,18 +78,20 @@ def floor_requests(calls: dict[str, list[RecordedCall]], timings: list[EngineTim
                    classes: dict[str, str]) -> dict[str, list[FloorRequest]]:
     """Case id -> its requests: prompts from the trace, schemas from the engine recording (joined
     on case and start time; a call without a recorded schema is left out)."""
-    schemas = {(t.request_id.rsplit("-", 2)[0], t.started_at): t.json_schema for t in timings}
+    recorded = {(t.request_id.rsplit("-", 2)[0], t.started_at): t for t in timings}
     out: dict[str, list[FloorRequest]] = {}
     for case_id, rows in calls.items():
         out[case_id] = []
         for c in rows:
-            schema = schemas.get((case_id, c.started_at))
-            if schema is None or c.completion_tokens < 1:
+            timing = recorded.get((case_id, c.started_at))
+            if timing is None or (timing.options is None and (timing.json_schema is None
+                                                              or c.completion_tokens < 1)):
                 continue
             out[case_id].append(FloorRequest(
                 case_id=case_id, exception_type=classes[case_id], step=c.step, finished_at=c.finished_at,
-                messages=[ChatMessage(**m) for m in c.prompt], json_schema=schema,
-                max_tokens=c.completion_tokens, output=c.output))
+                messages=[ChatMessage(**m) for m in c.prompt], json_schema=timing.json_schema or {},
+                max_tokens=max(1, c.completion_tokens), output=c.output, options=timing.options,
+                method=timing.method))
     return out
 
 
@@ -119,7 +134,14 @@ async def planner_floor(engine: VllmEngine, requests: dict[str, list[FloorReques
     done: dict[str, CallFloor] = {}
     for rows in requests.values():
         for req in rows:
-            if req.key not in done:
+            if req.key in done:
+                continue
+            if req.options:
+                chosen = await engine.choose(req.choice())
+                done[req.key] = CallFloor(ms=chosen.duration_ms, prefill_ms=chosen.duration_ms,
+                                          completion_tokens=0, cached_prompt_tokens=chosen.cached_prompt_tokens,
+                                          same_output=req.chose_as_recorded(chosen.index))
+            else:
                 done[req.key] = _floor(await engine.generate(req.request()), req)
     return done
 
@@ -248,6 +270,8 @@ async def measure_choices(engine: VllmEngine, requests: dict[str, list[FloorRequ
     whitespace allowed, unconstrained, and `batch` cases at once; the prefix cache is reset and
     the class prefixes re-warmed before each pass, so every pass starts alike."""
     prefixes = warm_prefixes(requests)
+    if any(req.options for rows in requests.values() for req in rows):
+        return await measure_choice_methods(engine, requests, prefixes)
     out = []
     for name, fmt, max_tokens, note in (
             ("compact constrained (planner)", "compact", None, "max_tokens = recorded output"),
@@ -263,6 +287,35 @@ async def measure_choices(engine: VllmEngine, requests: dict[str, list[FloorRequ
     width = min(batch, len(requests))
     out.append(_choice(f"compact, {width} cases at once", results, wall,
                        f"{len(requests)} cases, at most {batch} at once, each case's calls in order"))
+    return out
+
+
+async def measure_choice_methods(engine: VllmEngine, requests: dict[str, list[FloorRequest]],
+                                 prefixes: dict[str, list[ChatMessage]]) -> list[ChoiceResult]:
+    """Choice decoding's two ways of scoring candidates on the same recorded choices, one at a
+    time, each pass from a reset and re-warmed prefix cache: `valid` counts the choices that
+    picked what the run recorded."""
+    choices = {k: [r for r in rows if r.options] for k, rows in requests.items()}
+    out = []
+    for method in ("branch", "score"):
+        await engine.reset_prefix_cache()
+        await warm(engine, prefixes)
+        t0 = time.monotonic()
+        times, agree, cached = [], 0, []
+        for rows in choices.values():
+            for req in rows:
+                result = await engine.choose(req.choice(method, method))
+                times.append(result.duration_ms)
+                agree += req.chose_as_recorded(result.index)
+                if result.cached_prompt_tokens is not None:
+                    cached.append(result.cached_prompt_tokens)
+        n = len(times)
+        out.append(ChoiceResult(
+            name=f"choice by {method}", requests=n, mean_ms=sum(times) / n if n else None,
+            mean_prefill_ms=sum(times) / n if n else None, mean_completion_tokens=0.0 if n else None,
+            mean_cached_prompt_tokens=sum(cached) / len(cached) if cached else None, valid=agree,
+            wall_s=time.monotonic() - t0,
+            note="one at a time; valid = same choice as the run recorded"))
     return out
 
 

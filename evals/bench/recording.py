@@ -1,4 +1,4 @@
-"""A planner engine wrapper that appends every generation's timings to a JSON-lines file.
+"""A planner engine wrapper that appends every generation's and choice's timings to a JSON-lines file.
 
 The planner actor owns the engine, and the trace store keeps start and end of each call but not
 its first token; the wrapper is pickled into the actor with the real engine and writes one line
@@ -14,7 +14,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine
+from opsagent.agents.engines.base import (
+    ChoiceMethod, ChoiceRequest, ChoiceResult, GenerationRequest, GenerationResult, PlannerEngine,
+)
 
 
 class EngineTiming(BaseModel):
@@ -30,6 +32,10 @@ class EngineTiming(BaseModel):
     queued_ms: float | None
     json_schema: dict[str, Any] | None = None
     max_tokens: int | None = None
+    options: list[str] | None = None
+    method: ChoiceMethod | None = None
+    prefix: str | None = None
+    regex: str | None = None
 
     @classmethod
     def of(cls, request: GenerationRequest, result: GenerationResult) -> EngineTiming:
@@ -37,7 +43,17 @@ class EngineTiming(BaseModel):
                    first_token_at=result.first_token_at, finished_at=result.finished_at,
                    prompt_tokens=result.prompt_tokens, cached_prompt_tokens=result.cached_prompt_tokens,
                    completion_tokens=result.completion_tokens, queued_ms=result.queued_ms,
-                   json_schema=request.json_schema, max_tokens=request.max_tokens)
+                   json_schema=request.json_schema, max_tokens=request.max_tokens,
+                   prefix=request.prefix or None, regex=request.regex)
+
+    @classmethod
+    def of_choice(cls, request: ChoiceRequest, result: ChoiceResult) -> EngineTiming:
+        """A choice decodes nothing: all of it counts as prefill (first token = its end)."""
+        return cls(request_id=request.request_id, started_at=result.started_at,
+                   first_token_at=result.finished_at, finished_at=result.finished_at,
+                   prompt_tokens=result.prompt_tokens, cached_prompt_tokens=result.cached_prompt_tokens,
+                   completion_tokens=0, queued_ms=result.queued_ms, options=request.options,
+                   method=request.method)
 
 
 class RecordingEngine(PlannerEngine):
@@ -46,6 +62,7 @@ class RecordingEngine(PlannerEngine):
     def __init__(self, inner: PlannerEngine, path: Path | str) -> None:
         self.inner = inner
         self.model = inner.model
+        self.supports_choice = inner.supports_choice
         self.path = str(path)
 
     async def start(self) -> None:
@@ -54,9 +71,17 @@ class RecordingEngine(PlannerEngine):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         result = await self.inner.generate(request)
-        with open(self.path, "a", encoding="utf-8") as out:
-            out.write(EngineTiming.of(request, result).model_dump_json() + "\n")
+        self._write(EngineTiming.of(request, result))
         return result
+
+    async def choose(self, request: ChoiceRequest) -> ChoiceResult:
+        result = await self.inner.choose(request)
+        self._write(EngineTiming.of_choice(request, result))
+        return result
+
+    def _write(self, timing: EngineTiming) -> None:
+        with open(self.path, "a", encoding="utf-8") as out:
+            out.write(timing.model_dump_json() + "\n")
 
     async def close(self) -> None:
         await self.inner.close()

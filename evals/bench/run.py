@@ -165,7 +165,10 @@ class _SystemPhase:
                     if system is None:
                         t0 = time.monotonic()
                         system = OpsAgentSystem(config, platform.registry(), engine=engine)
-                        system.start()
+                        system.start(say=self.log)
+                        self.result.notes.append(
+                            f"planner start-up: engine {system.startup['engine_s']} s, "
+                            f"{system.startup['classes']} class prefixes warmed in {system.startup['warm_s']} s")
                         url = system.serve(port=_free_port())
                         api = Api(url, TokenStore(system.tokens_path).add("bench", [Role.submitter, Role.auditor]))
                         self.result.model = system.model
@@ -269,7 +272,7 @@ def floor_phase(cfg: BenchConfig, phase: _SystemPhase, instances: list[Instance]
                 choices = await measure_choices(engine, subset, batch=cfg.batch)
         finally:
             await engine.close()
-        if "choices" in cfg.phases:
+        if "choices" in cfg.phases and cfg.system.planner.decoding == "schema":
             choices.insert(1, await measure_without_prefix_cache(cfg.system.planner.vllm, subset))
         return planner, choices
 

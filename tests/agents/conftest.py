@@ -44,7 +44,7 @@ class Harness:
 
     def __init__(self, registry: ToolRegistry, script: list[ScriptStep], max_steps: int = 6,
                  planner: Any = None, mode: str = "autonomous", policy: PolicyConfig | None = None,
-                 token_logprob: float | None = None):
+                 token_logprob: float | None = None, decoding: str = "choice"):
         self.engine = ScriptedEngine(script, token_logprob=token_logprob)
         self.traces = InMemoryExporter()
         config = policy or load_default_policy()  # every class ships in shadow: promoted as an admin would
@@ -52,7 +52,8 @@ class Harness:
         self.policy = PolicyEngine(config, registry, autonomy=self.autonomy)
         self.service = PolicyService(self.policy, ApprovalStore(":memory:"))
         self.runner = CaseRunner(
-            planner or Planner(self.engine, builtin_playbooks(), registry), LocalPolicy(self.service),
+            planner or Planner(self.engine, builtin_playbooks(), registry, decoding=decoding),
+            LocalPolicy(self.service),
             Executor(registry, self.policy.permit_key), LocalTracer(self.traces), registry,
             max_steps=max_steps,
         )
@@ -70,5 +71,5 @@ class Harness:
 def harness(registry: ToolRegistry) -> Callable[..., Harness]:
     """`harness(script, registry=..., max_steps=..., planner=..., mode=...)`; the session's registry
     by default; `planner` replaces the scripted engine's planner (e.g. a RawPlanner); `mode` is every
-    class's autonomy mode (default autonomous)."""
+    class's autonomy mode (default autonomous); `decoding` the planner's (default choice)."""
     return lambda script, registry=registry, **kw: Harness(registry, script, **kw)

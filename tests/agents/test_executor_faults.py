@@ -182,7 +182,7 @@ def test_a_write_whose_answer_was_lost_is_resent_with_its_key_and_applied_once(r
 
 def test_a_write_refused_every_time_escalates_and_applies_nothing(run_case, platform):
     case, sid, requests = run_case(Fault("POST", "weight-disputes", "500"))
-    assert case.status == CaseStatus.escalated and "did not accept" in case.reason
+    assert case.status == CaseStatus.escalated and "could not be carried out: HTTP 500" in case.reason
     failed = case.steps[-1]
     assert failed.tool == "tms_open_weight_dispute" and "HTTP 500" in failed.error
     assert _sent(requests, "POST", "weight-disputes") == 3

@@ -1,4 +1,7 @@
-"""Prompt, schema and parsing around one engine call; the engine is scripted."""
+"""Prompt, schema and parsing around one engine call; the engine is scripted.
+
+Tests that look at the JSON schema or parse raw text run the planner with `decoding="schema"`
+(the whole step generated); the candidate choice is tested in test_planner_choice.py."""
 
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ def test_plan_sends_examples_then_the_case_and_parses_the_step(registry, allowed
     step = {"evidence": {"scale_check": "unknown"}, "tool": "wms_get_shipment",
             "args": {"shipment_id": "SHP-100001"}}
     engine = ScriptedEngine([step])
-    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(_case(), allowed))
+    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry, decoding="schema").plan(_case(), allowed))
     engine.assert_done()
     assert turn.step.tool == "wms_get_shipment" and turn.error is None and turn.prompt_digest
     (request,) = engine.requests
@@ -79,7 +82,7 @@ def test_a_failed_resolving_write_goes_back_to_the_model(registry, allowed):
 
 def test_bad_outputs_become_errors_not_exceptions(registry, allowed):
     engine = ScriptedEngine(["not json at all"])
-    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(_case(), allowed))
+    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry, decoding="schema").plan(_case(), allowed))
     assert turn.step is None and "not a step" in turn.error and turn.generation.text == "not json at all"
 
 
@@ -128,12 +131,27 @@ def test_a_hand_off_to_humans_escalates_without_a_model_call(registry):
     assert turn.generation is None and turn.step.status == "escalated" and "TKT-1" in turn.step.reason
 
 
-def test_a_tool_refused_twice_is_no_longer_offered(registry, allowed):
+def _refused_twice():
     case = _case()
     case.steps += [Step(step=1, tool="wms_get_shipment", executed=True, ok=False, error="500"),
                    Step(step=2, tool="wms_get_shipment", verdict="deny", reasons=["scope"])]
+    return case
+
+
+def test_a_tool_refused_twice_is_no_longer_offered(registry, allowed):
     engine = ScriptedEngine([{"evidence": {"scale_check": "unknown"}, "tool": "finish",
                               "status": "escalated", "reason": "cannot read"}])
-    asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(case, allowed))
+    asyncio.run(Planner(engine, builtin_playbooks(), registry, decoding="schema").plan(_refused_twice(), allowed))
+    engine.assert_done()
     offered = {v["properties"]["tool"]["const"] for v in engine.requests[0].json_schema["anyOf"]}
     assert offered == {"finish"}
+
+
+def test_with_nothing_left_to_choose_the_step_is_taken_without_the_model(registry, allowed):
+    """Choice decoding: the refused read leaves one candidate (escalate), taken by rule."""
+    engine = ScriptedEngine([])
+    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(_refused_twice(), allowed))
+    assert engine.requests == [] and turn.generation is None and turn.decided_by == "rule"
+    assert turn.step.tool == "finish" and turn.step.status == "escalated"
+    assert turn.step.reason.startswith("Policy denied wms_get_shipment: scope")
+    assert [c.decision for c in turn.candidates] == ["finish:escalated"] and turn.confidence == 1.0

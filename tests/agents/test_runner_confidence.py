@@ -34,7 +34,9 @@ def test_an_unsure_write_waits_for_a_human_and_a_sure_one_runs(harness, instance
 
 
 def test_without_log_probabilities_the_floor_holds_every_autonomous_write(harness, instance):
-    h = harness([gold_step] * 3, policy=_policy(0.5))
+    """An engine that writes whole steps and reports no log-probabilities (schema decoding, as
+    with most OpenAI-compatible servers): confidence unknown, so the floor holds the write."""
+    h = harness([gold_step] * 3, policy=_policy(0.5), decoding="schema")
     case = h.run(instance(scale_ok=True))
     assert case.status == CaseStatus.awaiting_approval
     assert case.steps[-1].confidence is None and "is unknown" in case.steps[-1].reasons[0]

@@ -1,0 +1,185 @@
+"""The steps the planner may take next, built in code: the model only chooses among them.
+
+A step's schema leaves the model a finite choice (which offered tool, which value of an enum
+argument, resolved or escalated); everything else is fixed before the model is asked: the
+evidence is pinned to what the case read, arguments named like a case entity to that entity,
+bound arguments to the value read (as the system of record returned it), and notes and finish
+reasons composed from the playbook's wording (`Playbook.notes`, `Playbook.finish_reasons`).
+Only a required argument with no pin and no template is left `free`, for the model to write.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from opsagent.agents.case import Case
+from opsagent.agents.playbooks import Playbook
+from opsagent.agents.prompts import compact
+from opsagent.agents.step_schema import (
+    FINISH, RESOLVED_KEY, PlannedStep, offered_tools, read_value, refused, succeeded,
+)
+from opsagent.tools.spec import ToolSpec
+
+MAX_CANDIDATES = 64
+MAX_REASON = 300
+_FIELD = re.compile(r"\{([a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)?)\}")
+
+
+class Candidate(BaseModel):
+    """One step the planner may take: complete but for its `free` arguments."""
+
+    step: PlannedStep
+    free: list[str] = Field(default_factory=list, description="Required arguments with no pin and "
+                            "no template: the model writes them once this candidate is chosen.")
+    enum_args: list[str] = Field(default_factory=list, description="Arguments whose enum value "
+                                 "this candidate chose (one candidate per value).")
+
+    @property
+    def decision(self) -> str:
+        """What tells this candidate apart: the tool, the finish status, the enum arguments."""
+        if self.step.tool == FINISH:
+            return f"{FINISH}:{self.step.status}"
+        chosen = [f"{k}={self.step.args[k]}" for k in self.enum_args]
+        return self.step.tool + (f"({','.join(chosen)})" if chosen else "")
+
+    def option(self) -> str:
+        """The candidate as the start of the planner's reply, up to its first free argument's
+        value (or whole): the text the engine scores."""
+        text = compact(reply(self.step))
+        if not self.free:
+            return text
+        marker = f'"{self.free[0]}":'
+        at = text.index(marker) + len(marker)
+        return text[:at]
+
+
+def evidence_values(playbook: Playbook, done: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every combination of evidence the step may state: a fact whose source was read is that
+    value (as read), an unread one its `unknown`; a fact with no source is the model's choice."""
+    names, choices = [], []
+    for name, field in playbook.evidence.items():
+        names.append(name)
+        if field.source:
+            found, read = read_value(done, field.source)
+            choices.append([read] if found else [field.unknown])
+        else:
+            choices.append([field.unknown, *(field.values or [])])
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*choices)]
+
+
+def build_candidates(playbook: Playbook, tools: list[ToolSpec], case: Case) -> list[Candidate]:
+    """The candidates for the next step of `case`, tools first, then finishing."""
+    done = succeeded(case)
+    found: list[Candidate] = []
+    for evidence in evidence_values(playbook, done):
+        for tool in offered_tools(playbook, tools, done, refused(case)):
+            found.extend(_tool_candidates(playbook, tool, case, done, evidence))
+        can_resolve = all(p in done for p in playbook.prerequisites.get(RESOLVED_KEY, ()))
+        for status in (["resolved", "escalated"] if can_resolve else ["escalated"]):
+            reason = compose(playbook.finish_reasons.get(status), case, done, evidence) \
+                or _default_reason(status, evidence, case)
+            if (cause := _setback(case, tools)) is not None:
+                reason = f"{cause} {reason}"
+            found.append(Candidate(step=PlannedStep(evidence=evidence, tool=FINISH, status=status,
+                                                    reason=reason[:MAX_REASON])))
+    return found[:MAX_CANDIDATES]
+
+
+def _tool_candidates(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any],
+                     evidence: dict[str, Any]) -> list[Candidate]:
+    props = tool.parameters.get("properties") or {}
+    required = set(tool.parameters.get("required") or ())
+    pins = _pins(playbook, tool, case, done)
+    fixed: dict[str, list[Any]] = {}
+    free: list[str] = []
+    enums: set[str] = set()
+    for name, prop in props.items():
+        if name in pins:
+            fixed[name] = [pins[name]]
+        elif (note := compose(playbook.notes.get(f"{tool.name}.{name}"), case, done, evidence)):
+            fixed[name] = [note[:playbook.max_string]]
+        elif name in required and prop.get("enum"):
+            fixed[name] = list(prop["enum"])
+            enums.add(name)
+        elif name in required:
+            fixed[name] = [None]
+            free.append(name)
+    out = []
+    for combo in itertools.product(*fixed.values()):
+        args = dict(zip(fixed, combo, strict=True))
+        out.append(Candidate(step=PlannedStep(evidence=evidence, tool=tool.name, args=args),
+                             free=free, enum_args=[n for n in fixed if n in enums]))
+    return out
+
+
+def _pins(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any]) -> dict[str, Any]:
+    """Argument values fixed by the case: its entities, and bindings whose source was read."""
+    props = tool.parameters.get("properties") or {}
+    pins = {k: v for k, v in case.report.entities.items() if k in props}
+    for target, source in playbook.bindings.items():
+        name, _, arg = target.partition(".")
+        found, value = read_value(done, source)
+        if name == tool.name and found:
+            pins[arg] = value
+    return pins
+
+
+def compose(template: str | None, case: Case, done: dict[str, Any],
+            evidence: dict[str, Any]) -> str | None:
+    """Fill a playbook template: `{tool.field}` with the value read, `{entity}` with the case's
+    entity, `{evidence_name}` with the fact stated. None if a field it names is not known yet."""
+    if not template:
+        return None
+    missing = False
+
+    def value(match: re.Match) -> str:
+        nonlocal missing
+        ref = match.group(1)
+        if "." in ref:
+            found, read = read_value(done, ref)
+        elif ref in case.report.entities:
+            found, read = True, case.report.entities[ref]
+        else:
+            found, read = ref in evidence, evidence.get(ref)
+        if not found or read is None:
+            missing = True
+            return ""
+        return read if isinstance(read, str) else json.dumps(read)
+
+    text = _FIELD.sub(value, template)
+    return None if missing else text
+
+
+def _setback(case: Case, tools: list[ToolSpec]) -> str | None:
+    """What went wrong in the last step, if it failed or was refused: a finish says so first."""
+    last = case.steps[-1] if case.steps else None
+    if last is None:
+        return None
+    if last.verdict == "deny":
+        return f"Policy denied {last.tool}: {'; '.join(last.reasons)[:120]}."
+    if last.verdict == "require_approval" and not last.executed and last.error:
+        return f"A human did not approve {last.tool}: {last.error[:120]}."
+    if last.failed:
+        writes = next((t.writes for t in tools if t.name == last.tool), True)
+        return f"{last.tool} could not be {'carried out' if writes else 'read'}: " \
+            f"{(last.error or 'failed')[:120]}."
+    return None
+
+
+def _default_reason(status: str, evidence: dict[str, Any], case: Case) -> str:
+    stated = ", ".join(f"{k} {v}" for k, v in evidence.items())
+    last = next((s.tool for s in reversed(case.steps) if s.done), None)
+    text = "Resolved" if status == "resolved" else "Escalated for a human"
+    return f"{text}: {stated or 'no evidence'}" + (f", after {last}." if last else ".")
+
+
+def reply(step: PlannedStep) -> dict[str, Any]:
+    """The step as the planner's reply (the form of the playbooks' worked examples)."""
+    if step.tool == FINISH:
+        return {"evidence": step.evidence, "tool": FINISH, "status": step.status, "reason": step.reason}
+    return {"evidence": step.evidence, "tool": step.tool, "args": step.args}
