@@ -24,7 +24,6 @@ from opsagent.agents.tracing.report import demo_summary
 from opsagent.cluster.client import OpsAgentClient
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
-from opsagent.cluster.startup import planner_start_line
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApiBusy
 from opsagent.policy.autonomy import Mode
@@ -127,10 +126,7 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
         start_ray(num_cpus=2)
         system = OpsAgentSystem(config, platform.registry())
         try:
-            t0 = time.monotonic()
-            print(planner_start_line(config), flush=True)
-            system.start()
-            print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s", flush=True)
+            system.start(say=lambda line: print(line, flush=True))  # what start-up is doing, as it goes
             base_url = system.serve(port=port or free_port())
             print(promote_for_demo(system))
             token = TokenStore(system.tokens_path).add("demo-ops", [Role.submitter, Role.auditor])

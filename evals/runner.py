@@ -37,7 +37,6 @@ from opsagent.agents.tracing.audit import UNSUPERVISED_HIGH_RISK_ROWS
 from opsagent.agents.tracing.views import query, sql_list
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.demo import free_port
-from opsagent.cluster.startup import planner_start_line
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApprovalError, ConfigError, InputError, OpsAgentError
 from opsagent.evals.catalogue import Instance, get_class, plant
@@ -280,10 +279,10 @@ class _Session:
         self.registry = registry
         self.system = OpsAgentSystem(self.system_config, registry, engine=self.engine,
                                      playbooks=self.playbooks, policy=self.policy)
-        if self.engine is None:  # the configured engine: its start-up can take minutes
-            print(planner_start_line(self.system_config), file=sys.stderr, flush=True)
+        # the configured engine's start-up can take minutes: say what it is doing, on stderr
+        say = (lambda line: print(line, file=sys.stderr, flush=True)) if self.engine is None else None
         try:
-            self.system.start()
+            self.system.start(say=say)
             url = self.system.serve(port=free_port())
         except BaseException:
             self.system.stop()

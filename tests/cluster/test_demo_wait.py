@@ -118,16 +118,3 @@ def test_wait_all_ends_at_its_deadline_when_the_api_asks_for_longer(monkeypatch)
 
     assert wait_all(Busy(), ["case-1"], timeout_s=5) == {}
 
-
-def test_the_planner_start_up_says_what_it_will_do(tmp_path, monkeypatch):
-    from opsagent.cluster.config import SystemConfig
-    from opsagent.cluster.startup import planner_start_line
-
-    monkeypatch.setenv("OPSAGENT_CACHE", str(tmp_path))  # nothing converted there yet
-    config = SystemConfig()
-    config.planner.warm_classes = ["weight_mismatch"]
-    line = planner_start_line(config)
-    assert line.startswith("planner starting: converting the embedded SmolLM2-135M-Instruct")
-    assert "first run only" in line and line.endswith("warming 1 class prompt prefix (weight_mismatch)")
-    config.planner.warm_classes = None
-    assert planner_start_line(config).endswith("warming every class's prompt prefix")
