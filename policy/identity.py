@@ -7,6 +7,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import threading
@@ -40,6 +41,8 @@ class Identity(BaseModel, frozen=True):
 
 AGENT = Identity(name="opsagent", roles=frozenset(), kind="agent")
 
+
+log = logging.getLogger(__name__)
 
 LAST_USED_EVERY_S = 60.0
 """A token's last-used time is written at most this often (every request reads the file)."""
@@ -162,11 +165,15 @@ class TokenStore:
         return Identity.model_validate({k: record[k] for k in ("name", "roles", "kind") if k in record})
 
     def _touch(self, digest: str, now: datetime) -> None:
-        with self._locked():
-            tokens = self._load()
-            if digest in tokens:
-                tokens[digest]["last_used_at"] = now.isoformat()
-                self._save(tokens)
+        """Note the last use; best effort (a read-only state volume still authenticates)."""
+        try:
+            with self._locked():
+                tokens = self._load()
+                if digest in tokens:
+                    tokens[digest]["last_used_at"] = now.isoformat()
+                    self._save(tokens)
+        except OSError as exc:
+            log.warning("cannot note the last use of a token in %s: %s", self.path, exc)
 
     def listing(self) -> list[TokenInfo]:
         """Every token, oldest first."""
