@@ -21,7 +21,7 @@ from opsagent.agents.case import Case
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.prompts import compact
 from opsagent.agents.step_schema import (
-    FINISH, RESOLVED_KEY, PlannedStep, offered_tools, read_value, refused, succeeded,
+    FINISH, RESOLVED_KEY, PlannedStep, offered_tools, pins, read_value, refused, succeeded,
 )
 from opsagent.tools.spec import ToolSpec
 
@@ -50,12 +50,9 @@ class Candidate(BaseModel):
     def option(self) -> str:
         """The candidate as the start of the planner's reply, up to its first free argument's
         value (or whole): the text the engine scores."""
-        text = compact(reply(self.step))
         if not self.free:
-            return text
-        marker = f'"{self.free[0]}":'
-        at = text.index(marker) + len(marker)
-        return text[:at]
+            return compact(reply(self.step))
+        return reply_up_to(self.step, self.free[0])
 
 
 def evidence_values(playbook: Playbook, done: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,13 +91,13 @@ def _tool_candidates(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[
                      evidence: dict[str, Any]) -> list[Candidate]:
     props = tool.parameters.get("properties") or {}
     required = set(tool.parameters.get("required") or ())
-    pins = _pins(playbook, tool, case, done)
+    pinned = pins(playbook, tool, case, done)
     fixed: dict[str, list[Any]] = {}
     free: list[str] = []
     enums: set[str] = set()
     for name, prop in props.items():
-        if name in pins:
-            fixed[name] = [pins[name]]
+        if name in pinned:
+            fixed[name] = [pinned[name]]
         elif (note := compose(playbook.notes.get(f"{tool.name}.{name}"), case, done, evidence)):
             fixed[name] = [note[:playbook.max_string]]
         elif name in required and prop.get("enum"):
@@ -115,18 +112,6 @@ def _tool_candidates(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[
         out.append(Candidate(step=PlannedStep(evidence=evidence, tool=tool.name, args=args),
                              free=free, enum_args=[n for n in fixed if n in enums]))
     return out
-
-
-def _pins(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any]) -> dict[str, Any]:
-    """Argument values fixed by the case: its entities, and bindings whose source was read."""
-    props = tool.parameters.get("properties") or {}
-    pins = {k: v for k, v in case.report.entities.items() if k in props}
-    for target, source in playbook.bindings.items():
-        name, _, arg = target.partition(".")
-        found, value = read_value(done, source)
-        if name == tool.name and found:
-            pins[arg] = value
-    return pins
 
 
 def compose(template: str | None, case: Case, done: dict[str, Any],
@@ -176,6 +161,13 @@ def _default_reason(status: str, evidence: dict[str, Any], case: Case) -> str:
     last = next((s.tool for s in reversed(case.steps) if s.done), None)
     text = "Resolved" if status == "resolved" else "Escalated for a human"
     return f"{text}: {stated or 'no evidence'}" + (f", after {last}." if last else ".")
+
+
+def reply_up_to(step: PlannedStep, arg: str) -> str:
+    """The step's reply as text, cut just before the value of argument `arg`."""
+    text = compact(reply(step))
+    marker = f'"{arg}":'
+    return text[:text.index(marker) + len(marker)]
 
 
 def reply(step: PlannedStep) -> dict[str, Any]:

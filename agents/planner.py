@@ -12,6 +12,7 @@ Two ways to ask the model (`Planner.decoding`):
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ import jsonschema
 
 from pydantic import BaseModel, Field, ValidationError
 
-from opsagent.agents.candidates import Candidate, build_candidates, reply
+from opsagent.agents.candidates import Candidate, build_candidates, reply, reply_up_to
 from opsagent.agents.case import Case
 from opsagent.agents.confidence import decision_confidence
 from opsagent.agents.engines.base import (
@@ -92,8 +93,6 @@ class Planner:
         """Compute each class's shared prompt prefix once, all classes in one batch, so that the
         first cases reuse it from vLLM's prefix cache instead of each computing its own copy.
         Returns the number of classes warmed."""
-        import asyncio
-
         requests = []
         for exception_type, allowed in allowed_tools.items():
             playbook = self.playbooks.get(exception_type)
@@ -187,11 +186,8 @@ class Planner:
         generations: list[GenerationResult] = []
         for name in chosen.free:
             prop = (self.registry.get(step.tool).parameters.get("properties") or {}).get(name, {})
-            text = compact(reply(step))
-            marker = f'"{name}":'
-            prefix = text[:text.index(marker) + len(marker)]
             generation = await self.engine.generate(GenerationRequest(
-                request_id=_request_id(case), messages=messages, prefix=prefix,
+                request_id=_request_id(case), messages=messages, prefix=reply_up_to(step, name),
                 regex=_value_regex(prop, playbook.max_string), target=f"args.{name}",
                 max_tokens=min(self.max_tokens, playbook.max_string // 2 + 8)))
             generations.append(generation)

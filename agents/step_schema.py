@@ -92,7 +92,7 @@ def step_schema(playbook: Playbook, tools: list[ToolSpec], case: Case) -> dict:
     """The schema of the next step of `case`."""
     done = succeeded(case)
     evidence = evidence_schema(playbook, done)
-    variants = [_tool_variant(t, evidence, _pins(playbook, t, case, done), playbook.max_string)
+    variants = [_tool_variant(t, evidence, pins(playbook, t, case, done), playbook.max_string)
                 for t in offered_tools(playbook, tools, done, refused(case))]
     can_resolve = all(p in done for p in playbook.prerequisites.get(RESOLVED_KEY, ()))
     variants.append({
@@ -109,8 +109,9 @@ def step_schema(playbook: Playbook, tools: list[ToolSpec], case: Case) -> dict:
     return {"anyOf": variants}
 
 
-def _pins(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any]) -> dict[str, Any]:
-    """Argument values fixed for generation: case entities, and bindings whose source was read."""
+def pins(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any]) -> dict[str, Any]:
+    """Argument values fixed by the case: its entities, and `tool`'s bindings whose source was
+    read (only the names among the tool's parameters are used)."""
     pins: dict[str, Any] = dict(case.report.entities)
     for target, source in playbook.bindings.items():
         name, _, arg = target.partition(".")

@@ -32,7 +32,7 @@ import psutil
 import ray
 from pydantic import BaseModel, Field, ValidationError
 
-from opsagent.agents.engines.base import GenerationRequest, GenerationResult
+from opsagent.agents.engines.base import ChoiceRequest, ChoiceResult, GenerationRequest, GenerationResult
 from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.app import ApiLimits
@@ -61,9 +61,18 @@ class GoldScriptedEngine(ScriptedEngine):
         self._respond = respond
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
-        self._script.append(self._respond)
+        if not self.fills(request):
+            self._script.append(self._respond)
         try:
             return await super().generate(request)
+        finally:
+            self.requests.clear()
+            self.outputs.clear()
+
+    async def choose(self, request: ChoiceRequest) -> ChoiceResult:
+        self._script.append(self._respond)
+        try:
+            return await super().choose(request)
         finally:
             self.requests.clear()
             self.outputs.clear()

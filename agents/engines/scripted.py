@@ -43,7 +43,7 @@ class ScriptedEngine(PlannerEngine):
         self._script: deque[ScriptStep] = deque(script)
         self.requests: list[GenerationRequest | ChoiceRequest] = []
         self.outputs: list[str] = []
-        self._chosen: dict[str, Any] | None = None
+        self._chosen: dict[str, dict[str, Any]] = {}  # case and step -> the step chosen there
 
     def _next(self, request: GenerationRequest | ChoiceRequest) -> str:
         if not self._script:
@@ -74,9 +74,10 @@ class ScriptedEngine(PlannerEngine):
             if score > best_score:
                 best, best_score = index, score
         if best is None:
-            self._chosen = None
             raise PlannerOutputError(f"planner output is outside its schema: {text[:200]!r} is none of the candidates")
-        self._chosen = step
+        self._chosen[_turn_key(request.request_id)] = step
+        while len(self._chosen) > 1000:  # a long soak: only recent turns can still be filled
+            del self._chosen[next(iter(self._chosen))]
         now = datetime.now(UTC)
         chosen_p = 1.0 if self.token_logprob is None else math.exp(self.token_logprob)
         rest = (1.0 - chosen_p) / (len(request.options) - 1)
@@ -87,10 +88,12 @@ class ScriptedEngine(PlannerEngine):
 
     async def generate(self, request: GenerationRequest) -> GenerationResult:
         self.requests.append(request)
-        if request.target and request.target.startswith("args.") and self._chosen is not None:
-            value = (self._chosen.get("args") or {}).get(request.target.removeprefix("args."))
+        if request.target and request.target.startswith("args."):
+            chosen = self._chosen.get(_turn_key(request.request_id)) or {}
+            value = (chosen.get("args") or {}).get(request.target.removeprefix("args."))
             if value is None:
-                raise UnexpectedEngineCall(f"scripted step has no {request.target} to write")
+                raise UnexpectedEngineCall(f"scripted step has no {request.target} to write "
+                                           f"for request {request.request_id!r}")
             return self._result(request, json.dumps(value))
         text = self._next(request)
         self.outputs.append(text)
@@ -106,6 +109,11 @@ class ScriptedEngine(PlannerEngine):
             tokens=None if self.token_logprob is None else [TokenLogprob(text=text, logprob=self.token_logprob)],
         )
 
+    def fills(self, request: GenerationRequest) -> bool:
+        """Whether `request` asks for a free argument of a step already chosen (answered from
+        that step, without a step of the script)."""
+        return bool(request.target) and _turn_key(request.request_id) in self._chosen
+
     @property
     def remaining(self) -> int:
         return len(self._script)
@@ -114,3 +122,8 @@ class ScriptedEngine(PlannerEngine):
         """Fail if the script still has steps nobody asked for."""
         if self._script:
             raise UnexpectedEngineCall(f"scripted engine has {len(self._script)} unused step(s)")
+
+
+def _turn_key(request_id: str) -> str:
+    """The planner's request ids are `<case>-<step>-<random>`: one planner turn per key."""
+    return request_id.rsplit("-", 1)[0]

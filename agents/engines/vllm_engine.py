@@ -37,7 +37,10 @@ class VllmEngineConfig(BaseModel):
         default=True, description="Reuse the KV cache of the shared prompt prefix across calls."
     )
     kv_cache_gib: int = Field(
-        default=1, ge=1, description="CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."
+        default=4, ge=1, description="CPU KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE). The embedded "
+        "model in float32 keeps 46 KB per token: 4 GiB hold ~93k tokens, the class prefixes (~4-6k "
+        "tokens each) and the open cases' own; at 1 GiB (23k tokens) 16 concurrent cases evicted "
+        "the prefixes they share."
     )
     gpu_memory_utilization: float | None = Field(
         default=None, description="Share of GPU memory vLLM may take (GPU nodes only)."
@@ -61,7 +64,7 @@ class VllmEngine(PlannerEngine):
     async def start(self) -> None:
         if self._engine is not None:
             return
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gib))
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_gib)
         os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")
         try:
             from vllm.engine.arg_utils import AsyncEngineArgs
@@ -158,10 +161,10 @@ class VllmEngine(PlannerEngine):
 
         Each option is tokenized as the end of the prompt (the assistant's reply so far). `branch`:
         the options' token sequences form a tree after their common part; one request per node
-        where they part (all sent at once, each a single forward pass that asks for the
-        log-probabilities of exactly the tokens that continue an option there) gives, renormalised
-        among those tokens, the probability of each branch; an option's probability is the
-        product along its path. That is the distribution constrained decoding would follow, with
+        where they part (the first alone, then the deeper ones at once; each a single forward
+        pass that asks for the log-probabilities of exactly the tokens that continue an option
+        there) gives, renormalised among those tokens, the probability of each branch; an
+        option's probability is the product along its path. That is the distribution constrained decoding would follow, with
         the forced tokens costing nothing. `score`: each option's total log-likelihood from the
         prompt log-probabilities of its tokens (one request per option, whole option scored)."""
         if self._engine is None:
@@ -219,8 +222,11 @@ class VllmEngine(PlannerEngine):
                 final = out
             return final
 
-        paths = list(branches)
-        outs = await asyncio.gather(*(one(i, p) for i, p in enumerate(paths)))
+        # the first node where the options part is asked alone: the nodes below it extend its
+        # prompt, so they find its whole blocks in the prefix cache instead of computing them again
+        paths = sorted(branches, key=len)
+        outs = [await one(0, paths[0])]
+        outs += await asyncio.gather(*(one(i, p) for i, p in enumerate(paths[1:], start=1)))
         # log-probability of each next token at each branch node, renormalised among them
         local: dict[tuple[int, ...], dict[int, float]] = {}
         for path, out in zip(paths, outs, strict=True):

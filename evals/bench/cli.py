@@ -2,7 +2,7 @@
 and the steady-rate soak of the local cluster (`cluster/load.py`).
 
 Both run opsagent at each concurrency level in a closed loop; `latency` then measures the floor
-and the engine choices, `throughput` runs the LangGraph peer. `--phases` picks any mix.
+and the engine choices, `throughput` runs the LangGraph peers. `--phases` picks any mix.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 COMMAND = "bench"
 PHASES = ("system", "floor", "choices", "peer")
+PEER_KINDS = ("react", "structured")
 DEFAULT_PHASES = {"latency": "system,floor,choices", "throughput": "system,peer"}
 DEFAULT_CLASSES = "missed_pickup,weight_mismatch"
 
@@ -43,6 +44,13 @@ def _choices(text: str) -> list[str]:
     return values
 
 
+def _kinds(text: str) -> list[str]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in PEER_KINDS for v in values):
+        raise argparse.ArgumentTypeError(f"peer kinds are {', '.join(PEER_KINDS)}; got {text!r}")
+    return values
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     bench = subparsers.add_parser(COMMAND, help="speed benchmark: latency, throughput, floor, LangGraph peer")
     sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -64,8 +72,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         cmd.add_argument("--choice-cases", type=int, default=4, help="cases re-issued per engine choice (4)")
         cmd.add_argument("--peer-concurrency", type=_positive_list, default=[1, 16],
                          help="levels the peer runs (default 1,16)")
+        cmd.add_argument("--peer-kind", type=_kinds, default=list(PEER_KINDS),
+                         help="LangGraph peers: react (prebuilt ReAct agent, once per --peer-tool-choice), "
+                         "structured (a graph whose model calls are JSON-schema steps of the class's tools, "
+                         "opsagent's playbook prompt); default both")
         cmd.add_argument("--peer-tool-choice", type=_choices, default=["auto", "required"],
-                         help="the peer's tool_choice: auto (hermes parser), required (grammar); default both")
+                         help="the ReAct peer's tool_choice: auto (hermes parser), required (grammar); default both")
         cmd.add_argument("--two-step-class", default="missed_pickup",
                          help="class whose p50 is held to the 2 s target (default missed_pickup)")
         cmd.add_argument("--config", type=Path, help="system config YAML (default: embedded model)")
@@ -150,7 +162,7 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     config = SystemConfig.from_yaml(args.config) if args.config else SystemConfig()
     cfg = BenchConfig(levels=args.concurrency, cases_per_level=sizes, phases=args.phases,
                       choice_cases=args.choice_cases, peer_levels=args.peer_concurrency,
-                      peer_tool_choices=args.peer_tool_choice, system=config)
+                      peer_kinds=args.peer_kind, peer_tool_choices=args.peer_tool_choice, system=config)
     command = "opsagent " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     resume = None
     if args.resume is not None:

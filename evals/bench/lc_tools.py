@@ -33,6 +33,7 @@ class PeerCall(BaseModel):
     ok: bool
     writes: bool
     error: str | None = None
+    result: Any = Field(None, description="The body the system returned (None when the call failed).")
     started_at: datetime
     finished_at: datetime
     duration_ms: float
@@ -58,7 +59,7 @@ class Toolbox:
     def tools(self) -> list[BaseTool]:
         """One tool per spec, then `finish`."""
         return [*(self._tool(s) for s in self.specs), StructuredTool.from_function(
-            coroutine=self._finish, name=FINISH, args_schema=FinishArgs, return_direct=True,
+            coroutine=self.finish, name=FINISH, args_schema=FinishArgs, return_direct=True,
             description='End the case: status "resolved" once it is fixed, or "escalated" so that a human takes over.')]
 
     def run(self, instance_id: str) -> AgentRun:
@@ -77,7 +78,7 @@ class Toolbox:
 
         first = (spec.description or spec.name).strip().splitlines()[0][:300]
         return StructuredTool.from_function(coroutine=call, name=spec.name, description=first,
-                                            args_schema=_args_schema(spec.parameters))
+                                            args_schema=args_schema(spec.parameters))
 
     async def call(self, tool: str, args: dict[str, Any]) -> str:
         """Call one tool and return what the agent is shown (the body, or `failed: ...`)."""
@@ -95,12 +96,13 @@ class Toolbox:
                 return f"failed: {exc}"
         self.calls.append(PeerCall(tool=tool, args=args, ok=result.ok, writes=spec.writes, error=result.error,
                                    started_at=result.started_at, finished_at=result.finished_at,
-                                   duration_ms=result.duration_ms))
+                                   duration_ms=result.duration_ms, result=result.body if result.ok else None))
         if not result.ok:
             return f"failed: {result.error}"
         return json.dumps(result.body, separators=(",", ":"), default=str)
 
-    async def _finish(self, status: str, reason: str) -> str:
+    async def finish(self, status: str, reason: str) -> str:
+        """End the case with an outcome (what the scorer reads as the agent's conclusion)."""
         self.outcome, self.reason = status, reason
         return f"case {status}: {reason}"
 
@@ -109,7 +111,7 @@ _KEEP = {"type", "enum", "const", "properties", "required", "items", "descriptio
          "minLength", "maxLength"}
 
 
-def _args_schema(params: dict[str, Any]) -> dict[str, Any]:
+def args_schema(params: dict[str, Any]) -> dict[str, Any]:
     """The tool's argument schema, reduced to what chat tool calling takes."""
     props = {name: {k: v for k, v in p.items() if k in _KEEP} for name, p in (params.get("properties") or {}).items()}
     return {"type": "object", "properties": props, "required": list(params.get("required") or [])}

@@ -12,6 +12,7 @@ involved); the agent then ends through the `finish` tool, which returns directly
 from __future__ import annotations
 
 import asyncio
+from abc import ABC, abstractmethod
 import os
 import signal
 import socket
@@ -20,7 +21,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 from pydantic import BaseModel, Field
@@ -100,10 +101,14 @@ def free_port() -> int:
 class VllmServer:
     """`python -m vllm.entrypoints.openai.api_server` on the embedded model, with tool calling."""
 
-    def __init__(self, work: Path, *, model: str | None = None, max_model_len: int = 4096) -> None:
+    def __init__(self, work: Path, *, model: str | None = None, max_model_len: int = 4096,
+                 dtype: str = "bfloat16", kv_cache_gib: int = 1, block_size: int | None = None) -> None:
         self.work = work
         self.model = model
         self.max_model_len = max_model_len
+        self.dtype = dtype
+        self.kv_cache_gib = kv_cache_gib
+        self.block_size = block_size
         self.port = free_port()
         self.process: subprocess.Popen | None = None
 
@@ -118,13 +123,15 @@ class VllmServer:
         template = self.work / "chat_template.jinja"
         template.write_text(CHAT_TEMPLATE)
         log = open(self.work / "vllm-server.log", "w")
-        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_HOST_IP": "127.0.0.1"}
+        env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": str(self.kv_cache_gib), "VLLM_HOST_IP": "127.0.0.1"}
+        block = ["--block-size", str(self.block_size)] if self.block_size else []
         self.process = subprocess.Popen(
             [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
              "--model", self.model or str(embedded_model_path()), "--served-model-name", SERVED_NAME,
-             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "bfloat16", "--enforce-eager",
+             "--host", "127.0.0.1", "--port", str(self.port), "--dtype", self.dtype, "--enforce-eager",
              "--max-model-len", str(self.max_model_len), "--enable-prefix-caching",
-             "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(template)],
+             "--enable-auto-tool-choice", "--tool-call-parser", "hermes", "--chat-template", str(template),
+             *block],
             env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -166,19 +173,45 @@ def class_tools(exception_type: str, registry: ToolRegistry) -> list[str]:
     return [] if policy is None else [t for t in policy.tools if t in registry]
 
 
-class Peer:
-    """Runs cases with the prebuilt ReAct agent; one ChatOpenAI client shared by all cases."""
+class ChatPeer(ABC):
+    """What every peer shares: one ChatOpenAI client for all cases, the playbooks, the step limit,
+    and the closed loop; a peer kind implements `run_case`."""
 
-    def __init__(self, base_url: str, registry: ToolRegistry, *, tool_choice: ToolChoice = "auto",
-                 max_tokens: int = 160, max_steps: int = 6, timeout_s: float = 600.0) -> None:
+    def __init__(self, base_url: str, registry: ToolRegistry, *, max_tokens: int = 160, max_steps: int = 6,
+                 timeout_s: float = 600.0) -> None:
         from langchain_openai import ChatOpenAI
 
         self.registry = registry
-        self.tool_choice = tool_choice
         self.max_steps = max_steps
         self.llm = ChatOpenAI(base_url=base_url, api_key="none", model=SERVED_NAME, temperature=0,
                               max_tokens=max_tokens, max_retries=0, timeout=timeout_s)
         self.playbooks = builtin_playbooks()
+
+    @abstractmethod
+    async def run_case(self, inst: Instance, key: str) -> tuple[PeerCase, Toolbox]:
+        """Run one case to its end; the record and the toolbox that holds its calls."""
+
+    async def closed_loop(self, instances: list[Instance], concurrency: int,
+                          key: str) -> tuple[list[tuple[PeerCase, Toolbox]], float]:
+        """Every instance once with at most `concurrency` in flight; (results, wall seconds)."""
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(inst: Instance) -> tuple[PeerCase, Toolbox]:
+            async with gate:
+                return await self.run_case(inst, f"{key}:{inst.instance_id}")
+
+        t0 = time.monotonic()
+        results = await asyncio.gather(*(one(i) for i in instances))
+        return list(results), time.monotonic() - t0
+
+
+class Peer(ChatPeer):
+    """Runs cases with the prebuilt ReAct agent."""
+
+    def __init__(self, base_url: str, registry: ToolRegistry, *, tool_choice: ToolChoice = "auto",
+                 **kwargs: Any) -> None:
+        super().__init__(base_url, registry, **kwargs)
+        self.tool_choice = tool_choice
 
     async def run_case(self, inst: Instance, key: str) -> tuple[PeerCase, Toolbox]:
         from langgraph.errors import GraphRecursionError
@@ -210,17 +243,3 @@ class Peer:
             prompt_tokens=sum(u.get("input_tokens", 0) for u in usage),
             completion_tokens=sum(u.get("output_tokens", 0) for u in usage), tool_calls=len(box.calls),
             outcome=box.outcome, error=error), box
-
-    async def closed_loop(self, instances: list[Instance], concurrency: int,
-                          key: str) -> tuple[list[tuple[PeerCase, Toolbox]], float]:
-        """Every instance once with at most `concurrency` in flight; (results, wall seconds)."""
-        gate = asyncio.Semaphore(concurrency)
-
-        async def one(inst: Instance) -> tuple[PeerCase, Toolbox]:
-            async with gate:
-                return await self.run_case(inst, f"{key}:{inst.instance_id}")
-
-        t0 = time.monotonic()
-        results = await asyncio.gather(*(one(i) for i in instances))
-        return list(results), time.monotonic() - t0
-

@@ -43,10 +43,13 @@ def targets(result: BenchResult, two_step_class: str) -> list[Target]:
         mine = _level(result, p.concurrency)
         if mine is None:
             continue
-        out.append(Target(name=f"p50 latency / peer's ({p.tool_choice}) at concurrency {p.concurrency}",
+        out.append(Target(name=f"p50 latency / peer's ({p.label}) at concurrency {p.concurrency}",
                           measured=ratio(mine.latency.p50, p.latency.p50), limit=0.5, at_most=True))
-        out.append(Target(name=f"throughput / peer's ({p.tool_choice}) at concurrency {p.concurrency}",
+        out.append(Target(name=f"throughput / peer's ({p.label}) at concurrency {p.concurrency}",
                           measured=ratio(mine.cases_per_s, p.cases_per_s), limit=2.0, at_most=False))
+        if mine.cases and p.cases:
+            out.append(Target(name=f"share correct − peer's ({p.label}) at concurrency {p.concurrency}",
+                              measured=mine.correct / mine.cases - p.correct / p.cases, limit=0.0, at_most=False))
     return out
 
 
@@ -129,25 +132,29 @@ def render(result: BenchResult, *, title: str, two_step_class: str) -> str:
 
 def _peer(result: BenchResult) -> list[str]:
     rows = []
-    for p in result.peer:
-        mine = _level(result, p.concurrency)
+    for c in sorted({p.concurrency for p in result.peer}):  # opsagent once per level, then the peers
+        mine = _level(result, c)
         if mine is not None:
             n = len(mine.breakdowns) or 1
-            rows.append(["opsagent", "-", str(p.concurrency), str(mine.cases), _f(mine.latency.p50), _f(mine.latency.p95),
+            rows.append(["opsagent", "-", str(c), str(mine.cases), _f(mine.latency.p50), _f(mine.latency.p95),
                          _f(mine.cases_per_s, 3), _f(sum(b.prompt_tokens for b in mine.breakdowns) / n, 0),
                          _f(sum(b.completion_tokens for b in mine.breakdowns) / n, 0),
                          _f(sum(b.planner_calls for b in mine.breakdowns) / n, 1), f"{mine.correct}/{mine.cases}", "-"])
-        rows.append(_peer_row(p))
-    return ["### opsagent against the LangGraph peer (same cases, tools, model, machine, run)", "",
+        rows += [_peer_row(p) for p in result.peer if p.concurrency == c]
+    return ["### opsagent against the LangGraph peers (same cases, tools, model, machine, run)", "",
             "Tokens and model calls per case: opsagent's count up to the last system-of-record update; "
-            "the peer's over its whole run.", "",
-            _table(["system", "tool choice", "concurrency", "cases", "p50 s", "p95 s", "cases/s", "prompt tok/case",
-                    "output tok/case", "model calls/case", "correct", "ended by finish"], rows), ""]
+            "the peer's over its whole run. ReAct: LangGraph's prebuilt agent with the server's tool calling; "
+            "structured: a LangGraph decide/act graph whose every model call is one step of the class "
+            "(its tools' JSON schema as response_format), prompted with opsagent's playbook and examples.", "",
+            _table(["system", "how the model calls tools", "concurrency", "cases", "p50 s", "p95 s", "cases/s",
+                    "prompt tok/case", "output tok/case", "model calls/case", "correct", "ended by finish"], rows), ""]
 
 
 def _peer_row(p: PeerLevel) -> list[str]:
     n = len(p.rows) or 1
-    return ["LangGraph ReAct", p.tool_choice, str(p.concurrency), str(p.cases), _f(p.latency.p50), _f(p.latency.p95),
+    system, how = (("LangGraph ReAct", f"tool_choice {p.tool_choice}") if p.kind == "react"
+                   else ("LangGraph structured", "response_format json_schema"))
+    return [system, how, str(p.concurrency), str(p.cases), _f(p.latency.p50), _f(p.latency.p95),
             _f(p.cases_per_s, 3), _f(sum(r.prompt_tokens for r in p.rows) / n, 0),
             _f(sum(r.completion_tokens for r in p.rows) / n, 0), _f(sum(r.model_calls for r in p.rows) / n, 1),
             f"{p.correct}/{p.cases}", f"{p.finished}/{p.cases}"]

@@ -4,7 +4,8 @@ Phases run one after another, each with the cores to itself: (1) one Ray runtime
 opsagent system (vLLM planner, recorded by `RecordingEngine`), a fresh platform planted with the
 level's instances for every level, classes set to `autonomous` by a bench admin through the
 autonomy store, a closed loop over the API; (2) Ray stopped, the floor and the engine choices
-on an in-process `VllmEngine`; (3) `vllm serve` and the LangGraph peer on the same instances.
+on an in-process `VllmEngine`; (3) `vllm serve` and the LangGraph peers on the same instances: the
+prebuilt ReAct agent per tool choice, and the structured-output graph (`peer_structured.py`).
 """
 
 from __future__ import annotations
@@ -30,14 +31,17 @@ from opsagent.evals.bench.floor import (
     planner_floor, tool_floor,
 )
 from opsagent.evals.bench.load import DONE, Api, LevelRun, closed_loop
-from opsagent.evals.bench.peer import Peer, PeerCase, ToolChoice, VllmServer
+from opsagent.evals.bench.peer import ChatPeer, Peer, PeerCase, ToolChoice, VllmServer
+from opsagent.evals.bench.peer_structured import StructuredPeer
 from opsagent.evals.bench.recording import RecordingEngine, read_timings
 from opsagent.evals.bench.stats import Summary, throughput
 from opsagent.evals.bench.trace_rows import load_traces, recorded_calls, recorded_tools
 from opsagent.evals.catalogue import Instance, plant
 from opsagent.evals.scoring import AgentRun, GoldReference, score, snapshots
+from opsagent.tools.registry import ToolRegistry
 
 Phase = Literal["system", "floor", "choices", "peer"]
+PeerKind = Literal["react", "structured"]
 
 
 class BenchConfig(BaseModel):
@@ -49,7 +53,11 @@ class BenchConfig(BaseModel):
     choice_cases: int = Field(4, ge=1, description="Cases whose requests the engine choices re-issue.")
     batch: int = Field(16, ge=1, description="Cases at once in the batching choice.")
     peer_levels: list[int] = Field(default_factory=lambda: [1, 16])
-    peer_tool_choices: list[ToolChoice] = Field(default_factory=lambda: ["auto", "required"])
+    peer_kinds: list[PeerKind] = Field(default_factory=lambda: ["react", "structured"], description=(
+        "LangGraph peers run: the prebuilt ReAct agent (once per tool choice) and the graph whose model "
+        "calls are structured-output steps."))
+    peer_tool_choices: list[ToolChoice] = Field(default_factory=lambda: ["auto", "required"],
+                                                description="The ReAct peer's tool_choice values.")
     system: SystemConfig = Field(default_factory=SystemConfig)
     poll_s: float = Field(0.25, description="Seconds between reads of the case list (one request each).")
     timeout_s: float = 1800.0
@@ -72,9 +80,10 @@ class LevelResult(BaseModel):
 
 
 class PeerLevel(BaseModel):
-    """The LangGraph peer at one concurrency level and tool choice."""
+    """A LangGraph peer at one concurrency level (and, for ReAct, one tool choice)."""
 
-    tool_choice: str
+    kind: PeerKind = "react"
+    tool_choice: str = Field(description="ReAct: the tool_choice; structured: `json_schema` (response_format).")
     concurrency: int
     cases: int
     wall_s: float
@@ -83,6 +92,10 @@ class PeerLevel(BaseModel):
     correct: int
     finished: int = Field(description="Cases the agent ended through finish.")
     rows: list[PeerCase]
+
+    @property
+    def label(self) -> str:
+        return f"ReAct {self.tool_choice}" if self.kind == "react" else "structured"
 
 
 class BenchResult(BaseModel):
@@ -292,18 +305,27 @@ def floor_phase(cfg: BenchConfig, phase: _SystemPhase, instances: list[Instance]
 
 def peer_phase(cfg: BenchConfig, instances: list[Instance], reference: GoldReference, work: Path,
                result: BenchResult, log) -> None:
-    """Phase 3: the LangGraph peer on the same instances, at `peer_levels`, per tool choice (all in
-    one event loop: the OpenAI client keeps its connections on the loop that opened them)."""
+    """Phase 3: the LangGraph peers on the same instances, at `peer_levels`: ReAct per tool choice,
+    then the structured-output graph (all in one event loop: the OpenAI client keeps its
+    connections on the loop that opened them)."""
     from opsagent.tools.platform.launcher import Platform
 
+    def make(kind: PeerKind, choice: str, base_url: str, registry: ToolRegistry) -> ChatPeer:
+        limits = {"max_tokens": cfg.system.planner.max_tokens, "max_steps": cfg.system.max_steps}
+        if kind == "structured":
+            return StructuredPeer(base_url, registry, **limits)
+        return Peer(base_url, registry, tool_choice=choice, **limits)
+
+    runs = [("react", c) for c in cfg.peer_tool_choices if "react" in cfg.peer_kinds]
+    runs += [("structured", "json_schema")] if "structured" in cfg.peer_kinds else []
+
     async def levels(server: VllmServer) -> None:
-        for choice in cfg.peer_tool_choices:
+        for kind, choice in runs:
             for level in cfg.peer_levels:
                 insts = level_instances(instances, cfg.cases_per_level.get(level, level))
                 with Platform(background=cfg.background) as platform:
                     plant(insts, platform)
-                    peer = Peer(server.base_url, platform.registry(), tool_choice=choice,
-                                max_tokens=cfg.system.planner.max_tokens, max_steps=cfg.system.max_steps)
+                    peer = make(kind, choice, server.base_url, platform.registry())
                     results, wall = await peer.closed_loop(insts, level, key=f"peer-{choice}-{level}")
                     snaps = snapshots(platform)
                 rows = []
@@ -311,16 +333,19 @@ def peer_phase(cfg: BenchConfig, instances: list[Instance], reference: GoldRefer
                     s = score(inst, box.run(inst.instance_id), snaps, reference[inst.instance_id])
                     rows.append(case.model_copy(update={"score": s.score}))
                 result.peer.append(PeerLevel(
-                    tool_choice=choice, concurrency=level, cases=len(rows), wall_s=wall,
+                    kind=kind, tool_choice=choice, concurrency=level, cases=len(rows), wall_s=wall,
                     cases_per_s=throughput(len(rows), wall), latency=Summary.of([r.latency_s for r in rows]),
                     correct=sum(r.score == 1.0 for r in rows), finished=sum(r.outcome is not None for r in rows),
                     rows=rows))
                 p = result.peer[-1]
                 errors = sorted({r.error for r in rows if r.error})
-                log(f"peer {choice} level {level}: {p.cases_per_s or 0:.3f} cases/s, p50 {p.latency.p50 or 0:.2f} s, "
+                log(f"peer {p.label} level {level}: {p.cases_per_s or 0:.3f} cases/s, p50 {p.latency.p50 or 0:.2f} s, "
                     f"{p.correct}/{p.cases} correct, {p.finished} finished; errors: {errors[:3]}")
 
-    with VllmServer(work / "peer") as server:
+    engine = cfg.system.planner.vllm  # the peers' server runs the model as opsagent's engine does
+    with VllmServer(work / "peer", model=engine.model, max_model_len=engine.max_model_len,
+                    dtype=engine.dtype, kv_cache_gib=engine.kv_cache_gib,
+                    block_size=engine.block_size) as server:
         log(f"vllm serve ready on {server.base_url}")
         asyncio.run(levels(server))
 

@@ -243,9 +243,10 @@ def test_each_autonomous_write_is_scored_with_its_confidence(run, instances):
     result, traces, _ = run
     gold = [r for r in result.rows if r.config == "gold"]
     writes = scored_writes(traces, gold, instances)
-    # the same writes the rows count, every one right; the scripted engine gives no confidence
+    # the same writes the rows count, every one right, each with the confidence of its step's
+    # choice (the scripted engine's choices are certain: 1.0)
     assert len(writes) == sum(r.autonomous_writes for r in gold) > 0
-    assert all(w.correct and w.confidence is None and w.config == "gold" for w in writes)
+    assert all(w.correct and w.confidence == 1.0 and w.config == "gold" for w in writes)
     # case by case too: an approved write is not autonomous (credit_large's credit was approved)
     assert any(r.approvals_approved for r in gold)
     assert all(sum(w.case_id == r.case_id for w in writes) == r.autonomous_writes for r in gold)

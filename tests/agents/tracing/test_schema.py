@@ -82,3 +82,31 @@ def test_a_column_added_later_shows_up_and_older_rows_have_it_null(tmp_path: Pat
     assert query(tmp_path, "SELECT case_id, priority FROM case_events ORDER BY 1")[1] == [
         ("C-1", None), ("C-2", "high")]
     assert query(tmp_path, "SELECT count(*) FROM events")[1] == [(2,)]
+
+
+def test_planner_calls_written_before_choice_decoding_read_with_the_new_columns_null(tmp_path: Path) -> None:
+    """Version 6 files (no `decided_by`, no `candidates`) read beside version 7 ones, and a
+    version 6 row still rebuilds into a record (replay reads old traces)."""
+    from opsagent.agents.tracing.records import PlannerCallEvent
+
+    def call(case_id: str, **extra) -> PlannerCallEvent:
+        return PlannerCallEvent(case_id=case_id, step=1, model="m", prompt_digest="d", prompt_tokens=10,
+                                completion_tokens=5, output='{"tool":"finish"}', finish_reason="stop",
+                                started_at=T0, finished_at=T0, duration_ms=1.0, **extra)
+
+    old = call("C-6").to_row()
+    old = {k: v for k, v in old.items() if k not in ("decided_by", "candidates")} | {"schema_version": 6}
+    folder = tmp_path / "planner_calls" / "date=2025-03-01"
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([old]), folder / "part-v6.parquet")
+    with TraceWriter(tmp_path) as writer:
+        writer.export([call("C-7", decided_by="model", candidates=[{"decision": "finish:resolved",
+                                                                    "probability": 1.0}])])
+    columns, rows = query(tmp_path, "SELECT case_id, schema_version, decided_by, candidates FROM planner_calls "
+                                    "ORDER BY 1")
+    assert [r[:3] for r in rows] == [("C-6", 6, None), ("C-7", SCHEMA_VERSION, "model")]
+    assert rows[0][3] is None and "finish:resolved" in rows[1][3]
+    _, values = query(tmp_path, "SELECT * FROM planner_calls WHERE case_id = 'C-6'")
+    cols, _ = query(tmp_path, "SELECT * FROM planner_calls LIMIT 0")
+    event = PlannerCallEvent.from_row(dict(zip(cols, values[0], strict=True)))
+    assert event.decided_by is None and event.candidates is None and event.output == '{"tool":"finish"}'

@@ -12,6 +12,7 @@ from opsagent.evals.bench.cli import cases_per_level
     (["--cases", "-2"], "integers >= 1"),
     (["--phases", "system,warp"], "phases are"),
     (["--peer-tool-choice", "none"], "tool choices are"),
+    (["--peer-kind", "react,reactive"], "peer kinds are"),
     (["--set", "s", "--classes", "weight_mismatch"], "not allowed with"),
 ])
 def test_bad_arguments_exit_2_with_the_reason(argv, message, capsys):
