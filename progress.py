@@ -8,6 +8,8 @@ over every case's current status after a poll (`show`).
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -18,6 +20,13 @@ def progress_wanted(no_progress: bool = False, stream: TextIO | None = None) -> 
     """Whether to draw progress: not switched off, and stdout and the stream are terminals."""
     stream = stream or sys.stderr
     return not no_progress and _isatty(sys.stdout) and _isatty(stream)
+
+
+def _columns(stream: TextIO) -> int:
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 def _isatty(stream: TextIO) -> bool:
@@ -38,8 +47,13 @@ class CaseProgress:
         if enabled:
             from tqdm import tqdm
 
-            self._bar = tqdm(total=total, desc=label, unit="case", file=stream or sys.stderr,
-                             dynamic_ncols=True, leave=True)
+            stream = stream or sys.stderr
+            # a pseudo-terminal may report a 0 x 0 size (tqdm would then hide the bar): use defaults
+            sized = _columns(stream) > 0
+            fallback = shutil.get_terminal_size()
+            self._bar = tqdm(total=total, desc=label, unit="case", file=stream, leave=True,
+                             dynamic_ncols=sized, ncols=None if sized else fallback.columns,
+                             nrows=None if sized else fallback.lines)
 
     def advance(self, status: str, label: str | None = None) -> None:
         """One more case finished, with `status` (and, optionally, a new label, e.g. the config)."""
