@@ -7,15 +7,38 @@ import sys
 from pathlib import Path
 
 from opsagent.agents.tracing import cli as tracing_cli
+from opsagent.cluster import admin_cli
+from opsagent.errors import InputError, OpsAgentError
 from opsagent.evals import autonomy_cli
 from opsagent.evals import cli as catalogue_cli
 from opsagent.evals.bench import cli as bench_cli
-from opsagent.errors import OpsAgentError
 from opsagent.tools import cli as tools_cli
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("opsagent")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Reads the old spelling `opsagent eval --set ...` as `opsagent eval run --set ...`."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self.prog == "opsagent":
+            args = _argv(list(sys.argv[1:] if args is None else args))
+        return super().parse_known_args(args, namespace)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="opsagent", description=__doc__)
+    p = _Parser(
+        prog="opsagent", description=__doc__,
+        epilog="Exit codes: 0 success, 1 a runtime failure, 2 a usage error. Reading commands take "
+        "--json. Shell completion: eval \"$(opsagent completion bash)\".")
+    p.add_argument("--version", action="version", version=f"opsagent {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="resolve injected weight-mismatch exceptions end to end")
@@ -25,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--config", type=Path, help="system config YAML (default: embedded model)")
     demo.add_argument("--port", type=int, default=0, help="Serve HTTP port (default: a free one)")
     demo.add_argument("--timeout", type=float, default=900, help="seconds to wait for the cases")
+    demo.add_argument("--no-progress", action="store_true",
+                      help="no progress line (it is shown only when the output is a terminal)")
 
     tracing_cli.add_parser(sub)
     catalogue_cli.add_parser(sub)
@@ -32,42 +57,24 @@ def _parser() -> argparse.ArgumentParser:
     catalogue_cli.add_eval_parser(sub)
     autonomy_cli.add_parser(sub)
     bench_cli.add_parser(sub)
-    tokens = sub.add_parser("tokens", help="API tokens (stored hashed in STATE/tokens.json)")
-    ksub = tokens.add_subparsers(dest="tokens_command", required=True)
-    add = ksub.add_parser("add", help="create a token and print it once")
-    add.add_argument("name", help="who the token is for (traced as the identity)")
-    add.add_argument("--role", action="append", required=True,
-                     choices=["submitter", "approver", "auditor", "admin"], help="repeatable")
-    add.add_argument("--state", type=Path, default=Path("state"), help="state folder")
-
-    approvals = sub.add_parser("approvals", help="held high-risk actions (needs OPSAGENT_TOKEN)")
-    asub = approvals.add_subparsers(dest="approvals_command", required=True)
-    for name, text in (("list", "list approvals"), ("show", "one approval with its preview"),
-                       ("approve", "approve exactly the previewed action"),
-                       ("reject", "reject, with a reason the planner is told")):
-        cmd = asub.add_parser(name, help=text)
-        cmd.add_argument("--url", help="API root (default $OPSAGENT_URL or http://127.0.0.1:8000)")
-        if name == "list":
-            cmd.add_argument("--status", default="pending",
-                             choices=["pending", "approved", "rejected", "expired", "all"])
-        else:
-            cmd.add_argument("approval_id")
-        if name in ("approve", "reject"):
-            cmd.add_argument("--reason", required=name == "reject")
-            cmd.add_argument("--digest", help="the args digest you reviewed (default: the one shown now)")
+    admin_cli.add_parser(sub)
     _offline_parsers(sub)
+    completion = sub.add_parser("completion", help="print the shell completion script",
+                                description="bash/zsh: eval \"$(opsagent completion bash)\" in your "
+                                "shell's rc file; fish: opsagent completion fish | source")
+    completion.add_argument("shell", choices=["bash", "zsh", "fish", "tcsh", "powershell"])
     return p
 
 
 def _offline_parsers(sub: argparse._SubParsersAction) -> None:
-    """replay, policy what-if, evals add-case / regressions: offline, over the trace store."""
+    """replay and policy what-if: offline, over the trace store."""
     replay = sub.add_parser("replay", help="what the agent saw and decided at each step of a case")
     replay.add_argument("case_id")
     replay.add_argument("--traces", default="traces", help="trace root (folder or URI)")
     replay.add_argument("--full-prompt", action="store_true", help="print every prompt message whole")
     replay.add_argument("--what-if", action="store_true",
                         help="re-plan every recorded step with the planner below; nothing is executed")
-    _planner_options(replay)
+    catalogue_cli.planner_options(replay)
 
     policy = sub.add_parser("policy", help="policy tools over the trace history")
     psub = policy.add_subparsers(dest="policy_command", required=True)
@@ -76,94 +83,74 @@ def _offline_parsers(sub: argparse._SubParsersAction) -> None:
     whatif.add_argument("--traces", default="traces", help="trace root (folder or URI)")
     whatif.add_argument("--since", help="only actions proposed from this ISO date/time on")
 
-    evals = sub.add_parser("evals", help="regression cases made from traced cases")
-    esub = evals.add_subparsers(dest="evals_command", required=True)
-    add = esub.add_parser("add-case", help="freeze a traced case as a regression case")
-    add.add_argument("case_id")
-    add.add_argument("--traces", default="traces", help="trace root (folder or URI)")
-    add.add_argument("--out", type=Path, default=Path("regressions"), help="folder of regression cases")
-    add.add_argument("--outcome", choices=["resolved", "escalated"],
-                     help="how the case should have ended (default: as it did)")
-    add.add_argument("--at", type=int, help="the step at which it should have ended with --outcome")
-    add.add_argument("--step", type=int, help="with --tool/--args: the step that should have made that call")
-    add.add_argument("--tool", help="the call step --step should have made")
-    add.add_argument("--args", help="its arguments as JSON")
-    add.add_argument("--key-args", help="comma-separated arguments that must match (default: all)")
-    add.add_argument("--note", default="", help="the failure this guards against")
-    add.add_argument("--force", action="store_true", help="replace an existing file")
-    reg = esub.add_parser("regressions", help="replay every regression case; exit 1 if one differs")
-    reg.add_argument("folder", type=Path, nargs="?", default=Path("regressions"))
-    _planner_options(reg)
 
-
-def _planner_options(cmd: argparse.ArgumentParser) -> None:
-    cmd.add_argument("--config", type=Path, help="system config YAML: the model (default: embedded)")
-    cmd.add_argument("--playbooks", type=Path, help="folder of playbook YAMLs replacing the built-in ones")
-    cmd.add_argument("--policy", type=Path, help="policy YAML deciding the tools offered")
+def _argv(argv: list[str]) -> list[str]:
+    """The old spelling `opsagent eval --set ...` means `opsagent eval run --set ...`."""
+    if argv and argv[0] in ("eval", "evals") and (
+            len(argv) == 1 or argv[1] not in (*catalogue_cli.EVAL_COMMANDS, "-h", "--help")):
+        return [argv[0], "run", *argv[1:]]
+    return argv
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    """Run one command; exit code 0, 1 for a runtime failure, 2 for a usage error (argparse's
+    own, or an InputError: a malformed argument or input)."""
+    parser = _parser()
+    _autocomplete(parser)
+    args = parser.parse_args(argv)
     try:
-        if args.command == "demo":
-            from opsagent.cluster.demo import run_demo
-
-            return run_demo(cases=args.cases, traces=args.traces, seed=args.seed,
-                            config_path=args.config, port=args.port, timeout_s=args.timeout)
-        if args.command in tracing_cli.COMMANDS:
-            return tracing_cli.run(args)
-        if args.command == "catalogue":
-            return catalogue_cli.run(args)
-        if args.command == tools_cli.COMMAND:
-            return tools_cli.run(args)
-        if args.command == "eval":
-            return catalogue_cli.run_eval(args)
-        if args.command == bench_cli.COMMAND:
-            return bench_cli.run(args, argv)
-        if args.command == autonomy_cli.COMMAND:
-            return autonomy_cli.run(args)
-        if args.command == "tokens":
-            from opsagent.policy.identity import TokenStore
-
-            print(TokenStore(args.state / "tokens.json").add(args.name, args.role))
-            return 0
-        if args.command == "approvals":
-            return _approvals(args)
-        if args.command in ("replay", "policy", "evals"):
-            return _offline(args)
-    except OpsAgentError as exc:
+        return _run(args, argv)
+    except InputError as exc:
         print(f"opsagent: error: {exc}", file=sys.stderr)
         return 2
-    return 1
+    except OpsAgentError as exc:
+        print(f"opsagent: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("opsagent: interrupted", file=sys.stderr)
+        return 130
 
 
-def _approvals(args: argparse.Namespace) -> int:
-    import json
+def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
+    if args.command == "demo":
+        from opsagent.cluster.demo import run_demo
+        from opsagent.progress import progress_wanted
 
-    from opsagent.agents.tracing.report import format_table
-    from opsagent.cluster.client import OpsAgentClient
-    from opsagent.errors import ApprovalError
+        return run_demo(cases=args.cases, traces=args.traces, seed=args.seed, config_path=args.config,
+                        port=args.port, timeout_s=args.timeout, progress=progress_wanted(args.no_progress))
+    if args.command in tracing_cli.COMMANDS:
+        return tracing_cli.run(args)
+    if args.command == "catalogue":
+        return catalogue_cli.run(args)
+    if args.command == tools_cli.COMMAND:
+        return tools_cli.run(args)
+    if args.command in ("eval", "evals"):
+        if args.eval_command == "run":
+            return catalogue_cli.run_eval(args)
+        return _offline(args)
+    if args.command == bench_cli.COMMAND:
+        return bench_cli.run(args, argv)
+    if args.command == autonomy_cli.COMMAND:
+        return autonomy_cli.run(args)
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(args)
+    if args.command in ("replay", "policy"):
+        return _offline(args)
+    if args.command == "completion":
+        import argcomplete
 
-    with OpsAgentClient(args.url) as client:
-        if args.approvals_command == "list":
-            rows = client.approvals(None if args.status == "all" else args.status)
-            print(format_table(
-                ["approval_id", "case_id", "tool", "risk", "status", "requested_at", "args"],
-                [(a["approval_id"], a["case_id"], a["tool"], a["risk"], a["status"],
-                  a["requested_at"][:19], json.dumps(a["args"])) for a in rows]))
-            return 0
-        approval = client.approval(args.approval_id)
-        print(json.dumps({k: approval[k] for k in ("approval_id", "case_id", "tool", "args", "risk",
-                          "reasons", "status", "args_digest", "preview")}, indent=1))
-        if args.approvals_command == "show":
-            return 0
-        digest = args.digest or approval["args_digest"]
-        if digest != approval["args_digest"]:
-            raise ApprovalError("the action changed since you reviewed it: show it again")
-        done = client.decide(args.approval_id, approve=args.approvals_command == "approve",
-                             args_digest=digest, reason=args.reason)
-        print(f"{done['approval_id']}: {done['status']} by {done['approver']}")
+        sys.stdout.write(argcomplete.shellcode(["opsagent"], shell=args.shell))
         return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+def _autocomplete(parser: argparse.ArgumentParser) -> None:
+    """Answer a shell's completion request (argcomplete; a no-op otherwise)."""
+    try:
+        import argcomplete
+    except ImportError:
+        return
+    argcomplete.autocomplete(parser)
 
 
 def _offline(args: argparse.Namespace) -> int:
@@ -191,7 +178,7 @@ def _offline(args: argparse.Namespace) -> int:
         config = PolicyConfig.from_yaml(args.policy_file)
         print(render_policy_what_if(policy_what_if(args.traces, config, sandbox_registry(), since=since)))
         return 0
-    if args.command == "evals" and args.evals_command == "add-case":
+    if args.command in ("eval", "evals") and args.eval_command == "add-case":
         from opsagent.evals.regressions import add_case, corrected_action
 
         action = corrected_action(args.step, args.tool, args.args, args.key_args)
@@ -208,7 +195,7 @@ def _offline(args: argparse.Namespace) -> int:
 
 
 async def _replan(args: argparse.Namespace) -> int:
-    """`replay --what-if` and `evals regressions`: re-plan recorded steps with a planner."""
+    """`replay --what-if` and `eval regressions`: re-plan recorded steps with a planner."""
     from opsagent.agents.planner import Planner
     from opsagent.agents.playbooks.model import builtin_playbooks, load_playbook
     from opsagent.agents.tracing.replay import load_case_trace
@@ -220,7 +207,7 @@ async def _replan(args: argparse.Namespace) -> int:
     from opsagent.policy.engine import PolicyEngine
     from opsagent.tools.platform.launcher import sandbox_registry
 
-    cases = load_regressions(args.folder) if args.command == "evals" else None
+    cases = load_regressions(args.folder) if args.command in ("eval", "evals") else None
     config = SystemConfig.from_yaml(args.config) if args.config else SystemConfig()
     playbooks = builtin_playbooks()
     if args.playbooks:

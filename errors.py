@@ -21,6 +21,10 @@ class InputError(OpsAgentError):
     """Input from outside (an exception report, a CLI argument) is malformed."""
 
 
+class UsageError(InputError):
+    """The command line is wrong (a bad option value, a missing confirmation): exit code 2."""
+
+
 class ToolError(OpsAgentError):
     """A tool definition is invalid or a tool name is unknown."""
 
@@ -86,11 +90,13 @@ class ApprovalError(OpsAgentError):
 
 
 class AuthError(OpsAgentError):
-    """A request carried no valid credentials (401) or lacks the role it needs (403)."""
+    """A request carried no valid credentials (401) or lacks the role it needs (403). `subject`
+    names a known token that was refused (revoked, expired), for the access log."""
 
-    def __init__(self, message: str, *, status: int = 401) -> None:
+    def __init__(self, message: str, *, status: int = 401, subject: str | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.subject = subject
 
 
 class CaseStateError(OpsAgentError):
@@ -110,6 +116,15 @@ class RateLimited(OpsAgentError):
         super().__init__(f"{what}: {value:g} requests reached the limit of {limit:g}; "
                          f"retry in {retry_after_s:.1f} s")
         self.what, self.value, self.limit = what, value, limit
+        self.retry_after_s = retry_after_s
+
+
+class ApiBusy(OpsAgentError):
+    """The API kept answering 429 (rate limited) or 503 (overloaded) until the client's retries or
+    its deadline ran out; `retry_after_s` is the wait the last answer asked for."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
         self.retry_after_s = retry_after_s
 
 

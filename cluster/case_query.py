@@ -34,6 +34,7 @@ class CaseQuery(BaseModel):
 
     model_config = {"extra": "forbid"}
     status: CaseStatus | None = None
+    case_ids: list[str] | None = Field(None, max_length=200, description="Any of these cases.")
     exception_types: list[str] | None = Field(None, description="Any of these classes.")
     submitted_by: str | None = None
     with_approval: bool | None = Field(None, description="Only cases that asked for an approval.")
@@ -46,6 +47,7 @@ def matches(entry: CaseEntry, query: CaseQuery) -> bool:
     """Whether a case held in memory passes the query's filters."""
     case = entry.case
     return ((query.status is None or case.status == query.status)
+            and (query.case_ids is None or case.case_id in query.case_ids)
             and (query.exception_types is None or case.report.exception_type in query.exception_types)
             and (query.submitted_by is None or entry.submitted_by == query.submitted_by)
             and (query.with_approval is None or bool(entry.approval_ids) == query.with_approval)
@@ -60,6 +62,9 @@ def where(query: CaseQuery) -> tuple[str, list[Any]]:
     if query.status is not None:
         terms.append("status = ?")
         params.append(query.status.value)
+    if query.case_ids is not None:
+        terms.append(f"case_id IN ({', '.join('?' * len(query.case_ids))})" if query.case_ids else "0")
+        params.extend(query.case_ids)
     if query.exception_types is not None:
         terms.append(f"exception_type IN ({', '.join('?' * len(query.exception_types))})"
                      if query.exception_types else "0")

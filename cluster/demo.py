@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -23,12 +25,16 @@ from opsagent.cluster.client import OpsAgentClient
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.errors import ApiBusy
 from opsagent.policy.autonomy import Mode
 from opsagent.policy.identity import Role, TokenStore
+from opsagent.progress import CaseProgress
 from opsagent.tools.platform.launcher import Platform
 from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch
 
 WAITING = {"received", "planning", "executing"}
+PAGE = 200
+"""Most case ids one list request asks for (the API's page limit)."""
 
 
 def free_port() -> int:
@@ -37,25 +43,42 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def submit_all(client: OpsAgentClient,
-               instances: list[InjectedException]) -> dict[str, InjectedException]:
-    """POST every exception to the front door; returns case id -> the instance it came from."""
-    return {client.submit(i.exception_type, i.description, i.entities)["case_id"]: i
-            for i in instances}
+def submit_all(client: OpsAgentClient, instances: list[InjectedException], *,
+               deadline: float | None = None) -> dict[str, InjectedException]:
+    """POST every exception to the front door; returns case id -> the instance it came from.
+    Each submission has an idempotency key, so a 429 or 503 is waited out and retried (until
+    `deadline`) without making a second case."""
+    batch = uuid.uuid4().hex[:12]
+    return {client.submit(i.exception_type, i.description, i.entities, idempotency_key=f"demo-{batch}-{n}",
+                          deadline=deadline)["case_id"]: i
+            for n, i in enumerate(instances)}
 
 
-def wait_all(client: OpsAgentClient, case_ids: list[str], timeout_s: float) -> dict[str, dict]:
-    """Poll until every case is final or awaiting approval (or the time is up)."""
+def wait_all(client: OpsAgentClient, case_ids: list[str], timeout_s: float, *, interval_s: float = 1.0,
+             on_poll: Callable[[dict[str, str]], None] | None = None) -> dict[str, dict]:
+    """Follow the cases until every one is final or awaiting approval, or the time is up; returns
+    each case's last summary (as `GET /v1/cases` lists it).
+
+    One list request per `interval_s` asks for the cases still running (by id, up to `PAGE` per
+    request), so the request rate does not grow with the number of cases. A 429 or 503 is waited
+    out for its whole Retry-After while the deadline allows; past the deadline the cases still
+    running are left as they were last seen. `on_poll` gets every case's status after each poll."""
     deadline = time.monotonic() + timeout_s
     views: dict[str, dict] = {}
     pending = list(case_ids)
-    while pending and time.monotonic() < deadline:
-        for case_id in list(pending):
-            views[case_id] = client.case(case_id)
-            if views[case_id]["status"] not in WAITING:
-                pending.remove(case_id)
-        if pending:
-            time.sleep(0.5)
+    while pending:
+        try:
+            for start in range(0, len(pending), PAGE):
+                page = client.cases(case_id=pending[start:start + PAGE], limit=PAGE, deadline=deadline)
+                views.update({c["case_id"]: c for c in page["items"]})
+        except ApiBusy:  # the API asks for a longer wait than the deadline leaves
+            break
+        pending = [cid for cid in case_ids if views.get(cid, {}).get("status", "received") in WAITING]
+        if on_poll is not None:
+            on_poll({cid: views.get(cid, {}).get("status", "received") for cid in case_ids})
+        if not pending or time.monotonic() + interval_s > deadline:
+            break
+        time.sleep(interval_s)
     return views
 
 
@@ -87,7 +110,8 @@ def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedExcept
 
 
 def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, port: int,
-             timeout_s: float) -> int:
+             timeout_s: float, progress: bool = False) -> int:
+    """Run the demo; `progress` draws a live line of the cases (see opsagent.progress)."""
     config = SystemConfig.from_yaml(config_path) if config_path else SystemConfig()
     traces.mkdir(parents=True, exist_ok=True)
     with private_tmpdir() as scratch, Platform(Path(scratch) / "platform") as platform:
@@ -102,16 +126,18 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
         start_ray(num_cpus=2)
         system = OpsAgentSystem(config, platform.registry())
         try:
-            t0 = time.monotonic()
-            system.start()
-            print(f"planner ready ({system.model}) in {time.monotonic() - t0:.1f} s")
+            system.start(say=lambda line: print(line, flush=True))  # what start-up is doing, as it goes
             base_url = system.serve(port=port or free_port())
             print(promote_for_demo(system))
             token = TokenStore(system.tokens_path).add("demo-ops", [Role.submitter, Role.auditor])
             with OpsAgentClient(base_url, token) as client:
-                submitted = submit_all(client, instances)
-                print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions")
-                views = wait_all(client, list(submitted), timeout_s)
+                deadline = time.monotonic() + timeout_s
+                submitted = submit_all(client, instances, deadline=deadline)
+                print(f"submitted {len(submitted)} exceptions to {base_url}/v1/exceptions; "
+                      "following them with one list request a second", flush=True)
+                with CaseProgress(len(submitted), "demo", enabled=progress) as bar:
+                    views = wait_all(client, list(submitted), max(0.0, deadline - time.monotonic()),
+                                     on_poll=lambda statuses: bar.show(statuses, lambda s: s not in WAITING))
             system.flush_traces()
             records = check_records(platform.base_urls, submitted, views)
         finally:

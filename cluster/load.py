@@ -45,6 +45,7 @@ from opsagent.evals.gold import gold_step
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import TokenStore
+from opsagent.progress import CaseProgress, progress_wanted
 from opsagent.tools.platform import Platform, inject_weight_mismatch
 
 FINAL = {"resolved", "escalated", "failed", "proposed"}
@@ -218,6 +219,7 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
     memory: list[tuple[float, dict[str, float]]] = []
     pool: list[PoolSample] = []
     max_open = 0
+    bar = CaseProgress(len(instances), "bench load", enabled=progress_wanted(getattr(args, "no_progress", False)))
     async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
         async def submit(inst: Any) -> None:
             nonlocal refused
@@ -243,6 +245,7 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
                     seen[item["case_id"]] = item
                 offset = page.get("next_offset")
             max_open = max(max_open, sum(1 for v in seen.values() if v["status"] not in FINAL))
+            bar.show({cid: seen.get(cid, {}).get("status", "received") for cid in accepted}, FINAL.__contains__)
 
         t0 = time.monotonic()
         tasks = []
@@ -260,6 +263,7 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
                 break
             await asyncio.sleep(1.0)
         sampler.cancel()
+        bar.close()
         scaling = (await cases.executor_pool.remote()).decisions
     done = [seen[c] for c in accepted if seen.get(c, {}).get("status") in FINAL]
     latencies = sorted(_latency(v) for v in done)

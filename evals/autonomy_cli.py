@@ -46,6 +46,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         cmd.add_argument("--policy", type=Path, help="policy YAML (default: the shipped policy)")
     for cmd in (setter, review):
         cmd.add_argument("--token", help="API token (default $OPSAGENT_TOKEN)")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    setter.add_argument("--url", help="API root (default $OPSAGENT_URL): when set, the mode is changed "
+                        "through the API (PUT /v1/autonomy/CLASS) instead of in STATE/autonomy.sqlite")
     return top
 
 
@@ -55,12 +58,19 @@ def run(args: argparse.Namespace) -> int:
     from opsagent.policy.autonomy import AutonomyStore
     from opsagent.policy.config import PolicyConfig, load_default_policy
 
+    if args.autonomy_command == "set" and (args.url or os.environ.get("OPSAGENT_URL")):
+        return _set_through_api(args)
     config = PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy()
     store = AutonomyStore(args.state / "autonomy.sqlite")
     try:
         command = args.autonomy_command
         if command == "status":
-            print(render_status(gates.class_statuses(args.traces, store, config)))
+            statuses = gates.class_statuses(args.traces, store, config)
+            if args.json:
+                from opsagent.cli_output import print_json
+
+                return print_json(statuses)
+            print(render_status(statuses))
             return 0
         store.seed(config)  # a class never recorded starts in its policy's initial mode
         if command == "set":
@@ -127,6 +137,18 @@ def _set(args: argparse.Namespace, store, config) -> int:
     change = store.set_mode(name, target, identity=identity, reason=reason, expected=current)
     print(f"{change.exception_type}: {change.from_mode or '-'} -> {change.to_mode} by {change.actor} "
           f"at {change.at.isoformat(timespec='seconds')} ({change.reason})")
+    return 0
+
+
+def _set_through_api(args: argparse.Namespace) -> int:
+    """`autonomy set` on a running system: the API applies the same gates' rule, as the admin
+    whose token is `--token` / $OPSAGENT_TOKEN."""
+    from opsagent.cluster.client import OpsAgentClient
+
+    with OpsAgentClient(args.url, args.token) as client:
+        change = client.set_mode(args.exception_type, args.mode, args.reason, args.override)
+    print(f"{change['exception_type']}: {change.get('from_mode') or '-'} -> {change['to_mode']} by "
+          f"{change['actor']} at {change['at'][:19]} ({change['reason']})")
     return 0
 
 

@@ -15,7 +15,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     """Add `catalogue` with its `list` and `make` subcommands."""
     cat = subparsers.add_parser("catalogue", help="list the exception classes, or make a frozen eval set")
     sub = cat.add_subparsers(dest="catalogue_command", required=True)
-    sub.add_parser("list", help="classes, systems touched, risk of their steps, share that should escalate")
+    listing = sub.add_parser("list", help="classes, systems touched, risk of their steps, share that should escalate")
+    listing.add_argument("--json", action="store_true", help="print JSON")
     make = sub.add_parser("make", help="write N seeded instances per class as JSONL files")
     make.add_argument("--seed", type=int, required=True,
                       help="seed of the set; below 1,000,000 is held out, from 1,000,000 up is training")
@@ -28,6 +29,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run(args: argparse.Namespace) -> int:
     """Run `catalogue list` or `catalogue make`; returns the exit code."""
     if args.catalogue_command == "list":
+        if args.json:
+            from opsagent.cli_output import print_json, rows_as_objects
+
+            return print_json(rows_as_objects(*catalogue_rows()))
         print(list_table())
         return 0
     from opsagent.evals.evalset import make_eval_set, write_eval_set
@@ -44,6 +49,20 @@ def run(args: argparse.Namespace) -> int:
 def list_table(sample: int = 40) -> str:
     """One row per class: systems, the gold's write steps with their risk, escalate and high-risk share."""
     from opsagent.agents.tracing.report import format_table
+
+    _, rows = catalogue_rows(sample)
+    table = format_table(["class", "systems", "write steps (risk)", "escalate", "high_risk"],
+                         [(r[0], ",".join(r[1]), ", ".join(f"{t} ({'/'.join(k)})" for t, k in r[2].items()),
+                           f"{r[3]:.0%}", f"{r[4]:.0%}") for r in rows])
+    return (f"{table}\n\nClasses with a ticket also close it (tkt_resolve_ticket, low) or hand it to the "
+            "class's human team (tkt_assign_ticket, low).\n"
+            "escalate: share of instances whose correct outcome is escalation; "
+            "high_risk: share with a step that needs approval.")
+
+
+def catalogue_rows(sample: int = 40) -> tuple[list[str], list[tuple]]:
+    """Per class: systems, write steps -> their risks (from `sample` instances), escalate share and
+    high-risk share."""
     from opsagent.evals.catalogue import CLASSES, make
 
     rows = []
@@ -53,20 +72,26 @@ def list_table(sample: int = 40) -> str:
             for a in inst.gold.actions:
                 if a.writes and not a.tool.startswith("tkt_"):
                     risks.setdefault(a.tool, set()).add(a.risk)
-        steps = ", ".join(f"{tool} ({'/'.join(sorted(r))})" for tool, r in sorted(risks.items()))
-        rows.append((name, ",".join(cls.systems), steps, f"{cls.escalate_share:.0%}",
-                     f"{cls.high_risk_share:.0%}"))
-    table = format_table(["class", "systems", "write steps (risk)", "escalate", "high_risk"], rows)
-    return (f"{table}\n\nClasses with a ticket also close it (tkt_resolve_ticket, low) or hand it to the "
-            "class's human team (tkt_assign_ticket, low).\n"
-            "escalate: share of instances whose correct outcome is escalation; "
-            "high_risk: share with a step that needs approval.")
+        rows.append((name, list(cls.systems), {tool: sorted(r) for tool, r in sorted(risks.items())},
+                     cls.escalate_share, cls.high_risk_share))
+    return ["class", "systems", "write_steps", "escalate_share", "high_risk_share"], rows
+
+
+EVAL_COMMANDS = ("run", "add-case", "regressions")
+"""The subcommands of `eval` (also spelled `evals`); `opsagent eval --set ...` means `eval run`."""
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `eval`: run a frozen eval set through the real cluster and score it."""
-    ev = subparsers.add_parser(
-        "eval", help="run a frozen eval set through the cluster, score every case, write a report",
+    """Add the `eval` group (alias `evals`): `run` a frozen eval set through the real cluster and
+    score it; `add-case` / `regressions` (cli.py runs those two)."""
+    group = subparsers.add_parser(
+        "eval", aliases=["evals"], help="evaluate: run an eval set, freeze traced cases as regression "
+        "cases, replay them", description="`eval run` (also plain `eval --set ...`), `eval add-case`, "
+        "`eval regressions`; `evals` is the same group.")
+    sub = group.add_subparsers(dest="eval_command", required=True)
+    _add_regression_parsers(sub)
+    ev = sub.add_parser(
+        "run", help="run a frozen eval set through the cluster, score every case, write a report",
         description="Runs every instance of an eval set (opsagent catalogue make) through the real "
         "cluster against fresh copies of the sandbox platform, acts as the human approver of held "
         "actions (approves exactly the gold's actions), scores each case against its gold and "
@@ -92,12 +117,39 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     "playbooks, mode; see evals.runner.EvalConfig); repeat for more")
     ev.add_argument("--case-timeout", type=float, default=1800.0,
                     help="seconds one case may take before it is counted as unfinished (default 1800)")
-    ev.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return ev
+    ev.add_argument("--no-progress", action="store_true",
+                    help="no progress line (it is shown only when the output is a terminal)")
+    return group
+
+
+def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
+    add = sub.add_parser("add-case", help="freeze a traced case as a regression case")
+    add.add_argument("case_id")
+    add.add_argument("--traces", default="traces", help="trace root (folder or URI)")
+    add.add_argument("--out", type=Path, default=Path("regressions"), help="folder of regression cases")
+    add.add_argument("--outcome", choices=["resolved", "escalated"],
+                     help="how the case should have ended (default: as it did)")
+    add.add_argument("--at", type=int, help="the step at which it should have ended with --outcome")
+    add.add_argument("--step", type=int, help="with --tool/--args: the step that should have made that call")
+    add.add_argument("--tool", help="the call step --step should have made")
+    add.add_argument("--args", help="its arguments as JSON")
+    add.add_argument("--key-args", help="comma-separated arguments that must match (default: all)")
+    add.add_argument("--note", default="", help="the failure this guards against")
+    add.add_argument("--force", action="store_true", help="replace an existing file")
+    reg = sub.add_parser("regressions", help="replay every regression case; exit 1 if one differs")
+    reg.add_argument("folder", type=Path, nargs="?", default=Path("regressions"))
+    planner_options(reg)
+
+
+def planner_options(cmd: argparse.ArgumentParser) -> None:
+    """The planner a re-planning command uses (`replay --what-if`, `eval regressions`)."""
+    cmd.add_argument("--config", type=Path, help="system config YAML: the model (default: embedded)")
+    cmd.add_argument("--playbooks", type=Path, help="folder of playbook YAMLs replacing the built-in ones")
+    cmd.add_argument("--policy", type=Path, help="policy YAML deciding the tools offered")
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    """Run `opsagent eval`; returns 0, or 1 if unsupervised high-risk actions were found."""
+    """Run `opsagent eval run`; returns 0, or 1 if unsupervised high-risk actions were found."""
     import sys
 
     from opsagent.errors import InputError
@@ -118,14 +170,12 @@ def run_eval(args: argparse.Namespace) -> int:
     total = len(instances) * args.trials * len(configs)
     print(f"eval run {run_id}: {len(instances)} instances x {args.trials} trial(s) x "
           f"{len(configs)} configuration(s) = {total} cases", flush=True)
-    bar, update = _progress(total, disabled=args.no_progress)
-    try:
-        with ray_runtime():
-            result = run(instances, configs, traces=args.traces, trials=args.trials,
-                         concurrency=args.concurrency, progress=update, case_timeout_s=args.case_timeout,
-                         run_id=run_id, eval_set=str(args.eval_set))
-    finally:
-        bar.close()
+    from opsagent.progress import CaseProgress, progress_wanted
+
+    with CaseProgress(total, "eval", enabled=progress_wanted(args.no_progress)) as bar, ray_runtime():
+        result = run(instances, configs, traces=args.traces, trials=args.trials,
+                     concurrency=args.concurrency, progress=lambda config, status: bar.advance(status, f"eval {config}"),
+                     case_timeout_s=args.case_timeout, run_id=run_id, eval_set=str(args.eval_set))
     metrics = summarize(result.rows)
     folder = write_results(result, metrics, args.traces)
     report = write_html(result, metrics, args.report or folder / "report.html")
@@ -181,19 +231,3 @@ def eval_configs(args: argparse.Namespace) -> list:
     return configs
 
 
-def _progress(total: int, *, disabled: bool):
-    """A tqdm bar over the cases (on stderr) and the runner's callback that advances it."""
-    from collections import Counter
-
-    from tqdm import tqdm
-
-    bar = tqdm(total=total, unit="case", desc="eval", disable=disabled, dynamic_ncols=True)
-    seen: Counter[str] = Counter()
-
-    def update(config: str, status: str) -> None:
-        seen[status] += 1
-        bar.set_description(f"eval {config}")
-        bar.set_postfix(dict(sorted(seen.items())), refresh=False)
-        bar.update(1)
-
-    return bar, update

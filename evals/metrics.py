@@ -4,8 +4,11 @@ Definitions (every rate's denominator is the rows of the group unless said other
 
 - accuracy: share of rows that scored 1.0 (`evals.scoring`: end state, required actions and
   outcome all as the gold), escalations and approved cases included.
-- automation: share of rows resolved correctly with no human: score 1.0, outcome `resolved`, and
-  no approval requested. A correct escalation is not automation: it hands the case to a human.
+- automation: the one meaning used everywhere (console, audit, README): cases resolved with no
+  approval asked, of every case; a case still open (here: unfinished at the timeout) counts as
+  not automated and is shown apart (`open`). An eval knows the gold, so it also requires the
+  case to be correct (score 1.0). A correct escalation is not automation: it hands the case to a
+  human.
 - precision of autonomous writes: over every write that ran without an approval and succeeded,
   the share that matches a gold action of its instance (same tool and key arguments).
 - escalation precision: of the rows the agent escalated, the share whose gold outcome is
@@ -147,6 +150,7 @@ class GroupMetrics(BaseModel):
     escalation_precision: Rate
     escalation_recall: Rate
     needed_human: Rate
+    open: int = Field(0, description="Rows that never finished (in the automation denominator).")
     unsupervised_high_risk: int
     latency_p50_s: float | None
     latency_p95_s: float | None
@@ -216,6 +220,7 @@ def group_metrics(rows: Sequence[CaseResult]) -> GroupMetrics:
         escalation_precision=Rate.of(sum(r.gold_outcome == "escalated" for r in agent_esc), len(agent_esc)),
         escalation_recall=Rate.of(sum(r.outcome == "escalated" for r in gold_esc), len(gold_esc)),
         needed_human=Rate.of(sum(r.needed_human for r in rows), n),
+        open=sum(not r.finished for r in rows),
         unsupervised_high_risk=sum(r.unsupervised_high_risk for r in rows),
         latency_p50_s=quantile(latencies, 0.5), latency_p95_s=quantile(latencies, 0.95),
         planner_calls_per_case=_mean(r.planner_calls for r in rows),

@@ -90,7 +90,7 @@ def terminal_summary(run: EvalRun, metrics: dict[str, ConfigMetrics]) -> str:
 
 def class_table(m: ConfigMetrics) -> tuple[list[str], list[tuple]]:
     k = max(m.overall.pass_k, default=1)
-    columns = ["class", "runs", "accuracy", "automated", "auto_writes_ok", "esc_prec", "esc_recall",
+    columns = ["class", "runs", "open", "accuracy", "automated", "auto_writes_ok", "esc_prec", "esc_recall",
                "human", "p50_s", "p95_s", "calls/case", "tok_in/case", "tok_out/case", f"pass^{k}",
                "unsup_high", "gate"]
     policy = load_default_policy()
@@ -112,7 +112,7 @@ def eligibility(g: GroupMetrics, gate: GateConfig) -> str:
 
 
 def _class_row(name: str, g: GroupMetrics, k: int) -> tuple:
-    return (name, g.rows, _pct(g.accuracy.value), _pct(g.automation.value),
+    return (name, g.rows, g.open, _pct(g.accuracy.value), _pct(g.automation.value),
             f"{g.autonomous_write_precision.hits}/{g.autonomous_write_precision.n}",
             _pct(g.escalation_precision.value), _pct(g.escalation_recall.value), _pct(g.needed_human.value),
             _num(g.latency_p50_s), _num(g.latency_p95_s), _num(g.planner_calls_per_case),
@@ -176,7 +176,8 @@ def html_report(run: EvalRun, metrics: dict[str, ConfigMetrics]) -> str:
     body += ["<h2>Accuracy and automation by class</h2>",
              bar_chart([*classes, "ALL"], series),
              "<p class=note>accuracy: scored 1.0 against the gold (escalations and approved cases "
-             "included); automation: resolved correctly with no approval asked.</p>",
+             "included); automation: resolved correctly with no approval asked, of every case (open ones, "
+             "unfinished at the timeout, count as not automated).</p>",
              "<h2>Latency, receipt to last system-of-record update</h2>",
              histogram(latencies, unit="s"),
              "<h2>Outcome against gold</h2>"]

@@ -15,6 +15,7 @@ Ray itself is not imported here: the system is started through `cluster.system`.
 from __future__ import annotations
 
 import contextlib
+import sys
 import tempfile
 import time
 import uuid
@@ -278,8 +279,10 @@ class _Session:
         self.registry = registry
         self.system = OpsAgentSystem(self.system_config, registry, engine=self.engine,
                                      playbooks=self.playbooks, policy=self.policy)
+        # the configured engine's start-up can take minutes: say what it is doing, on stderr
+        say = (lambda line: print(line, file=sys.stderr, flush=True)) if self.engine is None else None
         try:
-            self.system.start()
+            self.system.start(say=say)
             url = self.system.serve(port=free_port())
         except BaseException:
             self.system.stop()

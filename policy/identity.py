@@ -1,18 +1,24 @@
-"""Who is acting: API tokens with roles, stored hashed; identities come from authentication only."""
+"""Who is acting: API tokens with roles, stored hashed, with an expiry, a revocation and a last-used
+time; identities come from authentication only."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import secrets
 import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from opsagent.errors import AuthError, ConfigError
+from opsagent.errors import AuthError, ConfigError, InputError
 
 
 class Role(StrEnum):
@@ -36,12 +42,54 @@ class Identity(BaseModel, frozen=True):
 AGENT = Identity(name="opsagent", roles=frozenset(), kind="agent")
 
 
+log = logging.getLogger(__name__)
+
+LAST_USED_EVERY_S = 60.0
+"""A token's last-used time is written at most this often (every request reads the file)."""
+
+
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def token_id(digest: str) -> str:
+    """The public name of a token (a prefix of its digest): listed, and used to revoke it."""
+    return "tok-" + digest[:10]
+
+
+class TokenInfo(BaseModel):
+    """A token as listed: whose, which roles, its lifecycle. Never the token itself."""
+
+    token_id: str
+    name: str
+    roles: list[Role]
+    kind: str = "human"
+    created_at: datetime | None = Field(None, description="None for tokens made before this was kept.")
+    expires_at: datetime | None = Field(None, description="None: never expires.")
+    revoked_at: datetime | None = None
+    revoked_by: str | None = None
+    last_used_at: datetime | None = Field(None, description="Within LAST_USED_EVERY_S.")
+
+    def state(self, now: datetime | None = None) -> str:
+        """active, revoked or expired."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= (now or datetime.now(UTC)):
+            return "expired"
+        return "active"
+
+
+class IssuedToken(BaseModel):
+    """A new token (shown once) and its listing."""
+
+    token: str
+    info: TokenInfo
+
+
 class TokenStore:
-    """API tokens in a JSON file, by sha256 digest only: the file never holds a usable token."""
+    """API tokens in a JSON file, by sha256 digest only: the file never holds a usable token.
+    Each has a creation time, an optional expiry, a revocation and a last-used time; a revoked or
+    expired token is refused (401) saying which one it was."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
@@ -55,28 +103,117 @@ class TokenStore:
         except (OSError, json.JSONDecodeError) as exc:
             raise ConfigError(f"token file {self.path}: {exc}") from exc
 
-    def add(self, name: str, roles: list[Role | str], *, kind: str = "human") -> str:
-        """Create a token for `name`; returns it (shown once, never stored)."""
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Hold the file's lock (threads of this process, and other processes: Serve replicas, the
+        CLI) for a read-modify-write, so a last-used update can never undo a revocation."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def _save(self, tokens: dict[str, dict]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(tokens, indent=1, sort_keys=True))
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, self.path)
+
+    def create(self, name: str, roles: list[Role | str], *, kind: str = "human",
+               expires_s: float | None = None) -> IssuedToken:
+        """Create a token for `name`, valid for `expires_s` seconds (None: until revoked)."""
         identity = Identity(name=name, roles=frozenset(Role(r) for r in roles), kind=kind)
+        if expires_s is not None and expires_s <= 0:
+            raise InputError(f"a token's lifetime must be positive, got {expires_s:g} s")
         token = "oat_" + secrets.token_urlsafe(24)
-        with self._lock:
+        now = datetime.now(UTC)
+        record = {**identity.model_dump(mode="json"), "created_at": now.isoformat(),
+                  "expires_at": (now + timedelta(seconds=expires_s)).isoformat() if expires_s else None}
+        with self._locked():
             tokens = self._load()
-            tokens[_digest(token)] = identity.model_dump(mode="json")
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(tokens, indent=1, sort_keys=True))
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, self.path)
-        return token
+            tokens[_digest(token)] = record
+            self._save(tokens)
+        return IssuedToken(token=token, info=_info(_digest(token), record))
+
+    def add(self, name: str, roles: list[Role | str], *, kind: str = "human",
+            expires_s: float | None = None) -> str:
+        """Create a token for `name`; returns it (shown once, never stored)."""
+        return self.create(name, roles, kind=kind, expires_s=expires_s).token
 
     def authenticate(self, token: str | None) -> Identity:
-        """The identity behind a bearer token; AuthError(401) if missing or unknown."""
+        """The identity behind a bearer token; AuthError(401) if missing, unknown, revoked or
+        expired (the error's `subject` names the token then). Notes the last-used time."""
         if not token:
             raise AuthError("missing bearer token", status=401)
-        record = self._load().get(_digest(token))
+        digest = _digest(token)
+        record = self._load().get(digest)
         if record is None:
             raise AuthError("unknown or revoked token", status=401)
-        return Identity.model_validate(record)
+        info = _info(digest, record)
+        state = info.state()
+        if state != "active":
+            when = info.revoked_at if state == "revoked" else info.expires_at
+            raise AuthError(f"token {info.token_id} of {info.name} is {state} (since "
+                            f"{when.isoformat(timespec='seconds') if when else '?'})", status=401,
+                            subject=f"{info.name} ({info.token_id}, {state})")
+        now = datetime.now(UTC)
+        if info.last_used_at is None or (now - info.last_used_at).total_seconds() >= LAST_USED_EVERY_S:
+            self._touch(digest, now)
+        return Identity.model_validate({k: record[k] for k in ("name", "roles", "kind") if k in record})
+
+    def _touch(self, digest: str, now: datetime) -> None:
+        """Note the last use; best effort (a read-only state volume still authenticates)."""
+        try:
+            with self._locked():
+                tokens = self._load()
+                if digest in tokens:
+                    tokens[digest]["last_used_at"] = now.isoformat()
+                    self._save(tokens)
+        except OSError as exc:
+            log.warning("cannot note the last use of a token in %s: %s", self.path, exc)
+
+    def listing(self) -> list[TokenInfo]:
+        """Every token, oldest first."""
+        infos = [_info(d, r) for d, r in self._load().items()]
+        return sorted(infos, key=lambda i: (i.created_at or datetime.min.replace(tzinfo=UTC), i.token_id))
+
+    def revoke(self, ref: str, *, by: str | None = None) -> list[TokenInfo]:
+        """Revoke the token with this id, or every active token of this name; returns them.
+        InputError if nothing active matches."""
+        now = datetime.now(UTC)
+        with self._locked():
+            tokens = self._load()
+            hits = [d for d, r in tokens.items()
+                    if (token_id(d) == ref or r.get("name") == ref) and _info(d, r).state(now) == "active"]
+            if not hits:
+                raise InputError(f"no active token has the id or name {ref!r} (see `opsagent tokens list`)")
+            for d in hits:
+                tokens[d] |= {"revoked_at": now.isoformat(), "revoked_by": by}
+            self._save(tokens)
+        return [_info(d, tokens[d]) for d in hits]
+
+
+def _info(digest: str, record: dict) -> TokenInfo:
+    return TokenInfo.model_validate({**record, "token_id": token_id(digest)})
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds in `30d`, `12h`, `90m`, `45s`, `2w` (or `never`: None); InputError otherwise."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    text = text.strip().lower()
+    if text in ("never", "none", "0"):
+        return None
+    number, unit = text[:-1], text[-1:]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in units or value <= 0:
+        raise InputError(f"a duration is a number and a unit (s, m, h, d, w), e.g. 30d; got {text!r}")
+    return value * units[unit]
 
 
 def require(identity: Identity, *roles: Role) -> None:

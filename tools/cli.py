@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from opsagent.errors import InputError
+from opsagent.errors import InputError, ToolError
 
 COMMAND = "tools"
 
@@ -71,10 +71,18 @@ def _import_openapi(args: argparse.Namespace) -> int:
         raise InputError("--auth-scheme needs --auth-env or --auth-secret (where the value comes from)")
     if args.retries < 0:
         raise InputError("--retries must be 0 or more")
-    imported = import_openapi(
-        args.spec, args.name, args.base_url, auth=auth, timeout_s=args.timeout, retries=args.retries,
-        embed=not args.no_embed, reads=args.read, writes=args.write, exclude=args.exclude,
-    )
+    both = sorted(set(args.read) & set(args.write))
+    if both:
+        raise InputError(f"marked both read and write: {', '.join(both)}")
+    try:
+        imported = import_openapi(
+            args.spec, args.name, args.base_url, auth=auth, timeout_s=args.timeout, retries=args.retries,
+            embed=not args.no_embed, reads=args.read, writes=args.write, exclude=args.exclude,
+        )
+    except ToolError as exc:  # --read/--write/--exclude named an operation the document lacks: usage
+        if "overrides name operations" in str(exc):
+            raise InputError(str(exc)) from None
+        raise
     text = dump_source(imported.source)
     summary = format_table(
         ["tool", "method", "path", "access", "dry_run"],

@@ -43,7 +43,7 @@ SELECT c.exception_type AS class, count(*) AS cases,
        count(*) FILTER (WHERE asked.case_id IS NOT NULL) AS with_approval,
        count(*) FILTER (WHERE c.status = 'escalated') AS escalated,
        count(*) FILTER (WHERE c.status = 'failed') AS failed,
-       count(*) FILTER (WHERE c.status NOT IN ('resolved', 'escalated', 'failed')) AS open,
+       count(*) FILTER (WHERE c.status NOT IN ('resolved', 'escalated', 'failed', 'proposed')) AS open,
        round(100.0 * count(*) FILTER (WHERE c.status = 'resolved' AND asked.case_id IS NULL)
              / count(*), 1) AS automated_pct,
        round(100.0 * count(*) FILTER (WHERE c.status = 'escalated') / count(*), 1) AS escalated_pct,
@@ -52,8 +52,22 @@ SELECT c.exception_type AS class, count(*) AS cases,
 FROM cases c LEFT JOIN asked USING (case_id)
 GROUP BY c.exception_type ORDER BY c.exception_type
 """
-"""Per exception class: automated = resolved with no human approval asked; latency = receipt to
-final status, over finished cases."""
+"""Per exception class: automated = resolved with no human approval asked; automated_pct over
+every case received, open ones (not yet final) included and counted in `open`; latency = receipt
+to final status, over finished cases."""
+
+AUTOMATION = """
+WITH asked AS (SELECT DISTINCT case_id FROM approvals)
+SELECT count(*) AS cases,
+       count(*) FILTER (WHERE c.status = 'resolved' AND asked.case_id IS NULL) AS automated,
+       count(*) FILTER (WHERE c.status NOT IN ('resolved', 'escalated', 'failed', 'proposed')) AS open
+FROM cases c LEFT JOIN asked USING (case_id)
+"""
+"""Every class together: the one definition of automation (see AUTOMATION_MEANING)."""
+
+AUTOMATION_MEANING = ("automation = cases resolved with no approval asked, of every case received; "
+                      "open cases (not yet final) count as not automated and are shown apart")
+"""The one meaning of "automation" (console, audit, eval, README)."""
 
 
 def audit(root: Path | str, *, preview_chars: int = 100) -> str:
@@ -77,9 +91,48 @@ def _audit(con: duckdb.DuckDBPyConnection, preview_chars: int) -> str:
     if count:
         text += "\n" + format_table(*_shorten(*query(con, UNSUPERVISED_HIGH_RISK_ROWS), preview_chars))
     parts.append(text)
-    parts.append("per class: automated = resolved with no approval asked; latency = receipt to final status\n"
-                 + format_table(*query(con, PER_CLASS)))
+    (cases, automated, still_open), = query(con, AUTOMATION)[1]
+    parts.append(f"{automation_line(cases, automated, still_open)}\n({AUTOMATION_MEANING})\n"
+                 "per class (latency = receipt to final status):\n" + format_table(*query(con, PER_CLASS)))
     return "\n\n".join(parts)
+
+
+def automation_line(cases: int, automated: int, still_open: int) -> str:
+    rate = f"{100 * automated / cases:.1f} %" if cases else "-"
+    return f"automation: {rate} ({automated} of {cases} cases; {still_open} open)"
+
+
+def audit_data(root: Path | str) -> dict[str, Any]:
+    """The audit report as data (for `opsagent audit --json`)."""
+    from opsagent.cli_output import rows_as_objects
+
+    with closing(connect(root)) as con:
+        (count,), = query(con, UNSUPERVISED_HIGH_RISK)[1]
+        (cases, automated, still_open), = query(con, AUTOMATION)[1]
+        return {
+            "high_risk_actions": rows_as_objects(*query(con, HIGH_RISK_ACTIONS)),
+            "unsupervised_high_risk": count,
+            "unsupervised_high_risk_actions": rows_as_objects(*query(con, UNSUPERVISED_HIGH_RISK_ROWS)),
+            "automation": {"cases": cases, "automated": automated, "open": still_open,
+                           "rate": round(automated / cases, 4) if cases else None,
+                           "meaning": AUTOMATION_MEANING},
+            "per_class": rows_as_objects(*query(con, PER_CLASS)),
+        }
+
+
+def case_data(root: Path | str, case_id: str) -> dict[str, Any]:
+    """One case's latest row and every record about it (for `opsagent case --json`)."""
+    from opsagent.cli_output import rows_as_objects
+
+    with closing(connect(root)) as con:
+        case = rows_as_objects(*query(con, f"SELECT * FROM cases WHERE case_id = {sql_string(case_id)}"))
+        if not case:
+            raise CaseNotFound(f"no trace of case {case_id!r} under {root}")
+        events = rows_as_objects(*query(con, f"""
+            SELECT ts, kind, step, summary FROM events WHERE case_id = {sql_string(case_id)}
+            ORDER BY ts, CASE kind WHEN 'planner' THEN 0 WHEN 'approval' THEN 1 WHEN 'action' THEN 2
+                                     ELSE 3 END"""))
+        return {"case": case[0], "events": events}
 
 
 def case_timeline(root: Path | str, case_id: str, *, summary_chars: int = 160) -> str:

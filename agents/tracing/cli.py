@@ -36,7 +36,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sql = tsub.add_parser("sql", help="run DuckDB SQL over the views cases, actions, approvals, ...")
     sql.add_argument("query", help="SQL, e.g. \"SELECT status, count(*) FROM cases GROUP BY 1\"")
     _traces_option(sql)
-    sql.add_argument("--csv", action="store_true", help="CSV with a header row")
+    form = sql.add_mutually_exclusive_group()
+    form.add_argument("--csv", action="store_true", help="CSV with a header row")
+    form.add_argument("--json", action="store_true", help="JSON: a list of row objects")
+    sql.add_argument("--max-rows", type=int, default=1000, help="rows a table shows at most (default 1000)")
     shell = tsub.add_parser("shell", help="interactive SQL over the views (.help inside)")
     _traces_option(shell)
     views = tsub.add_parser("views-sql", help="print the SQL that creates the views, for your own DuckDB")
@@ -46,27 +49,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "audit", help="high-risk actions and their approvals, the unsupervised-high-risk count, "
                       "automation, escalation and latency per class")
     _traces_option(audit)
+    audit.add_argument("--json", action="store_true", help="print JSON")
     case = subparsers.add_parser("case", help="one case's timeline from the traces")
     case.add_argument("case_id")
     _traces_option(case)
+    case.add_argument("--json", action="store_true", help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a command `add_parser` defined. Errors raise OpsAgentError (TraceError, CaseNotFound)."""
-    if args.command == "audit":
-        from opsagent.agents.tracing.audit import audit
+    from opsagent.cli_output import print_json
 
+    if args.command == "audit":
+        from opsagent.agents.tracing.audit import audit, audit_data
+
+        if args.json:
+            return print_json(audit_data(args.traces))
         print(audit(args.traces))
         return 0
     if args.command == "case":
-        from opsagent.agents.tracing.audit import case_timeline
+        from opsagent.agents.tracing.audit import case_data, case_timeline
 
+        if args.json:
+            return print_json(case_data(args.traces, args.case_id))
         print(case_timeline(args.traces, args.case_id))
         return 0
     if args.traces_command == "sql":
         from opsagent.agents.tracing.report import print_query
 
-        return print_query(args.traces, args.query, csv=args.csv)
+        return print_query(args.traces, args.query, csv=args.csv, as_json=args.json, max_rows=args.max_rows)
     if args.traces_command == "views-sql":
         from opsagent.agents.tracing.views import VIEWS_SQL, views_sql
 

@@ -36,12 +36,31 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def print_query(root: Path | str, sql: str, *, csv: bool = False) -> int:
-    columns, rows = query(root, sql)
+def print_query(root: Path | str, sql: str, *, csv: bool = False, as_json: bool = False,
+                max_rows: int = 1000) -> int:
+    """Print a query's result: a table drawn by DuckDB's own renderer (NULLs, small numbers,
+    newlines and types as DuckDB shows them; as wide as the terminal, unbounded in a pipe),
+    CSV with a header row, or JSON (a list of row objects)."""
+    import shutil
+
+    import duckdb
+
+    from opsagent.agents.tracing.views import query_arrow
+    from opsagent.cli_output import print_json
+
+    table = query_arrow(root, sql)
+    if table is None:
+        return 0
+    if as_json:
+        return print_json(table.to_pylist())
     if csv:
-        sys.stdout.write(to_csv(columns, rows))
-    else:
-        print(format_table(columns, rows))
+        rows = list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+        sys.stdout.write(to_csv(table.column_names, rows))
+        return 0
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100_000
+    with duckdb.connect() as con:
+        con.from_arrow(table).show(max_rows=max_rows, max_width=width)
+    sys.stdout.flush()
     return 0
 
 

@@ -146,6 +146,14 @@ def query(source: Path | str | duckdb.DuckDBPyConnection, sql: str) -> tuple[lis
     from `connect` (kept open: several queries then share one read of an object-store root).
     A file removed between DuckDB listing the folder and reading it (a compaction finishing)
     makes the query fail with an I/O error: it is run again, up to three times in all."""
+    table = query_arrow(source, sql)
+    if table is None:
+        return [], []
+    return table.column_names, list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+
+
+def query_arrow(source: Path | str | duckdb.DuckDBPyConnection, sql: str) -> pa.Table | None:
+    """`query`'s result as an Arrow table (DuckDB's types kept); None for a statement without one."""
     owned = not isinstance(source, duckdb.DuckDBPyConnection)
     con = connect(source) if owned else source
     try:
@@ -153,9 +161,8 @@ def query(source: Path | str | duckdb.DuckDBPyConnection, sql: str) -> tuple[lis
             try:
                 relation = con.sql(sql)
                 if relation is None:
-                    return [], []
-                table = relation.arrow().read_all()
-                break
+                    return None
+                return relation.arrow().read_all()
             except duckdb.IOException as err:
                 if attempt == 2:
                     raise TraceError(str(err)) from err
@@ -165,7 +172,7 @@ def query(source: Path | str | duckdb.DuckDBPyConnection, sql: str) -> tuple[lis
     finally:
         if owned:
             con.close()
-    return table.column_names, list(zip(*(column.to_pylist() for column in table.columns), strict=True))
+    raise AssertionError("unreachable")
 
 
 def _raw_view_sql(cls: type[TraceEvent], source: str | None = None) -> str:

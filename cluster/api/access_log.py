@@ -57,6 +57,7 @@ class AccessLogMiddleware:
             nonlocal logged
             logged = True
             identity = scope.get("state", {}).get("identity")
+            refused = scope.get("state", {}).get("refused")
             self.log.write({
                 "at": datetime.now(UTC).isoformat(), "request_id": request_id,
                 "method": scope["method"], "path": scope["path"],
@@ -65,6 +66,7 @@ class AccessLogMiddleware:
                 "identity": identity.name if identity else None,
                 "roles": sorted(r.value for r in identity.roles) if identity else None,
                 "kind": identity.kind if identity else None,
+                **({"refused_token": refused} if refused else {}),
                 "client": scope["client"][0] if scope.get("client") else None,
                 "ms": round((time.perf_counter() - started) * 1000, 1),
             })

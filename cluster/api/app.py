@@ -47,10 +47,11 @@ def create_app(cases: Any, policy: Any, *, tokens_path: str | Path, traces_dir: 
         description="Submit logistics exceptions, follow their cases, decide held actions. "
         "Every /v1 route but health needs `Authorization: Bearer <token>`; the roles come "
         "from the token. The operations console is at /console.")
-    app.state.service = OpsService(cases, policy, TraceReads(traces_dir))
+    tokens = TokenStore(tokens_path)
+    app.state.service = OpsService(cases, policy, TraceReads(traces_dir), tokens)
     limiter = (SharedRateLimiter(rate_limit_path, limits.requests_per_window, limits.window_s)
                if rate_limit_path is not None else RateLimiter(limits.requests_per_window, limits.window_s))
-    app.state.auth = Authenticator(TokenStore(tokens_path), limiter)
+    app.state.auth = Authenticator(tokens, limiter)
     app.state.cookie_secure = cookie_secure
     install_error_handlers(app, html=error_page)
     app.include_router(v1)

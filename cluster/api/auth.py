@@ -33,8 +33,14 @@ class Authenticator:
 
     def authenticate(self, request: Request, token: str | None) -> Identity:
         """The caller of `request`; also stored as `request.state.identity`, and its token as
-        `request.state.credential` (what the policy actor authenticates on its own)."""
-        identity = self.identify(token, request.client.host if request.client else "unknown")
+        `request.state.credential` (what the policy actor authenticates on its own); a refused
+        known token, revoked or expired, as `request.state.refused`, for the access log."""
+        try:
+            identity = self.identify(token, request.client.host if request.client else "unknown")
+        except AuthError as exc:
+            if exc.subject:
+                request.state.refused = exc.subject
+            raise
         request.state.identity = identity
         request.state.credential = Credential.of(token or "")
         return identity

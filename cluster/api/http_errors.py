@@ -45,7 +45,7 @@ def status_of(exc: OpsAgentError) -> int:
     if isinstance(exc, OverloadedError | TraceError):
         return 503
     if isinstance(exc, InputError):
-        return 422
+        return 404 if str(exc).startswith("no active token") else 422
     return 500
 
 

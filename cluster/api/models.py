@@ -11,6 +11,7 @@ from opsagent.agents.case import ENTITY_KEY, CaseStatus, ExceptionReport, Step
 from opsagent.cluster.case_book import CaseEntry
 from opsagent.policy.approvals import ApprovalRequest
 from opsagent.policy.autonomy import Mode
+from opsagent.policy.identity import Role
 
 IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{1,128}$"
 DIGEST = r"^[0-9a-f]{64}$"
@@ -183,6 +184,17 @@ class ModeRequest(BaseModel):
         "reason then says the gate was overridden and on what evidence. Never skips a stage.")
 
 
+class TokenRequest(BaseModel):
+    """A new API token: for whom, which roles, how long it lives."""
+
+    model_config = {"extra": "forbid"}
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._@-]+$",
+                      description="Who the token is for (traced as the identity).")
+    roles: list[Role] = Field(min_length=1, max_length=4, description="submitter, approver, auditor, admin.")
+    expires_s: float | None = Field(default=None, gt=0, le=10 * 365 * 86400,
+                                    description="Seconds until it expires; None: until revoked.")
+
+
 class PolicyUpload(BaseModel):
     """A new policy file's text."""
 
@@ -201,6 +213,8 @@ class Health(BaseModel):
 
 
 class ClassStats(BaseModel):
+    """One class in the overview; automated of cases is the class's automation rate."""
+
     exception_type: str
     cases: int
     automated: int
@@ -214,7 +228,12 @@ class Overview(BaseModel):
 
     cases: int
     by_status: dict[str, int]
-    automation_rate: float | None = Field(description="Finished cases resolved without approval.")
+    automation_rate: float | None = Field(
+        description="Cases resolved with no approval asked, of every case received (open ones count as "
+        "not automated and are shown apart in open_cases); None before the first case.")
+    automated: int = Field(0, description="Cases resolved with no approval asked.")
+    open_cases: int = Field(0, description="Cases not yet final (received, planning, executing, "
+                            "awaiting approval).")
     p50_latency_s: float | None = Field(description="Receipt to final status, finished cases.")
     p95_latency_s: float | None
     open_approvals: int

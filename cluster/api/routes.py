@@ -14,7 +14,7 @@ from opsagent.cluster.api.models import (
     IDEMPOTENCY_KEY, ApprovalContext, ApprovalDecision, CancelRequest, CaseSummary, CaseView,
     ExceptionView, Health, ModeRequest, Overview, Page, PolicyUpload, PolicyVersion, RejectDecision,
     SubmitRequest,
-    SubmitResponse, TimelineEntry,
+    SubmitResponse, TimelineEntry, TokenRequest,
 )
 from opsagent.cluster.api.service import OpsService
 from opsagent.cluster.case_book import CasePage, CaseQuery
@@ -23,7 +23,7 @@ from opsagent.evals.gates import ClassStatus
 from opsagent.policy.autonomy import Mode, ModeChange
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.credentials import Credential
-from opsagent.policy.identity import Identity
+from opsagent.policy.identity import Identity, IssuedToken, TokenInfo
 
 Caller = Annotated[Identity, Depends(api_caller)]
 Cred = Annotated[Credential, Depends(api_credential)]
@@ -63,13 +63,16 @@ class CaseFilters:
     def __init__(
         self,
         status: CaseStatus | None = None,
+        case_id: Annotated[list[str] | None, Query(
+            max_length=200, description="Only these cases (repeat the parameter; up to 200), e.g. "
+            "to follow a batch of submissions with one request.")] = None,
         mode: Annotated[Mode | None, Query(description="Classes now in this autonomy mode.")] = None,
         exception_type: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = None,
         submitted_by: Annotated[str | None, Query(max_length=128)] = None,
         offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
         limit: Annotated[int, Query(ge=1, le=200)] = 50,
     ) -> None:
-        self.query = CaseQuery(status=status, submitted_by=submitted_by, offset=offset, limit=limit,
+        self.query = CaseQuery(status=status, case_ids=case_id, submitted_by=submitted_by, offset=offset, limit=limit,
                                exception_types=[exception_type] if exception_type else None)
         self.mode = mode
 
@@ -121,7 +124,7 @@ async def get_exception(case_id: str, caller: Caller, service: Service) -> Excep
 
 @v1.get("/cases", response_model=Page[CaseSummary])
 async def list_cases(caller: Caller, service: Service, filters: Filters) -> Page[CaseSummary]:
-    """Cases you may read, newest first, filtered by status, class and submitter."""
+    """Cases you may read, newest first, filtered by status, class, submitter and case ids."""
     page = await service.cases_page(caller, filters.query, filters.mode)
     return Page[CaseSummary](items=[CaseSummary.of(e) for e in page.items], total=page.total,
                              offset=page.offset, limit=page.limit, next_offset=_next(page))
@@ -196,6 +199,25 @@ async def set_mode(exception_type: Annotated[str, Path(pattern=r"^[a-z][a-z0-9_]
     recorded reason says the gate was overridden. Skipping a stage is refused (409) either way."""
     return await service.set_mode(caller, exception_type, body.mode, body.reason, body.override,
                                   credential=credential)
+
+
+@v1.get("/tokens", response_model=list[TokenInfo])
+async def list_tokens(caller: Caller, service: Service) -> list[TokenInfo]:
+    """Every API token (admin): whose, roles, created, expires, revoked, last used; never the token."""
+    return await service.list_tokens(caller)
+
+
+@v1.post("/tokens", status_code=201, response_model=IssuedToken)
+async def create_token(body: TokenRequest, caller: Caller, service: Service) -> IssuedToken:
+    """Create a token (admin); the answer is the only place the token is ever shown."""
+    return await service.create_token(caller, body.name, body.roles, body.expires_s)
+
+
+@v1.post("/tokens/{ref}/revoke", response_model=list[TokenInfo], responses=_404)
+async def revoke_token(ref: Annotated[str, Path(max_length=128)], caller: Caller,
+                       service: Service) -> list[TokenInfo]:
+    """Revoke a token by its id, or every active token of a name (admin); its next request is 401."""
+    return await service.revoke_token(caller, ref)
 
 
 @v1.get("/policy", response_model=PolicyVersion)

@@ -11,6 +11,7 @@ Both front ends call this one class, so a rule holds for both. Who may do what:
 | approve or reject                          |           | yes                 |         | yes   |
 | read autonomy modes and their evidence     |           | yes                 | yes     | yes   |
 | replace the policy, change autonomy modes  |           |                     |         | yes   |
+| list, create and revoke API tokens         |           |                     |         | yes   |
 
 A case the caller may not read is answered as unknown (404), so its existence does not leak.
 Approvals, mode changes and reloads also pass the caller's `Credential` to the policy actor,
@@ -36,7 +37,7 @@ from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.autonomy import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import Credential
-from opsagent.policy.identity import Identity, Role, require
+from opsagent.policy.identity import Identity, IssuedToken, Role, TokenInfo, TokenStore, require
 
 READERS = (Role.submitter, Role.approver, Role.auditor)
 HEALTH_TTL_S = 1.0
@@ -57,8 +58,8 @@ async def ask(method: Any, *args: Any) -> Any:
 class OpsService:
     """The operations of the front door, for an authenticated identity."""
 
-    def __init__(self, cases: Any, policy: Any, traces: TraceReads) -> None:
-        self.cases, self.policy, self.traces = cases, policy, traces
+    def __init__(self, cases: Any, policy: Any, traces: TraceReads, tokens: TokenStore | None = None) -> None:
+        self.cases, self.policy, self.traces, self.tokens = cases, policy, traces, tokens
         self._health: tuple[float, int] | None = None
 
     # exceptions and cases
@@ -186,6 +187,24 @@ class OpsService:
                                     status=status)
         return await ask(self.policy.set_mode, exception_type, mode.value, credential, recorded,
                          current.mode.value)
+
+    # API tokens
+
+    def _token_store(self, who: Identity) -> TokenStore:
+        require(who, Role.admin)
+        if self.tokens is None:
+            raise ConfigError("this front door has no token store")
+        return self.tokens
+
+    async def list_tokens(self, who: Identity) -> list[TokenInfo]:
+        return self._token_store(who).listing()
+
+    async def create_token(self, who: Identity, name: str, roles: list[Role],
+                           expires_s: float | None) -> IssuedToken:
+        return self._token_store(who).create(name, roles, expires_s=expires_s)
+
+    async def revoke_token(self, who: Identity, ref: str) -> list[TokenInfo]:
+        return self._token_store(who).revoke(ref, by=who.name)
 
     # policy, overview, health
 

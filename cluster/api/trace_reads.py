@@ -30,8 +30,9 @@ ORDER BY ts, CASE kind WHEN 'planner' THEN 0 WHEN 'approval' THEN 1 WHEN 'action
 
 TOTALS = """
 WITH asked AS (SELECT DISTINCT case_id FROM approvals)
-SELECT count(*) FILTER (WHERE c.finished_at IS NOT NULL) AS finished,
+SELECT count(*) AS cases,
        count(*) FILTER (WHERE c.status = 'resolved' AND asked.case_id IS NULL) AS automated,
+       count(*) FILTER (WHERE c.status NOT IN ('resolved', 'escalated', 'failed', 'proposed')) AS open,
        quantile_cont(epoch(c.finished_at - c.received_at), 0.5) AS p50,
        quantile_cont(epoch(c.finished_at - c.received_at), 0.95) AS p95
 FROM cases c LEFT JOIN asked USING (case_id)
@@ -43,7 +44,7 @@ SELECT c.exception_type, count(*) AS cases,
        count(*) FILTER (WHERE c.status = 'resolved' AND asked.case_id IS NULL) AS automated,
        count(*) FILTER (WHERE asked.case_id IS NOT NULL) AS with_approval,
        count(*) FILTER (WHERE c.status = 'escalated') AS escalated,
-       count(*) FILTER (WHERE c.status NOT IN ('resolved', 'escalated', 'failed')) AS open
+       count(*) FILTER (WHERE c.status NOT IN ('resolved', 'escalated', 'failed', 'proposed')) AS open
 FROM cases c LEFT JOIN asked USING (case_id)
 GROUP BY 1 ORDER BY 1
 """
@@ -80,7 +81,7 @@ class TraceReads:
         con = connect(self.root)
         try:
             by_status = dict(con.execute("SELECT status, count(*) FROM cases GROUP BY 1").fetchall())
-            finished, automated, p50, p95 = con.execute(TOTALS).fetchone()
+            cases, automated, still_open, p50, p95 = con.execute(TOTALS).fetchone()
             per_class = [ClassStats(exception_type=r[0], cases=r[1], automated=r[2],
                                     with_approval=r[3], escalated=r[4], open=r[5])
                          for r in con.execute(PER_CLASS).fetchall()]
@@ -90,7 +91,8 @@ class TraceReads:
             con.close()
         return {
             "cases": sum(by_status.values()), "by_status": by_status,
-            "automation_rate": round(automated / finished, 4) if finished else None,
+            "automated": automated, "open_cases": still_open,
+            "automation_rate": round(automated / cases, 4) if cases else None,
             "p50_latency_s": _round(p50), "p95_latency_s": _round(p95),
             "unsupervised_high_risk": unsupervised, "per_class": per_class,
             "received_per_hour": [(since + timedelta(hours=i), hours.get(since + timedelta(hours=i), 0))

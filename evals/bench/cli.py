@@ -88,6 +88,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                          "kept in WORK (its --work), without running the system again")
         cmd.add_argument("--work", type=Path, help="keep the run's traces, state and logs in this folder "
                          "(default: a temporary one, removed afterwards)")
+        cmd.add_argument("--no-progress", action="store_true",
+                         help="no progress line per level (it is shown only when the output is a terminal)")
     add_load_parser(sub)
     return bench
 
@@ -116,6 +118,8 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                    "the shipped policy's 600 a minute holds about 3 cases a second)")
     p.add_argument("--report", type=Path, help="append a Load section to this markdown file")
     p.add_argument("--seed", type=int, default=4242)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress line (it is shown only when the output is a terminal)")
     return p
 
 
@@ -171,8 +175,12 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     work = args.resume or args.work
     if work is not None:
         work.mkdir(parents=True, exist_ok=True)
+    from opsagent.progress import CaseProgress, progress_wanted
+
+    wanted = progress_wanted(args.no_progress)
     result = run_bench(cfg, instances, command=command, work=work, resume=resume,
-                       log=lambda m: print(m, flush=True))
+                       log=lambda m: print(m, flush=True),
+                       progress=lambda total, label: CaseProgress(total, f"bench {label}", enabled=wanted))
     text = render(result, title=f"opsagent bench {args.bench_command}", two_step_class=args.two_step_class)
     print(text)
     if args.json:

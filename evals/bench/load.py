@@ -8,6 +8,7 @@ submits the next case as soon as one reaches a definite status.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -78,8 +79,9 @@ class Api:
 
 
 def closed_loop(api: Api, instances: list[Instance], concurrency: int, *, poll_s: float = 0.1,
-                timeout_s: float = 1800.0) -> LevelRun:
-    """Run every instance once with at most `concurrency` in flight, refilling as cases finish."""
+                timeout_s: float = 1800.0, on_poll: Callable[[dict[str, str]], None] | None = None) -> LevelRun:
+    """Run every instance once with at most `concurrency` in flight, refilling as cases finish;
+    `on_poll` gets the status of every case submitted so far after each poll (for progress)."""
     if concurrency < 1:
         raise InputError(f"concurrency must be >= 1, got {concurrency}")
     queue = list(instances)
@@ -101,6 +103,8 @@ def closed_loop(api: Api, instances: list[Instance], concurrency: int, *, poll_s
             statuses[case_id] = status
             if status in DONE:
                 in_flight.discard(case_id)
+        if on_poll is not None:
+            on_poll(dict(statuses))
     wall = time.monotonic() - t0
     return LevelRun(concurrency=concurrency, cases=cases, statuses=statuses, started_at=started,
                     finished_at=datetime.now(UTC), wall_s=wall, timed_out=sorted(in_flight))

@@ -30,7 +30,7 @@ from opsagent.evals.bench.floor import (
     CaseFloor, ChoiceResult, case_floor, floor_requests, measure_choices, measure_without_prefix_cache,
     planner_floor, tool_floor,
 )
-from opsagent.evals.bench.load import Api, LevelRun, closed_loop
+from opsagent.evals.bench.load import DONE, Api, LevelRun, closed_loop
 from opsagent.evals.bench.peer import ChatPeer, Peer, PeerCase, ToolChoice, VllmServer
 from opsagent.evals.bench.peer_structured import StructuredPeer
 from opsagent.evals.bench.recording import RecordingEngine, read_timings
@@ -147,9 +147,10 @@ class _SystemPhase:
     """Phase 1: the opsagent system over every level, on one Ray runtime."""
 
     def __init__(self, cfg: BenchConfig, instances: list[Instance], work: Path,
-                 reference: GoldReference, result: BenchResult, log) -> None:
+                 reference: GoldReference, result: BenchResult, log, progress=None) -> None:
         self.cfg, self.instances, self.work, self.reference = cfg, instances, work, reference
         self.result, self.log = result, log
+        self.progress = progress  # (total, label) -> a CaseProgress (opsagent.progress), or None
         self.traces = work / "traces"
         self.timings = work / "engine.jsonl"
         self.runs: list[tuple[LevelRun, list[Instance]]] = []
@@ -186,7 +187,13 @@ class _SystemPhase:
                         self.result.model = system.model
                         self.log(f"system ready in {time.monotonic() - t0:.0f} s ({system.model})")
                     self.log(f"level {level}: {len(insts)} cases")
-                    run = closed_loop(api, insts, level, poll_s=self.cfg.poll_s, timeout_s=self.cfg.timeout_s)
+                    bar = self.progress(len(insts), f"level {level}") if self.progress else None
+                    try:
+                        run = closed_loop(api, insts, level, poll_s=self.cfg.poll_s, timeout_s=self.cfg.timeout_s,
+                                          on_poll=(lambda s, bar=bar: bar.show(s, DONE.__contains__)) if bar else None)
+                    finally:
+                        if bar is not None:
+                            bar.close()
                     system.flush_traces()
                     self.result.levels.append(self._level(run, insts, api, platform))
                     self.runs.append((run, insts))
@@ -344,7 +351,7 @@ def peer_phase(cfg: BenchConfig, instances: list[Instance], reference: GoldRefer
 
 
 def run_bench(cfg: BenchConfig, instances: list[Instance], *, command: str, work: Path | None = None,
-              log=print, resume: BenchResult | None = None) -> BenchResult:
+              log=print, resume: BenchResult | None = None, progress=None) -> BenchResult:
     """Run the configured phases; the caller holds the engine lock. With `resume` (the result a
     run with `work` left in `work/result.json`), the system phase is not run again: the floor,
     choices and peer phases use that run's traces and recording, and replace its figures."""
@@ -376,7 +383,7 @@ def run_bench(cfg: BenchConfig, instances: list[Instance], *, command: str, work
         from opsagent.cluster.runtime import private_tmpdir
 
         with private_tmpdir():
-            phase = _SystemPhase(cfg, instances, work, reference, result, log)
+            phase = _SystemPhase(cfg, instances, work, reference, result, log, progress)
             if "system" in cfg.phases and resume is None:
                 _guard("system", phase.run, result, log)
             if result.runs and ("floor" in cfg.phases or "choices" in cfg.phases):

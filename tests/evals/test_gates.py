@@ -312,11 +312,14 @@ def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypat
     assert cli(["autonomy", "status", *common]) == 0
     out = capsys.readouterr().out
     assert "weight_mismatch" in out and "needs 200 more" in out
+    assert cli(["autonomy", "status", "--json", *common]) == 0
+    statuses = {c["exception_type"]: c for c in json.loads(capsys.readouterr().out)}
+    assert statuses["weight_mismatch"]["mode"] == "shadow" and "evidence" in statuses["weight_mismatch"]
 
     base = ["autonomy", "set", "weight_mismatch", "supervised", "--reason", "looks fine", *common]
-    assert cli([*base, "--token", operator]) == 2
+    assert cli([*base, "--token", operator]) == 1
     assert "lacks the admin role" in capsys.readouterr().err
-    assert cli([*base, "--token", admin]) == 2  # the gates do not allow it yet
+    assert cli([*base, "--token", admin]) == 1  # the gates do not allow it yet
     assert "gates do not allow supervised" in capsys.readouterr().err
     monkeypatch.setenv("OPSAGENT_TOKEN", admin)
     assert cli([*base, "--override"]) == 0
@@ -326,7 +329,7 @@ def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypat
     assert last.to_mode == Mode.supervised and "[override of the gate: needs 200 more" in last.reason
     assert "evidence in shadow: 0/0 correct" in last.reason
     assert cli(["autonomy", "set", "weight_mismatch", "shadow", "--reason", "back", *common]) == 0  # down: ok
-    assert cli(["autonomy", "set", "lost_parcel", "shadow", "--reason", "x", *common]) == 2
+    assert cli(["autonomy", "set", "lost_parcel", "shadow", "--reason", "x", *common]) == 1
 
     case_id = next(c.case_id for c in cases if c.report.exception_type == "weight_mismatch")
     assert cli(["autonomy", "review", case_id, "--wrong", "--reason", "bad", "--token", operator, *common]) == 0
@@ -408,11 +411,11 @@ def test_cli_set_goes_through_the_gate(tmp_path, capsys, monkeypatch) -> None:
     assert cli(["autonomy", "status", *common]) == 0
     capsys.readouterr()
     _eligible_traces(traces, datetime.now(UTC) + timedelta(seconds=1))
-    assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", "--force", *common]) == 2
+    assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", "--force", *common]) == 1
     assert "would skip supervised" in capsys.readouterr().err
     assert cli(["autonomy", "set", "weight_mismatch", "supervised", "--reason", "200/200 in shadow", *common]) == 0
     assert "shadow -> supervised by ada" in capsys.readouterr().out
-    assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", *common]) == 2
+    assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", *common]) == 1
     assert "needs 200 more" in capsys.readouterr().err  # supervised earns its own evidence
     assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", "--force", *common]) == 0
     history = AutonomyStore(state / "autonomy.sqlite").history("weight_mismatch")

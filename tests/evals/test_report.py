@@ -62,8 +62,8 @@ def test_terminal_summary_has_classes_targets_and_the_comparison(run):
     assert "configuration base (planner SmolLM2-135M-Instruct)" in text
     assert "configuration bigger (planner ?)" in text
     table = text.split("configuration base")[1].split("targets")[0]
-    assert re.search(r"^damage_claim\s+2\s+100\.0%", table, re.M)
-    assert re.search(r"^ALL\s+6\s+66\.7%", table, re.M)
+    assert re.search(r"^damage_claim\s+2\s+0\s+100\.0%", table, re.M)  # runs, open, accuracy
+    assert re.search(r"^ALL\s+6\s+2\s+66\.7%", table, re.M)  # the two timed-out runs are open
     assert "[MISS] unsupervised" not in text and "[MET ] unsupervised high-risk actions: 0" in text
     assert "[MISS] escalation recall: 0.0 % (0/2" in text  # bigger resolved what must escalate
     side = text.split("side by side (overall)")[1]

@@ -83,4 +83,4 @@ def test_cli_policy_what_if(traced, tmp_path, capsys):
     assert "allow -> deny" in capsys.readouterr().out
     assert main(["policy", "what-if", str(path), "--traces", str(traced.root), "--since", "yesterday"]) == 2
     assert "not an ISO date" in capsys.readouterr().err
-    assert main(["policy", "what-if", str(tmp_path / "missing.yaml"), "--traces", str(traced.root)]) == 2
+    assert main(["policy", "what-if", str(tmp_path / "missing.yaml"), "--traces", str(traced.root)]) == 1  # a runtime failure

@@ -76,13 +76,13 @@ def test_list_mixes_openapi_and_mcp_sources(echo, tmp_path, monkeypatch, capsys)
     assert token not in out + err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--class", "nope"], "unknown exception class 'nope'; the policy lists: address_rejected"),
-    (["--policy", "/nonexistent/policy.yaml"], "cannot read policy file"),
-    (["--no-sandbox", "--source", "/nonexistent/source.yaml"], "cannot read tool source file"),
+@pytest.mark.parametrize("argv,message,code", [  # 2: a usage error, 1: a runtime failure
+    (["--class", "nope"], "unknown exception class 'nope'; the policy lists: address_rejected", 2),
+    (["--policy", "/nonexistent/policy.yaml"], "cannot read policy file", 1),
+    (["--no-sandbox", "--source", "/nonexistent/source.yaml"], "cannot read tool source file", 1),
 ])
-def test_list_fails_clearly(capsys, argv, message):
-    assert main(["tools", "list", *argv]) == 2
+def test_list_fails_clearly(capsys, argv, message, code):
+    assert main(["tools", "list", *argv]) == code
     assert message in capsys.readouterr().err
 
 

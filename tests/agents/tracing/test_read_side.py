@@ -172,3 +172,53 @@ def test_shell_runs_statements_and_dot_commands(traces: Path) -> None:
     assert "case_id\nC-4\n(1 rows)" in text
     assert "Error: Parser Error" in text and "unknown command '.bogus'" in text
     assert "schema_version" in text and "never run" not in text
+
+
+def test_reading_commands_print_json_and_fail_with_exit_1(traces: Path, capsys) -> None:
+    import json
+
+    from opsagent.agents.tracing.audit import AUTOMATION_MEANING
+    from opsagent.cli import main
+
+    assert main(["audit", "--traces", str(traces), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["unsupervised_high_risk"] == 0 and len(data["high_risk_actions"]) == 3
+    assert data["automation"] == {"cases": 4, "automated": 1, "open": 1, "rate": 0.25,
+                                  "meaning": AUTOMATION_MEANING}
+    by_class = {r["class"]: r for r in data["per_class"]}
+    assert by_class["weight_mismatch"]["automated"] == 1 and by_class["missing_pod"]["open"] == 1
+    assert main(["case", "C-2", "--traces", str(traces), "--json"]) == 0
+    case = json.loads(capsys.readouterr().out)
+    assert case["case"]["status"] == "resolved" and len(case["events"]) == 6
+    assert case["events"][0]["ts"].startswith("2025-03-01T09:00:00")
+    assert main(["traces", "sql", "SELECT case_id, status FROM cases ORDER BY 1", "--traces", str(traces),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0] == {"case_id": "C-1", "status": "resolved"}
+    assert main(["case", "C-404", "--traces", str(traces), "--json"]) == 1  # a runtime failure
+    assert "no trace of case 'C-404'" in capsys.readouterr().err
+    assert main(["traces", "sql", "SELEC 1", "--traces", str(traces)]) == 1
+    for usage_error in (["traces", "sql", "SELECT 1", "--json", "--csv"], ["audit", "--no-such-option"]):
+        with pytest.raises(SystemExit) as usage:
+            main(usage_error)
+        assert usage.value.code == 2
+
+
+def test_traces_sql_tables_are_drawn_by_duckdb(traces: Path, capsys) -> None:
+    from opsagent.cli import main
+
+    sql = "SELECT NULL AS nothing, 0.000123 AS small, 'two' || chr(10) || 'lines' AS text, count(*) AS n FROM cases"
+    assert main(["traces", "sql", sql, "--traces", str(traces)]) == 0
+    out = capsys.readouterr().out
+    assert "┌" in out and "NULL" in out and "0.000123" in out and "two\\nlines" in out
+    assert "int64" in out  # DuckDB's header shows the types
+
+
+def test_one_meaning_of_automation_in_the_audit_and_the_overview(traces: Path) -> None:
+    from opsagent.cluster.api.trace_reads import TraceReads
+
+    text = audit(traces)
+    assert "automation: 25.0 % (1 of 4 cases; 1 open)" in text
+    figures = TraceReads(traces)._overview()
+    assert figures["automation_rate"] == 0.25 and figures["automated"] == 1 and figures["open_cases"] == 1
+    weight = next(c for c in figures["per_class"] if c.exception_type == "weight_mismatch")
+    assert (weight.automated, weight.cases, weight.open) == (1, 3, 0)

@@ -68,7 +68,7 @@ def test_prompt_is_the_one_the_model_was_given(traced):
 def test_unknown_case_is_a_clear_error(traced, capsys):
     with pytest.raises(CaseNotFound, match="no case 'case-nope'"):
         load_case_trace(traced.root, "case-nope")
-    assert main(["replay", "case-nope", "--traces", str(traced.root)]) == 2
+    assert main(["replay", "case-nope", "--traces", str(traced.root)]) == 1  # a runtime failure (usage errors are 2)
     assert "no case 'case-nope'" in capsys.readouterr().err
 
 
