@@ -25,7 +25,8 @@ def test_an_unsure_write_waits_for_a_human_and_a_sure_one_runs(harness, instance
     case = h.run(instance(scale_ok=True))
     assert case.status == status, case.reason
     assert [s.confidence for s in case.steps] == pytest.approx([sure] * 3)
-    assert [c.confidence for c in h.traces.of_type(PlannerCallEvent)] == pytest.approx([sure] * 3)
+    model_calls = [c for c in h.traces.of_type(PlannerCallEvent) if c.decided_by == "model"]
+    assert [c.confidence for c in model_calls] == pytest.approx([sure] * 3)
     reads, write = case.steps[:2], case.steps[2]
     assert all(s.verdict == "allow" and s.executed for s in reads)  # reads are never held
     if status == CaseStatus.awaiting_approval:
