@@ -27,6 +27,7 @@ from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApiBusy
 from opsagent.policy.autonomy import Mode
+from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Role, TokenStore
 from opsagent.progress import CaseProgress
 from opsagent.tools.platform.launcher import Platform
@@ -85,8 +86,7 @@ def wait_all(client: OpsAgentClient, case_ids: list[str], timeout_s: float, *, i
 def promote_for_demo(system: OpsAgentSystem, exception_type: str = "weight_mismatch") -> str:
     """Set the class to autonomous as an admin of the demo (authenticated by a token made for it),
     recorded in the autonomy history with a "demo: ..." reason; returns a line saying so."""
-    tokens = TokenStore(system.tokens_path)
-    admin = tokens.authenticate(tokens.add("demo-admin", [Role.admin]))
+    admin = Credential.of(TokenStore(system.tokens_path).add("demo-admin", [Role.admin]))
     change = ray.get(system.handles["policy"].set_mode.remote(
         exception_type, Mode.autonomous.value, admin,
         "demo: no shadow or supervised evidence on a fresh sandbox; promoted so that the demo writes"))
