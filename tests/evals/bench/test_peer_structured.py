@@ -245,7 +245,8 @@ def test_the_bench_peer_phase_scores_the_structured_peer(monkeypatch, tmp_path):
     bench_run.peer_phase(cfg, instances, GoldReference.build(instances), tmp_path, result, log=lambda m: None)
     (level,) = result.peer
     vllm = cfg.system.planner.vllm  # the server runs the model as opsagent's engine does
-    assert started == [{"model": vllm.model, "max_model_len": vllm.max_model_len, "dtype": vllm.dtype}]
+    assert started == [{"model": vllm.model, "max_model_len": vllm.max_model_len, "dtype": vllm.dtype,
+                        "kv_cache_gib": vllm.kv_cache_gib, "block_size": vllm.block_size}]
     assert level.kind == "structured" and level.label == "structured" and level.concurrency == 2
     assert level.correct == level.finished == level.cases == 4 and level.cases_per_s > 0
     text = render(result, title="t", two_step_class="missed_pickup")
