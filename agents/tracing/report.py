@@ -96,8 +96,8 @@ def demo_summary(root: Path | str, case_ids: list[str]) -> str:
                sum(completion_tokens) AS completion_tokens,
                round(sum(completion_tokens) / count(DISTINCT case_id), 1) AS out_tokens_per_case,
                CAST(median(duration_ms) AS BIGINT) AS p50_call_ms
-        FROM planner_calls WHERE case_id IN {ids}""")
-    parts.append(format_table(cols, rows))
+        FROM planner_calls WHERE case_id IN {ids} AND decided_by IS DISTINCT FROM 'rule'""")
+    parts.append("model calls (steps the playbook decided alone are not calls)\n" + format_table(cols, rows))
     (count,), = query(root, UNSUPERVISED_HIGH_RISK)[1]
     parts.append(f"unsupervised high-risk actions: {count}")
     return "\n\n".join(parts)

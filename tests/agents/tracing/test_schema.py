@@ -110,3 +110,23 @@ def test_planner_calls_written_before_choice_decoding_read_with_the_new_columns_
     cols, _ = query(tmp_path, "SELECT * FROM planner_calls LIMIT 0")
     event = PlannerCallEvent.from_row(dict(zip(cols, values[0], strict=True)))
     assert event.decided_by is None and event.candidates is None and event.output == '{"tool":"finish"}'
+
+
+def test_demo_summary_counts_model_calls_not_rule_steps(tmp_path: Path) -> None:
+    from opsagent.agents.tracing.records import PlannerCallEvent
+    from opsagent.agents.tracing.report import demo_summary
+
+    def call(decided_by: str, ms: float) -> PlannerCallEvent:
+        return PlannerCallEvent(case_id="C-1", step=1, model="m" if decided_by == "model" else "rule",
+                                prompt_digest="d", prompt_tokens=100, completion_tokens=0,
+                                output="{}", finish_reason="stop", started_at=T0, finished_at=T0,
+                                duration_ms=ms, decided_by=decided_by)
+
+    with TraceWriter(tmp_path) as writer:
+        writer.export([CaseEvent(case_id="C-1", exception_type="weight_mismatch", status="resolved",
+                                 description="d", entities={}, received_at=T0, recorded_at=T0,
+                                 finished_at=T0 + timedelta(seconds=2)),
+                       call("model", 700.0), call("model", 900.0), call("rule", 0.0)])
+    text = demo_summary(tmp_path, ["C-1"])
+    row = text.split("model calls")[1].splitlines()[3].split()
+    assert row[0] == "2" and row[1] == "200" and row[-1] == "800", text
