@@ -21,7 +21,7 @@ from opsagent.agents.playbooks import Playbook
 from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.errors import ApprovalError, AuthError, AutonomyError, ConfigError, TraceError
-from opsagent.evals.gates import GateWatch
+from opsagent.policy.gates import GateWatch
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore, ClassMode, ModeChange
 from opsagent.policy.config import PolicyConfig
@@ -100,7 +100,7 @@ class PolicyActor:
         self._service = PolicyService(engine, store)
         self._check = CredentialCheck(TokenStore(tokens_path or state / "tokens.json"))
         self._refusals = RefusalLog(state / "refusals.sqlite")
-        # automatic demotion (evals/gates.py): periodically and after each approval decision
+        # automatic demotion (policy/gates.py): periodically and after each approval decision
         self._gates = (GateWatch(traces_dir, autonomy, lambda: engine.config,
                                  interval_s=gate_check_interval_s).start()
                        if traces_dir and gate_check_interval_s else None)

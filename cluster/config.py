@@ -159,7 +159,7 @@ class SystemConfig(BaseModel):
     gate_check_interval_s: float | None = Field(
         default=60.0, ge=0,
         description="Seconds between the policy actor's autonomy gate checks, which demote a class "
-        "whose live accuracy fell below its gate (evals/gates.py; one more check follows each approval "
+        "whose live accuracy fell below its gate (policy/gates.py; one more check follows each approval "
         "decision); None or 0: no automatic demotion (`opsagent autonomy check` still runs it).",
     )
     max_steps: int = Field(default=6, ge=1, le=50, description="Planner steps before escalation.")

@@ -99,7 +99,7 @@ def check_records(base_urls: dict[str, str], submitted: dict[str, InjectedExcept
     """Read the carrier back: every resolved case must have an open dispute claiming the scan."""
     resolved = [cid for cid in submitted if views.get(cid, {}).get("status") == "resolved"]
     good = 0
-    with httpx.Client(base_url=base_urls["carrier"], timeout=10) as client:
+    with httpx.Client(base_url=base_urls["tms"], timeout=10) as client:
         for cid in resolved:
             inst = submitted[cid]
             shipment = client.get(f"/shipments/{inst.entities['shipment_id']}").json()

@@ -54,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run one `autonomy` subcommand; returns the exit code."""
-    from opsagent.evals import gates
+    from opsagent.policy import gates
     from opsagent.policy.autonomy import AutonomyStore
     from opsagent.policy.config import PolicyConfig, load_default_policy
 
@@ -118,7 +118,7 @@ def render_status(statuses: list) -> str:
 def _set(args: argparse.Namespace, store, config) -> int:
     """Set a mode through the gates' rule (`gates.gate_mode_change`, as the API does)."""
     from opsagent.errors import AutonomyError
-    from opsagent.evals.gates import class_statuses, gate_mode_change
+    from opsagent.policy.gates import class_statuses, gate_mode_change
     from opsagent.policy.autonomy import Mode
     from opsagent.policy.identity import Role, require
 

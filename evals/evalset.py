@@ -2,7 +2,7 @@
 
 The split rule: a seed below `TRAINING_SEEDS_FROM` (1,000,000) is **held out**: eval sets and the
 demo use those seeds, and nothing that tunes the agent (worked examples, prompt or policy tuning)
-may. Seeds from 1,000,000 up are **training** seeds: `agents/playbooks/record.py` records worked
+may. Seeds from 1,000,000 up are **training** seeds: `evals/playbook_examples.py` records worked
 examples only from them and refuses the others. Every instance of a set is made from the set's
 seed, so a whole set is on one side of the split.
 

@@ -39,7 +39,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from opsagent.agents.case import CaseStatus
-from opsagent.evals.stats import wilson
+from opsagent.policy.stats import wilson
 
 FINAL = tuple(s.value for s in CaseStatus if s.final)
 """The statuses a case ends in: resolved, escalated, failed, proposed (shadow mode)."""

@@ -28,7 +28,7 @@ from opsagent.agents.tracing.report import format_table
 from opsagent.evals.metrics import (
     AGENT_OUTCOMES, CaseResult, ConfigMetrics, EvalRun, GroupMetrics, format_rate, targets,
 )
-from opsagent.evals.stats import wilson
+from opsagent.policy.stats import wilson
 from opsagent.policy.autonomy import GateConfig
 from opsagent.policy.config import load_default_policy
 

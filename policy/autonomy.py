@@ -1,7 +1,7 @@
 """Earned autonomy: each exception class runs in a mode, stored durably, changed only by an admin.
 
 - `shadow`: the agent plans and dry-runs, but no write is ever executed; its proposals are
-  compared with what the ops team did (`evals/gates.py`).
+  compared with what the ops team did (`policy/gates.py`).
 - `supervised`: every write needs a human approval, low risk included.
 - `autonomous`: low-risk writes run; high-risk writes still need approval.
 
@@ -76,7 +76,7 @@ class ModeSource(Protocol):
 
 
 class GateConfig(BaseModel):
-    """When a class may move up a stage, and when it is moved down (see evals/gates.py)."""
+    """When a class may move up a stage, and when it is moved down (see policy/gates.py)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

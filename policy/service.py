@@ -83,7 +83,7 @@ class PolicyService:
         return self.engine.reload(config)
 
     def autonomy_status(self) -> list[ClassMode]:
-        """Each class's autonomy mode now and its last change (evidence: `evals.gates.status`)."""
+        """Each class's autonomy mode now and its last change (evidence: `policy.gates.status`)."""
         config = self.engine.config
         if not isinstance(self.engine.autonomy, AutonomyStore):
             return [ClassMode(exception_type=name, mode=self.engine.mode(name), initial_mode=c.initial_mode,

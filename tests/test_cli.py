@@ -117,6 +117,6 @@ def test_a_last_use_written_concurrently_never_undoes_a_revocation(tmp_path):
 def test_catalogue_list_prints_json(capsys):
     assert main(["catalogue", "list", "--json"]) == 0
     classes = {c["class"]: c for c in json.loads(capsys.readouterr().out)}
-    assert classes["weight_mismatch"]["systems"] == ["warehouse", "carrier"]
+    assert classes["weight_mismatch"]["systems"] == ["wms", "tms"]
     assert classes["weight_mismatch"]["write_steps"] == {"tms_open_weight_dispute": ["low"]}
     assert 0 < classes["weight_mismatch"]["escalate_share"] < 1

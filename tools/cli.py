@@ -103,7 +103,7 @@ def _list(args: argparse.Namespace) -> int:
     from opsagent.agents.tracing.report import format_table
     from opsagent.policy.config import PolicyConfig, load_default_policy
     from opsagent.policy.engine import PolicyEngine
-    from opsagent.tools.catalog import class_tools
+    from opsagent.policy.catalog import class_tools
 
     policy = PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy()
     if args.exception_class and args.exception_class not in policy.classes:

@@ -210,7 +210,7 @@ class ApprovalEvent(TraceEvent):
 
 
 class VerdictEvent(TraceEvent):
-    """Whether a case was handled correctly: evidence for its class's autonomy gates (evals/gates.py).
+    """Whether a case was handled correctly: evidence for its class's autonomy gates (policy/gates.py).
     The latest verdict per case counts."""
 
     table: ClassVar[str] = "verdicts"

@@ -174,7 +174,7 @@ class ApprovalContext(BaseModel):
 
 class ModeRequest(BaseModel):
     """A class's new autonomy mode and why (recorded with the change). A promotion goes one stage
-    up and needs the class to be eligible (evals/gates.py); a demotion is always allowed."""
+    up and needs the class to be eligible (policy/gates.py); a demotion is always allowed."""
 
     model_config = {"extra": "forbid"}
     mode: Mode = Field(description="shadow, supervised or autonomous.")

@@ -19,7 +19,7 @@ from opsagent.cluster.api.models import (
 from opsagent.cluster.api.service import OpsService
 from opsagent.cluster.case_book import CasePage, CaseQuery
 from opsagent.errors import IdempotencyConflict, InputError
-from opsagent.evals.gates import ClassStatus
+from opsagent.policy.gates import ClassStatus
 from opsagent.policy.autonomy import Mode, ModeChange
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.credentials import Credential

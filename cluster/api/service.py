@@ -32,7 +32,7 @@ from opsagent.cluster.api.models import ApprovalContext, Overview, TimelineEntry
 from opsagent.cluster.api.trace_reads import TraceReads
 from opsagent.cluster.case_book import CaseEntry, CasePage, CaseQuery, ReadScope, Submission
 from opsagent.errors import AutonomyError, CaseNotFound, CaseStateError, ConfigError, InputError, OpsAgentError
-from opsagent.evals.gates import ClassStatus, gate_mode_change
+from opsagent.policy.gates import ClassStatus, gate_mode_change
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.autonomy import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
@@ -170,7 +170,7 @@ class OpsService:
     async def set_mode(self, who: Identity, exception_type: str, mode: Mode, reason: str,
                        override: bool = False, *, credential: Credential) -> ModeChange:
         """Set a class's autonomy mode (admins), recorded with who and why, through the gates'
-        rule (`evals.gates.gate_mode_change`, as the CLI): down always, up one stage when the
+        rule (`policy.gates.gate_mode_change`, as the CLI): down always, up one stage when the
         class is eligible, or with `override` (recorded in the reason). Refused: AutonomyError."""
         require(who, Role.admin)
         modes: list[ClassMode] = await ask(self.policy.autonomy_status)

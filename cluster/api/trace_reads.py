@@ -19,7 +19,7 @@ from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import connect
 from opsagent.cluster.api.models import ClassStats, TimelineEntry
 from opsagent.errors import TraceError
-from opsagent.evals.gates import ClassStatus, class_statuses
+from opsagent.policy.gates import ClassStatus, class_statuses
 from opsagent.policy.autonomy import ClassMode
 from opsagent.policy.config import PolicyConfig
 
@@ -72,7 +72,7 @@ class TraceReads:
         return await asyncio.to_thread(_retried, self._overview)
 
     async def autonomy(self, modes: list[ClassMode], config: PolicyConfig) -> list[ClassStatus]:
-        """The gates' view of every class (evals/gates.py) over the modes the policy actor holds."""
+        """The gates' view of every class (policy/gates.py) over the modes the policy actor holds."""
         return await asyncio.to_thread(_retried, class_statuses, self.root, _RecordedModes(modes), config)
 
     def _overview(self) -> dict[str, Any]:

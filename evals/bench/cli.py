@@ -1,5 +1,5 @@
 """`opsagent bench latency|throughput|load`: the speed benchmark (run it under `flock /tmp/engine.lock`)
-and the steady-rate soak of the local cluster (`cluster/load.py`).
+and the steady-rate soak of the local cluster (`evals/bench/soak.py`).
 
 Both run opsagent at each concurrency level in a closed loop; `latency` then measures the floor
 and the engine choices, `throughput` runs the LangGraph peers. `--phases` picks any mix.
@@ -137,7 +137,7 @@ def cases_per_level(levels: list[int], cases: list[int] | None, set_size: int) -
 
 def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     if args.bench_command == "load":
-        from opsagent.cluster.load import run_load
+        from opsagent.evals.bench.soak import run_load
 
         return run_load(args)
     from opsagent.cluster.config import SystemConfig

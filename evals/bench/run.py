@@ -21,7 +21,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from opsagent.agents.tracing.bench import sample_events
+from opsagent.evals.bench.trace_writes import sample_events
 from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.cluster.config import SystemConfig
 from opsagent.errors import InputError

@@ -60,23 +60,23 @@ def _build(d: Draw) -> Planted:
     entities = {"shipment_id": sid, "customer_id": cid, "ticket_id": tid}
     text = describe(d.rng, _TEMPLATES, sid=sid, cid=cid, carrier=tms["carrier"], why=why,
                     name=customer["name"], tracking=tms["tracking_number"])
-    setup = [scales_write(), AdminWrite(system="warehouse", route="shipments", records=[wms]),
-             AdminWrite(system="carrier", route="shipments", records=[tms]),
-             AdminWrite(system="carrier", route="addresses", records=[address]),
-             AdminWrite(system="carrier", route="tracking-events", records=scans),
-             AdminWrite(system="billing", route="customers", records=[customer]),
+    setup = [scales_write(), AdminWrite(system="wms", route="shipments", records=[wms]),
+             AdminWrite(system="tms", route="shipments", records=[tms]),
+             AdminWrite(system="tms", route="addresses", records=[address]),
+             AdminWrite(system="tms", route="tracking-events", records=scans),
+             AdminWrite(system="erp", route="customers", records=[customer]),
              ticket(d, tid, text, entities)]
     fix = {k: customer[k] for k in ("street", "postcode", "city", "country")}
     where = {"shipment_id": sid}
     if verified:
         outcome, reason = "resolved", "Corrected the address to the verified address of record."
-        state = [StateAssertion(system="carrier", table="addresses", where=where, count=1,
+        state = [StateAssertion(system="tms", table="addresses", where=where, count=1,
                                 values={**fix, "validation": "valid"}),
-                 StateAssertion(system="carrier", table="shipments", where=where,
+                 StateAssertion(system="tms", table="shipments", where=where,
                                 values={"status": "in_transit"})]
     else:
         outcome, reason = "escalated", "Address of record is unverified; customer must confirm it."
-        state = [StateAssertion(system="carrier", table="addresses", where=where, count=1,
+        state = [StateAssertion(system="tms", table="addresses", where=where, count=1,
                                 values={**label, "validation": "rejected"})]
     gold = ticketed_gold(
         outcome=outcome, ticket_id=tid, team=TEAM, reason=reason, assertions=state,
@@ -90,7 +90,7 @@ def _build(d: Draw) -> Planted:
 ADDRESS_REJECTED = ExceptionClass(
     name="address_rejected",
     summary="Carrier rejected the consignee address; correct it from the verified address of record.",
-    systems=("carrier", "billing", "ticketing"),
+    systems=("tms", "erp", "tkt"),
     variants={
         "correct_from_erp": Variant(0.7, "resolved", note="ERP address verified: copy it to the shipment"),
         "unverified_address": Variant(0.3, "escalated",

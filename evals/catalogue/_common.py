@@ -116,7 +116,7 @@ def ticket(d: Draw, ticket_id: str, description: str, entities: dict[str, str], 
     """The ticket ops filed in the exception queue for this instance."""
     created = d.when.isoformat()
     subject = description.split(". ")[0][:80]
-    return AdminWrite(system="ticketing", route="tickets", records=[{
+    return AdminWrite(system="tkt", route="tickets", records=[{
         "ticket_id": ticket_id, "exception_type": d.exception_type, "subject": subject,
         "description": description, "entities": {k: v for k, v in entities.items() if k != "ticket_id"},
         "claim_amount": claim_amount, "currency": "EUR" if claim_amount is not None else None,
@@ -155,7 +155,7 @@ def escalate(ticket_id: str, team: str, note: str) -> GoldAction:
 def ticket_state(ticket_id: str, outcome: Outcome, team: str | None) -> StateAssertion:
     values = ({"status": "resolved", "team": None} if outcome == "resolved"
               else {"status": "assigned", "team": team})
-    return StateAssertion(system="ticketing", table="tickets", where={"ticket_id": ticket_id}, count=1,
+    return StateAssertion(system="tkt", table="tickets", where={"ticket_id": ticket_id}, count=1,
                           values=values)
 
 

@@ -87,7 +87,7 @@ def _reported(inst: Instance) -> str:
     """When the exception was reported: the ticket's creation time, else a day after the parcel
     was scanned (weight mismatches come from the carrier's invoice run)."""
     for w in inst.setup:
-        if w.system == "ticketing" and w.route == "tickets":
+        if w.system == "tkt" and w.route == "tickets":
             return w.records[0]["created_at"]
     scans = [r["scanned_at"] for w in inst.setup for r in w.records if "scanned_at" in r]
     return (datetime.fromisoformat(max(scans)) + timedelta(days=1)).isoformat()

@@ -69,8 +69,8 @@ def _build_duplicate(d: Draw) -> Planted:
     entities = {"invoice_id": copy, "shipment_id": sid, "ticket_id": tid}
     text = describe(rng, _DUP_TEMPLATES, cid=customer["customer_id"], sid=sid, inv=copy, orig=orig,
                     amount=amount, name=customer["name"], order=wms["order_id"])
-    inv = {"system": "billing", "table": "invoices"}
-    refunds = {"system": "billing", "table": "refunds", "where": {"invoice_id": copy}}
+    inv = {"system": "erp", "table": "invoices"}
+    refunds = {"system": "erp", "table": "refunds", "where": {"invoice_id": copy}}
     original_unchanged = StateAssertion(**inv, where={"invoice_id": orig}, count=1, values={"status": "paid"})
     if variant == "void_open":
         outcome, reason = "resolved", f"{copy} duplicates {orig}; voided the open copy."
@@ -89,8 +89,8 @@ def _build_duplicate(d: Draw) -> Planted:
     gold = ticketed_gold(outcome=outcome, ticket_id=tid, team="finance", reason=reason, act=act,
                          reads=[read("erp_get_invoice", invoice_id=copy)],
                          assertions=[*state, original_unchanged])
-    setup = [AdminWrite(system="billing", route="customers", records=[customer]),
-             AdminWrite(system="billing", route="invoices", records=invoices), ticket(d, tid, text, entities)]
+    setup = [AdminWrite(system="erp", route="customers", records=[customer]),
+             AdminWrite(system="erp", route="invoices", records=invoices), ticket(d, tid, text, entities)]
     return Planted(description=text, entities=entities, setup=setup, gold=gold, facts={
         "original": orig, "amount": amount, "copy_amount": copy_amount, "copy_status": copy_status})
 
@@ -119,7 +119,7 @@ def _build_damage(d: Draw) -> Planted:
     entities = {"shipment_id": sid, "invoice_id": inv, "ticket_id": tid}
     text = describe(rng, _DAMAGE_TEMPLATES, cid=customer["customer_id"], sid=sid, claim=f"{claim:.2f}",
                     inv=inv, order=wms["order_id"], name=customer["name"], carrier=tms["carrier"])
-    credits = {"system": "billing", "table": "credit_notes", "where": {"invoice_id": inv}}
+    credits = {"system": "erp", "table": "credit_notes", "where": {"invoice_id": inv}}
     if variant == "no_damage_record":
         outcome, reason = "escalated", "Carrier has no damage on record; needs the customer's evidence."
         state = [StateAssertion(**credits, count=0)]
@@ -133,11 +133,11 @@ def _build_damage(d: Draw) -> Planted:
                read("erp_get_invoice", invoice_id=inv)],
         act=[write("erp_issue_credit", {"invoice_id": inv, "amount": claim, "reason": reason},
                    ["invoice_id", "amount"], risk=risk)])
-    setup = [scales_write(), AdminWrite(system="warehouse", route="shipments", records=[wms]),
-             AdminWrite(system="carrier", route="shipments", records=[tms]),
-             AdminWrite(system="carrier", route="tracking-events", records=events(sid, start, delivered)),
-             AdminWrite(system="billing", route="customers", records=[customer]),
-             AdminWrite(system="billing", route="invoices", records=[invoice]),
+    setup = [scales_write(), AdminWrite(system="wms", route="shipments", records=[wms]),
+             AdminWrite(system="tms", route="shipments", records=[tms]),
+             AdminWrite(system="tms", route="tracking-events", records=events(sid, start, delivered)),
+             AdminWrite(system="erp", route="customers", records=[customer]),
+             AdminWrite(system="erp", route="invoices", records=[invoice]),
              ticket(d, tid, text, entities, claim_amount=claim)]
     return Planted(description=text, entities=entities, setup=setup, gold=gold, facts={
         "claim": claim, "invoice_amount": value, "damage_recorded": variant != "no_damage_record"})
@@ -147,7 +147,7 @@ DUPLICATE_INVOICE = ExceptionClass(
     name="duplicate_invoice",
     summary="Two invoices for one shipment; void an open copy, refund a paid one, escalate if amounts "
             "differ.",
-    systems=("billing", "ticketing"),
+    systems=("erp", "tkt"),
     variants={
         "void_open": Variant(0.4, "resolved", note="same amount, copy open: void it"),
         "refund_paid": Variant(0.3, "resolved", high_risk=True,
@@ -162,7 +162,7 @@ DAMAGE_CLAIM = ExceptionClass(
     name="damage_claim",
     summary="Customer claims transport damage; credit the claim if the carrier recorded damage "
             f"(above {CREDIT_LIMIT_LOW:g} EUR high risk).",
-    systems=("ticketing", "carrier", "billing"),
+    systems=("tkt", "tms", "erp"),
     variants={
         "credit_small": Variant(0.35, "resolved", note=f"damage recorded, claim <= {CREDIT_LIMIT_LOW:g} EUR"),
         "credit_large": Variant(0.35, "resolved", high_risk=True,

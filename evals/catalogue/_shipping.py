@@ -61,7 +61,7 @@ def _build_pickup(d: Draw) -> Planted:
     entities = {"pickup_id": pid, "ticket_id": tid}
     text = describe(rng, _PICKUP_TEMPLATES, carrier=carrier, pid=pid, site=site, window=window,
                     parcels=pickup["parcels"], date=pickup["scheduled_date"])
-    where = {"system": "carrier", "table": "pickups", "where": {"pickup_id": pid}, "count": 1}
+    where = {"system": "tms", "table": "pickups", "where": {"pickup_id": pid}, "count": 1}
     if done:
         outcome, reason = "escalated", "Carrier recorded the pickup as completed; ops says it was missed."
         state = [StateAssertion(**where, values={"status": "completed", "reschedules": 0})]
@@ -74,7 +74,7 @@ def _build_pickup(d: Draw) -> Planted:
         reads=[read("tms_get_pickup", pickup_id=pid)],
         act=[write("tms_reschedule_pickup", {"pickup_id": pid, "pickup_date": nxt, "reason": reason},
                    ["pickup_id", "pickup_date"])])
-    setup = [AdminWrite(system="carrier", route="pickups", records=[pickup]), ticket(d, tid, text, entities)]
+    setup = [AdminWrite(system="tms", route="pickups", records=[pickup]), ticket(d, tid, text, entities)]
     return Planted(description=text, entities=entities, setup=setup, gold=gold,
                    facts={"next_available_date": nxt, "carrier_status": pickup["status"]})
 
@@ -97,8 +97,8 @@ def _build_label(d: Draw) -> Planted:
     entities = {"order_id": order, "shipment_id": sid, "ticket_id": tid}
     text = describe(rng, _LABEL_TEMPLATES, order=order, carrier=tms["carrier"], sid=sid,
                     tracking=tms["tracking_number"], cancel=cancel)
-    ship = {"system": "carrier", "table": "shipments", "where": {"shipment_id": sid}, "count": 1}
-    voids = {"system": "carrier", "table": "label_voids", "where": {"shipment_id": sid}}
+    ship = {"system": "tms", "table": "shipments", "where": {"shipment_id": sid}, "count": 1}
+    voids = {"system": "tms", "table": "label_voids", "where": {"shipment_id": sid}}
     if picked:
         outcome, reason = "escalated", "Carrier already picked the parcel up; needs an intercept."
         state = [StateAssertion(**ship, values={"label_status": "active", "status": "in_transit"}),
@@ -111,10 +111,10 @@ def _build_label(d: Draw) -> Planted:
         outcome=outcome, ticket_id=tid, team="carrier_relations", reason=reason, assertions=state,
         reads=[read("wms_get_order", order_id=order), read("tms_get_tracking", shipment_id=sid)],
         act=[write("tms_void_label", {"shipment_id": sid, "reason": reason}, ["shipment_id"])])
-    setup = [scales_write(), AdminWrite(system="warehouse", route="orders", records=[wms_order]),
-             AdminWrite(system="warehouse", route="shipments", records=[wms]),
-             AdminWrite(system="carrier", route="shipments", records=[tms]),
-             AdminWrite(system="carrier", route="tracking-events", records=events(sid, printed, scans)),
+    setup = [scales_write(), AdminWrite(system="wms", route="orders", records=[wms_order]),
+             AdminWrite(system="wms", route="shipments", records=[wms]),
+             AdminWrite(system="tms", route="shipments", records=[tms]),
+             AdminWrite(system="tms", route="tracking-events", records=events(sid, printed, scans)),
              ticket(d, tid, text, entities)]
     return Planted(description=text, entities=entities, setup=setup, gold=gold,
                    facts={"carrier_status": tms["status"], "label_cost": tms["label_cost"]})
@@ -143,8 +143,8 @@ def _build_customs(d: Draw) -> Planted:
     entities = {"shipment_id": sid, "order_id": order, "ticket_id": tid}
     text = describe(rng, _CUSTOMS_TEMPLATES, sid=sid, country=country, order=order, carrier=tms["carrier"],
                     tracking=tms["tracking_number"], city=city)
-    customs = {"system": "carrier", "table": "customs", "where": {"shipment_id": sid}, "count": 1}
-    docs = {"system": "carrier", "table": "customs_documents", "where": {"shipment_id": sid}}
+    customs = {"system": "tms", "table": "customs", "where": {"shipment_id": sid}, "count": 1}
+    docs = {"system": "tms", "table": "customs_documents", "where": {"shipment_id": sid}}
     if found:
         outcome, reason = "resolved", f"Submitted commercial invoice {reference} to customs."
         state = [StateAssertion(**customs, values={"status": "documents_submitted", "missing_documents": ""}),
@@ -162,18 +162,18 @@ def _build_customs(d: Draw) -> Planted:
         act=[write("tms_attach_customs_document", {"shipment_id": sid, "document_type": "commercial_invoice",
                                                    "reference": reference or ""},
                    ["shipment_id", "document_type", "reference"])])
-    setup = [scales_write(), AdminWrite(system="warehouse", route="shipments", records=[wms]),
-             AdminWrite(system="carrier", route="shipments", records=[tms]),
-             AdminWrite(system="carrier", route="addresses", records=[{
+    setup = [scales_write(), AdminWrite(system="wms", route="shipments", records=[wms]),
+             AdminWrite(system="tms", route="shipments", records=[tms]),
+             AdminWrite(system="tms", route="addresses", records=[{
                  "shipment_id": sid, "name": f"{customer['name'].split()[0]} {city}", "street": street,
                  "postcode": postcode, "city": city, "country": country, "updated_at": issued.isoformat()}]),
-             AdminWrite(system="carrier", route="customs", records=[{
+             AdminWrite(system="tms", route="customs", records=[{
                  "shipment_id": sid, "destination_country": country, "status": "held",
                  "missing_documents": "commercial_invoice", "hold_reason": "commercial invoice missing",
                  "updated_at": d.time(1)}]),
-             AdminWrite(system="carrier", route="tracking-events", records=events(sid, issued, scans)),
-             AdminWrite(system="billing", route="customers", records=[customer]),
-             AdminWrite(system="billing", route="invoices", records=invoices), ticket(d, tid, text, entities)]
+             AdminWrite(system="tms", route="tracking-events", records=events(sid, issued, scans)),
+             AdminWrite(system="erp", route="customers", records=[customer]),
+             AdminWrite(system="erp", route="invoices", records=invoices), ticket(d, tid, text, entities)]
     return Planted(description=text, entities=entities, setup=setup, gold=gold,
                    facts={"commercial_invoice": reference, "destination": country})
 
@@ -181,7 +181,7 @@ def _build_customs(d: Draw) -> Planted:
 MISSED_PICKUP = ExceptionClass(
     name="missed_pickup",
     summary="Carrier missed a pickup; rebook its next slot unless the carrier says it was collected.",
-    systems=("carrier", "ticketing"),
+    systems=("tms", "tkt"),
     variants={
         "reschedule": Variant(0.75, "resolved", note="missed: book the next available date"),
         "carrier_says_collected": Variant(0.25, "escalated", note="carrier recorded it completed"),
@@ -193,7 +193,7 @@ MISSED_PICKUP = ExceptionClass(
 LABEL_CANCELLED_ORDER = ExceptionClass(
     name="label_cancelled_order",
     summary="A label exists for a cancelled order; void it unless the carrier already picked the parcel up.",
-    systems=("warehouse", "carrier", "ticketing"),
+    systems=("wms", "tms", "tkt"),
     variants={
         "void_label": Variant(0.7, "resolved", note="not picked up: void the label"),
         "already_picked_up": Variant(0.3, "escalated", note="in transit: needs an intercept"),
@@ -205,7 +205,7 @@ LABEL_CANCELLED_ORDER = ExceptionClass(
 CUSTOMS_DOCUMENTS_MISSING = ExceptionClass(
     name="customs_documents_missing",
     summary="Customs holds a parcel for its commercial invoice; submit it from the ERP, escalate if none.",
-    systems=("carrier", "billing", "ticketing"),
+    systems=("tms", "erp", "tkt"),
     variants={
         "attach_invoice": Variant(0.7, "resolved", note="ERP has the commercial invoice: submit it"),
         "no_commercial_invoice": Variant(0.3, "escalated", note="no commercial invoice for the order"),

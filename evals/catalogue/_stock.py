@@ -50,15 +50,15 @@ def _build(d: Draw) -> Planted:
     stock = {"location_id": loc, "sku": sku, "quantity": qty,
              "count_status": "counted" if counted else "uncounted",
              "last_count_id": count_id if had_count else None, "updated_at": d.time(1)}
-    setup = [AdminWrite(system="warehouse", route="items", records=[
+    setup = [AdminWrite(system="wms", route="items", records=[
                  {"sku": sku, "description": item, "uom": uom, "unit_weight_kg": weight}]),
-             AdminWrite(system="warehouse", route="locations", records=[
+             AdminWrite(system="wms", route="locations", records=[
                  {"location_id": loc, "site": site, "zone": loc.split("-")[1], "kind": "bin"}]),
-             AdminWrite(system="warehouse", route="stock", records=[stock])]
+             AdminWrite(system="wms", route="stock", records=[stock])]
     if had_count:
-        setup.append(AdminWrite(system="warehouse", route="cycle-counts", records=[count]))
+        setup.append(AdminWrite(system="wms", route="cycle-counts", records=[count]))
     if variant != "not_on_books":
-        setup.append(AdminWrite(system="billing", route="inventory", records=[
+        setup.append(AdminWrite(system="erp", route="inventory", records=[
             {"site": site, "sku": sku, "description": item, "book_quantity": books, "unit_cost": cost,
              "currency": "EUR", "updated_at": d.time(20, -2)}]))
     erp = (rng.choice(["ERP has nothing for it", "ERP shows 0", "it's not in the valuation report"])
@@ -66,9 +66,9 @@ def _build(d: Draw) -> Planted:
     entities = {"sku": sku, "site": site, "location_id": loc, "ticket_id": tid}
     text = describe(rng, _TEMPLATES, sku=sku, site=site, wms=qty, uom=uom, erp=erp, item=item, loc=loc)
     setup.append(ticket(d, tid, text, entities))
-    requested = {"system": "warehouse", "table": "cycle_counts", "where": {"sku": sku, "status": "requested"}}
-    adjustments = {"system": "billing", "table": "inventory_adjustments", "where": {"sku": sku, "site": site}}
-    books_at = {"system": "billing", "table": "inventory", "where": {"sku": sku, "site": site}}
+    requested = {"system": "wms", "table": "cycle_counts", "where": {"sku": sku, "status": "requested"}}
+    adjustments = {"system": "erp", "table": "inventory_adjustments", "where": {"sku": sku, "site": site}}
+    books_at = {"system": "erp", "table": "inventory", "where": {"sku": sku, "site": site}}
     if variant == "book_to_count":
         outcome, reason = "resolved", f"Cycle count confirmed {qty}; set the books to the count."
         state = [StateAssertion(**books_at, count=1, values={"book_quantity": qty}),
@@ -102,7 +102,7 @@ STOCK_COUNT_MISMATCH = ExceptionClass(
     name="stock_count_mismatch",
     summary="WMS and ERP books disagree on a SKU; book to a confirmed count, else recount; missing on books: "
             "finance.",
-    systems=("warehouse", "billing", "ticketing"),
+    systems=("wms", "erp", "tkt"),
     variants={
         "book_to_count": Variant(0.4, "resolved", high_risk=True, note="counted: set the books (high risk)"),
         "recount": Variant(0.35, "resolved", note="not backed by a count: request a cycle count"),

@@ -63,11 +63,11 @@ def _build_sync(d: Draw) -> Planted:
         reads=[read("tms_get_tracking", shipment_id=sid), read("wms_get_shipment", shipment_id=sid)],
         act=[write("wms_update_dispatch_status", {"shipment_id": sid, "dispatch_status": "delivered",
                                                   "reason": reason}, ["shipment_id", "dispatch_status"])],
-        assertions=[StateAssertion(system="warehouse", table="shipments", where=where, count=1, values={
+        assertions=[StateAssertion(system="wms", table="shipments", where=where, count=1, values={
             "dispatch_status": "delivered" if outcome == "resolved" else "packed"})])
-    setup = [scales_write(), AdminWrite(system="warehouse", route="shipments", records=[wms]),
-             AdminWrite(system="carrier", route="shipments", records=[tms]),
-             AdminWrite(system="carrier", route="tracking-events", records=scans),
+    setup = [scales_write(), AdminWrite(system="wms", route="shipments", records=[wms]),
+             AdminWrite(system="tms", route="shipments", records=[tms]),
+             AdminWrite(system="tms", route="tracking-events", records=scans),
              ticket(d, tid, text, entities)]
     return Planted(description=text, entities=entities, setup=setup, gold=gold,
                    facts={"carrier_status": "delivered", "wms_status": wms["dispatch_status"]})
@@ -86,7 +86,7 @@ def _build_stuck(d: Draw) -> Planted:
     text = describe(d.rng, _STUCK_TEMPLATES, sid=sid, carrier=tms["carrier"], tracking=tms["tracking_number"],
                     order=wms["order_id"], customer=wms["customer_id"], day=last["at"][:10],
                     last=last["code"], where=last["location"])
-    traces = {"system": "carrier", "table": "traces", "where": {"shipment_id": sid}}
+    traces = {"system": "tms", "table": "traces", "where": {"shipment_id": sid}}
     if lost:
         outcome, reason = "escalated", "Carrier declared the parcel lost; needs a loss claim."
         state = [StateAssertion(**traces, count=0)]
@@ -97,9 +97,9 @@ def _build_stuck(d: Draw) -> Planted:
         outcome=outcome, ticket_id=tid, team="carrier_relations", reason=reason, assertions=state,
         reads=[read("tms_get_tracking", shipment_id=sid)],
         act=[write("tms_request_trace", {"shipment_id": sid, "reason": reason}, ["shipment_id"])])
-    setup = [scales_write(), AdminWrite(system="warehouse", route="shipments", records=[wms]),
-             AdminWrite(system="carrier", route="shipments", records=[tms]),
-             AdminWrite(system="carrier", route="tracking-events", records=scans),
+    setup = [scales_write(), AdminWrite(system="wms", route="shipments", records=[wms]),
+             AdminWrite(system="tms", route="shipments", records=[tms]),
+             AdminWrite(system="tms", route="tracking-events", records=scans),
              ticket(d, tid, text, entities)]
     return Planted(description=text, entities=entities, setup=setup, gold=gold,
                    facts={"carrier_status": tms["status"], "quiet_days": quiet})
@@ -108,7 +108,7 @@ def _build_stuck(d: Draw) -> Planted:
 TRACKING_OUT_OF_SYNC = ExceptionClass(
     name="tracking_out_of_sync",
     summary="Carrier shows delivered, WMS does not; record the delivery unless the WMS says it never left.",
-    systems=("carrier", "warehouse", "ticketing"),
+    systems=("tms", "wms", "tkt"),
     variants={
         "record_delivery": Variant(0.75, "resolved",
                                    note="WMS shipped, carrier delivered: record the delivery"),
@@ -121,7 +121,7 @@ TRACKING_OUT_OF_SYNC = ExceptionClass(
 TRACKING_STUCK = ExceptionClass(
     name="tracking_stuck",
     summary="No carrier scan for days; request a trace unless the carrier already declared the parcel lost.",
-    systems=("carrier", "ticketing"),
+    systems=("tms", "tkt"),
     variants={
         "request_trace": Variant(0.7, "resolved", note="in transit, quiet 5-14 days: open a trace"),
         "declared_lost": Variant(0.3, "escalated", note="carrier declared it lost: loss claim"),

@@ -22,9 +22,9 @@ def _gold(inj: InjectedException) -> Gold:
     sid = inj.entities["shipment_id"]
     scanned, billed = inj.facts["scanned_weight_kg"], inj.facts["billed_weight_kg"]
     actions = [read("wms_get_shipment", shipment_id=sid), read("tms_get_shipment", shipment_id=sid)]
-    unchanged = StateAssertion(system="carrier", table="shipments", where={"shipment_id": sid}, count=1,
+    unchanged = StateAssertion(system="tms", table="shipments", where={"shipment_id": sid}, count=1,
                                values={"billed_weight_kg": billed})
-    disputes = {"system": "carrier", "table": "weight_disputes", "where": {"shipment_id": sid}}
+    disputes = {"system": "tms", "table": "weight_disputes", "where": {"shipment_id": sid}}
     if inj.expected_status == "escalated":
         return Gold(outcome="escalated", actions=actions, reason="Scale check failed, so the scan is not "
                     "authoritative.", assertions=[unchanged, StateAssertion(**disputes, count=0)])
@@ -57,7 +57,7 @@ def _make(seed: int, count: int, shares: dict[str, float]) -> list[Instance]:
 WEIGHT_MISMATCH = ExceptionClass(
     name="weight_mismatch",
     summary="Carrier billed a weight above the warehouse scan; dispute it if the scale passed its check.",
-    systems=("warehouse", "carrier"),
+    systems=("wms", "tms"),
     variants={
         "dispute": Variant(0.7, "resolved", note="scale passed: open a dispute claiming the scan"),
         "scale_failed": Variant(0.3, "escalated", note="scale failed its check: nothing is authoritative"),

@@ -17,7 +17,7 @@ TOOL = "tms_open_weight_dispute"
 
 
 def _dispute(platform, sid):
-    return httpx.get(f"{platform.base_urls['carrier']}/shipments/{sid}").json()["open_dispute_id"]
+    return httpx.get(f"{platform.base_urls['tms']}/shipments/{sid}").json()["open_dispute_id"]
 
 
 def _permit(args, *, case_id="case-1", step=3, key=KEY, ttl=60, tool=TOOL, now=None):
@@ -82,7 +82,7 @@ def test_one_executor_dispatches_by_source(registry, platform, dispute_args, mon
     from opsagent.tools.sources import AuthHeader, McpSource
     from tests.fakes.mcp_server import serve_http
 
-    assert registry.source("carrier").retries == 0 and registry.source("carrier").auth == []
+    assert registry.source("tms").retries == 0 and registry.source("tms").auth == []
     token = "pcl-" + _secrets.token_hex(12)
     monkeypatch.setenv("PARCELS_TOKEN", token)
     with serve_http(token) as url:

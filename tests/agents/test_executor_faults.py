@@ -111,11 +111,11 @@ def _serve(app: FastAPI) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def proxy(platform) -> Iterator[tuple[Proxy, ToolRegistry]]:
-    faulty = Proxy(platform.base_urls["carrier"])
+    faulty = Proxy(platform.base_urls["tms"])
     with _serve(faulty.app()) as url:
-        tools = ToolRegistry.from_services({**platform.base_urls, "carrier": url})
-        others = {k: v for k, v in platform.base_urls.items() if k != "carrier"}
-        carrier = OpenAPISource(name="carrier", base_url=url, retries=2, backoff_s=0.05)
+        tools = ToolRegistry.from_services({**platform.base_urls, "tms": url})
+        others = {k: v for k, v in platform.base_urls.items() if k != "tms"}
+        carrier = OpenAPISource(name="tms", base_url=url, retries=2, backoff_s=0.05)
         yield faulty, ToolRegistry(tools.specs(), others, sources=[carrier])
 
 
@@ -138,11 +138,11 @@ def run_case(proxy, harness, platform):
 
 
 def _disputes(platform, sid):
-    return [r for r in platform.snapshot("carrier")["weight_disputes"] if r["shipment_id"] == sid]
+    return [r for r in platform.snapshot("tms")["weight_disputes"] if r["shipment_id"] == sid]
 
 
 def _ledger(platform, case):
-    rows = platform.snapshot("carrier").get("idempotency_keys")
+    rows = platform.snapshot("tms").get("idempotency_keys")
     assert rows is not None, "the carrier snapshot shows its idempotency ledger"
     return [r for r in rows if r["key"].startswith(f"{case.case_id}:")]
 
@@ -195,5 +195,5 @@ def test_a_write_applied_but_never_answered_escalates_and_is_applied_exactly_onc
     assert _sent(requests, "POST", "weight-disputes") == 3
     disputes = _disputes(platform, sid)  # applied whole, once: the human finds it in place
     assert len(disputes) == 1 and len(_ledger(platform, case)) == 1
-    shipment = httpx.get(f"{platform.base_urls['carrier']}/shipments/{sid}").json()
+    shipment = httpx.get(f"{platform.base_urls['tms']}/shipments/{sid}").json()
     assert shipment["open_dispute_id"] == disputes[0]["dispute_id"]

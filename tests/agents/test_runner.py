@@ -20,7 +20,7 @@ UNKNOWN = {"scale_check": "unknown"}
 
 
 def _carrier(platform, shipment_id):
-    return httpx.get(f"{platform.base_urls['carrier']}/shipments/{shipment_id}").json()
+    return httpx.get(f"{platform.base_urls['tms']}/shipments/{shipment_id}").json()
 
 
 def test_gold_run_resolves_and_opens_the_dispute(harness, instance, platform):
@@ -185,7 +185,7 @@ def test_system_down_is_an_observation_not_a_crash(harness, registry, instance):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = f"http://127.0.0.1:{s.getsockname()[1]}"
-    down = ToolRegistry(registry.specs(), {**registry.base_urls, "carrier": closed})
+    down = ToolRegistry(registry.specs(), {**registry.base_urls, "tms": closed})
     h = harness([gold_step] * 3, registry=down)
     case = h.run(instance())
     h.engine.assert_done()
@@ -198,7 +198,7 @@ def test_system_down_is_an_observation_not_a_crash(harness, registry, instance):
 # --- autonomy modes: enforced by the policy, carried out by the runner ------------------------
 
 def _disputes(platform, sid):
-    rows = httpx.get(f"{platform.base_urls['carrier']}/_admin/snapshot").json()["weight_disputes"]
+    rows = httpx.get(f"{platform.base_urls['tms']}/_admin/snapshot").json()["weight_disputes"]
     return [r for r in rows if r["shipment_id"] == sid]
 
 

@@ -8,7 +8,7 @@ from opsagent.tools.spec import ToolSpec
 
 
 def _tool(name, props, required, writes=False):
-    return ToolSpec(name=name, system="carrier", method="POST" if writes else "GET", path="/x",
+    return ToolSpec(name=name, system="tms", method="POST" if writes else "GET", path="/x",
                     description=f"{name} does things", parameters={
                         "type": "object", "properties": props, "required": required,
                         "additionalProperties": False},

@@ -107,8 +107,8 @@ def test_the_builder_refuses_bad_arguments(monkeypatch):
     monkeypatch.setenv(SYSTEMS_ENV, "{not json")
     with pytest.raises(ConfigError):
         app({})
-    monkeypatch.setenv(SYSTEMS_ENV, json.dumps({"carrier": "http://tms:8000"}))
-    assert DeployArgs.model_validate({}).systems == {"carrier": "http://tms:8000"}
+    monkeypatch.setenv(SYSTEMS_ENV, json.dumps({"tms": "http://tms:8000"}))
+    assert DeployArgs.model_validate({}).systems == {"tms": "http://tms:8000"}
 
 
 def _escalating_openai_server() -> FastAPI:

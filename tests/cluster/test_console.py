@@ -96,7 +96,7 @@ def _submit_and_hold(system) -> dict[str, str]:
 
 
 def _tms(platform, sid):
-    return httpx.get(f"{platform.base_urls['carrier']}/shipments/{sid}").json()
+    return httpx.get(f"{platform.base_urls['tms']}/shipments/{sid}").json()
 
 
 def test_an_approver_approves_one_rejects_another_and_sees_the_cases_resume(system, browser, platform):

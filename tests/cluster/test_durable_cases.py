@@ -89,7 +89,7 @@ def _report(inst) -> ExceptionReport:
 
 
 def _disputes(platform, sid):
-    return [r for r in platform.snapshot("carrier")["weight_disputes"] if r["shipment_id"] == sid]
+    return [r for r in platform.snapshot("tms")["weight_disputes"] if r["shipment_id"] == sid]
 
 
 async def _crash(book: CaseBook, reached: asyncio.Event) -> None:
@@ -131,7 +131,7 @@ def test_a_write_in_flight_at_the_crash_is_applied_once_on_recovery(tmp_path, re
     assert len(_disputes(platform, sid)) == 1  # the replay was answered, not applied
     dispute = case.steps[-1].result
     assert dispute["dispute_id"] == _disputes(platform, sid)[0]["dispute_id"]
-    keys = [r for r in platform.snapshot("carrier").get("idempotency_keys", [])
+    keys = [r for r in platform.snapshot("tms").get("idempotency_keys", [])
             if r["key"].startswith(case.case_id)]
     assert len(keys) == len({r["key"] for r in keys}) == 1
 
@@ -237,7 +237,7 @@ def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path):
 def test_the_platform_answers_a_replayed_key_with_the_original_result(platform, mismatch):
     inst = mismatch()
     sid = inst.entities["shipment_id"]
-    url = f"{platform.base_urls['carrier']}/shipments/{sid}/weight-disputes"
+    url = f"{platform.base_urls['tms']}/shipments/{sid}/weight-disputes"
     body = {"claimed_weight_kg": 1.0, "reason": "replay test"}
     first = httpx.post(url, json=body, headers={"Idempotency-Key": "replay-1"})
     second = httpx.post(url, json=body, headers={"Idempotency-Key": "replay-1"})

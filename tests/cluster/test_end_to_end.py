@@ -60,11 +60,11 @@ def test_weight_mismatches_end_to_end_on_the_embedded_model(ray_runtime, platfor
     assert all(got == want for got, want in outcomes.values()), outcomes
     for cid, view in views.items():
         sid = ids[cid].entities["shipment_id"]
-        tms = httpx.get(f"{platform.base_urls['carrier']}/shipments/{sid}").json()
+        tms = httpx.get(f"{platform.base_urls['tms']}/shipments/{sid}").json()
         if view["status"] == "resolved":  # resolved only after its dispute really exists
             assert tms["open_dispute_id"] is not None
             assert view["steps"][-1]["tool"] == "tms_open_weight_dispute"
-            dispute = httpx.get(f"{platform.base_urls['carrier']}/weight-disputes/{tms['open_dispute_id']}").json()
+            dispute = httpx.get(f"{platform.base_urls['tms']}/weight-disputes/{tms['open_dispute_id']}").json()
             assert dispute["claimed_weight_kg"] == ids[cid].facts["scanned_weight_kg"], dispute
         else:
             assert tms["open_dispute_id"] is None  # an escalated case disputed nothing

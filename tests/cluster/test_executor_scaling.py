@@ -309,7 +309,7 @@ def test_a_fixed_pool_never_rescales_and_a_pool_needs_actors_and_a_factory_to_sc
 def burst(ray_runtime, platform, tmp_path_factory):
     from opsagent.agents.case import ExceptionReport
     from opsagent.agents.playbooks.model import builtin_playbooks
-    from opsagent.cluster.load import GoldScriptedEngine, policy_with_rate
+    from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
     from opsagent.cluster.system import OpsAgentSystem
     from opsagent.tools.platform import inject_weight_mismatch
     from tests.fakes.autonomy import credential
@@ -399,6 +399,6 @@ def test_no_call_of_the_burst_was_lost_or_sent_twice(burst, platform):
     disputes = [k for k in calls if k[0] == "POST" and k[2] is not None]
     assert len(disputes) == len(cases)  # one write per case, each with its own idempotency key
     by_shipment: dict[str, int] = {}
-    for row in platform.snapshot("carrier")["weight_disputes"]:
+    for row in platform.snapshot("tms")["weight_disputes"]:
         by_shipment[row["shipment_id"]] = by_shipment.get(row["shipment_id"], 0) + 1
     assert all(by_shipment.get(inst.entities["shipment_id"]) == 1 for inst in burst["ids"].values())

@@ -27,7 +27,7 @@ from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.config import PlannerConfig, SystemConfig
-from opsagent.cluster.load import GoldScriptedEngine, policy_with_rate
+from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
 from opsagent.cluster.ports import AckTally
 from opsagent.cluster.runtime import LOOPBACK_ENV, NAMESPACE
 from opsagent.cluster.system import OpsAgentSystem
@@ -194,7 +194,7 @@ def test_every_case_reaches_its_gold_outcome_despite_the_faults(batch):
 
 
 def test_no_write_was_applied_twice(batch, platform):
-    snapshot = platform.snapshot("carrier")
+    snapshot = platform.snapshot("tms")
     by_case = {cid: case for cid, case in batch["cases"].items()}
     disputes: dict[str, int] = {}
     for row in snapshot["weight_disputes"]:
@@ -255,7 +255,7 @@ def test_a_killed_case_manager_resumes_its_open_cases_from_the_store(batch, plat
                                          for s in c.steps])
         for cid, c in cases.items() if c.status != "resolved"}
     disputes: dict[str, int] = {}
-    for row in platform.snapshot("carrier")["weight_disputes"]:
+    for row in platform.snapshot("tms")["weight_disputes"]:
         disputes[row["shipment_id"]] = disputes.get(row["shipment_id"], 0) + 1
     assert all(disputes.get(inst.entities["shipment_id"]) == 1 for inst in more)
     earlier = {c.case_id: c.status for c in _ask(h["cases"], "list") if c.case_id in batch["cases"]}

@@ -113,7 +113,7 @@ def test_cases_run_concurrently_to_their_gold_outcome(scenario, platform):
 
 
 def _tms(platform, inst):
-    return httpx.get(f"{platform.base_urls['carrier']}/shipments/{inst.entities['shipment_id']}").json()
+    return httpx.get(f"{platform.base_urls['tms']}/shipments/{inst.entities['shipment_id']}").json()
 
 
 def test_approvals_need_an_approver_bound_to_the_previewed_action(scenario, platform):

@@ -15,7 +15,7 @@ from opsagent.evals.scoring import snapshots
 from opsagent.policy.checks import assess_risk
 from opsagent.policy.config import load_default_policy
 
-SYSTEMS = {"warehouse", "carrier", "billing", "ticketing"}
+SYSTEMS = {"wms", "tms", "erp", "tkt"}
 
 
 def test_classes_span_the_four_systems_escalate_and_move_money():

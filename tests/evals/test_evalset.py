@@ -9,7 +9,7 @@ import json
 import pytest
 
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.agents.playbooks.record import TRAINING_SEED, record
+from opsagent.evals.playbook_examples import TRAINING_SEED, record
 from opsagent.errors import InputError
 from opsagent.evals import cli
 from opsagent.evals.catalogue import CLASSES

@@ -25,7 +25,7 @@ from opsagent.cli import main as cli
 from opsagent.errors import AuthError, AutonomyError, InputError
 from opsagent.evals.catalogue import CLASSES, HumanLog, make, plant
 from opsagent.evals.evalset import write_eval_set
-from opsagent.evals.gates import (
+from opsagent.policy.gates import (
     CaseVerdict,
     GateWatch,
     Write,
@@ -213,7 +213,7 @@ def shadow_run(platform, registry, tmp_path_factory):
     policy = PolicyEngine(load_default_policy(), registry, autonomy=store)
     service = PolicyService(policy, ApprovalStore(":memory:"))
     books = builtin_playbooks()
-    before = {s: _count(platform, s) for s in ("carrier", "billing", "ticketing")}
+    before = {s: _count(platform, s) for s in ("tms", "erp", "tkt")}
 
     async def run_all() -> list[Case]:
         executor = Executor(registry, policy.verifier)

@@ -65,7 +65,7 @@ def test_validation_error_is_summarised(call, fresh):
 
 def test_dry_run_changes_nothing(call, fresh, platform):
     sid = fresh.entities["shipment_id"]
-    before = platform.digest("carrier")
+    before = platform.digest("tms")
     args = {"shipment_id": sid, "claimed_weight_kg": fresh.facts["scanned_weight_kg"], "reason": "scan lower"}
     result = call("tms_open_weight_dispute", args, dry_run=True, idempotency_key="dry-1")
     assert result.ok and result.dry_run and result.body["dry_run"] is True
@@ -73,7 +73,7 @@ def test_dry_run_changes_nothing(call, fresh, platform):
     assert diff["before"]["shipment"]["open_dispute_id"] is None
     assert diff["after"]["shipment"]["open_dispute_id"] == diff["after"]["dispute"]["dispute_id"]
     assert call("tms_get_shipment", {"shipment_id": sid}).body["open_dispute_id"] is None
-    assert platform.digest("carrier") == before
+    assert platform.digest("tms") == before
     # the dry run did not consume the idempotency key either
     assert call("tms_open_weight_dispute", args, idempotency_key="dry-1").status_code == 201
 
@@ -85,7 +85,7 @@ def test_idempotency_replay_makes_one_dispute(call, fresh, platform):
     second = call("tms_open_weight_dispute", args, idempotency_key=f"key-{sid}")
     assert first.status_code == second.status_code == 201
     assert first.body == second.body
-    disputes = [d for d in platform.snapshot("carrier")["weight_disputes"] if d["shipment_id"] == sid]
+    disputes = [d for d in platform.snapshot("tms")["weight_disputes"] if d["shipment_id"] == sid]
     assert len(disputes) == 1
     # without a key, a second open is refused because one is already open
     third = call("tms_open_weight_dispute", args)

@@ -36,14 +36,14 @@ def _execute(registry, tool, args, **kw):
 
 
 def test_the_cli_imports_a_live_sandbox_service_into_the_same_tools(platform, registry, fresh, tmp_path, capsys):
-    url = platform.base_urls["carrier"]
-    out = tmp_path / "carrier.yaml"
-    assert main(["tools", "import", "openapi", f"{url}/openapi.json", "--name", "carrier", "--base-url", url,
+    url = platform.base_urls["tms"]
+    out = tmp_path / "tms.yaml"
+    assert main(["tools", "import", "openapi", f"{url}/openapi.json", "--name", "tms", "--base-url", url,
                  "--out", str(out), "--auth-env", "TMS_TOKEN", "--auth-scheme", "Bearer", "--timeout", "5"]) == 0
     printed = capsys.readouterr().out
     row = next(line.split() for line in printed.splitlines() if line.startswith("tms_open_weight_dispute "))
     assert row == ["tms_open_weight_dispute", "POST", "/shipments/{shipment_id}/weight-disputes", "write", "yes"]
-    assert f"wrote {out} (15 tools of carrier)" in printed
+    assert f"wrote {out} (15 tools of tms)" in printed
     config = yaml.safe_load(out.read_text())
     assert config["auth"] == [{"env": "TMS_TOKEN", "header": "Authorization", "scheme": "Bearer"}]
     assert (config["kind"], config["timeout_s"], config["retries"]) == ("openapi", 5.0, 2)
@@ -52,7 +52,7 @@ def test_the_cli_imports_a_live_sandbox_service_into_the_same_tools(platform, re
 
     (source,) = load_sources(out)
     imported = build_registry([source], secrets=Secrets(environ={"TMS_TOKEN": "tms-token-1234"}))
-    built_in = [s for s in registry if s.system == "carrier"]
+    built_in = [s for s in registry if s.system == "tms"]
     assert imported.specs() == built_in  # schemas, descriptions, read/write, dry run: all the same
 
     sid = fresh.entities["shipment_id"]
@@ -65,11 +65,11 @@ def test_the_cli_imports_a_live_sandbox_service_into_the_same_tools(platform, re
 
 
 def test_a_file_spec_kept_by_location_with_overrides(platform, tmp_path, monkeypatch):
-    url = platform.base_urls["warehouse"]
+    url = platform.base_urls["wms"]
     spec = tmp_path / "wms.json"
     spec.write_text(json.dumps(__import__("httpx").get(f"{url}/openapi.json").json()))
     monkeypatch.chdir(tmp_path)
-    imported = import_openapi("wms.json", "warehouse", url, embed=False, retries=0,
+    imported = import_openapi("wms.json", "wms", url, embed=False, retries=0,
                               reads=["wms_request_rescan"], exclude=["wms_cancel_rescan_request"])
     assert imported.source.spec == str(spec) and imported.source.document is None
     tools = {t.name: t for t in imported.tools}

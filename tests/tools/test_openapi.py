@@ -4,19 +4,19 @@ import pytest
 
 from opsagent.errors import ToolError
 from opsagent.tools.openapi import tools_from_openapi
-from opsagent.tools.platform import carrier, warehouse
+from opsagent.tools.platform import tms, wms
 
 
 @pytest.fixture(scope="module")
 def carrier_tools(tmp_path_factory: pytest.TempPathFactory) -> dict:
     doc = carrier.create_app(Path(tmp_path_factory.mktemp("tms")) / "tms.sqlite").openapi()
-    return {s.name: s for s in tools_from_openapi(doc, "carrier")}
+    return {s.name: s for s in tools_from_openapi(doc, "tms")}
 
 
 @pytest.fixture(scope="module")
 def warehouse_tools(tmp_path_factory: pytest.TempPathFactory) -> dict:
     doc = warehouse.create_app(Path(tmp_path_factory.mktemp("wms")) / "wms.sqlite").openapi()
-    return {s.name: s for s in tools_from_openapi(doc, "warehouse")}
+    return {s.name: s for s in tools_from_openapi(doc, "wms")}
 
 
 def test_operation_lists(carrier_tools, warehouse_tools):
@@ -25,7 +25,7 @@ def test_operation_lists(carrier_tools, warehouse_tools):
             "tms_withdraw_weight_dispute", "tms_adjust_billed_weight"} <= set(carrier_tools)
     assert {"wms_get_shipment", "wms_get_scale", "wms_request_rescan",
             "wms_cancel_rescan_request"} <= set(warehouse_tools)
-    assert all(s.system == "carrier" for s in carrier_tools.values())
+    assert all(s.system == "tms" for s in carrier_tools.values())
     assert not any(s.path.startswith("/_admin") for s in [*carrier_tools.values(), *warehouse_tools.values()])
 
 

@@ -20,8 +20,8 @@ def test_unknown_names_raise_tool_error(registry: ToolRegistry):
 def test_registry_lists_both_systems(registry: ToolRegistry, platform):
     assert "tms_open_weight_dispute" in registry and "wms_get_shipment" in registry
     assert registry.names() == sorted(registry.names())
-    assert registry.get("wms_get_shipment").system == "warehouse"
-    assert registry.base_url("carrier") == platform.base_urls["carrier"]
+    assert registry.get("wms_get_shipment").system == "wms"
+    assert registry.base_url("tms") == platform.base_urls["tms"]
 
 
 def test_subset_and_pickle(registry: ToolRegistry):
@@ -39,15 +39,15 @@ def test_construction_rejects_duplicates_and_unknown_systems(registry: ToolRegis
     with pytest.raises(ToolError, match="duplicate"):
         ToolRegistry([spec, spec], registry.base_urls)
     with pytest.raises(ToolError, match="no base URL"):
-        ToolRegistry([spec], {"warehouse": "http://127.0.0.1:1"})
+        ToolRegistry([spec], {"wms": "http://127.0.0.1:1"})
 
 
 def test_from_services_fails_clearly_when_a_service_is_down():
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    with pytest.raises(ToolCallError, match="carrier"):
-        ToolRegistry.from_services({"carrier": f"http://127.0.0.1:{port}"})
+    with pytest.raises(ToolCallError, match="tms"):
+        ToolRegistry.from_services({"tms": f"http://127.0.0.1:{port}"})
 
 
 def test_sources_merge_pickle_and_stay_apart(registry: ToolRegistry):
@@ -67,5 +67,5 @@ def test_sources_merge_pickle_and_stay_apart(registry: ToolRegistry):
         merged.base_url("parcels")
     with pytest.raises(ToolError, match="two sources for system 'parcels'"):
         merged.merge(ToolRegistry([], sources=[parcels]))
-    with pytest.raises(ToolError, match="is an mcp tool but 'carrier' is an openapi source"):
-        ToolRegistry([mcp.model_copy(update={"system": "carrier"})], registry.base_urls)
+    with pytest.raises(ToolError, match="is an mcp tool but 'tms' is an openapi source"):
+        ToolRegistry([mcp.model_copy(update={"system": "tms"})], registry.base_urls)

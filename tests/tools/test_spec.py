@@ -6,7 +6,7 @@ from pydantic import ValidationError
 from opsagent.tools.spec import ToolResult, ToolSpec, argument_errors
 
 SPEC = ToolSpec(
-    name="tms_open_weight_dispute", system="carrier", method="POST",
+    name="tms_open_weight_dispute", system="tms", method="POST",
     path="/shipments/{shipment_id}/weight-disputes", description="Open a dispute.",
     parameters={
         "type": "object",

@@ -42,8 +42,8 @@ def test_list_shows_what_the_planner_sees_for_a_class(capsys):
     out = capsys.readouterr().out
     rows = _rows(out)
     assert out.split()[:7] == ["class", "tool", "system", "source", "access", "risk", "dry_run"]
-    assert ["weight_mismatch", "tms_adjust_billed_weight", "carrier", "openapi", "write", "high", "yes"] in rows
-    assert ["weight_mismatch", "wms_get_shipment", "warehouse", "openapi", "read", "low", "no"] in rows
+    assert ["weight_mismatch", "tms_adjust_billed_weight", "tms", "openapi", "write", "high", "yes"] in rows
+    assert ["weight_mismatch", "wms_get_shipment", "wms", "openapi", "read", "low", "no"] in rows
     assert {r[0] for r in rows} == {"weight_mismatch"}
 
 

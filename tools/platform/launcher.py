@@ -14,16 +14,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from opsagent.errors import ToolCallError
-from opsagent.tools.platform import billing, carrier, ticketing, warehouse
+from opsagent.tools.platform import erp, tkt, tms, wms
 from opsagent.tools.registry import ToolRegistry
 
-SYSTEMS = {"warehouse": warehouse.create_app, "carrier": carrier.create_app, "billing": billing.create_app,
-           "ticketing": ticketing.create_app}
+SYSTEMS = {"wms": wms.create_app, "tms": tms.create_app, "erp": erp.create_app, "tkt": tkt.create_app}
 # Per system, table -> columns that are time-, sequence- or free-text-dependent (scoring masks them).
-VOLATILE = {"warehouse": warehouse.VOLATILE, "carrier": carrier.VOLATILE, "billing": billing.VOLATILE,
-            "ticketing": ticketing.VOLATILE}
+VOLATILE = {"wms": wms.VOLATILE, "tms": tms.VOLATILE, "erp": erp.VOLATILE, "tkt": tkt.VOLATILE}
 # Per system, tables that are commentary rather than state (scoring ignores them).
-COMMENTARY = {"ticketing": ticketing.COMMENTARY}
+COMMENTARY = {"tkt": tkt.COMMENTARY}
 
 
 class _Service:

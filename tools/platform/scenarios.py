@@ -103,8 +103,8 @@ class InjectedException(BaseModel):
 
 def _urls(target: HasBaseUrls | dict[str, str]) -> dict[str, str]:
     urls = target if isinstance(target, dict) else target.base_urls
-    if not {"warehouse", "carrier"} <= set(urls):
-        raise InputError("need base URLs for both 'warehouse' and 'carrier'")
+    if not {"wms", "tms"} <= set(urls):
+        raise InputError("need base URLs for both 'wms' and 'tms'")
     return urls
 
 
@@ -146,7 +146,7 @@ def parcel(rng: random.Random, shipment_id: str, *, status: str,
 
 def scales_write() -> AdminWrite:
     """The floor scales every WMS shipment refers to."""
-    return AdminWrite(system="warehouse", route="scales", records=[
+    return AdminWrite(system="wms", route="scales", records=[
         {"scale_id": s, "site": site, "model": model, "last_check_at": "2025-09-29T07:00:00+00:00",
          "last_check_result": result} for s, site, model, result in SCALES])
 
@@ -156,8 +156,8 @@ def _ids(rng: random.Random, count: int, low: int, high: int) -> list[str]:
 
 
 def _parcel_writes(wms: list[dict], tms: list[dict]) -> list[AdminWrite]:
-    return [scales_write(), AdminWrite(system="warehouse", route="shipments", records=wms),
-            AdminWrite(system="carrier", route="shipments", records=tms)]
+    return [scales_write(), AdminWrite(system="wms", route="shipments", records=wms),
+            AdminWrite(system="tms", route="shipments", records=tms)]
 
 
 def seed_background(target: HasBaseUrls | dict[str, str], *, count: int, seed: int) -> list[str]:
@@ -171,7 +171,7 @@ def seed_background(target: HasBaseUrls | dict[str, str], *, count: int, seed: i
         tms.append(pair[1])
     urls = _urls(target)
     writes = _parcel_writes(wms, tms)
-    if "billing" in urls:
+    if "erp" in urls:
         erp = random.Random(f"background-erp:{seed}")
         customers = {w["customer_id"]: company(erp, w["customer_id"]) for w in wms}
         invoices = [{"invoice_id": f"INV-{erp.randint(10_000_000, 19_999_999)}",
@@ -179,8 +179,8 @@ def seed_background(target: HasBaseUrls | dict[str, str], *, count: int, seed: i
                      "shipment_id": w["shipment_id"], "kind": "goods",
                      "amount": round(erp.uniform(40, 900), 2), "currency": "EUR", "status": "paid",
                      "issued_at": w["scanned_at"], "paid_at": w["scanned_at"]} for w in wms]
-        writes += [AdminWrite(system="billing", route="customers", records=list(customers.values())),
-                   AdminWrite(system="billing", route="invoices", records=invoices)]
+        writes += [AdminWrite(system="erp", route="customers", records=list(customers.values())),
+                   AdminWrite(system="erp", route="invoices", records=invoices)]
     upload(urls, writes)
     return [w["shipment_id"] for w in wms]
 

@@ -375,7 +375,7 @@ def test_views_sql_names_the_bucket_for_duckdb_httpfs(root: str) -> None:
 
 def test_publish_benchmark_runs_against_the_bucket(root: str, tmp_path: Path, capsys) -> None:
     """`bench --s3 URI` measures publishing to the bucket beside the local folder; no timing asserted."""
-    from opsagent.agents.tracing.bench import main
+    from opsagent.evals.bench.trace_writes import main
 
     assert main(["--events", "100", "--dir", str(tmp_path), "--s3", root]) == 0
     out = capsys.readouterr().out

@@ -313,8 +313,8 @@ def test_views_count_a_record_present_in_two_files_once(tmp_path: Path) -> None:
 
 
 def test_throughput_benchmark_runs(tmp_path: Path, capsys) -> None:
-    """`python -m opsagent.agents.tracing.bench` prints events/s; no timing is asserted."""
-    from opsagent.agents.tracing.bench import main
+    """`python -m opsagent.evals.bench.trace_writes` prints events/s; no timing is asserted."""
+    from opsagent.evals.bench.trace_writes import main
 
     assert main(["--events", "200", "--dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out

@@ -1,4 +1,4 @@
-"""PUT /v1/autonomy/{class} goes through the gates' rule (evals.gates.gate_mode_change): down
+"""PUT /v1/autonomy/{class} goes through the gates' rule (policy.gates.gate_mode_change): down
 always, up one stage when eligible or with an explicit override (recorded), never two stages."""
 
 from __future__ import annotations

@@ -55,7 +55,7 @@ def test_write_carries_an_idempotency_key_and_counts_as_last_write(platform, reg
         {"pickup_id": pickup_id, "pickup_date": read["next_available_date"], "reason": "carrier missed it"}))
     assert not text.startswith("failed"), text
     assert box.calls[-1].writes and box.last_write_at == box.calls[-1].finished_at
-    keys = [row["key"] for row in platform.snapshot("carrier")["idempotency_keys"]]
+    keys = [row["key"] for row in platform.snapshot("tms")["idempotency_keys"]]
     assert "t4:2" in keys  # the second call of the case's toolbox
 
 

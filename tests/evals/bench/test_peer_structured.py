@@ -133,7 +133,7 @@ def test_gold_steps_call_the_sandbox_and_end_on_finish(platform, registry, weigh
     assert case.prompt_tokens == 100 * case.model_calls and case.completion_tokens == 10 * case.model_calls
     assert case.latency_s == pytest.approx((box.last_write_at - case.received_at).total_seconds())
     # the dispute reached the carrier system through tools/http.py, with the write's idempotency key
-    carrier = platform.snapshot("carrier")
+    carrier = platform.snapshot("tms")
     assert [r["shipment_id"] for r in carrier["weight_disputes"]].count(inst.entities["shipment_id"]) == 1
     assert f"sp1:{len(inst.gold.actions)}" in [r["key"] for r in carrier["idempotency_keys"]]
     reference = GoldReference.build([inst])

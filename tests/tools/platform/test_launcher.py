@@ -13,18 +13,18 @@ def test_restart_on_the_same_folder_keeps_data(tmp_path):
         sid = planted.entities["shipment_id"]
         reg = first.registry()
         with httpx.Client() as client:
-            url = f"{reg.base_url('carrier')}/shipments/{sid}/weight-disputes"
+            url = f"{reg.base_url('tms')}/shipments/{sid}/weight-disputes"
             client.post(url, json={"claimed_weight_kg": 1.0, "reason": "scan lower"},
                         headers={"Idempotency-Key": "restart-1"}).raise_for_status()
         digests = {s: first.digest(s) for s in first.base_urls}
         old_urls = dict(first.base_urls)
-    assert (tmp_path / "carrier.sqlite").exists() and (tmp_path / "warehouse.sqlite").exists()
+    assert (tmp_path / "tms.sqlite").exists() and (tmp_path / "wms.sqlite").exists()
     with pytest.raises(httpx.ConnectError):
-        httpx.get(f"{old_urls['carrier']}/openapi.json", timeout=1)
+        httpx.get(f"{old_urls['tms']}/openapi.json", timeout=1)
 
     with Platform(tmp_path, background=5) as second:  # not re-seeded: the systems are not empty
         assert {s: second.digest(s) for s in second.base_urls} == digests
-        body = httpx.get(f"{second.base_urls['carrier']}/shipments/{sid}").json()
+        body = httpx.get(f"{second.base_urls['tms']}/shipments/{sid}").json()
         assert body["open_dispute_id"] is not None
 
 
@@ -32,7 +32,7 @@ def test_start_and_stop_are_fast_and_temp_data_is_removed():
     started = time.monotonic()
     platform = Platform(background=3)
     with platform:
-        assert platform.digest("warehouse")["counts"]["shipments"] == 3
+        assert platform.digest("wms")["counts"]["shipments"] == 3
         data_dir = platform.data_dir
     assert time.monotonic() - started < 5
     assert not data_dir.exists()

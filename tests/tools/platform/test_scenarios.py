@@ -20,8 +20,8 @@ def test_planted_mismatch_is_real_in_both_systems(platform):
         for exc in planted:
             sid = exc.entities["shipment_id"]
             assert sid.startswith("SHP-") and len(sid) == 10 and sid in exc.description
-            wms = client.get(f"{platform.base_urls['warehouse']}/shipments/{sid}").json()
-            tms = client.get(f"{platform.base_urls['carrier']}/shipments/{sid}").json()
+            wms = client.get(f"{platform.base_urls['wms']}/shipments/{sid}").json()
+            tms = client.get(f"{platform.base_urls['tms']}/shipments/{sid}").json()
             assert 1.10 <= tms["billed_weight_kg"] / wms["scanned_weight_kg"] <= 1.85
             assert tms["declared_weight_kg"] == wms["scanned_weight_kg"]
             resolved = exc.expected_status == "resolved"
@@ -47,4 +47,4 @@ def test_bad_arguments(platform):
     with pytest.raises(InputError):
         inject_weight_mismatch(platform, count=1, seed=1, suspect_share=1.5)
     with pytest.raises(InputError):
-        inject_weight_mismatch({"warehouse": platform.base_urls["warehouse"]}, count=1, seed=1)
+        inject_weight_mismatch({"wms": platform.base_urls["wms"]}, count=1, seed=1)

@@ -9,7 +9,7 @@ from fastapi import Depends, FastAPI
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsagent.tools.platform.carrier_tracking import add_event, shipment_row
+from opsagent.tools.platform.tms_tracking import add_event, shipment_row
 from opsagent.tools.platform.store import (
     Change,
     Database,

@@ -47,7 +47,7 @@ from opsagent.agents.tracing.views import query
 from opsagent.errors import AutonomyError, InputError
 from opsagent.evals.catalogue._model import HumanLog, Instance, same
 from opsagent.evals.metrics import FINAL
-from opsagent.evals.stats import wilson
+from opsagent.policy.stats import wilson
 from opsagent.policy.autonomy import AutonomyStore, GateConfig, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.identity import Identity, Role, require

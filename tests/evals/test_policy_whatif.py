@@ -7,7 +7,7 @@ import yaml
 
 from opsagent.cli import main
 from opsagent.policy.config import PolicyConfig, load_default_policy
-from opsagent.policy.whatif import policy_what_if, render_policy_what_if
+from opsagent.evals.policy_whatif import policy_what_if, render_policy_what_if
 from tests.fakes.traced import TracedCases, trace_two_cases
 
 

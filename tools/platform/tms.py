@@ -1,6 +1,6 @@
 """The sandbox TMS: carrier shipments as billed, weight disputes and billing adjustments; tracking,
-traces and label voids live in `carrier_tracking`, addresses and customs in `carrier_delivery`,
-pickups in `carrier_pickups`."""
+traces and label voids live in `tms_tracking`, addresses and customs in `tms_delivery`,
+pickups in `tms_pickups`."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsagent.tools.platform import carrier_delivery, carrier_pickups, carrier_tracking
+from opsagent.tools.platform import tms_delivery, tms_pickups, tms_tracking
 from opsagent.tools.platform.store import (
     Change,
     Database,
@@ -48,14 +48,14 @@ CREATE TABLE IF NOT EXISTS billing_adjustments (
 );
 """
 
-SCHEMA += carrier_tracking.SCHEMA + carrier_delivery.SCHEMA + carrier_pickups.SCHEMA
+SCHEMA += tms_tracking.SCHEMA + tms_delivery.SCHEMA + tms_pickups.SCHEMA
 # Columns whose values depend on time, on sequence counters or are free text: scoring compares
 # only whether they are set (see opsagent.evals.scoring).
 VOLATILE = {
     "shipments": {"open_dispute_id", "open_trace_id"},
     "weight_disputes": {"dispute_id", "reason"},
     "billing_adjustments": {"adjustment_id", "reason"},
-    **carrier_tracking.VOLATILE, **carrier_delivery.VOLATILE, **carrier_pickups.VOLATILE,
+    **tms_tracking.VOLATILE, **tms_delivery.VOLATILE, **tms_pickups.VOLATILE,
 }
 
 ShipmentId = Annotated[str, PathParam(description="Shipment id, e.g. SHP-104233.")]
@@ -233,9 +233,9 @@ def create_app(db_path: Path) -> FastAPI:
         return perform_write(db, operation="tms_adjust_billed_weight", options=options, apply=apply,
                              request={"shipment_id": shipment_id, **body.model_dump()})
 
-    carrier_tracking.add_routes(app, db)
-    carrier_delivery.add_routes(app, db)
-    carrier_pickups.add_routes(app, db)
+    tms_tracking.add_routes(app, db)
+    tms_delivery.add_routes(app, db)
+    tms_pickups.add_routes(app, db)
     add_admin_upsert(app, db, "shipments", ShipmentRecord, key="shipment_id", prepare=lambda s: {
         **s.model_dump(), "billed_amount": amount(s.base_charge, s.rate_per_kg, s.billed_weight_kg)})
     app.include_router(admin_router(db))

@@ -11,7 +11,7 @@ from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.planner import Planner
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.replay import load_case_trace
-from opsagent.agents.whatif import render_what_if, same_decision, what_if
+from opsagent.evals.planner_whatif import render_what_if, same_decision, what_if
 from opsagent.errors import UnexpectedEngineCall
 from opsagent.evals.gold import gold_step
 from opsagent.policy.config import load_default_policy
@@ -33,7 +33,7 @@ def _run(traced, registry, case, script):
 
 
 def _carrier(platform, sid):
-    return httpx.get(f"{platform.base_urls['carrier']}/shipments/{sid}").json()
+    return httpx.get(f"{platform.base_urls['tms']}/shipments/{sid}").json()
 
 
 def test_the_gold_planner_reproduces_a_resolved_case(traced, registry):

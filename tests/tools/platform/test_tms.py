@@ -50,12 +50,12 @@ def test_adjust_billed_weight_rerates_and_dry_run_shows_it(call, fresh, platform
     assert call("tms_get_shipment", {"shipment_id": sid}).body == before
     done = call("tms_adjust_billed_weight", args)
     assert done.ok and done.body == preview.body["diff"]["after"]
-    adjustments = [a for a in platform.snapshot("carrier")["billing_adjustments"] if a["shipment_id"] == sid]
+    adjustments = [a for a in platform.snapshot("tms")["billing_adjustments"] if a["shipment_id"] == sid]
     assert len(adjustments) == 1 and adjustments[0]["old_amount"] == before["billed_amount"]
 
 
 def test_admin_routes_work_but_are_not_in_the_schema(platform):
-    url = platform.base_urls["carrier"]
+    url = platform.base_urls["tms"]
     doc = httpx.get(f"{url}/openapi.json").json()
     assert not any(p.startswith("/_admin") for p in doc["paths"])
     assert httpx.post(f"{url}/_admin/shipments", json=[]).json() == {"upserted": 0}

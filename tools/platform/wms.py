@@ -1,5 +1,5 @@
 """The sandbox WMS: orders, parcels as the warehouse scanned and dispatched them, the scales that
-weighed them, rescans; stock, cycle counts and stock adjustments live in `warehouse_stock`."""
+weighed them, rescans; stock, cycle counts and stock adjustments live in `wms_stock`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsagent.tools.platform import warehouse_stock
+from opsagent.tools.platform import wms_stock
 from opsagent.tools.platform.store import (
     Change,
     Database,
@@ -55,14 +55,14 @@ CREATE TABLE IF NOT EXISTS rescan_requests (
 );
 """
 
-SCHEMA += warehouse_stock.SCHEMA
+SCHEMA += wms_stock.SCHEMA
 # Columns whose values depend on time, on sequence counters or are free text: scoring compares
 # only whether they are set (see opsagent.evals.scoring).
 VOLATILE = {
     "rescan_requests": {"request_id", "reason"},
     "dispatch_changes": {"change_id", "reason"},
     "shipments": {"dispatch_updated_at"},
-    **warehouse_stock.VOLATILE,
+    **wms_stock.VOLATILE,
 }
 
 ShipmentId = Annotated[str, PathParam(description="Shipment id, e.g. SHP-104233.")]
@@ -273,7 +273,7 @@ def create_app(db_path: Path) -> FastAPI:
             raise not_found("Order", order_id)
         return Order(**found)
 
-    warehouse_stock.add_routes(app, db)
+    wms_stock.add_routes(app, db)
     add_admin_upsert(app, db, "scales", Scale, key="scale_id")
     add_admin_upsert(app, db, "shipments", ShipmentRecord, key="shipment_id")
     add_admin_upsert(app, db, "orders", Order, key="order_id")

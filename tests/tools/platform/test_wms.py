@@ -27,7 +27,7 @@ def test_rescan_request_lifecycle(call, fresh):
 
 
 def test_admin_rejects_a_shipment_on_an_unknown_scale(platform, fresh):
-    record = httpx.get(f"{platform.base_urls['warehouse']}/_admin/snapshot").json()["shipments"][0]
+    record = httpx.get(f"{platform.base_urls['wms']}/_admin/snapshot").json()["shipments"][0]
     record["scale_id"] = "SCL-NOPE-01"
-    response = httpx.post(f"{platform.base_urls['warehouse']}/_admin/shipments", json=[record])
+    response = httpx.post(f"{platform.base_urls['wms']}/_admin/shipments", json=[record])
     assert response.status_code == 422 and "FOREIGN KEY" in response.json()["detail"]

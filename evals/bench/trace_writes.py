@@ -1,4 +1,4 @@
-"""Write throughput of the trace path: `python -m opsagent.agents.tracing.bench [--events N] [--dir D]
+"""Write throughput of the trace path: `python -m opsagent.evals.bench.trace_writes [--events N] [--dir D]
 [--s3 URI | --moto]`.
 
 Measures, on the disk holding `--dir` (default: a temporary folder):

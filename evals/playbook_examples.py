@@ -1,6 +1,6 @@
 """Record a playbook's worked examples: gold resolutions run for real on the sandbox platform.
 
-`python -m opsagent.agents.playbooks.record damage_claim` writes `damage_claim.examples.json`
+`python -m opsagent.evals.playbook_examples damage_claim` writes `damage_claim.examples.json`
 beside the playbook. The instances come from the exception catalogue with a training seed (see
 `evals/evalset.py`: held-out seeds are refused), so the examples never contain an instance being
 scored. Each gold runs through the real planner, policy, executor and trace path as a scripted

@@ -45,7 +45,7 @@ def test_notes_teams_and_unknown_ids(planted, call):
 
 
 def test_admin_routes_are_hidden(platform):
-    url = platform.base_urls["ticketing"]
+    url = platform.base_urls["tkt"]
     doc = httpx.get(f"{url}/openapi.json").json()
     assert not any(p.startswith("/_admin") for p in doc["paths"])
     assert httpx.post(f"{url}/_admin/tickets", json=[]).json() == {"upserted": 0}
