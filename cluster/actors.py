@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,16 @@ from opsagent.agents.engines.base import PlannerEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.planner import Planner, PlannerTurn
 from opsagent.agents.playbooks import Playbook
-from opsagent.agents.tracing.writer import TraceWriter
+from opsagent.agents.tracing.evidence import case_verdicts
 from opsagent.agents.tracing.records import TraceEvent
+from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.errors import ApprovalError, AuthError, AutonomyError, ConfigError, TraceError
-from opsagent.policy.gates import GateWatch
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore, ClassMode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import CredentialCheck
 from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.gates import GateWatch
 from opsagent.policy.identity import Identity, Role, TokenStore, require
 from opsagent.policy.ledger import SpendLedger
 from opsagent.policy.permit_uses import PermitUses
@@ -101,7 +103,7 @@ class PolicyActor:
         self._check = CredentialCheck(TokenStore(tokens_path or state / "tokens.json"))
         self._refusals = RefusalLog(state / "refusals.sqlite")
         # automatic demotion (policy/gates.py): periodically and after each approval decision
-        self._gates = (GateWatch(traces_dir, autonomy, lambda: engine.config,
+        self._gates = (GateWatch(partial(case_verdicts, traces_dir), autonomy, lambda: engine.config,
                                  interval_s=gate_check_interval_s).start()
                        if traces_dir and gate_check_interval_s else None)
 

@@ -54,6 +54,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Run one `autonomy` subcommand; returns the exit code."""
+    from opsagent.agents.tracing.evidence import case_verdicts
+    from opsagent.evals import verdicts
     from opsagent.policy import gates
     from opsagent.policy.autonomy import AutonomyStore
     from opsagent.policy.config import PolicyConfig, load_default_policy
@@ -65,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         command = args.autonomy_command
         if command == "status":
-            statuses = gates.class_statuses(args.traces, store, config)
+            statuses = gates.class_statuses(case_verdicts(args.traces), store, config)
             if args.json:
                 from opsagent.cli_output import print_json
 
@@ -76,21 +78,21 @@ def run(args: argparse.Namespace) -> int:
         if command == "set":
             return _set(args, store, config)
         if command == "compare":
-            report = gates.compare_human_log(args.traces, args.human_log, args.instances,
-                                             writes=_sandbox_writes())
+            report = verdicts.compare_human_log(args.traces, args.human_log, args.instances,
+                                                writes=_sandbox_writes())
             agree = sum(v.correct for v in report.verdicts)
             print(f"{len(report.verdicts)} case(s) compared: {agree} agree with the human log; "
                   f"{len(report.unmatched)} log line(s) without a finished case, "
                   f"{len(report.incomparable)} case(s) whose log has no outcome")
-            return _recorded(gates.record_verdicts(args.traces, report.verdicts, store, config))
+            return _recorded(verdicts.record_verdicts(args.traces, report.verdicts, store, config))
         if command == "review":
             identity = _identity(args)
-            event = gates.review(args.traces, args.case_id, correct=args.correct, reason=args.reason,
-                                 identity=identity)
+            event = verdicts.review(args.traces, args.case_id, correct=args.correct, reason=args.reason,
+                                    identity=identity)
             print(f"{event.case_id}: {'correct' if event.correct else 'wrong'} ({event.exception_type}, "
                   f"{event.autonomy_mode}) by {event.actor}")
-            return _recorded(gates.record_verdicts(args.traces, [event], store, config))
-        return _recorded(gates.check(args.traces, store, config))
+            return _recorded(verdicts.record_verdicts(args.traces, [event], store, config))
+        return _recorded(gates.check(case_verdicts(args.traces), store, config))
     finally:
         store.close()
 
@@ -118,6 +120,7 @@ def render_status(statuses: list) -> str:
 def _set(args: argparse.Namespace, store, config) -> int:
     """Set a mode through the gates' rule (`gates.gate_mode_change`, as the API does)."""
     from opsagent.errors import AutonomyError
+    from opsagent.agents.tracing.evidence import case_verdicts
     from opsagent.policy.gates import class_statuses, gate_mode_change
     from opsagent.policy.autonomy import Mode
     from opsagent.policy.identity import Role, require
@@ -131,7 +134,7 @@ def _set(args: argparse.Namespace, store, config) -> int:
     current = store.mode(name, config.classes[name].initial_mode)
     status = None
     if target.rank > current.rank:  # only a promotion is judged on the evidence (traces read)
-        status = next(s for s in class_statuses(args.traces, store, config) if s.exception_type == name)
+        status = next(s for s in class_statuses(case_verdicts(args.traces), store, config) if s.exception_type == name)
     reason = gate_mode_change(name, current, target, reason=args.reason, override=args.override,
                               status=status)
     change = store.set_mode(name, target, identity=identity, reason=reason, expected=current)

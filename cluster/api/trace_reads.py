@@ -15,6 +15,7 @@ from typing import Any
 
 import duckdb
 
+from opsagent.agents.tracing.evidence import case_verdicts
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import connect
 from opsagent.cluster.api.models import ClassStats, TimelineEntry
@@ -73,7 +74,10 @@ class TraceReads:
 
     async def autonomy(self, modes: list[ClassMode], config: PolicyConfig) -> list[ClassStatus]:
         """The gates' view of every class (policy/gates.py) over the modes the policy actor holds."""
-        return await asyncio.to_thread(_retried, class_statuses, self.root, _RecordedModes(modes), config)
+        return await asyncio.to_thread(_retried, self._statuses, _RecordedModes(modes), config)
+
+    def _statuses(self, modes: _RecordedModes, config: PolicyConfig) -> list[ClassStatus]:
+        return class_statuses(case_verdicts(self.root), modes, config)
 
     def _overview(self) -> dict[str, Any]:
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)

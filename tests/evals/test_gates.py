@@ -8,6 +8,7 @@ import itertools
 import json
 import time
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -19,32 +20,23 @@ from opsagent.agents.local import LocalPolicy, LocalTracer
 from opsagent.agents.planner import Planner
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.runner import CaseRunner
+from opsagent.agents.tracing.evidence import case_verdicts
 from opsagent.agents.tracing.parquet import ParquetExporter
 from opsagent.agents.tracing.views import query
 from opsagent.cli import main as cli
 from opsagent.errors import AuthError, AutonomyError, InputError
 from opsagent.evals.catalogue import CLASSES, HumanLog, make, plant
 from opsagent.evals.evalset import write_eval_set
-from opsagent.policy.gates import (
-    CaseVerdict,
-    GateWatch,
-    Write,
-    check,
-    class_statuses,
-    compare,
-    compare_human_log,
-    gate_mode_change,
-    record_verdicts,
-    review,
-    wilson,
-)
 from opsagent.evals.gold import scripted_gold
+from opsagent.evals.verdicts import Write, compare, compare_human_log, record_verdicts, review
 from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.autonomy import GATES_ACTOR, AutonomyStore, Mode
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.engine import PolicyEngine
+from opsagent.policy.gates import CaseVerdict, GateWatch, check, class_statuses, gate_mode_change
 from opsagent.policy.identity import Identity, Role, TokenStore
 from opsagent.policy.service import PolicyService
+from opsagent.policy.stats import wilson
 from tests.fakes.verdicts import trace_verdicts
 
 ADMIN = Identity(name="ada", roles=frozenset({Role.admin}))
@@ -143,7 +135,7 @@ def _verdicts(n: int, correct: int, mode: str = "shadow") -> list[CaseVerdict]:
 
 
 def _status(store, verdicts, config=None):
-    statuses = class_statuses("unused", store, config or load_default_policy(), verdicts=verdicts)
+    statuses = class_statuses(verdicts, store, config or load_default_policy())
     return next(s for s in statuses if s.exception_type == "weight_mismatch")
 
 
@@ -169,18 +161,18 @@ def test_a_class_below_its_gate_is_demoted_and_the_demotion_recorded(tmp_path) -
     config = load_default_policy()
     store = _store("autonomous")
     _trace(tmp_path, "weight_mismatch", "autonomous", [True] * 14 + [False] * 5, T0 + timedelta(hours=1))
-    assert check(tmp_path, store, config) == []  # 19 verdicts: fewer than demote_min_cases (20)
+    assert check(case_verdicts(tmp_path), store, config) == []  # 19 verdicts: fewer than demote_min_cases (20)
     _trace(tmp_path, "weight_mismatch", "autonomous", [False], T0 + timedelta(hours=2))
-    status = next(s for s in class_statuses(tmp_path, store, config) if s.exception_type == "weight_mismatch")
+    status = next(s for s in class_statuses(case_verdicts(tmp_path), store, config) if s.exception_type == "weight_mismatch")
     assert (status.recent.n, status.recent.correct, status.below_gate) == (20, 14, False)  # upper 0.855
     _trace(tmp_path, "weight_mismatch", "autonomous", [False], T0 + timedelta(hours=3))
-    (demotion,) = check(tmp_path, store, config)  # 14/21: upper bound 0.83 < 0.85
+    (demotion,) = check(case_verdicts(tmp_path), store, config)  # 14/21: upper bound 0.83 < 0.85
     assert (demotion.from_mode, demotion.to_mode, demotion.actor, demotion.automatic) == (
         "autonomous", "supervised", GATES_ACTOR, True)
     assert "14/21" in demotion.reason and "upper bound" in demotion.reason
     assert store.mode("weight_mismatch") == Mode.supervised
-    assert check(tmp_path, store, config) == []  # supervised starts afresh: no evidence yet
-    other_classes = {s.exception_type: s.mode for s in class_statuses(tmp_path, store, config)}
+    assert check(case_verdicts(tmp_path), store, config) == []  # supervised starts afresh: no evidence yet
+    other_classes = {s.exception_type: s.mode for s in class_statuses(case_verdicts(tmp_path), store, config)}
     assert other_classes["damage_claim"] == Mode.shadow  # never recorded: the policy's initial mode
 
 
@@ -190,10 +182,10 @@ def test_shadow_is_not_demoted_and_rows_without_a_mode_are_no_evidence(tmp_path)
     _trace(tmp_path, "damage_claim", "shadow", [False] * 30, T0 + timedelta(hours=1), source="human_log")
     store = AutonomyStore(":memory:")
     store.seed(config, now=T0)
-    statuses = {s.exception_type: s for s in class_statuses(tmp_path, store, config)}
+    statuses = {s.exception_type: s for s in class_statuses(case_verdicts(tmp_path), store, config)}
     assert statuses["weight_mismatch"].evidence.n == 0
     assert statuses["damage_claim"].evidence.correct == 0 and statuses["damage_claim"].evidence.n == 30
-    assert not statuses["damage_claim"].below_gate and check(tmp_path, store, config) == []
+    assert not statuses["damage_claim"].below_gate and check(case_verdicts(tmp_path), store, config) == []
 
 
 # --- shadow cases through the real runner, compared with the human log -------------------------
@@ -266,7 +258,7 @@ def test_compare_records_verdicts_that_make_the_shadow_evidence(shadow_run, regi
     assert record_verdicts(root, report.verdicts, store, config) == []  # shadow: nothing to demote
     rows = query(root, "SELECT source, actor, count(*) FROM verdicts GROUP BY ALL")[1]
     assert rows == [("human_log", "opsagent-compare", len(report.verdicts))]
-    statuses = {s.exception_type: s for s in class_statuses(root, store, config)}
+    statuses = {s.exception_type: s for s in class_statuses(case_verdicts(root), store, config)}
     for name in ("weight_mismatch", "address_rejected", "damage_claim"):
         mine = [v for v in report.verdicts if v.exception_type == name]
         assert (statuses[name].evidence.n, statuses[name].evidence.correct) == (
@@ -435,13 +427,13 @@ def test_gate_watch_demotes_and_survives_a_failing_check(tmp_path, caplog) -> No
     store = AutonomyStore(":memory:")
     store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="test")
     _failing(tmp_path)
-    broken = GateWatch(tmp_path, store, lambda: (_ for _ in ()).throw(RuntimeError("no policy")), interval_s=60)
+    broken = GateWatch(partial(case_verdicts, tmp_path), store, lambda: (_ for _ in ()).throw(RuntimeError("no policy")), interval_s=60)
     assert broken.run_once() == [] and "gate check" in caplog.text and "no policy" in caplog.text
     assert store.mode("weight_mismatch") == Mode.autonomous
-    (change,) = GateWatch(tmp_path, store, lambda: config, interval_s=60).run_once()
+    (change,) = GateWatch(partial(case_verdicts, tmp_path), store, lambda: config, interval_s=60).run_once()
     assert (change.to_mode, change.actor, change.automatic) == (Mode.supervised, GATES_ACTOR, True)
     with pytest.raises(ValueError, match="interval_s > 0"):
-        GateWatch(tmp_path, store, lambda: config, interval_s=0)
+        GateWatch(partial(case_verdicts, tmp_path), store, lambda: config, interval_s=0)
 
 
 def _until(predicate, timeout_s: float = 30.0) -> None:
@@ -457,7 +449,7 @@ def test_gate_watch_checks_after_a_nudge_and_periodically(tmp_path) -> None:
     store = AutonomyStore(":memory:")
     store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="test")
     _failing(tmp_path)
-    nudged = GateWatch(tmp_path, store, lambda: config, interval_s=3600, settle_s=0).start()
+    nudged = GateWatch(partial(case_verdicts, tmp_path), store, lambda: config, interval_s=3600, settle_s=0).start()
     try:
         assert nudged.checks == 0
         nudged.nudge()
@@ -467,7 +459,7 @@ def test_gate_watch_checks_after_a_nudge_and_periodically(tmp_path) -> None:
         nudged.stop()
     store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="again")
     _failing(tmp_path)
-    periodic = GateWatch(tmp_path, store, lambda: config, interval_s=0.05).start()
+    periodic = GateWatch(partial(case_verdicts, tmp_path), store, lambda: config, interval_s=0.05).start()
     try:
         _until(lambda: store.mode("weight_mismatch") == Mode.supervised)
     finally:
