@@ -122,6 +122,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return tracing_cli.run(args)
     if args.command == "catalogue":
         return catalogue_cli.run(args)
+    if args.command == tools_cli.COMMAND and args.tools_command == "list":
+        from opsagent.policy.catalog import run_list
+
+        return run_list(args)
     if args.command == tools_cli.COMMAND:
         return tools_cli.run(args)
     if args.command in ("eval", "evals"):

@@ -1,5 +1,6 @@
-"""What every reading command prints with `--json`: one JSON document on stdout (pydantic records
-and dates as JSON, rows of a query as objects), so scripts parse it with `jq` or `json.loads`."""
+"""What the reading commands print: a plain aligned table (`format_table`), or with `--json` one JSON
+document on stdout (pydantic records and dates as JSON, rows of a query as objects), so scripts
+parse it with `jq` or `json.loads`."""
 
 from __future__ import annotations
 
@@ -39,3 +40,20 @@ def print_json(value: Any) -> int:
     json.dump(jsonable(value), sys.stdout, indent=1, default=str)
     sys.stdout.write("\n")
     return 0
+
+
+def format_table(columns: list[str], rows: list[tuple]) -> str:
+    """A plain aligned text table."""
+    cells = [columns] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)

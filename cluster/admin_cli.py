@@ -118,7 +118,7 @@ def _tokens(args: argparse.Namespace) -> int:
 
 
 def render_tokens(infos: list) -> str:
-    from opsagent.agents.tracing.report import format_table
+    from opsagent.cli_output import format_table
 
     def at(value: Any) -> str:
         return value.strftime("%Y-%m-%d %H:%M") if value else "-"
@@ -129,7 +129,7 @@ def render_tokens(infos: list) -> str:
 
 
 def _approvals(args: argparse.Namespace) -> int:
-    from opsagent.agents.tracing.report import format_table
+    from opsagent.cli_output import format_table
     from opsagent.cli_output import print_json
     from opsagent.cluster.client import OpsAgentClient
     from opsagent.errors import ApprovalError

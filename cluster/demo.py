@@ -11,7 +11,6 @@ recorded admin action.
 
 from __future__ import annotations
 
-import socket
 import time
 import uuid
 from collections.abc import Callable
@@ -36,12 +35,6 @@ from opsagent.tools.platform.scenarios import InjectedException, inject_weight_m
 WAITING = {"received", "planning", "executing"}
 PAGE = 200
 """Most case ids one list request asks for (the API's page limit)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def submit_all(client: OpsAgentClient, instances: list[InjectedException], *,
@@ -127,7 +120,7 @@ def run_demo(*, cases: int, traces: Path, seed: int, config_path: Path | None, p
         system = OpsAgentSystem(config, platform.registry())
         try:
             system.start(say=lambda line: print(line, flush=True))  # what start-up is doing, as it goes
-            base_url = system.serve(port=port or free_port())
+            base_url = system.serve(port=port)
             print(promote_for_demo(system))
             token = TokenStore(system.tokens_path).add("demo-ops", [Role.submitter, Role.auditor])
             with OpsAgentClient(base_url, token) as client:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -115,8 +116,9 @@ class OpsAgentSystem:
         return self
 
     def serve(self, host: str = "127.0.0.1", port: int = 8000, limits: ApiLimits | None = None) -> str:
-        """Start the Serve front door (request `limits`: the defaults unless given); returns its
-        base URL."""
+        """Start the Serve front door on `port` (0: a free one; request `limits`: the defaults
+        unless given); returns its base URL."""
+        port = port or _free_port()
         serve.start(http_options={"host": host, "port": port})
         c = self.config
         args = ApiArgs(case_manager=CASE_MANAGER, policy=POLICY,
@@ -164,3 +166,9 @@ def _planner_name(index: int) -> str:
 
 def case_manager() -> Any:
     return ray.get_actor(CASE_MANAGER, namespace=NAMESPACE)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

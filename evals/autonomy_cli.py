@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
 
 def render_status(statuses: list) -> str:
     """One row per class."""
-    from opsagent.agents.tracing.report import format_table
+    from opsagent.cli_output import format_table
 
     rows = []
     for s in statuses:

@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
 def list_table(sample: int = 40) -> str:
     """One row per class: systems, the gold's write steps with their risk, escalate and high-risk share."""
-    from opsagent.agents.tracing.report import format_table
+    from opsagent.cli_output import format_table
 
     _, rows = catalogue_rows(sample)
     table = format_table(["class", "systems", "write steps (risk)", "escalate", "high_risk"],

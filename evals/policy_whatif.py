@@ -19,7 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from opsagent.agents.tracing.report import format_table
+from opsagent.cli_output import format_table
 from opsagent.agents.tracing.views import query
 from opsagent.policy.autonomy import Mode
 from opsagent.policy.config import PolicyConfig

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from opsagent.agents.tracing.files import write_json, write_parquet
-from opsagent.agents.tracing.report import format_table
+from opsagent.cli_output import format_table
 from opsagent.evals.metrics import (
     AGENT_OUTCOMES, CaseResult, ConfigMetrics, EvalRun, GroupMetrics, format_rate, targets,
 )

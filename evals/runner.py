@@ -9,7 +9,7 @@ each case waited for, scored against the gold reference (`evals.scoring`), and i
 from the trace store. Configurations run one after the other, each on its own system (the
 actors have fixed names), on one Ray runtime that the caller starts (`cluster.runtime`).
 
-Ray itself is not imported here: the system is started through `cluster.system`.
+Importing this module does not import Ray: `cluster.system` is imported when a system starts.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
 import yaml
@@ -36,8 +36,6 @@ from opsagent.agents.playbooks.model import builtin_playbooks, load_playbook
 from opsagent.agents.tracing.audit import UNSUPERVISED_HIGH_RISK_ROWS
 from opsagent.agents.tracing.views import query, sql_list
 from opsagent.cluster.config import SystemConfig
-from opsagent.cluster.demo import free_port
-from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApprovalError, ConfigError, InputError, OpsAgentError
 from opsagent.evals.catalogue import Instance, get_class, plant
 from opsagent.evals.catalogue._model import GoldAction, same
@@ -47,6 +45,9 @@ from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.identity import Role, TokenStore
 from opsagent.tools.platform.launcher import Platform
 from opsagent.tools.registry import ToolRegistry
+
+if TYPE_CHECKING:
+    from opsagent.cluster.system import OpsAgentSystem
 
 Mode = Literal["autonomous", "supervised", "shadow"]
 RUNNING = {"received", "planning", "executing"}
@@ -277,13 +278,15 @@ class _Session:
         if self.system is not None:
             return
         self.registry = registry
+        from opsagent.cluster.system import OpsAgentSystem  # Ray loads when a system starts, not on import
+
         self.system = OpsAgentSystem(self.system_config, registry, engine=self.engine,
                                      playbooks=self.playbooks, policy=self.policy)
         # the configured engine's start-up can take minutes: say what it is doing, on stderr
         say = (lambda line: print(line, file=sys.stderr, flush=True)) if self.engine is None else None
         try:
             self.system.start(say=say)
-            url = self.system.serve(port=free_port())
+            url = self.system.serve(port=0)
         except BaseException:
             self.system.stop()
             raise

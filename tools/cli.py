@@ -1,7 +1,8 @@
 """`opsagent tools`: import a client's OpenAPI document as a tool source; list what each
 exception class's planner sees.
 
-`cli.py` calls `add_parser(subparsers)` and, for the `tools` command, `run(args)`.
+`cli.py` calls `add_parser(subparsers)` and, for the `tools` command, `run(args)` (`tools import`)
+or `policy.catalog.run_list(args)` (`tools list`: it needs the policy, a floor above tools).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from opsagent.cli_output import format_table
 from opsagent.errors import InputError, ToolError
 
 COMMAND = "tools"
@@ -53,13 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tools_command == "list":
-        return _list(args)
+    """`tools import openapi` (`tools list` reads the policy: `policy/catalog.py` runs it)."""
     return _import_openapi(args)
 
 
 def _import_openapi(args: argparse.Namespace) -> int:
-    from opsagent.agents.tracing.report import format_table
     from opsagent.tools.importer import import_openapi
     from opsagent.tools.sources import AuthHeader, dump_source
 
@@ -97,37 +97,3 @@ def _import_openapi(args: argparse.Namespace) -> int:
     args.out.write_text(text)
     print(summary, *notes, f"wrote {args.out} ({len(imported.tools)} tools of {args.name})", sep="\n")
     return 0
-
-
-def _list(args: argparse.Namespace) -> int:
-    from opsagent.agents.tracing.report import format_table
-    from opsagent.policy.config import PolicyConfig, load_default_policy
-    from opsagent.policy.engine import PolicyEngine
-    from opsagent.policy.catalog import class_tools
-
-    policy = PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy()
-    if args.exception_class and args.exception_class not in policy.classes:
-        raise InputError(f"unknown exception class {args.exception_class!r}; the policy lists: "
-                         f"{', '.join(sorted(policy.classes))}")
-    registry = _registry(args.source, sandbox=not args.no_sandbox)
-    engine = PolicyEngine(policy, registry)
-    classes = [args.exception_class] if args.exception_class else sorted(policy.classes)
-    rows = [(c, *row) for c in classes for row in class_tools(engine, c)]
-    print(format_table(["class", "tool", "system", "source", "access", "risk", "dry_run"], rows))
-    missing = [p for p in engine.problems() if not args.exception_class or p.startswith(f"{args.exception_class}:")]
-    for problem in missing:
-        print(f"note: {problem}", file=sys.stderr)
-    return 0
-
-
-def _registry(sources: list[Path], *, sandbox: bool):
-    from opsagent.tools.building import build_registry
-    from opsagent.tools.sources import load_sources
-
-    configs = [s for path in sources for s in load_sources(path)]
-    base = None
-    if sandbox:
-        from opsagent.tools.platform.launcher import sandbox_registry
-
-        base = sandbox_registry()
-    return build_registry(configs, base=base)

@@ -130,7 +130,8 @@ class _Session:
     def run(self, sql: str, max_rows: int = 1000) -> None:
         import duckdb
 
-        from opsagent.agents.tracing.report import format_table, to_csv
+        from opsagent.agents.tracing.report import to_csv
+        from opsagent.cli_output import format_table
 
         try:
             relation = self.con.sql(sql)

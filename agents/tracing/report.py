@@ -6,9 +6,9 @@ import csv
 import io
 import sys
 from pathlib import Path
-from typing import Any
 
 from opsagent.agents.tracing.views import query
+from opsagent.cli_output import format_table
 
 UNSUPERVISED_HIGH_RISK = """
 SELECT count(*) FROM actions a
@@ -17,23 +17,6 @@ WHERE a.risk = 'high' AND a.executed AND NOT a.dry_run AND NOT EXISTS (
   WHERE p.case_id = a.case_id AND p.step = a.step AND p.status = 'approved'
     AND p.args_digest = a.args_digest)
 """
-
-
-def format_table(columns: list[str], rows: list[tuple]) -> str:
-    """A plain aligned text table."""
-    cells = [columns] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.2f}"
-    return str(value)
 
 
 def print_query(root: Path | str, sql: str, *, csv: bool = False, as_json: bool = False,

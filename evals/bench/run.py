@@ -182,7 +182,7 @@ class _SystemPhase:
                         self.result.notes.append(
                             f"planner start-up: engine {system.startup['engine_s']} s, "
                             f"{system.startup['classes']} class prefixes warmed in {system.startup['warm_s']} s")
-                        url = system.serve(port=_free_port())
+                        url = system.serve(port=0)
                         api = Api(url, TokenStore(system.tokens_path).add("bench", [Role.submitter, Role.auditor]))
                         self.result.model = system.model
                         self.log(f"system ready in {time.monotonic() - t0:.0f} s ({system.model})")
@@ -248,12 +248,6 @@ def autonomous(state: Path, classes: list[str]) -> str:
     finally:
         store.close()
     return f"autonomy: {', '.join(classes)} set to autonomous by bench-admin before the run"
-
-
-def _free_port() -> int:
-    from opsagent.evals.bench.peer import free_port
-
-    return free_port()
 
 
 def floor_phase(cfg: BenchConfig, phase: _SystemPhase, instances: list[Instance], result: BenchResult, log) -> None:

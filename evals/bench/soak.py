@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -29,7 +28,6 @@ from typing import Any
 
 import httpx
 import psutil
-import ray
 from pydantic import BaseModel, Field, ValidationError
 
 from opsagent.agents.engines.base import ChoiceRequest, ChoiceResult, GenerationRequest, GenerationResult
@@ -38,6 +36,7 @@ from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.app import ApiLimits
 from opsagent.cluster.config import ExecutorAutoscalingConfig, SystemConfig
 from opsagent.cluster.executor_scaling import ScalingEvent
+from opsagent.cluster.probes import PoolSample, PoolWatch, actor_pids, set_mode
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import InputError
@@ -97,14 +96,6 @@ class ActorMemory(BaseModel):
     def late_growth_pct(self) -> float:
         """Growth over the second half of the settled run: near 0 once memory has levelled off."""
         return 100.0 * (self.last_mb - self.mid_mb) / self.mid_mb if self.mid_mb else 0.0
-
-
-class PoolSample(BaseModel):
-    """The executor pool at one moment of the run."""
-
-    t_s: float = Field(description="Seconds since the first submission.")
-    executors: int
-    in_flight: int = Field(description="Tool calls in flight then.")
 
 
 class LoadResult(BaseModel):
@@ -198,11 +189,10 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
             system.start()
             try:
                 admin = Credential.of(TokenStore(system.tokens_path).add(BENCH_ADMIN, ["admin"]))
-                ray.get(system.handles["policy"].set_mode.remote(
-                    "weight_mismatch", "autonomous", admin, "bench load: writes really run"))
-                url = system.serve(port=_free_port(), limits=ApiLimits(requests_per_window=10 ** 7))
+                set_mode(system, "weight_mismatch", "autonomous", admin, "bench load: writes really run")
+                url = system.serve(port=0, limits=ApiLimits(requests_per_window=10 ** 7))
                 token = TokenStore(system.tokens_path).add("bench", ["submitter"])
-                return asyncio.run(_drive(args, url, token, instances, _actor_pids(system),
+                return asyncio.run(_drive(args, url, token, instances, actor_pids(system),
                                           system.handles["cases"]))
             finally:
                 system.stop()
@@ -287,32 +277,6 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
         when=datetime.now().astimezone())
 
 
-class PoolWatch:
-    """Samples the executor pool from the case manager; executors it adds join the memory
-    sampling as `executor <n>` (n in order of appearance)."""
-
-    def __init__(self, cases: Any, pids: dict[str, int], out: list[PoolSample]) -> None:
-        self._cases, self._pids, self.out = cases, pids, out
-        self._known = set(pids.values())
-
-    async def sample(self, t_s: float) -> dict[str, int]:
-        """Record the pool's size; the pids of executors not seen before, by label."""
-        status = await self._cases.executor_pool.remote()
-        self.out.append(PoolSample(t_s=round(t_s, 1), executors=status.size, in_flight=status.in_flight))
-        new: dict[str, int] = {}
-        for handle in await self._cases.executor_handles.remote():
-            try:
-                pid = await handle.pid.remote()
-            except ray.exceptions.RayError:  # removed (or restarting) meanwhile
-                continue
-            if pid not in self._known:
-                self._known.add(pid)
-                label = f"executor {sum(1 for n in self._pids if n.startswith('executor '))}"
-                self._pids[label] = pid
-                new[label] = pid
-        return new
-
-
 async def _sample_memory(pids: dict[str, int], out: list[tuple[float, dict[str, float]]],
                          t0: float, pool: PoolWatch | None = None, every_s: float = 2.0) -> None:
     procs = {name: psutil.Process(pid) for name, pid in pids.items()}
@@ -321,7 +285,7 @@ async def _sample_memory(pids: dict[str, int], out: list[tuple[float, dict[str, 
             try:
                 for name, pid in (await pool.sample(time.monotonic() - t0)).items():
                     procs[name] = psutil.Process(pid)
-            except (ray.exceptions.RayError, psutil.Error):  # the case manager restarting, a gone pid
+            except psutil.Error:  # a gone pid
                 pass
         sample = {}
         for name, proc in procs.items():
@@ -347,14 +311,6 @@ def _memory_table(series: list[tuple[float, dict[str, float]]]) -> list[ActorMem
     return table
 
 
-def _actor_pids(system: OpsAgentSystem) -> dict[str, int]:
-    h = system.handles
-    named = {"case manager": h["cases"], "policy": h["policy"], "trace writer": h["tracer"]}
-    named |= {f"planner {i}": p for i, p in enumerate(h["planners"])}
-    named |= {f"executor {i}": e for i, e in enumerate(h["executors"])}
-    return dict(zip(named, ray.get([a.pid.remote() for a in named.values()]), strict=True))
-
-
 def _latency(view: dict) -> float:
     return (datetime.fromisoformat(view["finished_at"])
             - datetime.fromisoformat(view["received_at"])).total_seconds()
@@ -366,12 +322,6 @@ def _pct(values: list[float], q: int) -> float:
     if len(values) == 1:
         return round(values[0], 3)
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1], 3)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def format_load(result: LoadResult, args: argparse.Namespace) -> str:

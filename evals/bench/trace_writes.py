@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from opsagent.agents.tracing.records import ActionEvent, TraceEvent
-from opsagent.agents.tracing.report import format_table
+from opsagent.cli_output import format_table
 from opsagent.agents.tracing.writer import TraceWriter
 
 
