@@ -24,7 +24,8 @@ from opsagent.agents.tracing.records import TraceEvent
 from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.errors import ApprovalError, AuthError, AutonomyError, ConfigError, TraceError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
-from opsagent.policy.autonomy import AutonomyStore, ClassMode, ModeChange
+from opsagent.policy.autonomy import AutonomyStore
+from opsagent.policy.modes import ClassMode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import CredentialCheck
 from opsagent.policy.engine import PolicyEngine

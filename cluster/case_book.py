@@ -21,12 +21,11 @@ from itertools import islice
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
-
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
 from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.runner import CaseRunner, ExecutorPort, PlannerPort, PolicyPort, TracePort
-from opsagent.cluster.case_query import CaseQuery, ReadScope, matches  # ReadScope: re-exported
+from opsagent.cluster.case_query import CaseQuery, matches
+from opsagent.cluster.case_records import CaseEntry, CasePage, Submission
 from opsagent.cluster.case_store import CaseStore, StoredCase
 from opsagent.agents.step_schema import FINISH, PlannedStep
 from opsagent.agents.tracing.records import CaseEvent
@@ -35,38 +34,6 @@ from opsagent.errors import (
 )
 from opsagent.policy.records import args_digest
 from opsagent.tools.registry import ToolRegistry
-
-
-__all__ = ["CaseBook", "CaseEntry", "CasePage", "CaseQuery", "ReadScope", "Submission"]
-
-
-class CaseEntry(BaseModel):
-    """A case with what the API needs around it: who submitted it and whether it was cancelled."""
-
-    case: Case
-    submitted_by: str | None = Field(None, description="Identity that submitted the exception.")
-    idempotency_key: str | None = Field(None, description="The submitter's key, if one was given.")
-    cancel_requested_by: str | None = Field(None, description="Who asked to cancel, if anyone.")
-
-    @property
-    def approval_ids(self) -> list[str]:
-        return [s.approval_id for s in self.case.steps if s.approval_id]
-
-
-class Submission(BaseModel):
-    """The answer to a submission: the case, and whether this call created it (False: a retry)."""
-
-    entry: CaseEntry
-    created: bool
-
-
-class CasePage(BaseModel):
-    """One page of a case list."""
-
-    items: list[CaseEntry]
-    total: int = Field(description="Cases matching the filters, over all pages.")
-    offset: int
-    limit: int
 
 
 class _CancellablePlanner:

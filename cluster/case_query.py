@@ -6,14 +6,12 @@ every case in cases.sqlite (`where`: the same filters as an SQL condition on its
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pydantic import BaseModel, Field
 
 from opsagent.agents.case import CaseStatus
-
-if TYPE_CHECKING:
-    from opsagent.cluster.case_book import CaseEntry
+from opsagent.cluster.case_records import CaseEntry
 
 
 class ReadScope(BaseModel):

@@ -25,7 +25,7 @@ from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApiBusy
-from opsagent.policy.autonomy import Mode
+from opsagent.policy.modes import Mode
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Role, TokenStore
 from opsagent.progress import CaseProgress

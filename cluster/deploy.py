@@ -79,6 +79,7 @@ class SystemHost:
         self._system = OpsAgentSystem(parsed.system_config(), registry).start()
 
     def _registry(self, args: DeployArgs) -> Any:
+        from opsagent.tools.building import build_registry
         from opsagent.tools.registry import ToolRegistry
         from opsagent.tools.sources import load_sources
 
@@ -93,7 +94,7 @@ class SystemHost:
             registries.append(ToolRegistry.from_services(args.systems))
         if args.tool_sources:
             sources = [s for path in args.tool_sources for s in load_sources(path)]
-            registries.append(ToolRegistry.from_sources(sources))
+            registries.append(build_registry(sources))
         registry = registries[0]
         for more in registries[1:]:
             registry = registry.merge(more)

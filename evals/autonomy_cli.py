@@ -122,7 +122,7 @@ def _set(args: argparse.Namespace, store, config) -> int:
     from opsagent.errors import AutonomyError
     from opsagent.agents.tracing.evidence import case_verdicts
     from opsagent.policy.gates import class_statuses, gate_mode_change
-    from opsagent.policy.autonomy import Mode
+    from opsagent.policy.modes import Mode
     from opsagent.policy.identity import Role, require
 
     identity = _identity(args)

@@ -21,7 +21,7 @@ from pydantic import BaseModel, Field
 
 from opsagent.cli_output import format_table
 from opsagent.agents.tracing.views import query
-from opsagent.policy.autonomy import Mode
+from opsagent.policy.modes import Mode
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.ledger import SpendLedger

@@ -29,7 +29,7 @@ from opsagent.evals.metrics import (
     AGENT_OUTCOMES, CaseResult, ConfigMetrics, EvalRun, GroupMetrics, format_rate, targets,
 )
 from opsagent.policy.stats import wilson
-from opsagent.policy.autonomy import GateConfig
+from opsagent.policy.modes import GateConfig
 from opsagent.policy.config import load_default_policy
 
 RESULTS = "eval_results"

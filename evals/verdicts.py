@@ -24,7 +24,8 @@ from opsagent.agents.tracing.records import VerdictEvent
 from opsagent.agents.tracing.views import query
 from opsagent.errors import InputError
 from opsagent.evals.catalogue._model import HumanLog, Instance, same
-from opsagent.policy.autonomy import AutonomyStore, Mode, ModeChange
+from opsagent.policy.autonomy import AutonomyStore
+from opsagent.policy.modes import Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.gates import check
 from opsagent.policy.identity import Identity, Role, require

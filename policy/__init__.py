@@ -1,7 +1,8 @@
 """The policy that mediates every tool call: config, typed decisions, the check chain, the engine,
 limits and their ledger, permits, and the classes' autonomy modes."""
 
-from opsagent.policy.autonomy import AutonomyStore, ClassMode, GateConfig, Mode, ModeChange
+from opsagent.policy.autonomy import AutonomyStore
+from opsagent.policy.modes import ClassMode, GateConfig, Mode, ModeChange
 from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckResult
 from opsagent.policy.config import (
     ArgConstraint,

@@ -22,10 +22,10 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from opsagent.errors import ToolError
-from opsagent.policy.autonomy import FAIL_CLOSED, Mode
+from opsagent.policy.modes import FAIL_CLOSED, Mode
 from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy, read_value
 from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
-from opsagent.policy.limits import Limit, LimitExceeded, limits_for
+from opsagent.policy.limits import Limit, LimitExceeded, entity_key, spend_amount
 from opsagent.policy.no_dry_run import no_dry_run_risk, no_idempotency_risk
 from opsagent.policy.records import LimitUsage, ToolCallRequest, args_digest
 
@@ -314,3 +314,49 @@ def _arg_names(spec: ToolSpec) -> set[str]:
 
 def _short(text: str, limit: int = _MAX_MESSAGE) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def limits_for(config: PolicyConfig, request: ToolCallRequest) -> tuple[list[Limit], float, str | None]:
+    """The limits that apply to `request`, the amount it spends and its currency (None: spends nothing).
+
+    The request must already be known to be allowlisted. Raises ValueError for an amount or
+    currency the policy cannot count (missing, not a finite number >= 0, another currency).
+    """
+    settings = config.limits
+    class_policy = config.classes[request.exception_type]
+    tool_policy = class_policy.tools[request.tool]
+    tool, cls = request.tool, request.exception_type
+    found: list[Limit] = []
+    amount, currency = 0.0, None
+    spend = tool_policy.spend
+    if spend is not None:
+        amount, currency = spend_amount(spend, settings.currency, request.args)
+        on = spend.on_exceed or settings.on_exceed
+        cur = settings.currency
+        for window, bound, what in (
+            ("action", spend.per_action, f"spend per action on {tool} ({cur})"),
+            ("case", spend.per_case, f"spend on {tool} in case {request.case_id} ({cur})"),
+            ("day", spend.per_day, f"daily spend on {tool} for {cls} ({cur})"),
+        ):
+            if bound is not None:
+                found.append(Limit(what, "spend", window, bound, on, tool, cls))
+        if (per := spend.per_entity) is not None:
+            entity = entity_key(per, request.args)
+            on_entity = per.on_exceed or on
+            for window, bound, what in (
+                ("day", per.per_day, f"daily spend on {tool} for {entity} ({cur})"),
+                ("ever", per.total, f"total spend on {tool} for {entity} ({cur})"),
+            ):
+                if bound is not None:
+                    found.append(Limit(what, "spend", window, bound, on_entity, tool, None, entity))
+        if settings.spend_per_day is not None:
+            found.append(Limit(f"daily spend, whole cluster ({cur})", "spend", "day",
+                               settings.spend_per_day, settings.on_exceed))
+    for bound, what, scope_tool, scope_class in (
+        (tool_policy.calls_per_minute, f"calls per minute to {tool} for {cls}", tool, cls),
+        (class_policy.calls_per_minute, f"calls per minute for {cls}", None, cls),
+        (settings.calls_per_minute, "calls per minute, whole cluster", None, None),
+    ):
+        if bound is not None:
+            found.append(Limit(what, "calls", "minute", bound, settings.on_exceed, scope_tool, scope_class))
+    return found, amount, currency

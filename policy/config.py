@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsagent.errors import ConfigError
-from opsagent.policy.autonomy import GateConfig, Mode
+from opsagent.policy.modes import GateConfig, Mode
 from opsagent.policy.limits import LimitsConfig, SpendPolicy
 
 Risk = Literal["low", "high"]

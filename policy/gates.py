@@ -38,7 +38,8 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from opsagent.errors import AutonomyError
-from opsagent.policy.autonomy import AutonomyStore, GateConfig, Mode, ModeChange
+from opsagent.policy.autonomy import AutonomyStore
+from opsagent.policy.modes import GateConfig, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.stats import wilson
 

@@ -13,7 +13,7 @@ the one currency `limits.currency` (a call in another currency is denied: no con
 - rate: calls per minute to the tool for the class (`calls_per_minute` on the tool), for the class
   (on the class), and for the whole cluster (`limits.calls_per_minute`).
 
-Counting happens in `policy.ledger`; a limit that would be exceeded raises `LimitExceeded`, which
+Which limits apply to a call: `policy.checks.limits_for`. Counting happens in `policy.ledger`; a limit that would be exceeded raises `LimitExceeded`, which
 the check chain turns into a deny (or `require_approval` when the limit's `on_exceed` says so).
 """
 
@@ -21,15 +21,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from opsagent.errors import LimitExceeded  # noqa: F401  (re-exported: policy.limits.LimitExceeded)
-
-if TYPE_CHECKING:
-    from opsagent.policy.config import PolicyConfig
-    from opsagent.policy.records import ToolCallRequest
 
 OnExceed = Literal["deny", "require_approval"]
 Window = Literal["action", "case", "day", "minute", "ever"]
@@ -113,52 +109,6 @@ class Limit:
     tool: str | None = None  # count only this tool's actions (None: every tool)
     exception_type: str | None = None  # count only this class's actions (None: every class)
     entity: str | None = None  # count only actions on this entity ("invoice_id=INV-1")
-
-
-def limits_for(config: PolicyConfig, request: ToolCallRequest) -> tuple[list[Limit], float, str | None]:
-    """The limits that apply to `request`, the amount it spends and its currency (None: spends nothing).
-
-    The request must already be known to be allowlisted. Raises ValueError for an amount or
-    currency the policy cannot count (missing, not a finite number >= 0, another currency).
-    """
-    settings = config.limits
-    class_policy = config.classes[request.exception_type]
-    tool_policy = class_policy.tools[request.tool]
-    tool, cls = request.tool, request.exception_type
-    found: list[Limit] = []
-    amount, currency = 0.0, None
-    spend = tool_policy.spend
-    if spend is not None:
-        amount, currency = spend_amount(spend, settings.currency, request.args)
-        on = spend.on_exceed or settings.on_exceed
-        cur = settings.currency
-        for window, bound, what in (
-            ("action", spend.per_action, f"spend per action on {tool} ({cur})"),
-            ("case", spend.per_case, f"spend on {tool} in case {request.case_id} ({cur})"),
-            ("day", spend.per_day, f"daily spend on {tool} for {cls} ({cur})"),
-        ):
-            if bound is not None:
-                found.append(Limit(what, "spend", window, bound, on, tool, cls))
-        if (per := spend.per_entity) is not None:
-            entity = entity_key(per, request.args)
-            on_entity = per.on_exceed or on
-            for window, bound, what in (
-                ("day", per.per_day, f"daily spend on {tool} for {entity} ({cur})"),
-                ("ever", per.total, f"total spend on {tool} for {entity} ({cur})"),
-            ):
-                if bound is not None:
-                    found.append(Limit(what, "spend", window, bound, on_entity, tool, None, entity))
-        if settings.spend_per_day is not None:
-            found.append(Limit(f"daily spend, whole cluster ({cur})", "spend", "day",
-                               settings.spend_per_day, settings.on_exceed))
-    for bound, what, scope_tool, scope_class in (
-        (tool_policy.calls_per_minute, f"calls per minute to {tool} for {cls}", tool, cls),
-        (class_policy.calls_per_minute, f"calls per minute for {cls}", None, cls),
-        (settings.calls_per_minute, "calls per minute, whole cluster", None, None),
-    ):
-        if bound is not None:
-            found.append(Limit(what, "calls", "minute", bound, settings.on_exceed, scope_tool, scope_class))
-    return found, amount, currency
 
 
 def entity_key(per: EntitySpend, args: dict[str, Any]) -> str:

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from opsagent.policy.autonomy import Mode
+from opsagent.policy.modes import Mode
 
 Verdict = Literal["allow", "require_approval", "deny", "propose"]
 """`propose`: the class is in shadow mode; the write is dry-run and recorded, never executed."""

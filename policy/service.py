@@ -13,7 +13,8 @@ from typing import Any
 
 from opsagent.errors import AutonomyError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore
-from opsagent.policy.autonomy import AutonomyStore, ClassMode, Mode, ModeChange
+from opsagent.policy.autonomy import AutonomyStore
+from opsagent.policy.modes import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity, Role, require

@@ -132,11 +132,3 @@ class ToolRegistry:
             if own:
                 http.close()
         return cls(specs, base_urls)
-
-    @classmethod
-    def from_sources(cls, sources: Iterable[Source], **kwargs) -> ToolRegistry:
-        """Build the registry from source configs: OpenAPI documents are read, MCP servers asked
-        for their tools (see `opsagent.tools.building.build_registry` for the arguments)."""
-        from opsagent.tools.building import build_registry
-
-        return build_registry(list(sources), **kwargs)

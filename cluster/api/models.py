@@ -8,9 +8,9 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, Field, StrictBool, StringConstraints
 
 from opsagent.agents.case import ENTITY_KEY, CaseStatus, ExceptionReport, Step
-from opsagent.cluster.case_book import CaseEntry
+from opsagent.cluster.case_records import CaseEntry
 from opsagent.policy.approvals import ApprovalRequest
-from opsagent.policy.autonomy import Mode
+from opsagent.policy.modes import Mode
 from opsagent.policy.identity import Role
 
 IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{1,128}$"

@@ -17,10 +17,11 @@ from opsagent.cluster.api.models import (
     SubmitResponse, TimelineEntry, TokenRequest,
 )
 from opsagent.cluster.api.service import OpsService
-from opsagent.cluster.case_book import CasePage, CaseQuery
+from opsagent.cluster.case_query import CaseQuery
+from opsagent.cluster.case_records import CasePage
 from opsagent.errors import IdempotencyConflict, InputError
 from opsagent.policy.gates import ClassStatus
-from opsagent.policy.autonomy import Mode, ModeChange
+from opsagent.policy.modes import Mode, ModeChange
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, IssuedToken, TokenInfo

@@ -30,11 +30,12 @@ from typing import Any
 from opsagent.agents.case import CaseStatus, ExceptionReport
 from opsagent.cluster.api.models import ApprovalContext, Overview, TimelineEntry
 from opsagent.cluster.api.trace_reads import TraceReads
-from opsagent.cluster.case_book import CaseEntry, CasePage, CaseQuery, ReadScope, Submission
+from opsagent.cluster.case_query import CaseQuery, ReadScope
+from opsagent.cluster.case_records import CaseEntry, CasePage, Submission
 from opsagent.errors import AutonomyError, CaseNotFound, CaseStateError, ConfigError, InputError, OpsAgentError
 from opsagent.policy.gates import ClassStatus, gate_mode_change
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
-from opsagent.policy.autonomy import ClassMode, Mode, ModeChange
+from opsagent.policy.modes import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, IssuedToken, Role, TokenInfo, TokenStore, require

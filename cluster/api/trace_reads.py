@@ -21,7 +21,7 @@ from opsagent.agents.tracing.views import connect
 from opsagent.cluster.api.models import ClassStats, TimelineEntry
 from opsagent.errors import TraceError
 from opsagent.policy.gates import ClassStatus, class_statuses
-from opsagent.policy.autonomy import ClassMode
+from opsagent.policy.modes import ClassMode
 from opsagent.policy.config import PolicyConfig
 
 TIMELINE = """

@@ -25,10 +25,10 @@ from opsagent.agents.case import CaseStatus
 from opsagent.cluster.api.auth import Authenticator
 from opsagent.cluster.api.models import CaseSummary, CaseView
 from opsagent.cluster.api.service import OpsService
-from opsagent.cluster.case_book import CaseQuery
+from opsagent.cluster.case_query import CaseQuery
 from opsagent.cluster.console.render import STATIC, render
 from opsagent.errors import AuthError, InputError, OpsAgentError
-from opsagent.policy.autonomy import Mode
+from opsagent.policy.modes import Mode
 from opsagent.policy.identity import Identity, Role
 
 COOKIE = "opsagent_console"

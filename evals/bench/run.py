@@ -234,7 +234,8 @@ class _SystemPhase:
 def autonomous(state: Path, classes: list[str]) -> str:
     """Set `classes` to autonomous in the system's autonomy store, as a bench admin (recorded in
     the mode history with the reason), before the system starts; returns a line saying so."""
-    from opsagent.policy.autonomy import AutonomyStore, Mode
+    from opsagent.policy.autonomy import AutonomyStore
+    from opsagent.policy.modes import Mode
     from opsagent.policy.identity import Role, TokenStore
 
     state.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,8 @@ from opsagent.agents.case import ExceptionReport
 from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.step_schema import PlannedStep
 from opsagent.cluster.api.request_limits import RateLimiter
-from opsagent.cluster.case_book import CaseBook, CaseQuery, ReadScope
+from opsagent.cluster.case_book import CaseBook
+from opsagent.cluster.case_query import CaseQuery, ReadScope
 from opsagent.cluster.console.render import diff_rows
 from opsagent.errors import CaseStateError, IdempotencyConflict, OverloadedError, RateLimited
 from opsagent.policy.records import PolicyDecision

@@ -11,7 +11,8 @@ import threading
 import pytest
 
 from opsagent.agents.case import CaseStatus
-from opsagent.cluster.case_book import CaseBook, CaseQuery, ReadScope
+from opsagent.cluster.case_book import CaseBook
+from opsagent.cluster.case_query import CaseQuery, ReadScope
 from opsagent.cluster.case_store import CaseStore
 from opsagent.errors import CaseNotFound, CaseStateError, ConfigError, IdempotencyConflict
 from tests.fakes.book_ports import DescribedPlanner, HoldingPolicy, ListTracer, held_registry, report

@@ -30,7 +30,8 @@ from opsagent.evals.evalset import write_eval_set
 from opsagent.evals.gold import scripted_gold
 from opsagent.evals.verdicts import Write, compare, compare_human_log, record_verdicts, review
 from opsagent.policy.approvals import ApprovalStore
-from opsagent.policy.autonomy import GATES_ACTOR, AutonomyStore, Mode
+from opsagent.policy.autonomy import GATES_ACTOR, AutonomyStore
+from opsagent.policy.modes import Mode
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.gates import CaseVerdict, GateWatch, check, class_statuses, gate_mode_change

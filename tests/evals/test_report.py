@@ -99,7 +99,7 @@ def test_charts_handle_gaps_and_empty_data():
 def test_eligibility_against_the_class_gate():
     from opsagent.evals.metrics import group_metrics
     from opsagent.evals.report import eligibility
-    from opsagent.policy.autonomy import GateConfig
+    from opsagent.policy.modes import GateConfig
 
     gate = GateConfig(min_cases=10, threshold=0.6)
     good = group_metrics([row(instance_id=f"i{n}", score=1.0) for n in range(12)])

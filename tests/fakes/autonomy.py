@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from opsagent.policy.autonomy import AutonomyStore, Mode, promoted_store
+from opsagent.policy.autonomy import AutonomyStore, promoted_store
+from opsagent.policy.modes import Mode
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, Role, TokenStore

@@ -76,7 +76,7 @@ SPECS = [
 @pytest.fixture(scope="session")
 def registry() -> ToolRegistry:
     return ToolRegistry(
-        SPECS, {"wms": "http://wms.test", "tms": "http://tms.test", "erp": "http://billing.test"}
+        SPECS, {"wms": "http://wms.test", "tms": "http://tms.test", "billing": "http://billing.test"}
     )
 
 

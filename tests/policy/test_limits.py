@@ -14,7 +14,7 @@ from opsagent.policy import (
     SpendLedger,
     args_digest,
 )
-from opsagent.policy.limits import limits_for
+from opsagent.policy.checks import limits_for
 
 CREDIT = "billing_issue_credit"
 
