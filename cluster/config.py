@@ -15,7 +15,7 @@ from opsagent.errors import ConfigError
 
 
 class FewShotConfig(BaseModel):
-    """Worked examples retrieved from human-approved traces of each class (agents/playbooks/approved.py),
+    """Worked examples retrieved from human-approved traces of each class (agents/approved_examples.py),
     appended to the playbook's own when the system starts."""
 
     model_config = {"extra": "forbid"}

@@ -11,7 +11,9 @@ from pydantic import BaseModel, Field
 from ray import serve
 from ray.serve import Application
 
-from opsagent.cluster.api.app import ApiLimits, create_app
+from opsagent.cluster.api.request_limits import ApiLimits
+
+from opsagent.cluster.front_door import create_app
 from opsagent.cluster.runtime import NAMESPACE
 
 

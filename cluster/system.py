@@ -14,9 +14,9 @@ from ray import serve
 
 from opsagent.agents.engines import OpenAIEngine, PlannerEngine, VllmEngine
 from opsagent.agents.playbooks import Playbook
-from opsagent.agents.playbooks.approved import RetrievedExamples, with_approved_examples
+from opsagent.agents.approved_examples import RetrievedExamples, with_approved_examples
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.cluster.api.app import ApiLimits
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.cluster.actors import PlannerActor, PolicyActor, TraceWriterActor
 from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import SystemConfig

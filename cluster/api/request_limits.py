@@ -16,9 +16,22 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import HTTPException
+from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from opsagent.errors import RateLimited, RequestTooLarge
+
+
+class ApiLimits(BaseModel):
+    """Request limits of one API replica."""
+
+    model_config = {"extra": "forbid"}
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Largest request body.")
+    max_policy_bytes: int = Field(default=1_100_000, ge=1024,
+                                  description="Largest body of PUT /v1/policy (a policy file).")
+    requests_per_window: int = Field(default=600, ge=1,
+                                     description="Requests one caller may make per window (429 past it).")
+    window_s: float = Field(default=60.0, gt=0, description="The rate limit's window in seconds.")
 
 
 class RateLimiter:

@@ -33,7 +33,7 @@ from pydantic import BaseModel, Field, ValidationError
 from opsagent.agents.engines.base import ChoiceRequest, ChoiceResult, GenerationRequest, GenerationResult
 from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.cluster.api.app import ApiLimits
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.cluster.config import ExecutorAutoscalingConfig, SystemConfig
 from opsagent.cluster.executor_scaling import ScalingEvent
 from opsagent.cluster.probes import PoolSample, PoolWatch, actor_pids, set_mode

@@ -12,7 +12,7 @@ import pytest
 from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.cluster.api.app import ApiLimits
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.tools.platform import inject_weight_mismatch
 from tests.fakes.local_actors import local_front_door
 

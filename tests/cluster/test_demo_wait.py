@@ -13,7 +13,7 @@ import pytest
 from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.engines.base import GenerationRequest, GenerationResult, PlannerEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.cluster.api.app import ApiLimits
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.cluster.client import OpsAgentClient
 from opsagent.cluster.demo import WAITING, submit_all, wait_all
 from opsagent.errors import ApiBusy

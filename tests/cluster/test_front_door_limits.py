@@ -6,7 +6,9 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
-from opsagent.cluster.api.app import ApiLimits, create_app
+from opsagent.cluster.api.request_limits import ApiLimits
+
+from opsagent.cluster.front_door import create_app
 from opsagent.cluster.api.request_limits import SharedRateLimiter
 from opsagent.cluster.console.pages import csrf_value
 from opsagent.errors import RateLimited

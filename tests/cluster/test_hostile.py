@@ -22,7 +22,7 @@ import pytest
 
 from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.cluster.api.app import ApiLimits
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.policy.identity import TokenStore
 from opsagent.policy.records import ToolCallRequest, args_digest
 from opsagent.tools.platform import inject_weight_mismatch

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from opsagent.agents.playbooks.approved import approved_examples, to_example, with_approved_examples
+from opsagent.agents.approved_examples import approved_examples, to_example, with_approved_examples
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.prompts import build_messages, compact, observation_message
 from opsagent.agents.tracing.records import VerdictEvent

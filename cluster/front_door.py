@@ -1,6 +1,7 @@
 """Builds the front door's ASGI app: the /v1 API and the /console pages over one `OpsService`.
 
-Plain FastAPI, no Ray: the Serve deployment (cluster/serve_app.py) passes actor handles, tests
+It sits beside `api/` and `console/` (both of which it mounts), so neither imports the other's
+side. Plain FastAPI, no Ray: the Serve deployment (cluster/serve_app.py) passes actor handles, tests
 may pass in-process stand-ins with the same methods.
 """
 
@@ -10,29 +11,15 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
-from pydantic import BaseModel, Field
-
 from opsagent.cluster.api.access_log import AccessLog, AccessLogMiddleware
 from opsagent.cluster.api.auth import Authenticator
 from opsagent.cluster.api.http_errors import install_error_handlers
-from opsagent.cluster.api.request_limits import BodySizeLimit, RateLimiter, SharedRateLimiter
+from opsagent.cluster.api.request_limits import ApiLimits, BodySizeLimit, RateLimiter, SharedRateLimiter
 from opsagent.cluster.api.routes import v1
 from opsagent.cluster.api.service import OpsService
 from opsagent.cluster.api.trace_reads import TraceReads
 from opsagent.cluster.console.pages import console, error_page
 from opsagent.policy.identity import TokenStore
-
-
-class ApiLimits(BaseModel):
-    """Request limits of one API replica."""
-
-    model_config = {"extra": "forbid"}
-    max_body_bytes: int = Field(default=64 * 1024, ge=1024, description="Largest request body.")
-    max_policy_bytes: int = Field(default=1_100_000, ge=1024,
-                                  description="Largest body of PUT /v1/policy (a policy file).")
-    requests_per_window: int = Field(default=600, ge=1,
-                                     description="Requests one caller may make per window (429 past it).")
-    window_s: float = Field(default=60.0, gt=0, description="The rate limit's window in seconds.")
 
 
 def create_app(cases: Any, policy: Any, *, tokens_path: str | Path, traces_dir: str | Path,
