@@ -1,4 +1,6 @@
-"""In-process ports for the case runner: run a case without Ray (tests, recording examples)."""
+"""In-process adapters of the case runner's ports (`agents/ports.py`): run a case without Ray
+(tests, recording examples). The planner and executor need none: `Planner` and `Executor` are
+called as they are."""
 
 from __future__ import annotations
 
@@ -27,8 +29,8 @@ class LocalPolicy:
     async def allowed_tools(self, exception_type: str) -> list[str]:
         return self.service.allowed_tools(exception_type)
 
-    async def decide(self, request: ToolCallRequest) -> PolicyDecision:
-        return self.service.decide(request)
+    async def authorize(self, request: ToolCallRequest) -> PolicyDecision:
+        return self.service.authorize(request)
 
     async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
                                preview: Any) -> ApprovalRequest:

@@ -1,7 +1,8 @@
 """The case state machine: plan a step, let the policy dispose, execute, observe, repeat.
 
-The runner only talks to ports (async protocols), so the same code runs with plain objects in a
-unit test and with Ray actor handles in the cluster. Whatever goes wrong, a case ends in a
+The runner only talks to ports (`agents/ports.py`), so the same code runs with plain objects in
+a unit test and with Ray actor handles in the cluster. A cancelled case (`CaseStorePort.
+cancel_reason`) ends `escalated` at the next step boundary, before its planner is asked again. Whatever goes wrong, a case ends in a
 definite status: `resolved`, `escalated`, `failed`, `proposed`, or paused as `awaiting_approval`.
 
 Shadow mode: the policy answers a write with `propose`. The runner takes the system's dry run as
@@ -13,52 +14,18 @@ reached (`Case.outcome`): never `resolved`, since nothing was written.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from opsagent.agents.case import Case, CaseStatus, Step
 from opsagent.agents.planner import PlannerTurn
+from opsagent.agents.ports import CaseStorePort, ExecutorPort, PlannerPort, PolicyPort, TracePort
 from opsagent.agents.step_schema import FINISH
-from opsagent.agents.tracing.records import (
-    ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent, TraceEvent,
-)
+from opsagent.agents.tracing.records import ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent
 from opsagent.policy.approvals import ApprovalRequest
-from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
+from opsagent.policy.records import PolicyDecision, ToolCallRequest
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
-
-
-class PlannerPort(Protocol):
-    async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn: ...
-
-
-class PolicyPort(Protocol):
-    async def allowed_tools(self, exception_type: str) -> list[str]: ...
-    async def decide(self, request: ToolCallRequest) -> PolicyDecision: ...
-    async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
-                               preview: Any) -> ApprovalRequest: ...
-    async def get_approval(self, approval_id: str) -> ApprovalRequest: ...
-    async def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]: ...
-    async def settle(self, permit: Permit, *, executed: bool) -> str: ...
-
-
-class ExecutorPort(Protocol):
-    async def execute(
-        self, tool: str, args: dict[str, Any], *, case_id: str, step: int,
-        permit: Permit | None = None, dry_run: bool = False,
-    ) -> ToolResult: ...
-
-
-class TracePort(Protocol):
-    async def export(self, events: Sequence[TraceEvent]) -> None: ...
-
-
-class CheckpointPort(Protocol):
-    """Persists a case; called after every status change and every step's outcome, so a case
-    can be recovered at its last completed step (`CaseRunner.recover`)."""
-
-    async def checkpoint(self, case: Case) -> None: ...
 
 
 class CaseRunner:
@@ -67,10 +34,12 @@ class CaseRunner:
     def __init__(
         self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort, tracer: TracePort,
         registry: ToolRegistry, *, max_steps: int = 6, max_bad_outputs: int = 2,
-        checkpoint: CheckpointPort | None = None,
+        cases: CaseStorePort | None = None,
     ) -> None:
+        """`cases`: where each case is checkpointed and asked whether it was cancelled (None: a
+        case lives in memory only, and nobody cancels it)."""
         self.planner, self.policy, self.executor, self.tracer = planner, policy, executor, tracer
-        self.checkpoint = checkpoint
+        self.cases = cases
         self.registry = registry
         self.max_steps = max_steps
         self.max_bad_outputs = max_bad_outputs
@@ -141,6 +110,10 @@ class CaseRunner:
             return
         bad_outputs = 0
         while len(case.steps) < self.max_steps:
+            cancelled = self.cases.cancel_reason(case.case_id) if self.cases is not None else None
+            if cancelled is not None:  # a human takes over: at a step boundary, the model not asked
+                await self._finish(case, CaseStatus.escalated, cancelled)
+                return
             await self._set_status(case, CaseStatus.planning)
             turn = await self.planner.plan(case, allowed)
             if turn.generation is not None:
@@ -177,7 +150,7 @@ class CaseRunner:
             proposed={s.tool: s.result for s in case.steps if s.verdict == "propose" and s.ok},
             confidence=step.confidence, submitted_by=case.submitted_by,
         )
-        decision = await self.policy.decide(request)
+        decision = await self.policy.authorize(request)
         case.policy_version = decision.policy_version
         step.verdict, step.risk, step.reasons = decision.verdict, decision.risk, decision.reasons
         result: ToolResult | None = None
@@ -229,8 +202,8 @@ class CaseRunner:
         await self.tracer.export([_case_event(case)])
 
     async def _checkpoint(self, case: Case) -> None:
-        if self.checkpoint is not None:
-            await self.checkpoint.checkpoint(case)
+        if self.cases is not None:
+            await self.cases.checkpoint(case)
 
     async def _finish(self, case: Case, status: CaseStatus, reason: str) -> None:
         """End the case; one that proposed writes (shadow mode) ends `proposed`, with the outcome

@@ -115,8 +115,8 @@ class PolicyActor:
     def allowed_tools(self, exception_type: str) -> list[str]:
         return self._service.allowed_tools(exception_type)
 
-    def decide(self, request: ToolCallRequest) -> PolicyDecision:
-        return self._service.decide(request)
+    def authorize(self, request: ToolCallRequest) -> PolicyDecision:
+        return self._service.authorize(request)
 
     def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
                          preview: Any) -> ApprovalRequest:
@@ -128,7 +128,7 @@ class PolicyActor:
     def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]:
         return self._service.withdraw_approvals(case_id, reason)
 
-    def settle(self, permit: Permit, executed: bool) -> str:
+    def settle(self, permit: Permit, *, executed: bool) -> str:
         return self._service.settle(permit, executed=executed)
 
     def reload(self, credential: Any, text: str) -> str:

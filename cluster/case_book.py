@@ -22,44 +22,17 @@ from datetime import UTC, datetime
 from typing import Any
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
-from opsagent.agents.planner import PlannerTurn
-from opsagent.agents.runner import CaseRunner, ExecutorPort, PlannerPort, PolicyPort, TracePort
+from opsagent.agents.ports import ExecutorPort, PlannerPort, PolicyPort, TracePort
+from opsagent.agents.runner import CaseRunner
 from opsagent.cluster.case_query import CaseQuery, matches
 from opsagent.cluster.case_records import CaseEntry, CasePage, Submission
 from opsagent.cluster.case_store import CaseStore, StoredCase
-from opsagent.agents.step_schema import FINISH, PlannedStep
 from opsagent.agents.tracing.records import CaseEvent
 from opsagent.errors import (
     CaseNotFound, CaseStateError, ConfigError, IdempotencyConflict, OverloadedError,
 )
 from opsagent.policy.records import args_digest
 from opsagent.tools.registry import ToolRegistry
-
-
-class _CancellablePlanner:
-    """Stands between the runner and the planner: once a case is cancelled, its next planning
-    turn finishes it (escalated, with who cancelled and why) instead of calling the model. The
-    runner stops at a step boundary, so a call in flight completes and is traced as usual."""
-
-    def __init__(self, planner: PlannerPort, cancelled: dict[str, str]) -> None:
-        self._planner = planner
-        self._cancelled = cancelled
-
-    async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn:
-        reason = self._cancelled.get(case.case_id)
-        if reason is not None:
-            return PlannerTurn(step=PlannedStep(tool=FINISH, status="escalated", reason=reason))
-        return await self._planner.plan(case, allowed_tools)
-
-
-class _Checkpointer:
-    """The runner's checkpoint port: writes the case (with its entry) to the store."""
-
-    def __init__(self, book: "CaseBook") -> None:
-        self._book = book
-
-    async def checkpoint(self, case: Case) -> None:
-        await self._book._persist(self._book._entries[case.case_id])  # a running case is held
 
 
 class CaseBook:
@@ -73,9 +46,8 @@ class CaseBook:
             raise ConfigError(f"case_cache must be 0 or more, not {case_cache}")
         self._cancelled: dict[str, str] = {}  # case id -> the reason its finish will carry
         self._store = store
-        self._runner = CaseRunner(_CancellablePlanner(planner, self._cancelled), policy, executor,
-                                  tracer, registry, max_steps=max_steps,
-                                  checkpoint=_Checkpointer(self) if store is not None else None)
+        self._runner = CaseRunner(planner, policy, executor, tracer, registry, max_steps=max_steps,
+                                  cases=self)
         self._tracer = tracer
         self._entries: dict[str, CaseEntry] = {}  # every open case, and finished ones held
         # (who, key) -> (case id, digest): every key without a store; with one, the submissions
@@ -117,6 +89,14 @@ class CaseBook:
                 started += 1
         self.recovered += started
         return started
+
+    async def checkpoint(self, case: Case) -> None:
+        """The runner's checkpoint (`CaseStorePort`): write the case, with its entry, to the store."""
+        await self._persist(self._entries[case.case_id])  # a running case is held
+
+    def cancel_reason(self, case_id: str) -> str | None:
+        """Why the case was cancelled, if it was (`CaseStorePort`): its runner then ends it."""
+        return self._cancelled.get(case_id)
 
     async def _persist(self, entry: CaseEntry) -> None:
         """Write the case as it is now. One write per case at a time, each taking the case when

@@ -12,7 +12,8 @@ from opsagent.cluster.case_book import CaseBook
 from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus
-from opsagent.cluster.ports import AckTally, ExecutorPool, PlannerPool, PolicyHandle, TraceHandle
+from opsagent.cluster.actor_calls import ActorPort
+from opsagent.cluster.adapters import AckTally, ExecutorPool, PlannerPool, TraceHandle
 from opsagent.tools.registry import ToolRegistry
 
 CASES_FILE = "cases.sqlite"
@@ -33,7 +34,7 @@ class CaseManager(CaseBook):
                  case_cache: int = 1000) -> None:
         store = CaseStore(Path(state_dir) / CASES_FILE) if state_dir else None
         self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
-        super().__init__(PlannerPool(planner), PolicyHandle(policy), self._executors,
+        super().__init__(PlannerPool(planner), ActorPort(policy), self._executors,
                          TraceHandle(tracer), registry, max_steps=max_steps,
                          max_open_cases=max_open_cases, store=store, case_cache=case_cache)
 

@@ -20,7 +20,7 @@ from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.cluster.actors import PlannerActor, PolicyActor, TraceWriterActor
 from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import SystemConfig
-from opsagent.cluster.ports import ExecutorFactory
+from opsagent.cluster.adapters import ExecutorFactory
 from opsagent.cluster.runtime import NAMESPACE
 from opsagent.cluster.serve_app import ApiArgs, build_app
 from opsagent.errors import ConfigError

@@ -32,9 +32,10 @@ class PolicyService:
     def allowed_tools(self, exception_type: str) -> list[str]:
         return self.engine.allowed_tools(exception_type)
 
-    def decide(self, request: ToolCallRequest) -> PolicyDecision:
+    def authorize(self, request: ToolCallRequest) -> PolicyDecision:
         """Authorize a call: an allow carries a permit (and reserves against the limits); a held
-        action is allowed only with a human approval of exactly these arguments."""
+        action is allowed only with a human approval of exactly these arguments. (Deciding
+        without reserving or issuing anything: `PolicyEngine.decide`.)"""
         decision = self.engine.authorize(request)
         if decision.verdict != "require_approval":
             return decision

@@ -17,22 +17,24 @@ A case the caller may not read is answered as unknown (404), so its existence do
 Approvals, mode changes and reloads also pass the caller's `Credential` to the policy actor,
 which authenticates it itself: the checks here are for clear answers, the policy's are the
 boundary. Submissions are recorded with the policy the same way (separation of duties).
-Actor handles are called as `handle.method.remote(...)`; an error raised in an actor comes back
-as the opsagent error it was.
+Actors are called through `cluster/actor_calls.py` without retries; an error raised in an actor
+comes back as the opsagent error it was.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from functools import partial
 from typing import Any
 
 from opsagent.agents.case import CaseStatus, ExceptionReport
+from opsagent.cluster.actor_calls import call_actor
 from opsagent.cluster.api.models import ApprovalContext, Overview, TimelineEntry
 from opsagent.cluster.api.trace_reads import TraceReads
 from opsagent.cluster.case_query import CaseQuery, ReadScope
 from opsagent.cluster.case_records import CaseEntry, CasePage, Submission
-from opsagent.errors import AutonomyError, CaseNotFound, CaseStateError, ConfigError, InputError, OpsAgentError
+from opsagent.errors import AutonomyError, CaseNotFound, CaseStateError, ConfigError, InputError
 from opsagent.policy.gates import ClassStatus, gate_mode_change
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.modes import ClassMode, Mode, ModeChange
@@ -40,20 +42,12 @@ from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, IssuedToken, Role, TokenInfo, TokenStore, require
 
+ask = partial(call_actor, retry_s=0)
+"""An actor call from the front door: an actor out of reach is answered at once (503), nothing is
+sent twice; an opsagent error raised in the actor comes back as itself."""
 READERS = (Role.submitter, Role.approver, Role.auditor)
 HEALTH_TTL_S = 1.0
 WATCHERS = (Role.approver, Role.auditor)
-
-
-async def ask(method: Any, *args: Any) -> Any:
-    """Call an actor method; an opsagent error raised inside comes back as itself (Ray wraps it)."""
-    try:
-        return await method.remote(*args)
-    except Exception as exc:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, OpsAgentError):
-            raise cause from None
-        raise
 
 
 class OpsService:
@@ -70,9 +64,9 @@ class OpsService:
         """Open a case; with `credential`, the policy records `who` as its submitter (never its
         approver) before the answer goes back."""
         require(who, Role.submitter)
-        submission: Submission = await ask(self.cases.submit, report, who.name, idempotency_key)
+        submission: Submission = await ask(self.cases, "submit", report, who.name, idempotency_key)
         if credential is not None:
-            await ask(self.policy.record_submission, credential, submission.entry.case.case_id)
+            await ask(self.policy, "record_submission", credential, submission.entry.case.case_id)
         return submission
 
     async def cases_page(self, who: Identity, query: CaseQuery, mode: Mode | None = None) -> CasePage:
@@ -80,14 +74,14 @@ class OpsService:
         require(who, *READERS)
         update: dict[str, Any] = {"readable_by": _scope(who)}
         if mode is not None:
-            in_mode = [m.exception_type for m in await ask(self.policy.autonomy_status) if m.mode == mode]
+            in_mode = [m.exception_type for m in await ask(self.policy, "autonomy_status") if m.mode == mode]
             wanted = query.exception_types
             update["exception_types"] = [c for c in in_mode if wanted is None or c in wanted]
-        return await ask(self.cases.page, query.model_copy(update=update))
+        return await ask(self.cases, "page", query.model_copy(update=update))
 
     async def case(self, who: Identity, case_id: str) -> CaseEntry:
         require(who, *READERS)
-        entry: CaseEntry = await ask(self.cases.entry, case_id)
+        entry: CaseEntry = await ask(self.cases, "entry", case_id)
         if not _scope(who).admits(entry):
             raise CaseNotFound(case_id)
         return entry
@@ -95,7 +89,7 @@ class OpsService:
     async def classes(self, who: Identity) -> list[str]:
         """Exception classes with cases, for the console's filters."""
         require(who, *READERS)
-        return await ask(self.cases.classes)
+        return await ask(self.cases, "classes")
 
     async def timeline(self, who: Identity, case_id: str) -> list[TimelineEntry]:
         await self.case(who, case_id)
@@ -106,17 +100,17 @@ class OpsService:
         entry = await self.case(who, case_id)
         if Role.admin not in who.roles and entry.submitted_by != who.name:  # own cases only
             raise CaseNotFound(case_id)
-        return await ask(self.cases.cancel, case_id, who.name, reason)
+        return await ask(self.cases, "cancel", case_id, who.name, reason)
 
     # approvals
 
     async def approvals(self, who: Identity, status: ApprovalStatus | None) -> list[ApprovalRequest]:
         require(who, *WATCHERS)
-        return await ask(self.policy.list_approvals, status.value if status else None)
+        return await ask(self.policy, "list_approvals", status.value if status else None)
 
     async def approval(self, who: Identity, approval_id: str) -> ApprovalContext:
         require(who, *WATCHERS)
-        approval: ApprovalRequest = await ask(self.policy.get_approval, approval_id)
+        approval: ApprovalRequest = await ask(self.policy, "get_approval", approval_id)
         return await self._context(approval)
 
     async def pending_with_context(self, who: Identity) -> list[ApprovalContext]:
@@ -131,19 +125,19 @@ class OpsService:
         require(who, Role.approver)
         if not approve and not (reason and reason.strip()):
             raise InputError("a rejection needs a reason (the planner is told it)")
-        approval: ApprovalRequest = await ask(self.policy.get_approval, approval_id)
+        approval: ApprovalRequest = await ask(self.policy, "get_approval", approval_id)
         context = await self._context(approval)
         if approval.status == ApprovalStatus.pending and not context.decidable:
             raise CaseStateError(f"case {approval.case_id} is {context.case_status or 'unknown'}; "
                                  f"nothing waits for {approval_id}")
-        decided: ApprovalRequest = await ask(self.policy.decide_approval, approval_id, credential, approve,
+        decided: ApprovalRequest = await ask(self.policy, "decide_approval", approval_id, credential, approve,
                                              args_digest, reason)
-        await ask(self.cases.resume, decided.case_id)
+        await ask(self.cases, "resume", decided.case_id)
         return decided
 
     async def _context(self, approval: ApprovalRequest) -> ApprovalContext:
         try:
-            entry: CaseEntry | None = await ask(self.cases.entry, approval.case_id)
+            entry: CaseEntry | None = await ask(self.cases, "entry", approval.case_id)
         except CaseNotFound:
             entry = None
         steps = entry.case.steps if entry else []
@@ -164,8 +158,8 @@ class OpsService:
     async def autonomy(self, who: Identity) -> list[ClassStatus]:
         """Each class's mode, the evidence of its stage and whether it may move up."""
         require(who, *WATCHERS)
-        modes: list[ClassMode] = await ask(self.policy.autonomy_status)
-        config: PolicyConfig = await ask(self.policy.policy_config)
+        modes: list[ClassMode] = await ask(self.policy, "autonomy_status")
+        config: PolicyConfig = await ask(self.policy, "policy_config")
         return await self.traces.autonomy(modes, config)
 
     async def set_mode(self, who: Identity, exception_type: str, mode: Mode, reason: str,
@@ -174,8 +168,8 @@ class OpsService:
         rule (`policy.gates.gate_mode_change`, as the CLI): down always, up one stage when the
         class is eligible, or with `override` (recorded in the reason). Refused: AutonomyError."""
         require(who, Role.admin)
-        modes: list[ClassMode] = await ask(self.policy.autonomy_status)
-        config: PolicyConfig = await ask(self.policy.policy_config)
+        modes: list[ClassMode] = await ask(self.policy, "autonomy_status")
+        config: PolicyConfig = await ask(self.policy, "policy_config")
         current = next((m for m in modes if m.exception_type == exception_type), None)
         if current is None or exception_type not in config.classes:
             raise AutonomyError(f"unknown exception class {exception_type!r} (policy lists: "
@@ -186,7 +180,7 @@ class OpsService:
             status = next((s for s in statuses if s.exception_type == exception_type), None)
         recorded = gate_mode_change(exception_type, current.mode, mode, reason=reason, override=override,
                                     status=status)
-        return await ask(self.policy.set_mode, exception_type, mode.value, credential, recorded,
+        return await ask(self.policy, "set_mode", exception_type, mode.value, credential, recorded,
                          current.mode.value)
 
     # API tokens
@@ -211,28 +205,28 @@ class OpsService:
 
     async def policy_version(self, who: Identity) -> str:
         require(who, *WATCHERS)
-        return await ask(self.policy.version)
+        return await ask(self.policy, "version")
 
     async def reload_policy(self, who: Identity, text: str, *, credential: Credential) -> str:
         """Replace the policy with `text` (YAML, never a path: nothing is read from disk)."""
         require(who, Role.admin)
         try:
             PolicyConfig.from_text(text)  # a clear 422 before the policy parses it again itself
-            return await ask(self.policy.reload, credential, text)
+            return await ask(self.policy, "reload", credential, text)
         except ConfigError as exc:
             raise InputError(str(exc)) from exc
 
     async def overview(self, who: Identity) -> Overview:
         require(who, *WATCHERS)
         figures = await self.traces.overview()
-        pending = await ask(self.policy.list_approvals, ApprovalStatus.pending.value)
+        pending = await ask(self.policy, "list_approvals", ApprovalStatus.pending.value)
         return Overview(open_approvals=len(pending), **figures)
 
     async def open_cases(self) -> int:
         """The case manager's count of open cases, asked at most once per HEALTH_TTL_S."""
         now = time.monotonic()
         if self._health is None or now - self._health[0] >= HEALTH_TTL_S:
-            self._health = (now, await ask(self.cases.open_cases))
+            self._health = (now, await ask(self.cases, "open_cases"))
         return self._health[1]
 
 

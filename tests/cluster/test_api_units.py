@@ -67,7 +67,7 @@ class _Policy:
     async def allowed_tools(self, exception_type):
         return ["probe"]
 
-    async def decide(self, request):
+    async def authorize(self, request):
         return PolicyDecision(verdict="deny", risk=None, reasons=["not in this test"], checks=[],
                               policy_version="test", args_digest="0" * 64)
 

@@ -16,7 +16,7 @@ from ray.exceptions import RayActorError
 from opsagent.cli import main
 from opsagent.cluster.config import ExecutorAutoscalingConfig, SystemConfig
 from opsagent.cluster.executor_scaling import ExecutorScaler, InFlightHistory
-from opsagent.cluster.ports import ExecutorPool
+from opsagent.cluster.adapters import ExecutorPool
 from opsagent.errors import ConfigError
 
 SCALING = ExecutorAutoscalingConfig(min_executors=1, max_executors=4, target_in_flight=2,

@@ -28,7 +28,7 @@ from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.config import PlannerConfig, SystemConfig
 from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
-from opsagent.cluster.ports import AckTally
+from opsagent.cluster.adapters import AckTally
 from opsagent.cluster.runtime import LOOPBACK_ENV, NAMESPACE
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.tools.platform import inject_weight_mismatch

@@ -223,7 +223,7 @@ def replay_permits(door, inputs, shipments) -> int:
         args = {"shipment_id": sid, "reason": f"replay {inp.index}"}
         request = ToolCallRequest(case_id=case_id, exception_type="weight_mismatch", step=1,
                                   tool="wms_request_rescan", args=args, entities={"shipment_id": sid})
-        permit = door.server.run(policy.decide.remote(request)).permit
+        permit = door.server.run(policy.authorize.remote(request)).permit
         assert permit is not None
         first = door.server.run(executor.execute.remote("wms_request_rescan", args, case_id, 1, permit))
         assert first.ok, first.error

@@ -73,7 +73,7 @@ class HoldingPolicy:
     async def allowed_tools(self, exception_type: str) -> list[str]:
         return [HELD_TOOL]
 
-    async def decide(self, request: ToolCallRequest) -> PolicyDecision:
+    async def authorize(self, request: ToolCallRequest) -> PolicyDecision:
         return PolicyDecision(verdict="require_approval", risk="high", reasons=["irreversible"],
                               checks=["risk"], policy_version="test",
                               args_digest=args_digest(request.tool, request.args))

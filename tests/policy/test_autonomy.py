@@ -230,14 +230,14 @@ def test_the_service_sets_modes_for_known_classes_and_the_next_decision_uses_it(
     service = PolicyService(PolicyEngine(load_default_policy(), registry, autonomy=AutonomyStore(":memory:")),
                             ApprovalStore(":memory:"))
     request = make_request("tms_open_weight_dispute", DISPUTE, observations=READ)
-    assert service.decide(request).verdict == "propose"
+    assert service.authorize(request).verdict == "propose"
     with pytest.raises(AuthError):
         service.set_mode("lost_parcel", "autonomous", identity=APPROVER, reason="x")  # auth before class
     with pytest.raises(AutonomyError, match="unknown exception class 'lost_parcel'"):
         service.set_mode("lost_parcel", "autonomous", identity=ADMIN, reason="x")
     change = service.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="gates passed")
     assert (change.from_mode, change.to_mode, change.actor) == ("shadow", "autonomous", "ada")
-    assert service.decide(request).verdict == "allow"
+    assert service.authorize(request).verdict == "allow"
     status = {s.exception_type: s for s in service.autonomy_status()}
     assert status["weight_mismatch"].mode == "autonomous" and status["weight_mismatch"].last_change == change
     assert status["damage_claim"].mode == "shadow" and status["damage_claim"].last_change.actor == POLICY_ACTOR

@@ -148,7 +148,7 @@ def test_nothing_outside_the_policy_can_forge_a_permit(permit, clock) -> None:
     """Hole 1: the key executors (and the factory the case manager holds) carry is public. Every
     byte of it, used as an HMAC key as the old build did, or as anything else, makes no valid
     permit; the private key cannot be pickled out of the policy's process."""
-    from opsagent.cluster.ports import ExecutorFactory
+    from opsagent.cluster.adapters import ExecutorFactory
 
     public_pem = SIGNER.verifier().public_pem()
     factory = ExecutorFactory(None, public_pem, 10.0, {})

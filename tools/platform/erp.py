@@ -25,9 +25,8 @@ from opsagent.tools.platform.store import (
     conflict,
     insert,
     next_id,
-    not_found,
     perform_write,
-    row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -183,9 +182,7 @@ class InventoryAdjustment(BaseModel):
 
 
 def _invoice(conn: sqlite3.Connection, invoice_id: str) -> Invoice:
-    found = row(conn, "SELECT * FROM invoices WHERE invoice_id = ?", invoice_id)
-    if found is None:
-        raise not_found("Invoice", invoice_id)
+    found = row_or_404(conn, "Invoice", invoice_id, "SELECT * FROM invoices WHERE invoice_id = ?", invoice_id)
     credited = conn.execute("SELECT COALESCE(SUM(amount), 0) FROM credit_notes WHERE invoice_id = ?",
                             (invoice_id,)).fetchone()[0]
     refunded = conn.execute("SELECT COALESCE(SUM(amount), 0) FROM refunds WHERE invoice_id = ?",
@@ -211,9 +208,8 @@ def _duplicate_check(conn: sqlite3.Connection, inv: dict) -> tuple[str, str | No
 
 
 def _inventory(conn: sqlite3.Connection, site: str, sku: str) -> Inventory:
-    found = row(conn, "SELECT * FROM inventory WHERE site = ? AND sku = ?", site, sku)
-    if found is None:
-        raise not_found("Inventory record", f"{sku} at {site}")
+    found = row_or_404(conn, "Inventory record", f"{sku} at {site}",
+                       "SELECT * FROM inventory WHERE site = ? AND sku = ?", site, sku)
     return Inventory(**found, book_value=round(found["book_quantity"] * found["unit_cost"], 2))
 
 
@@ -229,9 +225,8 @@ def create_app(db_path: Path) -> FastAPI:
              responses=missing)
     def get_customer(customer_id: Annotated[str, PathParam(description="Customer id, e.g. CUST-48213.")]):
         with db.read() as conn:
-            found = row(conn, "SELECT * FROM customers WHERE customer_id = ?", customer_id)
-        if found is None:
-            raise not_found("Customer", customer_id)
+            found = row_or_404(conn, "Customer", customer_id,
+                               "SELECT * FROM customers WHERE customer_id = ?", customer_id)
         return Customer(**found)
 
     @app.get("/invoices/{invoice_id}", operation_id="erp_get_invoice", response_model=Invoice,
@@ -246,10 +241,9 @@ def create_app(db_path: Path) -> FastAPI:
              summary="Get the commercial invoice (the customs copy) issued for an order, if there is one.")
     def get_commercial_invoice(order_id: Annotated[str, PathParam(description="Order id, e.g. SO-4410021.")]):
         with db.read() as conn:
-            found = row(conn, "SELECT invoice_id FROM invoices WHERE order_id = ? AND kind = 'commercial' "
-                        "AND status != 'void' ORDER BY issued_at DESC LIMIT 1", order_id)
-            if found is None:
-                raise not_found("Commercial invoice for order", order_id)
+            found = row_or_404(conn, "Commercial invoice for order", order_id,
+                               "SELECT invoice_id FROM invoices WHERE order_id = ? AND kind = 'commercial' "
+                               "AND status != 'void' ORDER BY issued_at DESC LIMIT 1", order_id)
             return _invoice(conn, found["invoice_id"])
 
     def money_write(operation: str, model: type[CreditNote | Refund], invoice_id: str, body: MoneyIn,

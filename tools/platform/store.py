@@ -232,6 +232,14 @@ def perform_write(
     return JSONResponse(status_code=change.status_code, content=change.body)
 
 
+def row_or_404(conn: sqlite3.Connection, kind: str, key: str, sql: str, *params: Any) -> dict[str, Any]:
+    """The row `sql` finds, or a 404 saying which `kind` of record `key` names is unknown."""
+    found = row(conn, sql, *params)
+    if found is None:
+        raise not_found(kind, key)
+    return found
+
+
 def not_found(kind: str, key: str) -> HTTPException:
     """A 404 with a clear detail."""
     return HTTPException(status_code=404, detail=f"{kind} {key!r} not found")

@@ -25,9 +25,8 @@ from opsagent.tools.platform.store import (
     conflict,
     insert,
     next_id,
-    not_found,
     perform_write,
-    row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -118,9 +117,7 @@ class ResolveIn(BaseModel):
 
 
 def _ticket(conn: sqlite3.Connection, ticket_id: str) -> Ticket:
-    found = row(conn, "SELECT * FROM tickets WHERE ticket_id = ?", ticket_id)
-    if found is None:
-        raise not_found("Ticket", ticket_id)
+    found = row_or_404(conn, "Ticket", ticket_id, "SELECT * FROM tickets WHERE ticket_id = ?", ticket_id)
     notes = [Note(**r) for r in conn.execute(
         "SELECT * FROM ticket_notes WHERE ticket_id = ? ORDER BY created_at, note_id", (ticket_id,))]
     return Ticket(**{**found, "entities": json.loads(found["entities"])}, notes=notes)

@@ -20,9 +20,8 @@ from opsagent.tools.platform.store import (
     add_admin_upsert,
     admin_router,
     next_id,
-    not_found,
     perform_write,
-    row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -122,9 +121,8 @@ def amount(base_charge: float, rate_per_kg: float, weight_kg: float) -> float:
 
 
 def _raw(conn: sqlite3.Connection, shipment_id: str) -> dict:
-    found = row(conn, "SELECT * FROM shipments WHERE shipment_id = ?", shipment_id)
-    if found is None:
-        raise not_found("Shipment", shipment_id)
+    found = row_or_404(conn, "Shipment", shipment_id,
+                       "SELECT * FROM shipments WHERE shipment_id = ?", shipment_id)
     return found
 
 
@@ -133,9 +131,8 @@ def _public(raw: dict) -> dict:
 
 
 def _dispute(conn: sqlite3.Connection, dispute_id: str) -> WeightDispute:
-    found = row(conn, "SELECT * FROM weight_disputes WHERE dispute_id = ?", dispute_id)
-    if found is None:
-        raise not_found("Weight dispute", dispute_id)
+    found = row_or_404(conn, "Weight dispute", dispute_id,
+                       "SELECT * FROM weight_disputes WHERE dispute_id = ?", dispute_id)
     return WeightDispute(**found)
 
 

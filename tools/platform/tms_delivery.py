@@ -18,9 +18,8 @@ from opsagent.tools.platform.store import (
     conflict,
     insert,
     next_id,
-    not_found,
     perform_write,
-    row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -118,16 +117,14 @@ class CustomsDocumentIn(BaseModel):
 
 
 def _address(conn: sqlite3.Connection, shipment_id: str) -> Address:
-    found = row(conn, "SELECT * FROM addresses WHERE shipment_id = ?", shipment_id)
-    if found is None:
-        raise not_found("Delivery address of shipment", shipment_id)
+    found = row_or_404(conn, "Delivery address of shipment", shipment_id,
+                       "SELECT * FROM addresses WHERE shipment_id = ?", shipment_id)
     return Address(**found)
 
 
 def _customs(conn: sqlite3.Connection, shipment_id: str) -> Customs:
-    found = row(conn, "SELECT * FROM customs WHERE shipment_id = ?", shipment_id)
-    if found is None:
-        raise not_found("Customs record of shipment", shipment_id)
+    found = row_or_404(conn, "Customs record of shipment", shipment_id,
+                       "SELECT * FROM customs WHERE shipment_id = ?", shipment_id)
     docs = [CustomsDocument(**r) for r in conn.execute(
         "SELECT * FROM customs_documents WHERE shipment_id = ? ORDER BY created_at, document_id",
         (shipment_id,))]

@@ -18,9 +18,8 @@ from opsagent.tools.platform.store import (
     conflict,
     insert,
     next_id,
-    not_found,
     perform_write,
-    row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -67,9 +66,7 @@ class RescheduleIn(BaseModel):
 
 
 def _pickup(conn: sqlite3.Connection, pickup_id: str) -> Pickup:
-    found = row(conn, "SELECT * FROM pickups WHERE pickup_id = ?", pickup_id)
-    if found is None:
-        raise not_found("Pickup", pickup_id)
+    found = row_or_404(conn, "Pickup", pickup_id, "SELECT * FROM pickups WHERE pickup_id = ?", pickup_id)
     return Pickup(**found)
 
 

@@ -22,9 +22,8 @@ from opsagent.tools.platform.store import (
     conflict,
     insert,
     next_id,
-    not_found,
     perform_write,
-    row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -113,9 +112,8 @@ class LabelVoid(BaseModel):
 
 
 def shipment_row(conn: sqlite3.Connection, shipment_id: str) -> dict:
-    found = row(conn, "SELECT * FROM shipments WHERE shipment_id = ?", shipment_id)
-    if found is None:
-        raise not_found("Shipment", shipment_id)
+    found = row_or_404(conn, "Shipment", shipment_id,
+                       "SELECT * FROM shipments WHERE shipment_id = ?", shipment_id)
     return found
 
 
@@ -143,9 +141,7 @@ def tracking(conn: sqlite3.Connection, shipment_id: str) -> Tracking:
 
 
 def _trace(conn: sqlite3.Connection, trace_id: str) -> Trace:
-    found = row(conn, "SELECT * FROM traces WHERE trace_id = ?", trace_id)
-    if found is None:
-        raise not_found("Trace", trace_id)
+    found = row_or_404(conn, "Trace", trace_id, "SELECT * FROM traces WHERE trace_id = ?", trace_id)
     return Trace(**found)
 
 

@@ -21,9 +21,9 @@ from opsagent.tools.platform.store import (
     conflict,
     insert,
     next_id,
-    not_found,
     perform_write,
     row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -146,21 +146,18 @@ class RescanRequest(BaseModel):
 
 
 def _shipment(conn: sqlite3.Connection, shipment_id: str) -> Shipment:
-    found = row(
-        conn,
+    found = row_or_404(
+        conn, "Shipment", shipment_id,
         "SELECT s.*, c.last_check_result AS scale_check FROM shipments s "
         "JOIN scales c USING (scale_id) WHERE s.shipment_id = ?",
         shipment_id,
     )
-    if found is None:
-        raise not_found("Shipment", shipment_id)
     return Shipment(**found)
 
 
 def _rescan(conn: sqlite3.Connection, request_id: str) -> RescanRequest:
-    found = row(conn, "SELECT * FROM rescan_requests WHERE request_id = ?", request_id)
-    if found is None:
-        raise not_found("Rescan request", request_id)
+    found = row_or_404(conn, "Rescan request", request_id,
+                       "SELECT * FROM rescan_requests WHERE request_id = ?", request_id)
     return RescanRequest(**found)
 
 
@@ -183,9 +180,7 @@ def create_app(db_path: Path) -> FastAPI:
              responses={404: {"description": "Unknown scale id"}})
     def get_scale(scale_id: Annotated[str, PathParam(description="Scale id, e.g. SCL-DUS-02.")]) -> Scale:
         with db.read() as conn:
-            found = row(conn, "SELECT * FROM scales WHERE scale_id = ?", scale_id)
-        if found is None:
-            raise not_found("Scale", scale_id)
+            found = row_or_404(conn, "Scale", scale_id, "SELECT * FROM scales WHERE scale_id = ?", scale_id)
         return Scale(**found)
 
     @app.post("/shipments/{shipment_id}/rescan-requests", operation_id="wms_request_rescan",
@@ -268,9 +263,7 @@ def create_app(db_path: Path) -> FastAPI:
              "cancelled, when and why.", responses={404: {"description": "Unknown order"}})
     def get_order(order_id: Annotated[str, PathParam(description="Order id, e.g. SO-4410021.")]) -> Order:
         with db.read() as conn:
-            found = row(conn, "SELECT * FROM orders WHERE order_id = ?", order_id)
-        if found is None:
-            raise not_found("Order", order_id)
+            found = row_or_404(conn, "Order", order_id, "SELECT * FROM orders WHERE order_id = ?", order_id)
         return Order(**found)
 
     wms_stock.add_routes(app, db)

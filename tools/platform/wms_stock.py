@@ -22,9 +22,8 @@ from opsagent.tools.platform.store import (
     conflict,
     insert,
     next_id,
-    not_found,
     perform_write,
-    row,
+    row_or_404,
     utc_now,
     write_options,
 )
@@ -142,20 +141,18 @@ class StockAdjustment(BaseModel):
 
 
 def _stock(conn: sqlite3.Connection, location_id: str, sku: str) -> Stock:
-    found = row(conn, "SELECT s.*, l.site, i.description, i.uom, "
+    found = row_or_404(conn, "Stock record", f"{sku} at {location_id}",
+                       "SELECT s.*, l.site, i.description, i.uom, "
                 "c.counted_quantity AS last_counted_quantity, c.completed_at AS last_counted_at "
                 "FROM stock s JOIN locations l USING (location_id) "
                 "JOIN items i USING (sku) LEFT JOIN cycle_counts c ON c.count_id = s.last_count_id "
                 "WHERE s.location_id = ? AND s.sku = ?", location_id, sku)
-    if found is None:
-        raise not_found("Stock record", f"{sku} at {location_id}")
     return Stock(**found)
 
 
 def _count(conn: sqlite3.Connection, count_id: str) -> CycleCount:
-    found = row(conn, "SELECT * FROM cycle_counts WHERE count_id = ?", count_id)
-    if found is None:
-        raise not_found("Cycle count", count_id)
+    found = row_or_404(conn, "Cycle count", count_id,
+                       "SELECT * FROM cycle_counts WHERE count_id = ?", count_id)
     return CycleCount(**found)
 
 

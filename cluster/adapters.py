@@ -1,9 +1,7 @@
-"""Adapters that let the case runner talk to Ray actor handles as if they were plain objects.
-
-Actors are created with `max_restarts`: a call that dies with its actor (killed, node gone) is
-sent again once the actor is back, with a growing pause, for up to `RETRY_BUDGET_S`. That is
-safe for every call here: reads are reads, a write carries its idempotency key (case:step), trace
-events carry their ids (a duplicate delivery is kept once), and a policy decision is asked again.
+"""The Ray side of the case runner's ports (`agents/ports.py`) that need more than `ActorPort`:
+planner replicas and executors in pools (least loaded first), the executor factory, and trace
+export with a tally of acknowledged events. Every call goes through `actor_calls.call_actor`
+(retried while an actor restarts; see there why that is safe).
 """
 
 from __future__ import annotations
@@ -20,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 import ray
 from pydantic import BaseModel
-from ray.exceptions import ActorUnavailableError, RayActorError
 
+from opsagent.cluster.actor_calls import call_actor
 from opsagent.cluster.actors import ExecutorActor
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus, ExecutorScaler, ScalingEvent
@@ -30,30 +28,8 @@ if TYPE_CHECKING:  # annotations only
     from opsagent.agents.case import Case
     from opsagent.agents.planner import PlannerTurn
     from opsagent.agents.tracing.records import TraceEvent
-    from opsagent.policy.approvals import ApprovalRequest
-    from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
+    from opsagent.policy.records import Permit
     from opsagent.tools.spec import ToolResult
-
-RETRY_BUDGET_S = 120.0  # a node's death is detected, and its actors rescheduled, within this
-RETRY_PAUSE_S = 0.25
-
-
-async def call_actor(pick: Callable[[], Any], method: str, *args: Any) -> Any:
-    """`pick().method.remote(*args)`, sent again (to a fresh `pick()`) while the actor is dead or
-    restarting, pausing 0.25 s, then twice that, up to 2 s, for at most RETRY_BUDGET_S; then
-    the last failure is raised."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RETRY_BUDGET_S
-    pause = RETRY_PAUSE_S
-    while True:
-        try:
-            return await getattr(pick(), method).remote(*args)
-        except (RayActorError, ActorUnavailableError):
-            if loop.time() + pause > deadline:
-                raise
-            await asyncio.sleep(pause)
-            pause = min(pause * 2, 2.0)
-
 
 class PlannerPool:
     """Planner replicas: each call goes to the replica with the fewest calls in flight (ties in
@@ -79,33 +55,6 @@ class PlannerPool:
             return await call_actor(lambda: self.handles[index], "plan", case, allowed_tools)
         finally:
             self._in_flight[index] -= 1
-
-
-PlannerHandle = PlannerPool
-
-
-class PolicyHandle:
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-
-    async def allowed_tools(self, exception_type: str) -> list[str]:
-        return await call_actor(lambda: self.handle, "allowed_tools", exception_type)
-
-    async def decide(self, request: ToolCallRequest) -> PolicyDecision:
-        return await call_actor(lambda: self.handle, "decide", request)
-
-    async def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
-                               preview: Any) -> ApprovalRequest:
-        return await call_actor(lambda: self.handle, "request_approval", request, decision, preview)
-
-    async def get_approval(self, approval_id: str) -> ApprovalRequest:
-        return await call_actor(lambda: self.handle, "get_approval", approval_id)
-
-    async def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]:
-        return await call_actor(lambda: self.handle, "withdraw_approvals", case_id, reason)
-
-    async def settle(self, permit: Permit, *, executed: bool) -> str:
-        return await call_actor(lambda: self.handle, "settle", permit, executed)
 
 
 class ExecutorFactory:
