@@ -168,8 +168,8 @@ def _offline(args: argparse.Namespace) -> int:
     if args.command == "policy":
         from datetime import datetime
 
-        from opsagent.policy.config import PolicyConfig
         from opsagent.evals.policy_whatif import policy_what_if, render_policy_what_if
+        from opsagent.policy.config import PolicyConfig
 
         try:
             since = datetime.fromisoformat(args.since) if args.since else None
@@ -203,9 +203,9 @@ async def _replan(args: argparse.Namespace) -> int:
     from opsagent.agents.planner import Planner
     from opsagent.agents.playbooks.model import builtin_playbooks, load_playbook
     from opsagent.agents.tracing.replay import load_case_trace
-    from opsagent.evals.planner_whatif import render_what_if, what_if
     from opsagent.cluster.config import SystemConfig
     from opsagent.cluster.system import make_engine
+    from opsagent.evals.planner_whatif import render_what_if, what_if
     from opsagent.evals.regressions import load_regressions, run_regressions
     from opsagent.policy.config import PolicyConfig, load_default_policy
     from opsagent.policy.engine import PolicyEngine

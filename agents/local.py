@@ -10,11 +10,11 @@ from typing import Any
 from opsagent.agents.tracing.exporters import TraceExporter
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
-from opsagent.policy.modes import ClassMode, ModeChange
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity
-from opsagent.policy.service import PolicyService
+from opsagent.policy.modes import ClassMode, ModeChange
 from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
+from opsagent.policy.service import PolicyService
 
 
 class LocalPolicy:

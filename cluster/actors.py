@@ -25,13 +25,13 @@ from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.errors import ApprovalError, AuthError, AutonomyError, ConfigError, TraceError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore
-from opsagent.policy.modes import ClassMode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import CredentialCheck
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.gates import GateWatch
 from opsagent.policy.identity import Identity, Role, TokenStore, require
 from opsagent.policy.ledger import SpendLedger
+from opsagent.policy.modes import ClassMode, ModeChange
 from opsagent.policy.permit_uses import PermitUses
 from opsagent.policy.permits import (
     PermitSigner, PermitVerifier, load_or_create_signer, permit_key_from_env, public_keys_from_env,

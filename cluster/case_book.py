@@ -24,10 +24,10 @@ from typing import Any
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
 from opsagent.agents.ports import ExecutorPort, PlannerPort, PolicyPort, TracePort
 from opsagent.agents.runner import CaseRunner
+from opsagent.agents.tracing.records import CaseEvent
 from opsagent.cluster.case_query import CaseQuery, matches
 from opsagent.cluster.case_records import CaseEntry, CasePage, Submission
 from opsagent.cluster.case_store import CaseStore, StoredCase
-from opsagent.agents.tracing.records import CaseEvent
 from opsagent.errors import (
     CaseNotFound, CaseStateError, ConfigError, IdempotencyConflict, OverloadedError,
 )

@@ -8,12 +8,12 @@ from typing import Any
 
 import ray
 
+from opsagent.cluster.actor_calls import ActorPort
+from opsagent.cluster.adapters import AckTally, ExecutorPool, PlannerPool, TraceHandle
 from opsagent.cluster.case_book import CaseBook
 from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus
-from opsagent.cluster.actor_calls import ActorPort
-from opsagent.cluster.adapters import AckTally, ExecutorPool, PlannerPool, TraceHandle
 from opsagent.tools.registry import ToolRegistry
 
 CASES_FILE = "cases.sqlite"

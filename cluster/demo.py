@@ -25,9 +25,9 @@ from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import private_tmpdir, start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ApiBusy
-from opsagent.policy.modes import Mode
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Role, TokenStore
+from opsagent.policy.modes import Mode
 from opsagent.progress import CaseProgress
 from opsagent.tools.platform.launcher import Platform
 from opsagent.tools.platform.scenarios import InjectedException, inject_weight_mismatch

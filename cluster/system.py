@@ -12,15 +12,15 @@ from typing import Any
 import ray
 from ray import serve
 
+from opsagent.agents.approved_examples import RetrievedExamples, with_approved_examples
 from opsagent.agents.engines import OpenAIEngine, PlannerEngine, VllmEngine
 from opsagent.agents.playbooks import Playbook
-from opsagent.agents.approved_examples import RetrievedExamples, with_approved_examples
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.cluster.actors import PlannerActor, PolicyActor, TraceWriterActor
+from opsagent.cluster.adapters import ExecutorFactory
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import SystemConfig
-from opsagent.cluster.adapters import ExecutorFactory
 from opsagent.cluster.runtime import NAMESPACE
 from opsagent.cluster.serve_app import ApiArgs, build_app
 from opsagent.errors import ConfigError

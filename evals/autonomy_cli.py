@@ -119,11 +119,11 @@ def render_status(statuses: list) -> str:
 
 def _set(args: argparse.Namespace, store, config) -> int:
     """Set a mode through the gates' rule (`gates.gate_mode_change`, as the API does)."""
-    from opsagent.errors import AutonomyError
     from opsagent.agents.tracing.evidence import case_verdicts
+    from opsagent.errors import AutonomyError
     from opsagent.policy.gates import class_statuses, gate_mode_change
-    from opsagent.policy.modes import Mode
     from opsagent.policy.identity import Role, require
+    from opsagent.policy.modes import Mode
 
     identity = _identity(args)
     require(identity, Role.admin)

@@ -19,12 +19,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
-from opsagent.cli_output import format_table
 from opsagent.agents.tracing.views import query
-from opsagent.policy.modes import Mode
+from opsagent.cli_output import format_table
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.ledger import SpendLedger
+from opsagent.policy.modes import Mode
 from opsagent.policy.records import ToolCallRequest
 from opsagent.tools.registry import ToolRegistry
 

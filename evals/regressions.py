@@ -20,8 +20,8 @@ from pydantic import BaseModel, Field, ValidationError
 from opsagent.agents.planner import Planner
 from opsagent.agents.step_schema import FINISH
 from opsagent.agents.tracing.replay import CaseTrace, decisions, load_case_trace
-from opsagent.evals.planner_whatif import WhatIf, what_if
 from opsagent.errors import InputError
+from opsagent.evals.planner_whatif import WhatIf, what_if
 
 Outcome = Literal["resolved", "escalated"]
 

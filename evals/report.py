@@ -28,9 +28,9 @@ from opsagent.cli_output import format_table
 from opsagent.evals.metrics import (
     AGENT_OUTCOMES, CaseResult, ConfigMetrics, EvalRun, GroupMetrics, format_rate, targets,
 )
-from opsagent.policy.stats import wilson
-from opsagent.policy.modes import GateConfig
 from opsagent.policy.config import load_default_policy
+from opsagent.policy.modes import GateConfig
+from opsagent.policy.stats import wilson
 
 RESULTS = "eval_results"
 COLOURS = ["#3b6ea8", "#e08a2c", "#4e9a5b", "#b8474f", "#7d5ba6", "#8c6d46"]

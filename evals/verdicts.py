@@ -25,10 +25,10 @@ from opsagent.agents.tracing.views import query
 from opsagent.errors import InputError
 from opsagent.evals.catalogue._model import HumanLog, Instance, same
 from opsagent.policy.autonomy import AutonomyStore
-from opsagent.policy.modes import Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.gates import check
 from opsagent.policy.identity import Identity, Role, require
+from opsagent.policy.modes import Mode, ModeChange
 
 COMPARE_ACTOR = "opsagent-compare"
 FREE_TEXT_ARGS = frozenset({"reason", "note", "resolution", "description", "comment"})

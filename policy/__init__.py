@@ -2,7 +2,6 @@
 limits and their ledger, permits, and the classes' autonomy modes."""
 
 from opsagent.policy.autonomy import AutonomyStore
-from opsagent.policy.modes import ClassMode, GateConfig, Mode, ModeChange
 from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckResult
 from opsagent.policy.config import (
     ArgConstraint,
@@ -15,6 +14,7 @@ from opsagent.policy.config import (
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
 from opsagent.policy.limits import LimitExceeded, LimitsConfig, SpendPolicy
+from opsagent.policy.modes import ClassMode, GateConfig, Mode, ModeChange
 from opsagent.policy.permits import (
     PermitSigner,
     PermitVerifier,

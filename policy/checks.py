@@ -22,10 +22,10 @@ import jsonschema
 from jsonschema.exceptions import best_match
 
 from opsagent.errors import ToolError
-from opsagent.policy.modes import FAIL_CLOSED, Mode
 from opsagent.policy.config import ClassPolicy, PolicyConfig, Risk, ToolPolicy, read_value
 from opsagent.policy.ledger import ActionKey, LedgerEntry, SpendLedger
 from opsagent.policy.limits import Limit, LimitExceeded, entity_key, spend_amount
+from opsagent.policy.modes import FAIL_CLOSED, Mode
 from opsagent.policy.no_dry_run import no_dry_run_risk, no_idempotency_risk
 from opsagent.policy.records import LimitUsage, ToolCallRequest, args_digest
 

@@ -23,8 +23,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opsagent.errors import ConfigError
-from opsagent.policy.modes import GateConfig, Mode
 from opsagent.policy.limits import LimitsConfig, SpendPolicy
+from opsagent.policy.modes import GateConfig, Mode
 
 Risk = Literal["low", "high"]
 

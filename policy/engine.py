@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from opsagent.errors import AutonomyError, ToolError
-from opsagent.policy.modes import FAIL_CLOSED, Mode, ModeSource
 from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckResult, autonomy_mode, check_name
 from opsagent.policy.config import PolicyConfig, check_read_ref
 from opsagent.policy.ledger import ActionKey, SpendLedger
 from opsagent.policy.limits import LimitExceeded
+from opsagent.policy.modes import FAIL_CLOSED, Mode, ModeSource
 from opsagent.policy.permits import PermitSigner, PermitVerifier, issue_permit, process_permit_key
 from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest, args_digest
 

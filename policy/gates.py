@@ -39,8 +39,8 @@ from pydantic import BaseModel, Field
 
 from opsagent.errors import AutonomyError
 from opsagent.policy.autonomy import AutonomyStore
-from opsagent.policy.modes import GateConfig, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
+from opsagent.policy.modes import GateConfig, Mode, ModeChange
 from opsagent.policy.stats import wilson
 
 log = logging.getLogger(__name__)

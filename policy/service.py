@@ -14,10 +14,10 @@ from typing import Any
 from opsagent.errors import AutonomyError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus, ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore
-from opsagent.policy.modes import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity, Role, require
+from opsagent.policy.modes import ClassMode, Mode, ModeChange
 from opsagent.policy.records import Permit, PolicyDecision, ToolCallRequest
 
 

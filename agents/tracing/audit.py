@@ -11,8 +11,8 @@ from typing import Any
 import duckdb
 
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
-from opsagent.cli_output import format_table
 from opsagent.agents.tracing.views import connect, query, sql_string
+from opsagent.cli_output import format_table
 from opsagent.errors import CaseNotFound
 
 HIGH_RISK_ACTIONS = """

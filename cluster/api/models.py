@@ -10,8 +10,8 @@ from pydantic import BaseModel, Field, StrictBool, StringConstraints
 from opsagent.agents.case import ENTITY_KEY, CaseStatus, ExceptionReport, Step
 from opsagent.cluster.case_records import CaseEntry
 from opsagent.policy.approvals import ApprovalRequest
-from opsagent.policy.modes import Mode
 from opsagent.policy.identity import Role
+from opsagent.policy.modes import Mode
 
 IDEMPOTENCY_KEY = r"^[A-Za-z0-9._:-]{1,128}$"
 DIGEST = r"^[0-9a-f]{64}$"

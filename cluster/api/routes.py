@@ -20,11 +20,11 @@ from opsagent.cluster.api.service import OpsService
 from opsagent.cluster.case_query import CaseQuery
 from opsagent.cluster.case_records import CasePage
 from opsagent.errors import IdempotencyConflict, InputError
-from opsagent.policy.gates import ClassStatus
-from opsagent.policy.modes import Mode, ModeChange
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
 from opsagent.policy.credentials import Credential
+from opsagent.policy.gates import ClassStatus
 from opsagent.policy.identity import Identity, IssuedToken, TokenInfo
+from opsagent.policy.modes import Mode, ModeChange
 
 Caller = Annotated[Identity, Depends(api_caller)]
 Cred = Annotated[Credential, Depends(api_credential)]

@@ -35,12 +35,12 @@ from opsagent.cluster.api.trace_reads import TraceReads
 from opsagent.cluster.case_query import CaseQuery, ReadScope
 from opsagent.cluster.case_records import CaseEntry, CasePage, Submission
 from opsagent.errors import AutonomyError, CaseNotFound, CaseStateError, ConfigError, InputError
-from opsagent.policy.gates import ClassStatus, gate_mode_change
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStatus
-from opsagent.policy.modes import ClassMode, Mode, ModeChange
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import Credential
+from opsagent.policy.gates import ClassStatus, gate_mode_change
 from opsagent.policy.identity import Identity, IssuedToken, Role, TokenInfo, TokenStore, require
+from opsagent.policy.modes import ClassMode, Mode, ModeChange
 
 ask = partial(call_actor, retry_s=0)
 """An actor call from the front door: an actor out of reach is answered at once (503), nothing is

@@ -20,9 +20,9 @@ from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import connect
 from opsagent.cluster.api.models import ClassStats, TimelineEntry
 from opsagent.errors import TraceError
+from opsagent.policy.config import PolicyConfig
 from opsagent.policy.gates import ClassStatus, class_statuses
 from opsagent.policy.modes import ClassMode
-from opsagent.policy.config import PolicyConfig
 
 TIMELINE = """
 SELECT ts, kind, step, summary FROM events WHERE case_id = $case_id

@@ -28,8 +28,8 @@ from opsagent.cluster.api.service import OpsService
 from opsagent.cluster.case_query import CaseQuery
 from opsagent.cluster.console.render import STATIC, render
 from opsagent.errors import AuthError, InputError, OpsAgentError
-from opsagent.policy.modes import Mode
 from opsagent.policy.identity import Identity, Role
+from opsagent.policy.modes import Mode
 
 COOKIE = "opsagent_console"
 LOGIN_COOKIE = "opsagent_login"  # the login form's CSRF value, before any session

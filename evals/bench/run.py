@@ -21,7 +21,6 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from opsagent.evals.bench.trace_writes import sample_events
 from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.cluster.config import SystemConfig
 from opsagent.errors import InputError
@@ -36,6 +35,7 @@ from opsagent.evals.bench.peer_structured import StructuredPeer
 from opsagent.evals.bench.recording import RecordingEngine, read_timings
 from opsagent.evals.bench.stats import Summary, throughput
 from opsagent.evals.bench.trace_rows import load_traces, recorded_calls, recorded_tools
+from opsagent.evals.bench.trace_writes import sample_events
 from opsagent.evals.catalogue import Instance, plant
 from opsagent.evals.scoring import AgentRun, GoldReference, score, snapshots
 from opsagent.tools.registry import ToolRegistry
@@ -235,8 +235,8 @@ def autonomous(state: Path, classes: list[str]) -> str:
     """Set `classes` to autonomous in the system's autonomy store, as a bench admin (recorded in
     the mode history with the reason), before the system starts; returns a line saying so."""
     from opsagent.policy.autonomy import AutonomyStore
-    from opsagent.policy.modes import Mode
     from opsagent.policy.identity import Role, TokenStore
+    from opsagent.policy.modes import Mode
 
     state.mkdir(parents=True, exist_ok=True)
     tokens = TokenStore(state / "tokens.json")

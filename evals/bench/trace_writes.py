@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from opsagent.agents.tracing.records import ActionEvent, TraceEvent
-from opsagent.cli_output import format_table
 from opsagent.agents.tracing.writer import TraceWriter
+from opsagent.cli_output import format_table
 
 
 def sample_events(n: int) -> list[TraceEvent]:

@@ -7,13 +7,13 @@ import shutil
 import pytest
 
 from opsagent.agents.approved_examples import approved_examples, to_example, with_approved_examples
+from opsagent.agents.case import Case, ExceptionReport
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.prompts import build_messages, compact, observation_message
 from opsagent.agents.tracing.records import VerdictEvent
 from opsagent.agents.tracing.replay import load_case_trace, steps_of
 from opsagent.agents.tracing.writer import TraceWriter
 from opsagent.cluster.config import FewShotConfig, PlannerConfig
-from opsagent.agents.case import Case, ExceptionReport
 from tests.fakes.traced import TracedCases, trace_two_cases
 
 BOOK = builtin_playbooks()["weight_mismatch"]

@@ -14,9 +14,9 @@ from pydantic import ValidationError
 from ray.exceptions import RayActorError
 
 from opsagent.cli import main
+from opsagent.cluster.adapters import ExecutorPool
 from opsagent.cluster.config import ExecutorAutoscalingConfig, SystemConfig
 from opsagent.cluster.executor_scaling import ExecutorScaler, InFlightHistory
-from opsagent.cluster.adapters import ExecutorPool
 from opsagent.errors import ConfigError
 
 SCALING = ExecutorAutoscalingConfig(min_executors=1, max_executors=4, target_in_flight=2,
@@ -309,8 +309,8 @@ def test_a_fixed_pool_never_rescales_and_a_pool_needs_actors_and_a_factory_to_sc
 def burst(ray_runtime, platform, tmp_path_factory):
     from opsagent.agents.case import ExceptionReport
     from opsagent.agents.playbooks.model import builtin_playbooks
-    from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
     from opsagent.cluster.system import OpsAgentSystem
+    from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
     from opsagent.tools.platform import inject_weight_mismatch
     from tests.fakes.autonomy import credential
     from tests.fakes.slow_proxy import slow_platform

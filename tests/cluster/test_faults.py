@@ -26,11 +26,11 @@ from opsagent.agents.case import ExceptionReport
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
 from opsagent.agents.tracing.views import query
-from opsagent.cluster.config import PlannerConfig, SystemConfig
-from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
 from opsagent.cluster.adapters import AckTally
+from opsagent.cluster.config import PlannerConfig, SystemConfig
 from opsagent.cluster.runtime import LOOPBACK_ENV, NAMESPACE
 from opsagent.cluster.system import OpsAgentSystem
+from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
 from opsagent.tools.platform import inject_weight_mismatch
 from tests.fakes.autonomy import credential
 from tests.fakes.held_planner import held_then_decided

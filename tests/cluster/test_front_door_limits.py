@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from opsagent.cluster.api.request_limits import ApiLimits
 
-from opsagent.cluster.front_door import create_app
 from opsagent.cluster.api.request_limits import SharedRateLimiter
 from opsagent.cluster.console.pages import csrf_value
+from opsagent.cluster.front_door import create_app
 from opsagent.errors import RateLimited
 from opsagent.policy.identity import TokenStore
 

@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from opsagent.agents.engines import ScriptedEngine
+from opsagent.agents.planner import Planner
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.policy.identity import TokenStore
 from opsagent.policy.records import ToolCallRequest, args_digest
 from opsagent.tools.platform import inject_weight_mismatch
-from opsagent.agents.planner import Planner
 from tests.fakes.hostile import HostileInput, HostilePlanner, from_request, misbehave, obey, plan
 from tests.fakes.local_actors import local_front_door
 

@@ -9,13 +9,13 @@ import json
 import pytest
 
 from opsagent.agents.playbooks.model import builtin_playbooks
-from opsagent.evals.playbook_examples import TRAINING_SEED, record
 from opsagent.errors import InputError
 from opsagent.evals import cli
 from opsagent.evals.catalogue import CLASSES
 from opsagent.evals.evalset import (
     TRAINING_SEEDS_FROM, load_eval_set, make_eval_set, require_training_seed, split_of, write_eval_set,
 )
+from opsagent.evals.playbook_examples import TRAINING_SEED, record
 
 
 def test_split_by_seed():

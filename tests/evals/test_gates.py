@@ -31,11 +31,11 @@ from opsagent.evals.gold import scripted_gold
 from opsagent.evals.verdicts import Write, compare, compare_human_log, record_verdicts, review
 from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.autonomy import GATES_ACTOR, AutonomyStore
-from opsagent.policy.modes import Mode
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.gates import CaseVerdict, GateWatch, check, class_statuses, gate_mode_change
 from opsagent.policy.identity import Identity, Role, TokenStore
+from opsagent.policy.modes import Mode
 from opsagent.policy.service import PolicyService
 from opsagent.policy.stats import wilson
 from tests.fakes.verdicts import trace_verdicts

@@ -11,9 +11,9 @@ from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.planner import Planner
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.replay import load_case_trace
-from opsagent.evals.planner_whatif import render_what_if, same_decision, what_if
 from opsagent.errors import UnexpectedEngineCall
 from opsagent.evals.gold import gold_step
+from opsagent.evals.planner_whatif import render_what_if, same_decision, what_if
 from opsagent.policy.config import load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from tests.fakes.traced import TracedCases, trace_two_cases

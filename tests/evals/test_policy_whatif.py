@@ -6,8 +6,8 @@ import pytest
 import yaml
 
 from opsagent.cli import main
-from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.evals.policy_whatif import policy_what_if, render_policy_what_if
+from opsagent.policy.config import PolicyConfig, load_default_policy
 from tests.fakes.traced import TracedCases, trace_two_cases
 
 

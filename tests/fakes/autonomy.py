@@ -7,10 +7,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from opsagent.policy.autonomy import AutonomyStore, promoted_store
-from opsagent.policy.modes import Mode
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, Role, TokenStore
+from opsagent.policy.modes import Mode
 
 TEST_ADMIN = Identity(name="test-admin", roles=frozenset({Role.admin}))
 

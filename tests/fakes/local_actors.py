@@ -118,8 +118,8 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
     classes' autonomy modes first (the shipped policy starts every class in shadow). `planner`:
     a plan(case, allowed_tools) object used instead of the planner actor over `engine`."""
     from opsagent.cluster.actors import ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor
-    from opsagent.cluster.front_door import create_app
     from opsagent.cluster.cases import CaseManager
+    from opsagent.cluster.front_door import create_app
     from opsagent.policy.config import load_default_policy
     from opsagent.policy.credentials import Credential
     from opsagent.policy.identity import TokenStore

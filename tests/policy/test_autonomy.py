@@ -12,8 +12,8 @@ from opsagent.errors import AuthError, AutonomyError, ConfigError
 from opsagent.policy import AutonomyStore, Mode, PolicyConfig, PolicyEngine, load_default_policy
 from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.autonomy import GATES_ACTOR, POLICY_ACTOR
-from opsagent.policy.modes import FAIL_CLOSED
 from opsagent.policy.identity import AGENT, Identity, Role
+from opsagent.policy.modes import FAIL_CLOSED
 from opsagent.policy.service import PolicyService
 
 ADMIN = Identity(name="ada", roles=frozenset({Role.admin}))

@@ -9,13 +9,13 @@ from opsagent.tools.platform import tms, wms
 
 @pytest.fixture(scope="module")
 def carrier_tools(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    doc = carrier.create_app(Path(tmp_path_factory.mktemp("tms")) / "tms.sqlite").openapi()
+    doc = tms.create_app(Path(tmp_path_factory.mktemp("tms")) / "tms.sqlite").openapi()
     return {s.name: s for s in tools_from_openapi(doc, "tms")}
 
 
 @pytest.fixture(scope="module")
 def warehouse_tools(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    doc = warehouse.create_app(Path(tmp_path_factory.mktemp("wms")) / "wms.sqlite").openapi()
+    doc = wms.create_app(Path(tmp_path_factory.mktemp("wms")) / "wms.sqlite").openapi()
     return {s.name: s for s in tools_from_openapi(doc, "wms")}
 
 

@@ -9,7 +9,6 @@ from fastapi import Depends, FastAPI
 from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field
 
-from opsagent.tools.platform.tms_tracking import add_event, shipment_row
 from opsagent.tools.platform.store import (
     Change,
     Database,
@@ -23,6 +22,7 @@ from opsagent.tools.platform.store import (
     utc_now,
     write_options,
 )
+from opsagent.tools.platform.tms_tracking import add_event, shipment_row
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS addresses (
