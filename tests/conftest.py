@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from opsagent.policy.state import forget_states
 from opsagent.tools.platform import Platform
 from opsagent.tools.registry import ToolRegistry
+from tests.postgres import PostgresServer, find_bin
 
 
 _TMP: list[str] = []
@@ -38,6 +40,31 @@ def ray_runtime() -> Iterator[None]:
     start_ray(num_cpus=2)
     yield
     stop_ray()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session. Not installed: skipped on a workstation,
+    a failure in CI (`CI=true`), naming what is missing."""
+    bindir = find_bin()
+    if bindir is None:
+        why = ("PostgreSQL is not installed (no initdb/pg_ctl under /usr/lib/postgresql/*/bin): "
+               "run scripts/setup.sh, or apt-get install postgresql")
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    server = PostgresServer(bindir)
+    yield server
+    forget_states()
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty state database on each backend: an SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.sqlite'}"
+    return request.getfixturevalue("postgres_server").new_database()
 
 
 @pytest.fixture(scope="session")
