@@ -192,7 +192,7 @@ class CaseBook:
             self._keys[slot] = (case.case_id, digest)
         if self._store is not None:  # on disk before it is acknowledged
             try:
-                await asyncio.to_thread(self._store.save_new, StoredCase(
+                taken = await asyncio.to_thread(self._store.save_new, StoredCase(
                     case=case.model_copy(deep=True), submitted_by=submitted_by,
                     idempotency_key=idempotency_key), submitted_by, idempotency_key, digest)
             except BaseException:
@@ -201,6 +201,13 @@ class CaseBook:
             finally:
                 if slot is not None:
                     self._keys.pop(slot, None)  # the store has it now (or nobody has)
+            if taken is not None:  # another case manager stored this key first: its case answers
+                self._entries.pop(case.case_id, None)
+                if taken[1] != digest:
+                    raise IdempotencyConflict(
+                        f"idempotency key {idempotency_key!r} was used for a different exception "
+                        f"(case {taken[0]}); use a new key for a new exception")
+                return Submission(entry=self.entry(taken[0]), created=False)
         self._start(case.case_id, self._runner.run(case))
         return Submission(entry=entry, created=True)
 
