@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -15,23 +14,21 @@ from opsagent.cluster.executor_scaling import ExecutorPoolStatus
 from opsagent.cluster.ports import AckTally, ExecutorPool, PlannerPool, PolicyHandle, TraceHandle
 from opsagent.tools.registry import ToolRegistry
 
-CASES_FILE = "cases.sqlite"
-
-
 @ray.remote
 class CaseManager(CaseBook):
-    """Owns the cases in flight. With `state_dir` every case is kept in <state_dir>/cases.sqlite:
+    """Owns the cases in flight. With `state` (a state URL or an SQLite path) every case is kept in
+    the state database:
     restarted (it is created with `max_restarts`), the actor loads them and resumes each open
     case from its last completed step. It holds the open cases and the `case_cache` most recently
     finished ones in memory; the store answers for the rest."""
 
     def __init__(self, planner: Any, policy: Any, executors: list[Any], tracer: Any,
                  registry: ToolRegistry, max_steps: int = 6, max_open_cases: int = 1000,
-                 state_dir: str | None = None,
+                 state: str | None = None,
                  *, executor_factory: Any = None,
                  executor_scaling: ExecutorAutoscalingConfig | None = None,
                  case_cache: int = 1000) -> None:
-        store = CaseStore(Path(state_dir) / CASES_FILE) if state_dir else None
+        store = CaseStore(state) if state else None
         self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
         super().__init__(PlannerPool(planner), PolicyHandle(policy), self._executors,
                          TraceHandle(tracer), registry, max_steps=max_steps,

@@ -24,6 +24,7 @@ from opsagent.errors import ConfigError
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.sources import load_sources
 from tests.fakes.local_actors import ThreadedServer
+from opsagent.policy.state import state_db
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 
@@ -131,7 +132,7 @@ def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
                               "openai": {"base_url": f"{planner_server.url}/v1", "model": "stand-in"}},
                   "executors": 1, "state_dir": str(tmp_path / "state"), "traces_dir": str(tmp_path / "traces")}
         (tmp_path / "system.yaml").write_text(yaml.safe_dump(config))
-        token = TokenStore(tmp_path / "state" / "tokens.json").add("ops", ["submitter", "auditor"])
+        token = TokenStore(state_db(tmp_path / "state")).add("ops", ["submitter", "auditor"])
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
