@@ -53,6 +53,15 @@ class CaseEntry(BaseModel):
         return [s.approval_id for s in self.case.steps if s.approval_id]
 
 
+class CaseLease(BaseModel):
+    """Who this case manager is to the state database, and how long its lease lasts unrenewed."""
+
+    owner: str = Field(description="Stable across restarts of one system's case manager (its incarnations "
+                       "re-take their own lease at once), different for another system on the same database.")
+    ttl_s: float = Field(30.0, gt=0, description="Seconds the lease outlives its last renewal.")
+    wait_s: float = Field(45.0, ge=0, description="Seconds to wait at start for another holder's lease to lapse.")
+
+
 class Submission(BaseModel):
     """The answer to a submission: the case, and whether this call created it (False: a retry)."""
 
@@ -101,7 +110,7 @@ class CaseBook:
     def __init__(self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort,
                  tracer: TracePort, registry: ToolRegistry, *, max_steps: int = 6,
                  max_open_cases: int = 1000, store: CaseStore | None = None,
-                 case_cache: int = 1000) -> None:
+                 case_cache: int = 1000, lease: CaseLease | None = None) -> None:
         if case_cache < 0:
             raise ConfigError(f"case_cache must be 0 or more, not {case_cache}")
         self._cancelled: dict[str, str] = {}  # case id -> the reason its finish will carry
@@ -122,6 +131,8 @@ class CaseBook:
         self._max_open = max_open_cases
         self.recovered = 0
         if store is not None:
+            if lease is not None:  # the one case manager of the database: only it resumes cases
+                store.hold(lease.owner, lease.ttl_s, wait_s=lease.wait_s)
             self._load(store)
 
     def _load(self, store: CaseStore) -> None:

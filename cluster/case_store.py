@@ -9,11 +9,14 @@ was asked), so the case book need not hold finished cases in memory.
 Exactly once, with more than one case manager on one database (an upgrade, a restart on another
 node while the old one is cut off): a submission key is the table's primary key, so two managers
 taking one key at once store one case (`save_new` answers the other with the winner's case);
-and only the holder of the case manager's lease (`take_lease`) resumes the open cases.
+and only the holder of the case manager's lease (`hold`) resumes the open cases or writes one.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -21,10 +24,13 @@ from sqlalchemy import Connection, func, or_, select, update
 
 from opsagent.agents.case import Case
 from opsagent.cluster.case_query import CaseQuery, where
+from opsagent.errors import StateBusy, StateError
 from opsagent.policy.state import CASE_MANAGER, Lease, State, open_state
 from opsagent.policy.state import _lease
 from opsagent.policy.state._schema import cases as _cases
 from opsagent.policy.state._schema import submission_keys as _keys
+
+log = logging.getLogger(__name__)
 
 
 class StoredCase(BaseModel):
@@ -51,11 +57,13 @@ class CaseStore:
     def __init__(self, target: State | Path | str) -> None:
         self.db = open_state(target)
         self.path = target if not isinstance(target, State) else target.redacted
+        self.owner: str | None = None  # the case manager's lease holder, once `hold` took it
 
     def save(self, stored: StoredCase) -> None:
         """Write (or overwrite) one case; returns once it is committed."""
 
         def attempt(conn: Connection) -> None:
+            self._fence(conn)
             columns = stored.columns()
             done = conn.execute(update(_cases).where(_cases.c.case_id == stored.case.case_id).values(**columns))
             if done.rowcount == 0:
@@ -72,6 +80,7 @@ class CaseStore:
         (case id, digest) is returned; None when this case was stored."""
 
         def attempt(conn: Connection) -> tuple[str, str] | None:
+            self._fence(conn)
             if key is not None:
                 taken = conn.execute(self.db.insert(_keys).values(
                     submitter=submitter or "", key=key, case_id=stored.case.case_id, digest=digest)
@@ -136,12 +145,49 @@ class CaseStore:
         """The exception classes of the stored cases, sorted."""
         return self._scalars(select(_cases.c.exception_type).distinct().order_by(_cases.c.exception_type))
 
+    def hold(self, owner: str, ttl_s: float, *, wait_s: float) -> None:
+        """Become the one case manager of this database as `owner`: take the lease (waiting up to
+        `wait_s` for a holder's to lapse; StateBusy naming the holder otherwise), keep renewing it
+        every third of `ttl_s`, and from now on refuse to write a case without it (a manager cut
+        off long enough for another to take over must not write over that one's cases)."""
+        deadline = time.monotonic() + wait_s
+        while (lease := self.take_lease(owner, ttl_s)).owner != owner:
+            if time.monotonic() >= deadline:
+                raise StateBusy(f"case manager {lease.owner} holds the cases of {self.db.redacted} until "
+                                f"{time.strftime('%H:%M:%S', time.gmtime(lease.until))} UTC (renewed while it "
+                                "runs): stop that system first; one case manager per state database")
+            time.sleep(min(1.0, max(0.05, lease.until - time.time())))
+        self.owner, self._ttl_s = owner, ttl_s
+        self._renewing = threading.Event()
+        threading.Thread(target=self._renew, name="case-lease", daemon=True).start()
+
+    def _renew(self) -> None:
+        while not self._renewing.wait(self._ttl_s / 3):
+            try:
+                lease = self.take_lease(self.owner, self._ttl_s)  # type: ignore[arg-type]
+            except StateError as exc:  # the database is away: writes fail too; try again
+                log.warning("cannot renew the case manager's lease: %s", exc)
+                continue
+            if lease.owner != self.owner:
+                log.error("case manager %s lost its lease to %s: it writes no more cases", self.owner, lease.owner)
+                return
+
+    def _fence(self, conn: Connection) -> None:
+        """In a write: StateBusy unless this store's owner still holds the lease (if it took one)."""
+        if self.owner is not None:
+            holder = _lease.held_in(conn, CASE_MANAGER)
+            if holder is None or holder.owner != self.owner:
+                raise StateBusy(f"case manager {self.owner} no longer holds the cases of {self.db.redacted} "
+                                f"({holder.owner if holder else 'nobody'} does): nothing written")
+
     def take_lease(self, owner: str, ttl_s: float, *, now: float | None = None) -> Lease:
         """Take or renew the case manager's lease for `owner` (see policy/state/_lease.py); the
         lease after: `owner` holds it iff `lease.owner == owner`."""
         return _lease.take(self.db, CASE_MANAGER, owner, ttl_s, now=now)
 
     def release_lease(self, owner: str) -> bool:
+        if owner == self.owner:
+            self._renewing.set()
         return _lease.release(self.db, CASE_MANAGER, owner)
 
     def _scalars(self, query) -> list:  # noqa: ANN001 - a SQLAlchemy select

@@ -7,17 +7,19 @@ from typing import Any
 
 import ray
 
-from opsagent.cluster.case_book import CaseBook
+from opsagent.cluster.case_book import CaseBook, CaseLease
 from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus
 from opsagent.cluster.ports import AckTally, ExecutorPool, PlannerPool, PolicyHandle, TraceHandle
 from opsagent.tools.registry import ToolRegistry
 
+
 @ray.remote
 class CaseManager(CaseBook):
     """Owns the cases in flight. With `state` (a state URL or an SQLite path) every case is kept in
-    the state database:
+    the state database, and with `lease` it is the one case manager of that database (a second
+    system on it waits for, then refuses, the lease; see CaseStore.hold):
     restarted (it is created with `max_restarts`), the actor loads them and resumes each open
     case from its last completed step. It holds the open cases and the `case_cache` most recently
     finished ones in memory; the store answers for the rest."""
@@ -27,12 +29,18 @@ class CaseManager(CaseBook):
                  state: str | None = None,
                  *, executor_factory: Any = None,
                  executor_scaling: ExecutorAutoscalingConfig | None = None,
-                 case_cache: int = 1000) -> None:
+                 case_cache: int = 1000, lease: CaseLease | None = None) -> None:
         store = CaseStore(state) if state else None
         self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
         super().__init__(PlannerPool(planner), PolicyHandle(policy), self._executors,
                          TraceHandle(tracer), registry, max_steps=max_steps,
-                         max_open_cases=max_open_cases, store=store, case_cache=case_cache)
+                         max_open_cases=max_open_cases, store=store, case_cache=case_cache,
+                         lease=lease if store is not None else None)
+
+    def release_lease(self) -> bool:
+        """Give up the case manager's lease (a clean stop: the next system need not wait)."""
+        store = self._store
+        return store is not None and store.owner is not None and store.release_lease(store.owner)
 
     def recovered_cases(self) -> int:
         """Open cases this incarnation resumed from the store."""

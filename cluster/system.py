@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +18,7 @@ from opsagent.agents.playbooks.approved import RetrievedExamples, with_approved_
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.app import ApiLimits
 from opsagent.cluster.actors import PlannerActor, PolicyActor, TraceWriterActor
+from opsagent.cluster.case_book import CaseLease
 from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.ports import ExecutorFactory
@@ -65,6 +68,9 @@ class OpsAgentSystem:
         self.handles: dict[str, Any] = {}
         self.model: str | None = None
         self.startup: dict[str, float] = {}
+        # the case manager's lease owner: its restarts re-take their lease at once, another system
+        # on the same state database waits for it to lapse (see CaseStore.hold)
+        self.system_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
 
     def start(self, say: Callable[[str], None] | None = None) -> "OpsAgentSystem":
         """Create the actors and wait until the planner replicas' engines are loaded and the
@@ -97,7 +103,8 @@ class OpsAgentSystem:
         tracer = TraceWriterActor.options(name="opsagent-traces", **control).remote(traces, wal_dir=wal)
         cases = CaseManager.options(name=CASE_MANAGER, **control).remote(
             planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, database,
-            executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache)
+            executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache,
+            lease=CaseLease(owner=self.system_id))
         self.handles = dict(planner=planners[0], planners=planners, policy=policy,
                             executors=executors, tracer=tracer, cases=cases)
         began = time.monotonic()
@@ -147,6 +154,10 @@ class OpsAgentSystem:
         try:
             ray.get(self.handles["tracer"].close.remote())  # publishes the log, releases its lock
         finally:
+            try:
+                ray.get(self.handles["cases"].release_lease.remote(), timeout=30)
+            except Exception:  # a case manager already gone: its lease lapses on its own
+                pass
             try:
                 serve.shutdown()
             except Exception:
