@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -203,16 +202,8 @@ class SystemConfig(BaseModel):
         return value
 
     def state_url(self) -> str:
-        """The state database's URL (ConfigError naming the variable if `env:NAME` is not set)."""
-        if self.state is None:
-            return state_db(self.state_dir)
-        if self.state.startswith("env:"):
-            name = self.state[4:]
-            value = os.environ.get(name)
-            if not value:
-                raise ConfigError(f"state: env:{name}, but the environment variable {name} is not set")
-            return value
-        return self.state
+        """The state database: its URL, or `env:NAME` (resolved by each process that opens it)."""
+        return state_db(self.state_dir) if self.state is None else self.state
 
     @property
     def initial_executors(self) -> int:
