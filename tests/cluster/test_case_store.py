@@ -30,7 +30,7 @@ def test_a_cases_file_from_before_the_state_layer_is_refused_and_left_as_it_was(
     db.execute("INSERT INTO cases VALUES ('c1', 1, '{}')")
     db.commit()
     db.close()
-    with pytest.raises(StateError, match="no schema version.*import-legacy"):
+    with pytest.raises(StateError, match="no schema version.*Nothing was changed"):
         CaseStore(path)
     assert sqlite3.connect(path).execute("SELECT * FROM cases").fetchall() == [("c1", 1, "{}")]
 
