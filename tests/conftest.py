@@ -59,6 +59,34 @@ def postgres_server() -> Iterator[PostgresServer]:
     server.stop()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def systems_on_postgresql(request: pytest.FixtureRequest) -> Iterator[None]:
+    """OPSAGENT_TEST_STATE=postgresql: every system a test starts without a `state:` of its own
+    keeps its state in a new database on the session's PostgreSQL server instead of an SQLite
+    file in its state folder (the stores' own tests run on both backends regardless)."""
+    if os.environ.get("OPSAGENT_TEST_STATE", "sqlite") != "postgresql":
+        yield
+        return
+    from opsagent.cluster.config import SystemConfig
+
+    server = request.getfixturevalue("postgres_server")
+    original, made = SystemConfig.state_url, {}
+
+    def on_postgresql(config: SystemConfig) -> str:
+        if config.state is not None:
+            return original(config)
+        key = str(config.state_dir.resolve())  # one database per state folder, as the file would be
+        if key not in made:
+            made[key] = server.new_database("sys")
+        return made[key]
+
+    SystemConfig.state_url = on_postgresql
+    try:
+        yield
+    finally:
+        SystemConfig.state_url = original
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def state_url(request: pytest.FixtureRequest, tmp_path) -> str:
     """A fresh, empty state database on each backend: an SQLite file, a PostgreSQL database."""
