@@ -147,10 +147,6 @@ class SecretError(OpsAgentError):
     message names the reference, never a value."""
 
 
-class CaseStoreError(OpsAgentError):
-    """The case store (cases.sqlite) holds something it cannot read, e.g. a case whose JSON no
-    longer parses when an older file is migrated."""
-
 
 class StateError(OpsAgentError):
     """The state database (`state:` URL) cannot be used: unreachable, refused the credentials, or
