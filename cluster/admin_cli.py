@@ -21,7 +21,7 @@ ROLES = ["submitter", "approver", "auditor", "admin"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tokens = subparsers.add_parser(
         "tokens", help="API tokens: add, list, revoke (through the API when OPSAGENT_URL is set, "
-        "else STATE/tokens.json)")
+        "else the state database, --state)")
     ksub = tokens.add_subparsers(dest="tokens_command", required=True)
     add = ksub.add_parser("add", help="create a token and print it once")
     add.add_argument("name", help="who the token is for (traced as the identity)")
