@@ -54,11 +54,18 @@ class PostgresServer:
             self._as = ["runuser", "-u", "nobody", "--"]
         self._run("initdb", "-D", str(self.data), "-U", _USER, "--auth=trust", "-E", "UTF8",
                   "--no-sync", "--no-instructions")
-        options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c max_connections=200 -c shared_buffers=32MB")
-        self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"),
-                  "-w", "-t", "60", "start")
+        self._options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+                         "-c max_connections=200 -c shared_buffers=32MB")
+        self.start()
         self.databases = 0
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-o", self._options, "-l", str(self.root / "log"),
+                  "-w", "-t", "60", "start")
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut), keeping its data; `start` again."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run([*self._as, str(self.bindir / tool), *args], capture_output=True,
@@ -67,8 +74,10 @@ class PostgresServer:
             log = (self.root / "log").read_text()[-2000:] if (self.root / "log").exists() else ""
             raise RuntimeError(f"{tool} failed ({result.returncode}): {result.stderr[-2000:]} {log}")
 
-    def url(self, database: str = "postgres") -> str:
-        return f"postgresql://{_USER}@127.0.0.1:{self.port}/{database}"
+    def url(self, database: str = "postgres", password: str | None = None) -> str:
+        """A URL on this server (trust authentication: a password is accepted, and ignored)."""
+        user = f"{_USER}:{password}" if password else _USER
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
 
     def new_database(self, prefix: str = "t") -> str:
         """The URL of a new, empty database on this server."""
