@@ -12,6 +12,7 @@ from opsagent.errors import InputError, OpsAgentError
 from opsagent.evals import autonomy_cli
 from opsagent.evals import cli as catalogue_cli
 from opsagent.evals.bench import cli as bench_cli
+from opsagent.policy.state import cli as state_cli
 from opsagent.tools import cli as tools_cli
 
 
@@ -58,6 +59,7 @@ def _parser() -> argparse.ArgumentParser:
     autonomy_cli.add_parser(sub)
     bench_cli.add_parser(sub)
     admin_cli.add_parser(sub)
+    state_cli.add_parser(sub)
     _offline_parsers(sub)
     completion = sub.add_parser("completion", help="print the shell completion script",
                                 description="bash/zsh: eval \"$(opsagent completion bash)\" in your "
@@ -138,6 +140,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return autonomy_cli.run(args)
     if args.command in admin_cli.COMMANDS:
         return admin_cli.run(args)
+    if args.command == state_cli.COMMAND:
+        return state_cli.run(args)
     if args.command in ("replay", "policy"):
         return _offline(args)
     if args.command == "completion":

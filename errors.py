@@ -147,6 +147,12 @@ class SecretError(OpsAgentError):
     message names the reference, never a value."""
 
 
-class CaseStoreError(OpsAgentError):
-    """The case store (cases.sqlite) holds something it cannot read, e.g. a case whose JSON no
-    longer parses when an older file is migrated."""
+
+class StateError(OpsAgentError):
+    """The state database (`state:` URL) cannot be used: unreachable, refused the credentials, or
+    holds a schema newer than this build. The message names the URL with its password redacted."""
+
+
+class StateBusy(StateError):
+    """Another live process holds what this one needs (the case manager's lease; a system is
+    running on the database a migration would write)."""

@@ -33,6 +33,7 @@ from opsagent.policy.identity import Identity, Role, TokenStore, require
 from opsagent.policy.ledger import SpendLedger
 from opsagent.policy.modes import ClassMode, ModeChange
 from opsagent.policy.permit_uses import PermitUses
+from opsagent.policy.state import state_db
 from opsagent.policy.permits import (
     PermitSigner, PermitVerifier, load_or_create_signer, permit_key_from_env, public_keys_from_env,
 )
@@ -78,30 +79,32 @@ class PlannerActor:
 @ray.remote
 class PolicyActor:
     """The one place tool calls are decided, held actions approved and classes' autonomy modes
-    set; every decision carries the policy version and the mode. Approvals and modes are kept in
-    SQLite under the system's state folder (approvals.sqlite, autonomy.sqlite). Given the trace
+    set; every decision carries the policy version and the mode. Approvals, modes and the ledger
+    are kept in the state database (`state_url`; default state_dir/state.sqlite), so replicas of
+    this actor on one PostgreSQL database share limits and approvals. Given the trace
     root and `gate_check_interval_s`, a `GateWatch` demotes classes below their gate on its own.
 
     Trust: the permit signing key is loaded here and never leaves this process (`permit_key`: its
     PEM file; default OPSAGENT_PERMIT_SIGNING_KEY, else state_dir/permit-signing-key.pem, created
     on first start); others get `public_keys()`. Approvals, mode changes, reloads and submitter
     records take a `Credential` (the caller's API token) that this actor authenticates against
-    the token store (`tokens_path`, default state_dir/tokens.json); any other caller is refused,
+    the token store (`tokens_path`, default the state database); any other caller is refused,
     and every refusal is logged (state_dir/refusals.sqlite, `refusals()`), changing nothing else.
     """
 
     def __init__(self, policy: PolicyConfig, registry: ToolRegistry, state_dir: str,
                  permit_key: str | None = None, approval_ttl_s: float = 86400.0,
                  traces_dir: str | None = None, gate_check_interval_s: float | None = None,
-                 tokens_path: str | None = None) -> None:
+                 tokens_path: str | None = None, *, state_url: str | None = None) -> None:
         state = Path(state_dir)
+        database = state_url or state_db(state)
         signer = _signer(permit_key, state)
-        store = ApprovalStore(state / "approvals.sqlite", ttl=timedelta(seconds=approval_ttl_s))
-        autonomy = AutonomyStore(state / "autonomy.sqlite")
-        engine = PolicyEngine(policy, registry, ledger=SpendLedger(state / "ledger.sqlite"),
+        store = ApprovalStore(database, ttl=timedelta(seconds=approval_ttl_s))
+        autonomy = AutonomyStore(database)
+        engine = PolicyEngine(policy, registry, ledger=SpendLedger(database),
                               permit_key=signer, autonomy=autonomy)
         self._service = PolicyService(engine, store)
-        self._check = CredentialCheck(TokenStore(tokens_path or state / "tokens.json"))
+        self._check = CredentialCheck(TokenStore(tokens_path or database))
         self._refusals = RefusalLog(state / "refusals.sqlite")
         # automatic demotion (policy/gates.py): periodically and after each approval decision
         self._gates = (GateWatch(partial(case_verdicts, traces_dir), autonomy, lambda: engine.config,

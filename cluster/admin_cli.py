@@ -2,7 +2,7 @@
 
 Tokens are managed through the API (an admin's `$OPSAGENT_TOKEN`) when `--url` or `$OPSAGENT_URL`
 is set, so a cluster is administered without shell access to its state volume; otherwise in the
-local `STATE/tokens.json`. Approvals always go through the API. `cli.py` wires both in with
+local state database (`--state`). Approvals always go through the API. `cli.py` wires both in with
 `add_parser(subparsers)` and runs `run(args)` for a command in `COMMANDS`.
 """
 
@@ -12,7 +12,6 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 COMMANDS = frozenset({"tokens", "approvals"})
@@ -22,7 +21,7 @@ ROLES = ["submitter", "approver", "auditor", "admin"]
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     tokens = subparsers.add_parser(
         "tokens", help="API tokens: add, list, revoke (through the API when OPSAGENT_URL is set, "
-        "else STATE/tokens.json)")
+        "else the state database, --state)")
     ksub = tokens.add_subparsers(dest="tokens_command", required=True)
     add = ksub.add_parser("add", help="create a token and print it once")
     add.add_argument("name", help="who the token is for (traced as the identity)")
@@ -34,8 +33,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     revoke = ksub.add_parser("revoke", help="revoke a token by id (tok-...) or every token of a name")
     revoke.add_argument("ref", help="a token id from `tokens list`, or a name")
     for cmd in (add, listing, revoke):
-        cmd.add_argument("--state", type=Path, default=Path("state"),
-                         help="state folder holding tokens.json (local use; default ./state)")
+        cmd.add_argument("--state", default=os.environ.get("OPSAGENT_STATE_URL", "state"),
+                         help="the state database: a state folder (its state.sqlite) or a state URL "
+                         "(local use; default $OPSAGENT_STATE_URL, else ./state)")
         cmd.add_argument("--url", help="API root (default $OPSAGENT_URL; when set, the API is used "
                          "with the admin token $OPSAGENT_TOKEN)")
 
@@ -89,7 +89,9 @@ def _tokens(args: argparse.Namespace) -> int:
             else:
                 revoked = [TokenInfo.model_validate(t) for t in client.revoke_token(args.ref)]
     else:
-        store = TokenStore(args.state / "tokens.json")
+        from opsagent.policy.state import state_of
+
+        store = TokenStore(state_of(args.state))
         if args.tokens_command == "add":
             issued = store.create(args.name, args.role, expires_s=expires_s)
         elif args.tokens_command == "list":

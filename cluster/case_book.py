@@ -26,7 +26,7 @@ from opsagent.agents.ports import ExecutorPort, PlannerPort, PolicyPort, TracePo
 from opsagent.agents.runner import CaseRunner
 from opsagent.agents.tracing.records import CaseEvent
 from opsagent.cluster.case_query import CaseQuery, matches
-from opsagent.cluster.case_records import CaseEntry, CasePage, Submission
+from opsagent.cluster.case_records import CaseEntry, CaseLease, CasePage, Submission
 from opsagent.cluster.case_store import CaseStore, StoredCase
 from opsagent.errors import (
     CaseNotFound, CaseStateError, ConfigError, IdempotencyConflict, OverloadedError,
@@ -41,7 +41,7 @@ class CaseBook:
     def __init__(self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort,
                  tracer: TracePort, registry: ToolRegistry, *, max_steps: int = 6,
                  max_open_cases: int = 1000, store: CaseStore | None = None,
-                 case_cache: int = 1000) -> None:
+                 case_cache: int = 1000, lease: CaseLease | None = None) -> None:
         if case_cache < 0:
             raise ConfigError(f"case_cache must be 0 or more, not {case_cache}")
         self._cancelled: dict[str, str] = {}  # case id -> the reason its finish will carry
@@ -61,6 +61,8 @@ class CaseBook:
         self._max_open = max_open_cases
         self.recovered = 0
         if store is not None:
+            if lease is not None:  # the one case manager of the database: only it resumes cases
+                store.hold(lease.owner, lease.ttl_s, wait_s=lease.wait_s)
             self._load(store)
 
     def _load(self, store: CaseStore) -> None:
@@ -139,7 +141,7 @@ class CaseBook:
             self._keys[slot] = (case.case_id, digest)
         if self._store is not None:  # on disk before it is acknowledged
             try:
-                await asyncio.to_thread(self._store.save_new, StoredCase(
+                taken = await asyncio.to_thread(self._store.save_new, StoredCase(
                     case=case.model_copy(deep=True), submitted_by=submitted_by,
                     idempotency_key=idempotency_key), submitted_by, idempotency_key, digest)
             except BaseException:
@@ -148,6 +150,13 @@ class CaseBook:
             finally:
                 if slot is not None:
                     self._keys.pop(slot, None)  # the store has it now (or nobody has)
+            if taken is not None:  # another case manager stored this key first: its case answers
+                self._entries.pop(case.case_id, None)
+                if taken[1] != digest:
+                    raise IdempotencyConflict(
+                        f"idempotency key {idempotency_key!r} was used for a different exception "
+                        f"(case {taken[0]}); use a new key for a new exception")
+                return Submission(entry=self.entry(taken[0]), created=False)
         self._start(case.case_id, self._runner.run(case))
         return Submission(entry=entry, created=True)
 

@@ -1,7 +1,7 @@
 """Which cases a list asks for: filters, a reader's scope and a page, checked in memory or as SQL.
 
 The case book answers a `CaseQuery` over the cases it holds (`matches`) or, with a store, over
-every case in cases.sqlite (`where`: the same filters as an SQL condition on its indexed columns).
+every stored case (`where`: the same filters as an SQL condition on its indexed columns).
 """
 
 from __future__ import annotations
@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlalchemy import ColumnElement, and_, false, or_, true
 
 from opsagent.agents.case import CaseStatus
 from opsagent.cluster.case_records import CaseEntry
+from opsagent.policy.state._schema import cases
 
 
 class ReadScope(BaseModel):
@@ -52,34 +54,26 @@ def matches(entry: CaseEntry, query: CaseQuery) -> bool:
             and (query.readable_by is None or query.readable_by.admits(entry)))
 
 
-def where(query: CaseQuery) -> tuple[str, list[Any]]:
-    """The query's filters as an SQL condition on the store's `cases` table, with its parameters
-    (the same cases `matches` admits)."""
-    terms: list[str] = []
-    params: list[Any] = []
+def where(query: CaseQuery) -> ColumnElement[bool]:
+    """The query's filters as an SQL condition on the store's `cases` table (the same cases
+    `matches` admits)."""
+    terms: list[ColumnElement[bool]] = []
     if query.status is not None:
-        terms.append("status = ?")
-        params.append(query.status.value)
+        terms.append(cases.c.status == query.status.value)
     if query.case_ids is not None:
-        terms.append(f"case_id IN ({', '.join('?' * len(query.case_ids))})" if query.case_ids else "0")
-        params.extend(query.case_ids)
+        terms.append(cases.c.case_id.in_(query.case_ids))
     if query.exception_types is not None:
-        terms.append(f"exception_type IN ({', '.join('?' * len(query.exception_types))})"
-                     if query.exception_types else "0")
-        params.extend(query.exception_types)
+        terms.append(cases.c.exception_type.in_(query.exception_types))
     if query.submitted_by is not None:
-        terms.append("submitted_by = ?")
-        params.append(query.submitted_by)
+        terms.append(cases.c.submitted_by == query.submitted_by)
     if query.with_approval is not None:
-        terms.append("has_approval = ?")
-        params.append(int(query.with_approval))
+        terms.append(cases.c.has_approval == int(query.with_approval))
     scope = query.readable_by
     if scope is not None and not scope.everything:
         admitted = []
         if scope.submitter is not None:
-            admitted.append("submitted_by = ?")
-            params.append(scope.submitter)
+            admitted.append(cases.c.submitted_by == scope.submitter)
         if scope.approvals:
-            admitted.append("has_approval = 1")
-        terms.append(f"({' OR '.join(admitted)})" if admitted else "0")
-    return " AND ".join(terms) or "1", params
+            admitted.append(cases.c.has_approval == 1)
+        terms.append(or_(false(), *admitted))
+    return and_(true(), *terms)

@@ -21,6 +21,15 @@ class CaseEntry(BaseModel):
         return [s.approval_id for s in self.case.steps if s.approval_id]
 
 
+class CaseLease(BaseModel):
+    """Who this case manager is to the state database, and how long its lease lasts unrenewed."""
+
+    owner: str = Field(description="Stable across restarts of one system's case manager (its incarnations "
+                       "re-take their own lease at once), different for another system on the same database.")
+    ttl_s: float = Field(30.0, gt=0, description="Seconds the lease outlives its last renewal.")
+    wait_s: float = Field(45.0, ge=0, description="Seconds to wait at start for another holder's lease to lapse.")
+
+
 class Submission(BaseModel):
     """The answer to a submission: the case, and whether this call created it (False: a retry)."""
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -11,32 +10,39 @@ import ray
 from opsagent.cluster.actor_calls import ActorPort
 from opsagent.cluster.adapters import AckTally, ExecutorPool, PlannerPool, TraceHandle
 from opsagent.cluster.case_book import CaseBook
+from opsagent.cluster.case_records import CaseLease
 from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus
 from opsagent.tools.registry import ToolRegistry
 
-CASES_FILE = "cases.sqlite"
-
 
 @ray.remote
 class CaseManager(CaseBook):
-    """Owns the cases in flight. With `state_dir` every case is kept in <state_dir>/cases.sqlite:
+    """Owns the cases in flight. With `state` (a state URL or an SQLite path) every case is kept in
+    the state database, and with `lease` it is the one case manager of that database (a second
+    system on it waits for, then refuses, the lease; see CaseStore.hold):
     restarted (it is created with `max_restarts`), the actor loads them and resumes each open
     case from its last completed step. It holds the open cases and the `case_cache` most recently
     finished ones in memory; the store answers for the rest."""
 
     def __init__(self, planner: Any, policy: Any, executors: list[Any], tracer: Any,
                  registry: ToolRegistry, max_steps: int = 6, max_open_cases: int = 1000,
-                 state_dir: str | None = None,
+                 state: str | None = None,
                  *, executor_factory: Any = None,
                  executor_scaling: ExecutorAutoscalingConfig | None = None,
-                 case_cache: int = 1000) -> None:
-        store = CaseStore(Path(state_dir) / CASES_FILE) if state_dir else None
+                 case_cache: int = 1000, lease: CaseLease | None = None) -> None:
+        store = CaseStore(state) if state else None
         self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
         super().__init__(PlannerPool(planner), ActorPort(policy), self._executors,
                          TraceHandle(tracer), registry, max_steps=max_steps,
-                         max_open_cases=max_open_cases, store=store, case_cache=case_cache)
+                         max_open_cases=max_open_cases, store=store, case_cache=case_cache,
+                         lease=lease if store is not None else None)
+
+    def release_lease(self) -> bool:
+        """Give up the case manager's lease (a clean stop: the next system need not wait)."""
+        store = self._store
+        return store is not None and store.owner is not None and store.release_lease(store.owner)
 
     def recovered_cases(self) -> int:
         """Open cases this incarnation resumed from the store."""

@@ -12,6 +12,7 @@ from opsagent.agents.engines import OpenAIEngineConfig, VllmEngineConfig
 from opsagent.agents.engines.base import ChoiceMethod
 from opsagent.agents.planner import Decoding
 from opsagent.errors import ConfigError
+from opsagent.policy.state import redact, state_db
 
 
 class FewShotConfig(BaseModel):
@@ -131,7 +132,7 @@ class SystemConfig(BaseModel):
     max_actor_restarts: int = Field(
         default=-1, ge=-1,
         description="Times Ray restarts a dead actor (-1: without limit). A restarted case "
-        "manager resumes the open cases from state_dir/cases.sqlite.",
+        "manager resumes the open cases from the state database.",
     )
     executor_timeout_s: float = Field(default=10.0, gt=0, description="Per tool call timeout.")
     policy_path: Path | None = Field(
@@ -150,8 +151,15 @@ class SystemConfig(BaseModel):
     )
     state_dir: Path = Field(
         default=Path("state"),
-        description="Durable state: cases.sqlite (every case and submission key), approvals.sqlite, "
-        "ledger.sqlite (spend and rate counters), tokens.json (API tokens, hashed).",
+        description="Node-local state folder: the permit signing key (one machine), the access log, the "
+        "front door's rate counters, and by default the state database (state_dir/state.sqlite).",
+    )
+    state: str | None = Field(
+        default=None,
+        description="The state database of every durable decision (cases and submission keys, approvals, "
+        "the spending ledger, autonomy modes, permit nonces, API tokens): sqlite:///path for one machine "
+        "(None: sqlite:///<state_dir>/state.sqlite), postgresql://user@host/db for a cluster, or env:NAME "
+        "to read the URL from that environment variable (e.g. a Kubernetes secret).",
     )
     approval_ttl_s: float = Field(
         default=86400.0, gt=0, description="Seconds a held action waits for a decision before expiring."
@@ -169,7 +177,7 @@ class SystemConfig(BaseModel):
     case_cache: int = Field(
         default=1000, ge=0,
         description="Finished cases the case manager keeps in memory besides the open ones (the "
-        "most recent); older ones are read back from state_dir/cases.sqlite, so its memory does "
+        "most recent); older ones are read back from the state database, so its memory does "
         "not grow with the number of cases.",
     )
 
@@ -183,6 +191,19 @@ class SystemConfig(BaseModel):
         if isinstance(self.traces_dir, str) and self.trace_wal_dir is None:
             raise ValueError("traces_dir is an object store URI: set trace_wal_dir to a local folder")
         return self
+
+    @field_validator("state")
+    @classmethod
+    def _a_state_url(cls, value: str | None) -> str | None:
+        if value is None or value.startswith("env:"):
+            return value
+        if not value.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg://")):
+            raise ValueError(f"state must be sqlite:///path, postgresql://... or env:NAME, not {redact(value)!r}")
+        return value
+
+    def state_url(self) -> str:
+        """The state database: its URL, or `env:NAME` (resolved by each process that opens it)."""
+        return state_db(self.state_dir) if self.state is None else self.state
 
     @property
     def initial_executors(self) -> int:

@@ -8,8 +8,8 @@
   executors on CPU workers), and keeps them: they live as long as its one replica;
 - `opsagent-api` is the front door (/v1 and /console) over those actors.
 
-The system's state folder (tokens, approvals, modes, ledger) and trace store must be reachable
-from every node that runs these replicas: a shared volume, or an object store for the traces.
+The system's state database (cases, tokens, approvals, modes, ledger: `state:`, PostgreSQL on a
+cluster) and trace store must be reachable from every node that runs these replicas.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def app(args: dict[str, Any] | None = None) -> Application:
         parsed = DeployArgs.model_validate(args or {})
         config = parsed.system_config()
         api = ApiArgs.model_validate({
-            "tokens_path": str(config.state_dir / "tokens.json"),
+            "tokens_path": config.state_url(),
             "traces_dir": str(config.traces_dir),
             "access_log": str(config.state_dir / "access.jsonl"),
             "rate_limit_path": str(config.state_dir / "rate_limit.sqlite"),

@@ -23,7 +23,8 @@ class ApiArgs(BaseModel):
     model_config = {"extra": "forbid"}
     case_manager: str = Field(default="opsagent-cases", description="Named CaseManager actor.")
     policy: str = Field(default="opsagent-policy", description="Named PolicyActor.")
-    tokens_path: str = Field(default="state/tokens.json", description="API token file (hashed).")
+    tokens_path: str = Field(default="state/state.sqlite", description="The state database holding the API "
+                             "tokens (hashed): a state URL, env:NAME, or an SQLite file path.")
     traces_dir: str = Field(default="traces", description="Trace store the timeline and overview read.")
     access_log: str | None = Field(
         default=None, description="File of access records (JSON lines); None: the Serve log only.")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import time
+import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,12 +19,14 @@ from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.actors import PlannerActor, PolicyActor, TraceWriterActor
 from opsagent.cluster.adapters import ExecutorFactory
 from opsagent.cluster.api.request_limits import ApiLimits
+from opsagent.cluster.case_records import CaseLease
 from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.runtime import NAMESPACE
 from opsagent.cluster.serve_app import ApiArgs, build_app
 from opsagent.errors import ConfigError
 from opsagent.policy.config import PolicyConfig, load_default_policy
+from opsagent.policy.state import open_state
 from opsagent.tools.registry import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,9 @@ class OpsAgentSystem:
         self.handles: dict[str, Any] = {}
         self.model: str | None = None
         self.startup: dict[str, float] = {}
+        # the case manager's lease owner: its restarts re-take their lease at once, another system
+        # on the same state database waits for it to lapse (see CaseStore.hold)
+        self.system_id = f"{socket.gethostname()}-{uuid.uuid4().hex[:12]}"
 
     def start(self, say: Callable[[str], None] | None = None) -> "OpsAgentSystem":
         """Create the actors and wait until the planner replicas' engines are loaded and the
@@ -73,6 +78,8 @@ class OpsAgentSystem:
         `self.startup` keeps how long the engine and the warm-up took."""
         say = say or log.info
         c = self.config
+        database = self.tokens_path  # the state database: reached (and migrated) before any actor starts
+        open_state(database)
         restarts = {"max_restarts": c.max_actor_restarts}
         planners = [PlannerActor.options(name=_planner_name(i), **restarts, **c.planner.actor_options).remote(
             self.engine, self.playbooks, self.registry, c.planner.planner_options())
@@ -85,18 +92,19 @@ class OpsAgentSystem:
         # every other component gets the public key only.
         policy = PolicyActor.options(name=POLICY, **{**control, **c.policy_actor_options}).remote(
             self.policy, self.registry, state, None, c.approval_ttl_s, traces, c.gate_check_interval_s,
-            str(self.tokens_path.resolve()))
+            database, state_url=database)
         public_keys = ray.get(policy.public_keys.remote())
         # the pool's floor; an autoscaled pool adds (and removes) more through the same factory
         spawn = ExecutorFactory(self.registry, public_keys, c.executor_timeout_s,
                                 {**restarts, **c.executor_actor_options},
-                                uses_path=str((c.state_dir / "permit_uses.sqlite").resolve()))
+                                uses_path=database)
         executors = [spawn() for _ in range(c.initial_executors)]
         wal = str(c.trace_wal_dir.resolve()) if c.trace_wal_dir else None
         tracer = TraceWriterActor.options(name="opsagent-traces", **control).remote(traces, wal_dir=wal)
         cases = CaseManager.options(name=CASE_MANAGER, **control).remote(
-            planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, state,
-            executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache)
+            planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, database,
+            executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache,
+            lease=CaseLease(owner=self.system_id))
         self.handles = dict(planner=planners[0], planners=planners, policy=policy,
                             executors=executors, tracer=tracer, cases=cases)
         began = time.monotonic()
@@ -122,7 +130,7 @@ class OpsAgentSystem:
         serve.start(http_options={"host": host, "port": port})
         c = self.config
         args = ApiArgs(case_manager=CASE_MANAGER, policy=POLICY,
-                       tokens_path=str(self.tokens_path.resolve()),
+                       tokens_path=self.tokens_path,
                        traces_dir=c.traces_dir if isinstance(c.traces_dir, str) else str(c.traces_dir.resolve()),
                        access_log=str((c.state_dir / "access.jsonl").resolve()),
                        rate_limit_path=str((c.state_dir / "rate_limit.sqlite").resolve()),
@@ -132,8 +140,9 @@ class OpsAgentSystem:
         return f"http://{host}:{port}"
 
     @property
-    def tokens_path(self) -> Path:
-        return self.config.state_dir / "tokens.json"
+    def tokens_path(self) -> str:
+        """The state database's URL: the API tokens live there, with every other durable record."""
+        return self.config.state_url()
 
     def flush_traces(self) -> None:
         if "tracer" in self.handles:
@@ -146,6 +155,10 @@ class OpsAgentSystem:
         try:
             ray.get(self.handles["tracer"].close.remote())  # publishes the log, releases its lock
         finally:
+            try:
+                ray.get(self.handles["cases"].release_lease.remote(), timeout=30)
+            except Exception:  # a case manager already gone: its lease lapses on its own
+                pass
             try:
                 serve.shutdown()
             except Exception:

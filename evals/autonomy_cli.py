@@ -1,7 +1,7 @@
 """`opsagent autonomy status | set | compare | review | check`: earned autonomy on the command line.
 
-Works on the system's files: the autonomy store (`STATE/autonomy.sqlite`, the one the policy actor
-reads at every decision, so a change applies at once), the API tokens (`STATE/tokens.json`) and the
+Works on the system's state database (`--state`): the autonomy modes (the ones the policy actor
+reads at every decision, so a change applies at once), the API tokens and the
 trace folder. `cli.py` wires it in with `add_parser(subparsers)` and, for `args.command ==
 "autonomy"`, `run(args)`. Only argparse is imported here; the rest loads when a command runs.
 """
@@ -41,14 +41,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     check = sub.add_parser("check", help="demote every class whose live accuracy fell below its gate")
     for cmd in (status, setter, compare, review, check):
         cmd.add_argument("--traces", default="traces", help="trace folder (default ./traces)")
-        cmd.add_argument("--state", type=Path, default=Path("state"),
-                         help="state folder: autonomy.sqlite, tokens.json (default ./state)")
+        cmd.add_argument("--state", default=os.environ.get("OPSAGENT_STATE_URL", "state"),
+                         help="the state database (modes, tokens): a state folder (its state.sqlite) or "
+                         "a state URL (default $OPSAGENT_STATE_URL, else ./state)")
         cmd.add_argument("--policy", type=Path, help="policy YAML (default: the shipped policy)")
     for cmd in (setter, review):
         cmd.add_argument("--token", help="API token (default $OPSAGENT_TOKEN)")
     status.add_argument("--json", action="store_true", help="print JSON")
     setter.add_argument("--url", help="API root (default $OPSAGENT_URL): when set, the mode is changed "
-                        "through the API (PUT /v1/autonomy/CLASS) instead of in STATE/autonomy.sqlite")
+                        "through the API (PUT /v1/autonomy/CLASS) instead of in the state database")
     return top
 
 
@@ -63,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if args.autonomy_command == "set" and (args.url or os.environ.get("OPSAGENT_URL")):
         return _set_through_api(args)
     config = PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy()
-    store = AutonomyStore(args.state / "autonomy.sqlite")
+    from opsagent.policy.state import state_of
+
+    store = AutonomyStore(state_of(args.state))
     try:
         command = args.autonomy_command
         if command == "status":
@@ -157,8 +160,9 @@ def _set_through_api(args: argparse.Namespace) -> int:
 
 def _identity(args: argparse.Namespace):
     from opsagent.policy.identity import TokenStore
+    from opsagent.policy.state import state_of
 
-    return TokenStore(args.state / "tokens.json").authenticate(args.token or os.environ.get("OPSAGENT_TOKEN"))
+    return TokenStore(state_of(args.state)).authenticate(args.token or os.environ.get("OPSAGENT_TOKEN"))
 
 
 def _recorded(demotions: list) -> int:

@@ -61,8 +61,9 @@ class EvalConfig(BaseModel):
     name: str = Field("base", pattern=r"^[A-Za-z0-9_.-]{1,40}$", description="Label in reports and results.")
     system: SystemConfig = Field(default_factory=SystemConfig,
                                  description="The system (planner model, executors, max steps...); in "
-                                 "YAML a mapping or the path of a SystemConfig YAML. Its traces_dir and "
-                                 "state_dir are replaced by the run's, and its gate checks are off.")
+                                 "YAML a mapping or the path of a SystemConfig YAML. Its traces_dir, "
+                                 "state_dir and state are replaced by the run's (a state database of its "
+                                 "own), and its gate checks are off.")
     policy: Path | None = Field(None, description="Policy YAML; None: system.policy_path, else the default.")
     playbooks: Path | None = Field(None, description="Folder of <class>.yaml playbooks (with their "
                                    ".examples.json) replacing the built-in ones of those classes.")
@@ -266,7 +267,7 @@ class _Session:
         self.config = config
         # no automatic demotion (gate_check_interval_s): a run measures the one mode it is given
         self.system_config = config.system.model_copy(update={
-            "traces_dir": traces, "state_dir": scratch / "state", "planner": planner,
+            "traces_dir": traces, "state_dir": scratch / "state", "state": None, "planner": planner,
             "gate_check_interval_s": None})
         self.engine = engines(config) if engines else None
         self.system: OpsAgentSystem | None = None

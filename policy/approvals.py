@@ -1,4 +1,4 @@
-"""Human approval of held actions, stored durably and bound to exactly the previewed action.
+"""Human approval of held actions, stored durably (the state database) and bound to exactly the previewed action.
 
 A request is keyed by its action (case, step, arguments digest): asking twice returns the same
 request. A decision needs an approver identity from authentication (never an agent), a pending
@@ -19,8 +19,6 @@ re-planned the step), and when a case ends its pending requests are withdrawn. B
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -28,25 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
+from sqlalchemy import Connection, Row, select, update
 
 from opsagent.errors import ApprovalError
 from opsagent.policy.identity import Identity, Role, require
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS approvals (
-  approval_id TEXT PRIMARY KEY, case_id TEXT NOT NULL, exception_type TEXT NOT NULL,
-  step INTEGER NOT NULL, tool TEXT NOT NULL, args TEXT NOT NULL, args_digest TEXT NOT NULL,
-  risk TEXT, reasons TEXT NOT NULL, policy_version TEXT NOT NULL, preview TEXT,
-  status TEXT NOT NULL, requested_at TEXT NOT NULL, expires_at TEXT NOT NULL,
-  decided_at TEXT, approver TEXT, reason TEXT, supersedes TEXT NOT NULL DEFAULT '[]',
-  UNIQUE (case_id, step, args_digest)
-)"""
-_SUBMITTERS = """
-CREATE TABLE IF NOT EXISTS submitters (
-  case_id TEXT NOT NULL, name TEXT NOT NULL, PRIMARY KEY (case_id, name)
-)"""
-_COLUMNS = ("approval_id, case_id, exception_type, step, tool, args, args_digest, risk, reasons, "
-            "policy_version, preview, status, requested_at, expires_at, supersedes")
+from opsagent.policy.state import State, open_state
+from opsagent.policy.state._schema import approvals as _approvals
+from opsagent.policy.state._schema import submitters as _submitters
 
 
 class ApprovalStatus(StrEnum):
@@ -81,21 +67,16 @@ class ApprovalRequest(BaseModel):
 
 
 class ApprovalStore:
-    """SQLite-backed approvals; safe for the threads of one process (the policy actor)."""
+    """Approvals in the state database; safe for threads, and for processes sharing the database
+    (policy replicas): a request or a decision is one transaction, and a decision reads its
+    request `FOR UPDATE`, so of two concurrent decisions on one request exactly one is recorded.
 
-    def __init__(self, path: Path | str, *, ttl: timedelta = timedelta(hours=24)) -> None:
-        self.path = Path(path)
+    `target`: the state database (a `State`, a URL, or an SQLite file path)."""
+
+    def __init__(self, target: State | Path | str, *, ttl: timedelta = timedelta(hours=24)) -> None:
+        self.db = open_state(target)
+        self.path = target if not isinstance(target, State) else target.redacted
         self.ttl = ttl
-        if str(path) != ":memory:":
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(_SCHEMA)
-        self._db.execute(_SUBMITTERS)
-        columns = {row[1] for row in self._db.execute("PRAGMA table_info(approvals)")}
-        if "supersedes" not in columns:  # a file from before superseding
-            self._db.execute("ALTER TABLE approvals ADD COLUMN supersedes TEXT NOT NULL DEFAULT '[]'")
-        self._lock = threading.Lock()
 
     def request(self, *, case_id: str, exception_type: str, step: int, tool: str,
                 args: dict[str, Any], args_digest: str, risk: str | None, reasons: list[str],
@@ -108,83 +89,76 @@ class ApprovalStore:
         now = now or datetime.now(UTC)
         if submitted_by:
             self.record_submitter(case_id, submitted_by)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT * FROM approvals WHERE case_id=? AND step=? AND args_digest=?",
-                    (case_id, step, args_digest)).fetchone()
-                if row is not None:
-                    self._db.execute("COMMIT")
-                    return self._record(row)
-                approval_id = f"apr-{uuid.uuid4().hex[:12]}"
-                replaced = [r[0] for r in self._db.execute(
-                    "SELECT approval_id FROM approvals WHERE case_id=? AND step=? AND status='pending' "
-                    "ORDER BY requested_at", (case_id, step))]
-                for old in replaced:
-                    self._set(old, ApprovalStatus.expired, now, None, f"superseded by {approval_id}")
-                self._db.execute(
-                    f"INSERT INTO approvals ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                    (approval_id, case_id, exception_type, step, tool, json.dumps(args), args_digest,
-                     risk, json.dumps(reasons), policy_version, json.dumps(preview, default=str),
-                     ApprovalStatus.pending, now.isoformat(), (now + self.ttl).isoformat(),
-                     json.dumps(replaced)))
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        return self.get(approval_id)
+
+        def attempt(conn: Connection) -> ApprovalRequest:
+            self.db.lock(conn, f"approvals:{case_id}")
+            row = conn.execute(select(_approvals).where(
+                _approvals.c.case_id == case_id, _approvals.c.step == step,
+                _approvals.c.args_digest == args_digest)).first()
+            if row is not None:
+                return _record(row)
+            approval_id = f"apr-{uuid.uuid4().hex[:12]}"
+            replaced = list(conn.execute(select(_approvals.c.approval_id).where(
+                _approvals.c.case_id == case_id, _approvals.c.step == step,
+                _approvals.c.status == ApprovalStatus.pending).order_by(_approvals.c.requested_at)).scalars())
+            for old in replaced:
+                _set(conn, old, ApprovalStatus.expired, now, None, f"superseded by {approval_id}")
+            conn.execute(_approvals.insert().values(
+                approval_id=approval_id, case_id=case_id, exception_type=exception_type, step=step,
+                tool=tool, args=json.dumps(args), args_digest=args_digest, risk=risk,
+                reasons=json.dumps(reasons), policy_version=policy_version,
+                preview=json.dumps(preview, default=str), status=ApprovalStatus.pending.value,
+                requested_at=now.isoformat(), expires_at=(now + self.ttl).isoformat(),
+                supersedes=json.dumps(replaced)))
+            return _record(conn.execute(select(_approvals).where(_approvals.c.approval_id == approval_id)).one())
+
+        return self.db.run(attempt)
 
     def withdraw(self, case_id: str, reason: str, now: datetime | None = None) -> list[ApprovalRequest]:
         """Expire the case's pending requests with `reason` (its case ended: nothing will run
         them); returns them as withdrawn."""
         now = now or datetime.now(UTC)
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                ids = [r[0] for r in self._db.execute(
-                    "SELECT approval_id FROM approvals WHERE case_id=? AND status='pending' "
-                    "ORDER BY requested_at", (case_id,))]
-                for approval_id in ids:
-                    self._set(approval_id, ApprovalStatus.expired, now, None, reason)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
-        return [self.get(approval_id) for approval_id in ids]
+
+        def attempt(conn: Connection) -> list[str]:
+            self.db.lock(conn, f"approvals:{case_id}")
+            ids = list(conn.execute(select(_approvals.c.approval_id).where(
+                _approvals.c.case_id == case_id, _approvals.c.status == ApprovalStatus.pending)
+                .order_by(_approvals.c.requested_at).with_for_update()).scalars())
+            for approval_id in ids:
+                _set(conn, approval_id, ApprovalStatus.expired, now, None, reason)
+            return ids
+
+        return [self.get(approval_id) for approval_id in self.db.run(attempt)]
 
     def record_submitter(self, case_id: str, name: str) -> None:
         """`name` submitted case `case_id`'s exception: it may never approve that case's actions."""
-        with self._lock:
-            self._db.execute("INSERT OR IGNORE INTO submitters VALUES (?, ?)", (case_id, name))
+        self.db.run(lambda conn: conn.execute(
+            self.db.insert(_submitters).values(case_id=case_id, name=name).on_conflict_do_nothing()))
 
     def submitters(self, case_id: str) -> set[str]:
-        return {r[0] for r in self._db.execute("SELECT name FROM submitters WHERE case_id=?", (case_id,))}
+        return set(self.db.run(lambda conn: conn.execute(
+            select(_submitters.c.name).where(_submitters.c.case_id == case_id)).scalars().all(), write=False))
 
     def get(self, approval_id: str) -> ApprovalRequest:
-        row = self._db.execute("SELECT * FROM approvals WHERE approval_id=?", (approval_id,)).fetchone()
+        row = self.db.run(lambda conn: conn.execute(
+            select(_approvals).where(_approvals.c.approval_id == approval_id)).first(), write=False)
         if row is None:
             raise ApprovalError(f"no approval {approval_id!r}")
-        return self._record(row)
+        return _record(row)
 
     def list(self, status: ApprovalStatus | str | None = None, now: datetime | None = None) -> list[ApprovalRequest]:
         """Requests, oldest first; pending ones past their expiry are reported (and stored) expired."""
         self.expire(now)
-        query, params = "SELECT * FROM approvals", ()
+        query = select(_approvals).order_by(_approvals.c.requested_at, _approvals.c.approval_id)
         if status is not None:
-            query, params = query + " WHERE status=?", (str(status),)
-        return [self._record(r) for r in self._db.execute(query + " ORDER BY requested_at", params)]
+            query = query.where(_approvals.c.status == str(status))
+        return [_record(r) for r in self.db.run(lambda conn: conn.execute(query).all(), write=False)]
 
     def expire(self, now: datetime | None = None) -> int:
-        now = now or datetime.now(UTC)
-        with self._lock:
-            cur = self._db.execute(
-                "UPDATE approvals SET status='expired', decided_at=?, reason='expired before a decision' "
-                "WHERE status='pending' AND expires_at<?",
-                (now.isoformat(), now.isoformat()))
-        return cur.rowcount
+        at = (now or datetime.now(UTC)).isoformat()
+        return self.db.run(lambda conn: conn.execute(update(_approvals).where(
+            _approvals.c.status == ApprovalStatus.pending, _approvals.c.expires_at < at).values(
+            status=ApprovalStatus.expired.value, decided_at=at, reason="expired before a decision")).rowcount)
 
     def decide(self, approval_id: str, *, identity: Identity, approve: bool, args_digest: str,
                reason: str | None = None, now: datetime | None = None,
@@ -197,52 +171,63 @@ class ApprovalStore:
         require(identity, Role.approver)
         if not approve and not (reason and reason.strip()):
             raise ApprovalError("a rejection needs a reason (the planner is told it)")
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                current = self.get(approval_id)
-                if current.status != ApprovalStatus.pending:
-                    why = f" ({current.reason})" if current.reason else ""
-                    raise ApprovalError(f"{approval_id} is already {current.status.value}{why}")
-                if now > current.expires_at:
-                    self._set(approval_id, ApprovalStatus.expired, now, None, "expired before a decision")
-                    self._db.execute("COMMIT")
-                    raise ApprovalError(f"{approval_id} expired at {current.expires_at.isoformat()}")
-                if separation_of_duties and identity.name in self.submitters(current.case_id):
-                    raise ApprovalError(f"{identity.name} submitted case {current.case_id} and may not "
-                                        f"decide its actions (separation of duties); another approver must")
-                if args_digest != current.args_digest:
-                    raise ApprovalError(
-                        f"{approval_id}: the action differs from the one previewed "
-                        f"(digest {args_digest[:12]} vs {current.args_digest[:12]}); it needs a new approval")
-                status = ApprovalStatus.approved if approve else ApprovalStatus.rejected
-                self._set(approval_id, status, now, identity.name, reason)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+
+        def attempt(conn: Connection) -> ApprovalError | None:
+            current = _for_decision(conn, approval_id)
+            if current.status != ApprovalStatus.pending:
+                why = f" ({current.reason})" if current.reason else ""
+                raise ApprovalError(f"{approval_id} is already {current.status.value}{why}")
+            if now > current.expires_at:
+                _set(conn, approval_id, ApprovalStatus.expired, now, None, "expired before a decision")
+                return ApprovalError(f"{approval_id} expired at {current.expires_at.isoformat()}")
+            names = set(conn.execute(select(_submitters.c.name).where(
+                _submitters.c.case_id == current.case_id)).scalars())
+            if separation_of_duties and identity.name in names:
+                raise ApprovalError(f"{identity.name} submitted case {current.case_id} and may not "
+                                    f"decide its actions (separation of duties); another approver must")
+            if args_digest != current.args_digest:
+                raise ApprovalError(
+                    f"{approval_id}: the action differs from the one previewed "
+                    f"(digest {args_digest[:12]} vs {current.args_digest[:12]}); it needs a new approval")
+            status = ApprovalStatus.approved if approve else ApprovalStatus.rejected
+            _set(conn, approval_id, status, now, identity.name, reason)
+            return None
+
+        expired = self.db.run(attempt)
+        if expired is not None:  # the expiry is recorded (committed), the decision refused
+            raise expired
         return self.get(approval_id)
 
     def approved(self, case_id: str, step: int, args_digest: str) -> ApprovalRequest | None:
         """The approved request for exactly this action, if there is one."""
-        row = self._db.execute(
-            "SELECT * FROM approvals WHERE case_id=? AND step=? AND args_digest=? AND status='approved'",
-            (case_id, step, args_digest)).fetchone()
-        return None if row is None else self._record(row)
-
-    def _set(self, approval_id: str, status: ApprovalStatus, now: datetime, approver: str | None,
-             reason: str | None) -> None:
-        self._db.execute(
-            "UPDATE approvals SET status=?, decided_at=?, approver=?, reason=? WHERE approval_id=?",
-            (status, now.isoformat(), approver, reason, approval_id))
-
-    def _record(self, row: tuple) -> ApprovalRequest:
-        names = [d[0] for d in self._db.execute("SELECT * FROM approvals LIMIT 0").description]
-        data = dict(zip(names, row, strict=True))
-        for key in ("args", "reasons", "preview", "supersedes"):
-            data[key] = json.loads(data[key]) if data[key] is not None else None
-        return ApprovalRequest.model_validate(data)
+        row = self.db.run(lambda conn: conn.execute(select(_approvals).where(
+            _approvals.c.case_id == case_id, _approvals.c.step == step,
+            _approvals.c.args_digest == args_digest,
+            _approvals.c.status == ApprovalStatus.approved)).first(), write=False)
+        return None if row is None else _record(row)
 
     def close(self) -> None:
-        self._db.close()
+        """Nothing to release: the state's pool is shared by the process's stores."""
+
+
+def _for_decision(conn: Connection, approval_id: str) -> ApprovalRequest:
+    """The request, its row locked until the deciding transaction ends (PostgreSQL: FOR UPDATE;
+    SQLite: the transaction already holds the write lock)."""
+    row = conn.execute(select(_approvals).where(_approvals.c.approval_id == approval_id)
+                       .with_for_update()).first()
+    if row is None:
+        raise ApprovalError(f"no approval {approval_id!r}")
+    return _record(row)
+
+
+def _set(conn: Connection, approval_id: str, status: ApprovalStatus, now: datetime, approver: str | None,
+         reason: str | None) -> None:
+    conn.execute(update(_approvals).where(_approvals.c.approval_id == approval_id).values(
+        status=status.value, decided_at=now.isoformat(), approver=approver, reason=reason))
+
+
+def _record(row: Row) -> ApprovalRequest:
+    data = dict(row._mapping)
+    for key in ("args", "reasons", "preview", "supersedes"):
+        data[key] = json.loads(data[key]) if data[key] is not None else None
+    return ApprovalRequest.model_validate(data)

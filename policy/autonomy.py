@@ -18,16 +18,21 @@ from __future__ import annotations
 
 import logging
 import re
-import sqlite3
 import threading
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
-from opsagent.errors import AutonomyError
+from sqlalchemy import Connection, Row, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from opsagent.errors import AutonomyError, StateError
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.identity import Identity, Role, require
 from opsagent.policy.modes import FAIL_CLOSED, ClassMode, Mode, ModeChange
+from opsagent.policy.state import State, open_state
+from opsagent.policy.state._schema import mode_changes as _changes
 
 log = logging.getLogger(__name__)
 
@@ -38,42 +43,25 @@ POLICY_ACTOR = "opsagent-policy"
 _CLASS = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS mode_changes (
-  seq INTEGER PRIMARY KEY AUTOINCREMENT, exception_type TEXT NOT NULL, from_mode TEXT,
-  to_mode TEXT NOT NULL, actor TEXT NOT NULL, reason TEXT NOT NULL, at TEXT NOT NULL,
-  automatic INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS mode_changes_class ON mode_changes (exception_type, seq);
-CREATE TRIGGER IF NOT EXISTS mode_changes_no_update BEFORE UPDATE ON mode_changes
-BEGIN SELECT RAISE(ABORT, 'mode history is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS mode_changes_no_delete BEFORE DELETE ON mode_changes
-BEGIN SELECT RAISE(ABORT, 'mode history is append-only'); END;
-"""
-_COLUMNS = "exception_type, from_mode, to_mode, actor, reason, at, automatic"
 
 
 class AutonomyStore:
-    """Modes per class as an append-only SQLite history (the current mode is a class's last row).
-
-    Safe for the threads of one process; other processes (the CLI next to the policy actor) may
-    open the same file: SQLite serialises the writes, and every decision reads the mode anew.
+    """Modes per class as an append-only history in the state database (the current mode is a
+    class's last row). Safe for threads and for processes sharing the database (the CLI next to
+    the policy actor, policy replicas): a change is one transaction holding the class's lock, and
+    every decision reads the mode anew.
     """
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
+    def __init__(self, target: State | Path | str) -> None:
+        self.path = target if not isinstance(target, State) else target.redacted
         self._lock = threading.RLock()
-        self._db: sqlite3.Connection | None = None
+        self._db: State | None = None
         self._broken: str | None = None
         try:
-            if str(path) != ":memory:":
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except (sqlite3.Error, OSError) as err:  # fail closed: modes read as supervised
+            self._db = open_state(target)
+        except (StateError, OSError) as err:  # fail closed: modes read as supervised
             self._broken = f"{type(err).__name__}: {err}"
-            log.error("autonomy store %s is unusable (%s); every class runs supervised", path, err)
+            log.error("autonomy store %s is unusable (%s); every class runs supervised", self.path, err)
 
     def mode(self, exception_type: str, initial: Mode | str | None = None) -> Mode:
         """The class's mode now: its last recorded change, else `initial` (the policy's), else
@@ -134,25 +122,25 @@ class AutonomyStore:
 
     def last_change(self, exception_type: str) -> ModeChange | None:
         """The class's latest row, or None; AutonomyError if the store cannot be read."""
-        rows = self._read(f"SELECT {_COLUMNS} FROM mode_changes WHERE exception_type=? "
-                          "ORDER BY seq DESC LIMIT 1", (exception_type,))
+        rows = self._read(select(_changes).where(_changes.c.exception_type == exception_type)
+                          .order_by(_changes.c.seq.desc()).limit(1))
         return rows[0] if rows else None
 
     def history(self, exception_type: str | None = None) -> list[ModeChange]:
         """Every change, oldest first (of one class, if given)."""
-        if exception_type is None:
-            return self._read(f"SELECT {_COLUMNS} FROM mode_changes ORDER BY seq", ())
-        return self._read(f"SELECT {_COLUMNS} FROM mode_changes WHERE exception_type=? ORDER BY seq",
-                          (exception_type,))
+        query = select(_changes).order_by(_changes.c.seq)
+        if exception_type is not None:
+            query = query.where(_changes.c.exception_type == exception_type)
+        return self._read(query)
 
     def classes(self, config: PolicyConfig | None = None) -> list[ClassMode]:
         """Each class's mode and last change: the policy's classes, then any other recorded one."""
         names = list(config.classes) if config is not None else []
         try:
-            with self._lock:
-                recorded = [r[0] for r in self._db.execute(  # type: ignore[union-attr]
-                    "SELECT DISTINCT exception_type FROM mode_changes ORDER BY 1")] if self._db else []
-        except sqlite3.Error:
+            recorded = self._db.run(lambda conn: list(conn.execute(
+                select(_changes.c.exception_type).distinct().order_by(_changes.c.exception_type)).scalars()),
+                write=False) if self._db else []
+        except (StateError, SQLAlchemyError):
             recorded = []
         out = []
         for name in [*names, *(n for n in recorded if n not in names)]:
@@ -169,8 +157,7 @@ class AutonomyStore:
         return out
 
     def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
+        """Nothing to release: the state's pool is shared by the process's stores."""
 
     def _append(self, exception_type: str, mode: Mode, *, actor: str, reason: str, automatic: bool,
                 now: datetime | None, expected: Mode | None = None) -> ModeChange | None:
@@ -181,45 +168,50 @@ class AutonomyStore:
         if not (reason and reason.strip()):
             raise AutonomyError("a mode change needs a reason (it is recorded with the change)")
         at = (now or datetime.now(UTC)).astimezone(UTC)
-        with self._lock:
-            db = self._usable()
-            try:
-                db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT to_mode FROM mode_changes WHERE exception_type=? "
-                                 "ORDER BY seq DESC LIMIT 1", (exception_type,)).fetchone()
-                before = Mode(row[0]) if row else None
-                if expected is not None and before is not None and before != expected:
-                    db.execute("ROLLBACK")
-                    return None
-                if before == mode:
-                    db.execute("ROLLBACK")
-                    return self.last_change(exception_type)  # type: ignore[return-value]
-                change = ModeChange(exception_type=exception_type, from_mode=before, to_mode=mode,
-                                    actor=actor, reason=reason.strip(), at=at, automatic=automatic)
-                db.execute(f"INSERT INTO mode_changes ({_COLUMNS}) VALUES (?,?,?,?,?,?,?)",
-                           (exception_type, before, mode, actor, change.reason, at.isoformat(),
-                            int(automatic)))
-                db.execute("COMMIT")
-            except (sqlite3.Error, ValueError) as err:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise AutonomyError(f"cannot record the mode of {exception_type} in {self.path}: {err}") from err
-        return change
+        db = self._usable()
 
-    def _read(self, sql: str, params: tuple) -> list[ModeChange]:
+        def attempt(conn: Connection) -> ModeChange | None:
+            db.lock(conn, f"autonomy:{exception_type}")
+            row = conn.execute(select(_changes.c.to_mode).where(_changes.c.exception_type == exception_type)
+                               .order_by(_changes.c.seq.desc()).limit(1)).first()
+            before = Mode(row[0]) if row else None
+            if expected is not None and before is not None and before != expected:
+                return None
+            if before == mode:
+                last = conn.execute(select(_changes).where(_changes.c.exception_type == exception_type)
+                                    .order_by(_changes.c.seq.desc()).limit(1)).one()
+                return _change(last)
+            change = ModeChange(exception_type=exception_type, from_mode=before, to_mode=mode,
+                                actor=actor, reason=reason.strip(), at=at, automatic=automatic)
+            conn.execute(_changes.insert().values(
+                exception_type=exception_type, from_mode=before, to_mode=mode.value, actor=actor,
+                reason=change.reason, at=at.isoformat(), automatic=int(automatic)))
+            return change
+
+        try:
+            with self._lock:
+                return db.run(attempt)
+        except (StateError, SQLAlchemyError, ValueError) as err:
+            raise AutonomyError(f"cannot record the mode of {exception_type} in {self.path}: {err}") from err
+
+    def _read(self, query: Any) -> list[ModeChange]:
         db = self._usable()
         try:
-            with self._lock:  # one connection, shared by the policy's threads (the gate watch's too)
-                rows = db.execute(sql, params).fetchall()
-            return [ModeChange(exception_type=r[0], from_mode=r[1], to_mode=r[2], actor=r[3], reason=r[4],
-                               at=datetime.fromisoformat(r[5]), automatic=bool(r[6])) for r in rows]
-        except (sqlite3.Error, ValueError) as err:
+            rows = db.run(lambda conn: conn.execute(query).all(), write=False)
+            return [_change(r) for r in rows]
+        except (StateError, SQLAlchemyError, ValueError) as err:
             raise AutonomyError(f"cannot read the autonomy modes in {self.path}: {err}") from err
 
-    def _usable(self) -> sqlite3.Connection:
+    def _usable(self) -> State:
         if self._db is None or self._broken is not None:
             raise AutonomyError(f"the autonomy store {self.path} is unusable: {self._broken}")
         return self._db
+
+
+def _change(row: Row) -> ModeChange:
+    return ModeChange(exception_type=row.exception_type, from_mode=row.from_mode, to_mode=row.to_mode,
+                      actor=row.actor, reason=row.reason, at=datetime.fromisoformat(row.at),
+                      automatic=bool(row.automatic))
 
 
 def promoted_store(classes: Iterable[str], *, identity: Identity, reason: str,

@@ -3,22 +3,21 @@ time; identities come from authentication only."""
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import secrets
-import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 
 from pydantic import BaseModel, Field
+from sqlalchemy import Connection, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
-from opsagent.errors import AuthError, ConfigError, InputError
+from opsagent.errors import AuthError, ConfigError, InputError, StateError
+from opsagent.policy.state import State, open_state
+from opsagent.policy.state._schema import tokens as _tokens
 
 
 class Role(StrEnum):
@@ -87,40 +86,22 @@ class IssuedToken(BaseModel):
 
 
 class TokenStore:
-    """API tokens in a JSON file, by sha256 digest only: the file never holds a usable token.
+    """API tokens in the state database, by sha256 digest only: it never holds a usable token.
     Each has a creation time, an optional expiry, a revocation and a last-used time; a revoked or
-    expired token is refused (401) saying which one it was."""
+    expired token is refused (401) saying which one it was. `target`: a `State`, a state URL, or
+    an SQLite file path."""
 
-    def __init__(self, path: Path | str) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
+    def __init__(self, target: State | Path | str) -> None:
+        self.db = open_state(target)
+        self.path = target if not isinstance(target, State) else target.redacted
 
-    def _load(self) -> dict[str, dict]:
-        if not self.path.exists():
-            return {}
+    def _load(self, conn: Connection, *, for_update: bool = False) -> dict[str, dict]:
+        query = select(_tokens.c.digest, _tokens.c.record)
+        rows = conn.execute(query.with_for_update() if for_update else query).all()
         try:
-            return json.loads(self.path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"token file {self.path}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
-        """Hold the file's lock (threads of this process, and other processes: Serve replicas, the
-        CLI) for a read-modify-write, so a last-used update can never undo a revocation."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-
-    def _save(self, tokens: dict[str, dict]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(tokens, indent=1, sort_keys=True))
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, self.path)
+            return {row.digest: json.loads(row.record) for row in rows}
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"token store {self.path}: {exc}") from exc
 
     def create(self, name: str, roles: list[Role | str], *, kind: str = "human",
                expires_s: float | None = None) -> IssuedToken:
@@ -132,10 +113,8 @@ class TokenStore:
         now = datetime.now(UTC)
         record = {**identity.model_dump(mode="json"), "created_at": now.isoformat(),
                   "expires_at": (now + timedelta(seconds=expires_s)).isoformat() if expires_s else None}
-        with self._locked():
-            tokens = self._load()
-            tokens[_digest(token)] = record
-            self._save(tokens)
+        self.db.run(lambda conn: conn.execute(_tokens.insert().values(
+            digest=_digest(token), record=json.dumps(record, sort_keys=True))))
         return IssuedToken(token=token, info=_info(_digest(token), record))
 
     def add(self, name: str, roles: list[Role | str], *, kind: str = "human",
@@ -149,9 +128,11 @@ class TokenStore:
         if not token:
             raise AuthError("missing bearer token", status=401)
         digest = _digest(token)
-        record = self._load().get(digest)
-        if record is None:
+        raw = self.db.run(lambda conn: conn.execute(
+            select(_tokens.c.record).where(_tokens.c.digest == digest)).scalar_one_or_none(), write=False)
+        if raw is None:
             raise AuthError("unknown or revoked token", status=401)
+        record = json.loads(raw)
         info = _info(digest, record)
         state = info.state()
         if state != "active":
@@ -165,35 +146,46 @@ class TokenStore:
         return Identity.model_validate({k: record[k] for k in ("name", "roles", "kind") if k in record})
 
     def _touch(self, digest: str, now: datetime) -> None:
-        """Note the last use; best effort (a read-only state volume still authenticates)."""
+        """Note the last use; best effort (a read-only database still authenticates). The row is
+        read FOR UPDATE, so a last-used update can never undo a revocation."""
+
+        def attempt(conn: Connection) -> None:
+            raw = conn.execute(select(_tokens.c.record).where(_tokens.c.digest == digest)
+                               .with_for_update()).scalar_one_or_none()
+            if raw is not None:
+                record = json.loads(raw) | {"last_used_at": now.isoformat()}
+                conn.execute(update(_tokens).where(_tokens.c.digest == digest).values(
+                    record=json.dumps(record, sort_keys=True)))
+
         try:
-            with self._locked():
-                tokens = self._load()
-                if digest in tokens:
-                    tokens[digest]["last_used_at"] = now.isoformat()
-                    self._save(tokens)
-        except OSError as exc:
+            self.db.run(attempt)
+        except (StateError, SQLAlchemyError) as exc:
             log.warning("cannot note the last use of a token in %s: %s", self.path, exc)
 
     def listing(self) -> list[TokenInfo]:
         """Every token, oldest first."""
-        infos = [_info(d, r) for d, r in self._load().items()]
+        tokens = self.db.run(self._load, write=False)
+        infos = [_info(d, r) for d, r in tokens.items()]
         return sorted(infos, key=lambda i: (i.created_at or datetime.min.replace(tzinfo=UTC), i.token_id))
 
     def revoke(self, ref: str, *, by: str | None = None) -> list[TokenInfo]:
         """Revoke the token with this id, or every active token of this name; returns them.
         InputError if nothing active matches."""
         now = datetime.now(UTC)
-        with self._locked():
-            tokens = self._load()
+
+        def attempt(conn: Connection) -> list[TokenInfo]:
+            tokens = self._load(conn, for_update=True)
             hits = [d for d, r in tokens.items()
                     if (token_id(d) == ref or r.get("name") == ref) and _info(d, r).state(now) == "active"]
             if not hits:
                 raise InputError(f"no active token has the id or name {ref!r} (see `opsagent tokens list`)")
             for d in hits:
                 tokens[d] |= {"revoked_at": now.isoformat(), "revoked_by": by}
-            self._save(tokens)
-        return [_info(d, tokens[d]) for d in hits]
+                conn.execute(update(_tokens).where(_tokens.c.digest == d).values(
+                    record=json.dumps(tokens[d], sort_keys=True)))
+            return [_info(d, tokens[d]) for d in hits]
+
+        return self.db.run(attempt)
 
 
 def _info(digest: str, record: dict) -> TokenInfo:

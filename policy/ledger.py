@@ -1,11 +1,12 @@
-"""The cluster-wide counters behind spending and rate limits, kept durably in one SQLite file.
+"""The cluster-wide counters behind spending and rate limits, kept durably in the state database.
 
 One row per action, keyed by `(case_id, step, args_digest)`: recording the same action again (a
 retry) finds the row and counts nothing new, so a retried action never counts twice.
 
 Reserve on allow, commit on execute. `reserve` checks every limit and records the action in one
-`BEGIN IMMEDIATE` transaction, so two policy processes (or threads) cannot both take the last of
-a budget. A reservation holds its amount until `hold_until` (the permit's expiry plus a grace for
+transaction that holds the ledger's lock (SQLite: the write lock of `BEGIN IMMEDIATE`;
+PostgreSQL: a transaction-scoped advisory lock), so two policy processes (or replicas on two
+nodes, or threads) cannot both take the last of a budget. A reservation holds its amount until `hold_until` (the permit's expiry plus a grace for
 a call still in flight); `commit` (the action ran, or may have) keeps it for good, `release` (it
 certainly did not run) frees it at once, and one never settled simply lapses. A lapsed or
 released action that is reserved again counts once more, and only once.
@@ -20,35 +21,31 @@ Amounts are stored as integer millionths, so sums and comparisons are exact.
 
 from __future__ import annotations
 
-import sqlite3
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, NamedTuple
 
+from sqlalchemy import ColumnElement, Connection, and_, case, func, not_, or_, select, update
+
 from opsagent.policy.limits import Limit, LimitExceeded
 from opsagent.policy.records import LimitUsage
+from opsagent.policy.state import State, open_state
+from opsagent.policy.state._schema import ledger as _ledger
 
 _MICRO = 1_000_000
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS ledger (
-  case_id TEXT NOT NULL, step INTEGER NOT NULL, args_digest TEXT NOT NULL,
-  exception_type TEXT NOT NULL, tool TEXT NOT NULL,
-  amount_micro INTEGER NOT NULL, currency TEXT,
-  day TEXT NOT NULL,            -- UTC date of the reservation
-  at REAL NOT NULL,             -- unix time of the reservation
-  hold_until REAL NOT NULL,     -- an uncommitted reservation lapses then
-  state TEXT NOT NULL CHECK (state IN ('reserved', 'committed', 'released')),
-  entity TEXT,                  -- the business entity spent on, e.g. invoice_id=INV-1
-  PRIMARY KEY (case_id, step, args_digest)
-);
-CREATE INDEX IF NOT EXISTS ledger_day ON ledger (day, tool, exception_type);
-CREATE INDEX IF NOT EXISTS ledger_at ON ledger (at);
-"""
-_COUNTS = "(state = 'committed' OR (state = 'reserved' AND hold_until > :now))"
-_NOT_SELF = "NOT (case_id = :case_id AND step = :step AND args_digest = :args_digest)"
+_LOCK = "ledger"  # every reservation and commit serialises on it (PostgreSQL advisory lock)
+
+
+def _counts(now: float) -> ColumnElement[bool]:
+    """Counts against a spend limit: committed, or reserved with its hold not lapsed."""
+    return or_(_ledger.c.state == "committed", and_(_ledger.c.state == "reserved", _ledger.c.hold_until > now))
+
+
+def _is(key: ActionKey) -> ColumnElement[bool]:
+    return and_(_ledger.c.case_id == key.case_id, _ledger.c.step == key.step,
+                _ledger.c.args_digest == key.args_digest)
 
 
 class ActionKey(NamedTuple):
@@ -76,21 +73,13 @@ def utc_day(now: float) -> str:
 
 
 class SpendLedger:
-    """Durable, atomic counters for spend and call rates; safe to share across threads."""
+    """Durable, atomic counters for spend and call rates; safe to share across threads and processes.
 
-    def __init__(self, path: str | Path = ":memory:", *, timeout_s: float = 10.0) -> None:
-        self.path = str(path)
-        self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self.path, timeout=timeout_s, isolation_level=None,
-                                     check_same_thread=False)
-        self._conn.row_factory = sqlite3.Row
-        if self.path != ":memory:":
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(_SCHEMA)
-        if "entity" not in {row[1] for row in self._conn.execute("PRAGMA table_info(ledger)")}:
-            self._conn.execute("ALTER TABLE ledger ADD COLUMN entity TEXT")  # a file from before entities
-        self._conn.execute("CREATE INDEX IF NOT EXISTS ledger_entity ON ledger (entity, tool)")
+    `target`: the state database (a `State`, a URL, or an SQLite file path; default in memory)."""
+
+    def __init__(self, target: State | str | Path = ":memory:") -> None:
+        self.db = open_state(target)
+        self.path = str(target) if not isinstance(target, State) else target.redacted
 
     def usage(self, entry: LedgerEntry, limits: Sequence[Limit], *, now: float | None = None,
               approved: bool = False) -> list[LimitUsage]:
@@ -99,8 +88,7 @@ class SpendLedger:
         Read only. With `approved`, limits whose on_exceed is require_approval do not raise.
         """
         now = time.time() if now is None else now
-        with self._lock:
-            return _evaluate(self._conn, entry, limits, now, approved)
+        return self.db.run(lambda conn: _evaluate(conn, entry, limits, now, approved), write=False)
 
     def reserve(self, entry: LedgerEntry, limits: Sequence[Limit], *, hold_until: float,
                 now: float | None = None, approved: bool = False) -> list[LimitUsage]:
@@ -109,32 +97,24 @@ class SpendLedger:
         An action already counting (a retry) is not counted again; its hold is only extended.
         """
         now = time.time() if now is None else now
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._conn.execute(
-                    f"SELECT state, {_COUNTS} AS counting FROM ledger WHERE case_id = :case_id "
-                    "AND step = :step AND args_digest = :args_digest", {**entry.key._asdict(), "now": now},
-                ).fetchone()
-                usages = _evaluate(self._conn, entry, limits, now, approved)
-                if row is not None and row["counting"]:
-                    self._conn.execute(
-                        "UPDATE ledger SET hold_until = max(hold_until, ?) WHERE case_id = ? AND step = ? "
-                        "AND args_digest = ?", (hold_until, *entry.key),
-                    )
-                else:
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO ledger (case_id, step, args_digest, exception_type, tool, "
-                        "amount_micro, currency, day, at, hold_until, state, entity) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'reserved', ?)",
-                        (*entry.key, entry.exception_type, entry.tool, _micro(entry.amount), entry.currency,
-                         utc_day(now), now, hold_until, entry.entity),
-                    )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
+
+        def attempt(conn: Connection) -> list[LimitUsage]:
+            self.db.lock(conn, _LOCK)
+            row = conn.execute(select(_ledger.c.state, _counts(now).label("counting"))
+                               .where(_is(entry.key))).first()
+            usages = _evaluate(conn, entry, limits, now, approved)
+            if row is not None and row.counting:
+                conn.execute(update(_ledger).where(_is(entry.key)).values(hold_until=case(
+                    (_ledger.c.hold_until > hold_until, _ledger.c.hold_until), else_=hold_until)))
+                return usages
+            values = dict(exception_type=entry.exception_type, tool=entry.tool,
+                          amount_micro=_micro(entry.amount), currency=entry.currency, day=utc_day(now),
+                          at=now, hold_until=hold_until, state="reserved", entity=entry.entity)
+            conn.execute(self.db.insert(_ledger).values(**entry.key._asdict(), **values)
+                         .on_conflict_do_update(index_elements=list(ActionKey._fields), set_=values))
             return usages
+
+        return self.db.run(attempt)
 
     def commit(self, key: ActionKey, *, now: float | None = None) -> Literal["committed", "late", "untracked"]:
         """The action ran (or may have): its amount counts for good.
@@ -143,65 +123,47 @@ class SpendLedger:
         moved), "untracked" if no limit applied to it and there is nothing to commit.
         """
         now = time.time() if now is None else now
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._conn.execute(
-                    f"SELECT {_COUNTS} AS counting FROM ledger WHERE case_id = :case_id AND step = :step "
-                    "AND args_digest = :args_digest", {**key._asdict(), "now": now},
-                ).fetchone()
-                if row is not None:
-                    self._conn.execute(
-                        "UPDATE ledger SET state = 'committed' "
-                        "WHERE case_id = ? AND step = ? AND args_digest = ?", tuple(key),
-                    )
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            self._conn.execute("COMMIT")
-        if row is None:
-            return "untracked"
-        return "committed" if row["counting"] else "late"
+
+        def attempt(conn: Connection) -> Literal["committed", "late", "untracked"]:
+            self.db.lock(conn, _LOCK)
+            row = conn.execute(select(_counts(now).label("counting")).where(_is(key))).first()
+            if row is None:
+                return "untracked"
+            conn.execute(update(_ledger).where(_is(key)).values(state="committed"))
+            return "committed" if row.counting else "late"
+
+        return self.db.run(attempt)
 
     def release(self, key: ActionKey) -> bool:
         """The action certainly did not run: free its reservation now. False if none was held."""
-        with self._lock:
-            cursor = self._conn.execute(
-                "UPDATE ledger SET state = 'released' WHERE case_id = ? AND step = ? AND args_digest = ? "
-                "AND state = 'reserved'", tuple(key),
-            )
-        return cursor.rowcount == 1
+        return self.db.run(lambda conn: conn.execute(
+            update(_ledger).where(_is(key), _ledger.c.state == "reserved").values(state="released")
+        ).rowcount == 1)
 
     def state(self, key: ActionKey) -> str | None:
         """reserved, committed, released, or None if the action was never recorded."""
-        with self._lock:
-            row = self._conn.execute(
-                "SELECT state FROM ledger WHERE case_id = ? AND step = ? AND args_digest = ?", tuple(key)
-            ).fetchone()
-        return None if row is None else row["state"]
+        return self.db.run(lambda conn: conn.execute(select(_ledger.c.state).where(_is(key)))
+                              .scalar_one_or_none(), write=False)
 
     def spent(self, *, day: str | None = None, case_id: str | None = None, tool: str | None = None,
               exception_type: str | None = None, now: float | None = None) -> float:
         """Spend counting now, optionally for one UTC day, case, tool or class."""
         now = time.time() if now is None else now
-        where, params = [_COUNTS], {"now": now}
+        where = [_counts(now)]
         for column, value in (("day", day), ("case_id", case_id), ("tool", tool),
                               ("exception_type", exception_type)):
             if value is not None:
-                where.append(f"{column} = :{column}")
-                params[column] = value
-        with self._lock:
-            total = self._conn.execute(
-                f"SELECT coalesce(sum(amount_micro), 0) FROM ledger WHERE {' AND '.join(where)}", params
-            ).fetchone()[0]
-        return total / _MICRO
+                where.append(_ledger.c[column] == value)
+        total = self.db.run(lambda conn: conn.execute(
+            select(func.coalesce(func.sum(_ledger.c.amount_micro), 0)).where(*where)).scalar_one(),
+            write=False)
+        return int(total) / _MICRO
 
     def close(self) -> None:
-        with self._lock:
-            self._conn.close()
+        """Nothing to release: the state's pool is shared by the process's stores."""
 
 
-def _evaluate(conn: sqlite3.Connection, entry: LedgerEntry, limits: Sequence[Limit], now: float,
+def _evaluate(conn: Connection, entry: LedgerEntry, limits: Sequence[Limit], now: float,
               approved: bool) -> list[LimitUsage]:
     """Each limit's value with this action counted exactly once; raise for the first blocking one."""
     usages: list[LimitUsage] = []
@@ -226,31 +188,28 @@ def _evaluate(conn: sqlite3.Connection, entry: LedgerEntry, limits: Sequence[Lim
     return usages
 
 
-def _others(conn: sqlite3.Connection, entry: LedgerEntry, limit: Limit, now: float) -> int:
+def _others(conn: Connection, entry: LedgerEntry, limit: Limit, now: float) -> int:
     """What other actions count against `limit`: spend in millionths, or a number of calls."""
     if limit.window == "action":
         return 0
-    params: dict[str, object] = {**entry.key._asdict(), "now": now, "tool": limit.tool,
-                                 "exception_type": limit.exception_type, "entity": limit.entity}
-    where = [_NOT_SELF]
+    where = [not_(_is(entry.key))]
     if limit.entity is not None:
-        where.append("entity = :entity")
+        where.append(_ledger.c.entity == limit.entity)
     if limit.tool is not None:
-        where.append("tool = :tool")
+        where.append(_ledger.c.tool == limit.tool)
     if limit.exception_type is not None:
-        where.append("exception_type = :exception_type")
+        where.append(_ledger.c.exception_type == limit.exception_type)
     if limit.window == "case":
-        where.append("case_id = :case_id")
+        where.append(_ledger.c.case_id == entry.key.case_id)
     elif limit.window == "day":
-        where.append("day = :day")
-        params["day"] = utc_day(now)
+        where.append(_ledger.c.day == utc_day(now))
     if limit.kind == "spend":
-        where.append(_COUNTS)
-        select = "coalesce(sum(amount_micro), 0)"
+        where.append(_counts(now))
+        query = select(func.coalesce(func.sum(_ledger.c.amount_micro), 0))
     else:
-        where.append("at > :now - 60")
-        select = "count(*)"
-    return conn.execute(f"SELECT {select} FROM ledger WHERE {' AND '.join(where)}", params).fetchone()[0]
+        where.append(_ledger.c.at > now - 60)
+        query = select(func.count())
+    return int(conn.execute(query.select_from(_ledger).where(*where)).scalar_one())
 
 
 def _micro(amount: float) -> int:

@@ -13,7 +13,8 @@ CI_RUN=false
 case "${CI:-}" in true|TRUE|True|1) CI_RUN=true ;; esac
 want=$(cat pyproject.toml requirements-cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
 have_chromium() { command -v chromium >/dev/null 2>&1; }
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && { [ "$CI_RUN" = false ] || have_chromium; }; then
+have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; }
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && { [ "$CI_RUN" = false ] || { have_chromium && have_postgres; }; }; then
   exit 0
 fi
 
@@ -68,6 +69,23 @@ if ! have_chromium; then
     exit 1
   fi
   say "chromium could not be installed: the console's browser tests will be skipped on this machine"
+fi
+# The state tests start a throwaway PostgreSQL server from Debian's postgresql package (initdb and
+# pg_ctl in a temp folder, as an unprivileged user); a cluster deployment keeps its state there.
+stage "checking PostgreSQL for the state store's tests"
+if ! have_postgres && command -v apt-get >/dev/null 2>&1; then
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; } \
+    >"$VENV/postgresql.log" 2>&1 || true
+fi
+if ! have_postgres; then
+  if [ "$CI_RUN" = true ]; then
+    trap - ERR
+    say "FAILED: PostgreSQL could not be installed, and CI runs the state tests against it"
+    if [ -s "$VENV/postgresql.log" ]; then tail -n 15 "$VENV/postgresql.log" | sed 's/^/    /' >&2; fi
+    say "install Debian's postgresql (apt-get install postgresql, as root), then retry: bash scripts/setup.sh"
+    exit 1
+  fi
+  say "PostgreSQL could not be installed: the state tests will run on SQLite only on this machine"
 fi
 echo "$want" >"$STAMP"
 say "done: $VENV is ready"

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 
 import pytest
 
+from opsagent.policy.state import forget_states
 from opsagent.tools.platform import Platform
 from opsagent.tools.registry import ToolRegistry
+from tests.postgres import PostgresServer, find_bin
 
 
 _TMP: list[str] = []
@@ -38,6 +40,59 @@ def ray_runtime() -> Iterator[None]:
     start_ray(num_cpus=2)
     yield
     stop_ray()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session. Not installed: skipped on a workstation,
+    a failure in CI (`CI=true`), naming what is missing."""
+    bindir = find_bin()
+    if bindir is None:
+        why = ("PostgreSQL is not installed (no initdb/pg_ctl under /usr/lib/postgresql/*/bin): "
+               "run scripts/setup.sh, or apt-get install postgresql")
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    server = PostgresServer(bindir)
+    yield server
+    forget_states()
+    server.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def systems_on_postgresql(request: pytest.FixtureRequest) -> Iterator[None]:
+    """OPSAGENT_TEST_STATE=postgresql: every system a test starts without a `state:` of its own
+    keeps its state in a new database on the session's PostgreSQL server instead of an SQLite
+    file in its state folder (the stores' own tests run on both backends regardless)."""
+    if os.environ.get("OPSAGENT_TEST_STATE", "sqlite") != "postgresql":
+        yield
+        return
+    from opsagent.cluster.config import SystemConfig
+
+    server = request.getfixturevalue("postgres_server")
+    original, made = SystemConfig.state_url, {}
+
+    def on_postgresql(config: SystemConfig) -> str:
+        if config.state is not None:
+            return original(config)
+        key = str(config.state_dir.resolve())  # one database per state folder, as the file would be
+        if key not in made:
+            made[key] = server.new_database("sys")
+        return made[key]
+
+    SystemConfig.state_url = on_postgresql
+    try:
+        yield
+    finally:
+        SystemConfig.state_url = original
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def state_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    """A fresh, empty state database on each backend: an SQLite file, a PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.sqlite'}"
+    return request.getfixturevalue("postgres_server").new_database()
 
 
 @pytest.fixture(scope="session")

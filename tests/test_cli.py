@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+from opsagent.policy.state import STATE_FILE, state_db
+
 from opsagent.cli import main
 
 
@@ -51,12 +53,12 @@ def test_tokens_have_a_lifecycle_on_the_local_store(tmp_path, capsys):
     out = capsys.readouterr()
     token = out.out.strip()
     assert token.startswith("oat_") and "tok-" in out.err and "expires 20" in out.err
-    store = TokenStore(tmp_path / "tokens.json")
+    store = TokenStore(state_db(tmp_path))
     assert store.authenticate(token).name == "alice"
     assert main(["tokens", "list", "--json", *state]) == 0
     (listed,) = json.loads(capsys.readouterr().out)
     assert listed["name"] == "alice" and listed["expires_at"] and listed["last_used_at"]
-    assert "token" not in listed and token not in (tmp_path / "tokens.json").read_text()
+    assert "token" not in listed and token.encode() not in (tmp_path / STATE_FILE).read_bytes()
     assert main(["tokens", "list", *state]) == 0
     assert "active" in capsys.readouterr().out
     assert main(["tokens", "revoke", listed["token_id"], *state]) == 0
@@ -77,7 +79,7 @@ def test_an_expired_token_is_refused(tmp_path):
 
     assert parse_duration("30d") == 30 * 86400 and parse_duration("90m") == 5400
     assert parse_duration("never") is None
-    store = TokenStore(tmp_path / "tokens.json")
+    store = TokenStore(tmp_path / "state.sqlite")
     token = store.add("carol", ["auditor"], expires_s=0.2)
     assert store.authenticate(token).name == "carol"
     time.sleep(0.3)
@@ -93,7 +95,7 @@ def test_a_last_use_written_concurrently_never_undoes_a_revocation(tmp_path):
     from opsagent.policy import identity
     from opsagent.policy.identity import TokenStore
 
-    path = tmp_path / "tokens.json"
+    path = state_db(tmp_path)
     tokens = [TokenStore(path).add(f"user{i}", ["auditor"]) for i in range(8)]
     stores = [TokenStore(path) for _ in range(4)]  # like Serve replicas, each with its own lock
     identity.LAST_USED_EVERY_S, saved = 0.0, identity.LAST_USED_EVERY_S

@@ -117,6 +117,8 @@ def add_load_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                    help="the policy's cluster-wide call rate limit for the run (default 100000; "
                    "the shipped policy's 600 a minute holds about 3 cases a second)")
     p.add_argument("--report", type=Path, help="append a Load section to this markdown file")
+    p.add_argument("--state", help="the state database URL (default: a fresh SQLite file), e.g. "
+                   "postgresql://user@host/db (an empty database: the run's figures are read back from it)")
     p.add_argument("--seed", type=int, default=4242)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress line (it is shown only when the output is a terminal)")

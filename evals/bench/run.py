@@ -163,7 +163,7 @@ class _SystemPhase:
 
         state = self.work / "state"
         config = self.cfg.system.model_copy(update={
-            "traces_dir": self.traces, "state_dir": state,
+            "traces_dir": self.traces, "state_dir": state, "state": None,
             "planner": self.cfg.system.planner.model_copy(update={"warm_classes": self.result.classes})})
         self.result.notes.append(autonomous(state, self.result.classes))
         engine = RecordingEngine(make_engine(config), self.timings)
@@ -237,11 +237,12 @@ def autonomous(state: Path, classes: list[str]) -> str:
     from opsagent.policy.autonomy import AutonomyStore
     from opsagent.policy.identity import Role, TokenStore
     from opsagent.policy.modes import Mode
+    from opsagent.policy.state import state_db
 
     state.mkdir(parents=True, exist_ok=True)
-    tokens = TokenStore(state / "tokens.json")
+    tokens = TokenStore(state_db(state))
     admin = tokens.authenticate(tokens.add("bench-admin", [Role.admin]))
-    store = AutonomyStore(state / "autonomy.sqlite")
+    store = AutonomyStore(state_db(state))
     try:
         for name in classes:
             store.set_mode(name, Mode.autonomous, identity=admin,

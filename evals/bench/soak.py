@@ -6,7 +6,9 @@ front door, submits the cases over `POST /v1/exceptions` at a steady rate (a ref
 and samples every actor's resident memory (psutil on the actor's process) and the executor
 pool's size while it runs. Reports throughput, p50/p95 latency (receipt to final status, as the
 case records them), memory per actor over time, the pool's size over time (`--autoscale MIN:MAX`
-sizes it with the load) and lost cases (accepted but not final at the end: must be 0).
+sizes it with the load), lost cases (accepted but not final at the end: must be 0), writes the
+systems of record applied twice (must be 0) and the ledger against the executed actions.
+`--state URL` runs it on that state database (e.g. PostgreSQL) instead of a fresh SQLite file.
 
 `--engine scripted` (default) plans with a scripted gold planner, so the figures are the system's
 own (Ray, policy, executors, traces, case store), not the model's; `--engine vllm` uses the
@@ -29,11 +31,13 @@ from typing import Any
 import httpx
 import psutil
 from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy import func, select
 
 from opsagent.agents.engines.base import ChoiceRequest, ChoiceResult, GenerationRequest, GenerationResult
 from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.request_limits import ApiLimits
+from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig, SystemConfig
 from opsagent.cluster.executor_scaling import ScalingEvent
 from opsagent.cluster.probes import PoolSample, PoolWatch, actor_pids, set_mode
@@ -44,6 +48,8 @@ from opsagent.evals.gold import gold_step
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import TokenStore
+from opsagent.policy.state import open_state
+from opsagent.policy.state._schema import ledger
 from opsagent.progress import CaseProgress, progress_wanted
 from opsagent.tools.platform import Platform, inject_weight_mismatch
 
@@ -121,6 +127,15 @@ class LoadResult(BaseModel):
     pool: list[PoolSample] = Field(default_factory=list, description="The executor pool over the run.")
     scaling: list[ScalingEvent] = Field(default_factory=list, description="The pool's last size changes.")
     max_open: int = Field(description="Most cases open at once (seen by the poller).")
+    case_ids: list[str] = Field(default_factory=list, exclude=True, description="The accepted cases.")
+    state: str = Field("sqlite", description="The state database's backend (sqlite or postgresql).")
+    duplicate_effects: int = Field(0, description="Writes the systems of record applied more than once "
+                                   "(a second weight dispute for one shipment, a repeated idempotency key).")
+    executed_actions: int = Field(0, description="Tool calls the run's cases executed (ran, or may have).")
+    ledger_committed: int = Field(0, description="The run's ledger rows committed (counted for good).")
+    ledger_open: int = Field(0, description="The run's ledger rows still reserved, neither committed nor released.")
+    ledger_spend: float = Field(0.0, description="Spend the ledger counts for the run's cases.")
+    executed_spend: float = Field(0.0, description="Sum of the amounts of the executed actions that move money.")
     when: datetime
 
 
@@ -153,7 +168,7 @@ def run_load(args: argparse.Namespace) -> int:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         with args.report.open("a") as out:
             out.write(("\n" if args.report.stat().st_size else "# Benchmarks\n\n") + text + "\n")
-    return 0 if result.lost == 0 else 1
+    return 0 if result.lost == 0 and result.duplicate_effects == 0 else 1
 
 
 def autoscaling(spec: str | None) -> ExecutorAutoscalingConfig | None:
@@ -178,6 +193,7 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
             instances = inject_weight_mismatch(platform, count=args.cases, seed=args.seed,
                                                suspect_share=args.suspect_share)
             config = SystemConfig(traces_dir=work / "traces", state_dir=work / "state",
+                                  state=getattr(args, "state", None),
                                   executors=args.executors, executor_autoscaling=args.scaling,
                                   max_open_cases=max(1000, args.cases),
                                   **({"case_cache": args.case_cache} if args.case_cache else {}))
@@ -192,8 +208,9 @@ def _soak(args: argparse.Namespace, work: Path) -> LoadResult:
                 set_mode(system, "weight_mismatch", "autonomous", admin, "bench load: writes really run")
                 url = system.serve(port=0, limits=ApiLimits(requests_per_window=10 ** 7))
                 token = TokenStore(system.tokens_path).add("bench", ["submitter"])
-                return asyncio.run(_drive(args, url, token, instances, actor_pids(system),
-                                          system.handles["cases"]))
+                result = asyncio.run(_drive(args, url, token, instances, actor_pids(system),
+                                            system.handles["cases"]))
+                return result.model_copy(update=audit(platform, system.tokens_path, result.case_ids))
             finally:
                 system.stop()
     finally:
@@ -274,7 +291,41 @@ async def _drive(args: argparse.Namespace, url: str, token: str, instances: list
         p50_s=_pct(latencies, 50), p95_s=_pct(latencies, 95),
         max_s=round(latencies[-1], 3) if latencies else 0.0,
         memory=_memory_table(memory), pool=pool, scaling=scaling, max_open=max_open,
-        when=datetime.now().astimezone())
+        case_ids=list(accepted), when=datetime.now().astimezone())
+
+
+def audit(platform: Platform, state: str, case_ids: list[str]) -> dict[str, Any]:
+    """After the run: writes applied twice in the systems of record, and the ledger against the
+    actions the run's cases executed (read from the state database)."""
+    snapshot = platform.snapshot("tms")
+    disputes: dict[str, int] = {}
+    for row in snapshot["weight_disputes"]:
+        disputes[row["shipment_id"]] = disputes.get(row["shipment_id"], 0) + 1
+    keys = [r["key"] for r in snapshot["idempotency_keys"]]
+    duplicates = sum(n - 1 for n in disputes.values() if n > 1) + len(keys) - len(set(keys))
+    db = open_state(state)
+    store = CaseStore(db)
+    executed, spend = 0, 0.0
+    for case_id in case_ids:
+        stored = store.get(case_id)
+        for step in stored.case.steps if stored else []:
+            if step.executed:
+                executed += 1
+                amount = step.args.get("amount")
+                spend += float(amount) if isinstance(amount, int | float) else 0.0
+    rows: dict[str, int] = {}
+    total = 0
+    with db.read() as conn:
+        for chunk in range(0, len(case_ids), 500):
+            ids = case_ids[chunk:chunk + 500]
+            for state_, n, micro in conn.execute(
+                    select(ledger.c.state, func.count(), func.coalesce(func.sum(ledger.c.amount_micro), 0))
+                    .where(ledger.c.case_id.in_(ids)).group_by(ledger.c.state)):
+                rows[state_] = rows.get(state_, 0) + int(n)
+                total += int(micro) if state_ != "released" else 0
+    return {"state": db.dialect, "duplicate_effects": duplicates, "executed_actions": executed,
+            "ledger_committed": rows.get("committed", 0), "ledger_open": rows.get("reserved", 0),
+            "ledger_spend": total / 1_000_000, "executed_spend": round(spend, 6)}
 
 
 async def _sample_memory(pids: dict[str, int], out: list[tuple[float, dict[str, float]]],
@@ -346,6 +397,11 @@ def format_load(result: LoadResult, args: argparse.Namespace) -> str:
         f"| throughput | {result.throughput} cases/s |",
         f"| latency p50 / p95 / max (receipt to final) | {result.p50_s} / {result.p95_s} / {result.max_s} s |",
         f"| most cases open at once | {result.max_open} |",
+        f"| state database | {result.state} |",
+        f"| writes applied twice (systems of record) | {result.duplicate_effects} |",
+        f"| executed actions / ledger rows committed (still reserved) | {result.executed_actions} / "
+        f"{result.ledger_committed} ({result.ledger_open}) |",
+        f"| spend: executed actions / ledger | {result.executed_spend:g} / {result.ledger_spend:g} |",
         "",
         "| actor | RSS first (MB) | middle | peak | last | growth | growth, 2nd half | samples |",
         "|---|---|---|---|---|---|---|---|",

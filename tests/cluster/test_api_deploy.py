@@ -24,6 +24,7 @@ from opsagent.errors import ConfigError
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.sources import load_sources
 from tests.fakes.local_actors import ThreadedServer
+from opsagent.policy.state import state_db, state_url
 
 CLUSTER = Path(__file__).resolve().parents[2] / "cluster"
 
@@ -66,6 +67,38 @@ def test_the_rayservice_puts_the_planner_on_gpus_and_the_executors_on_cpus(tmp_p
     assert head["rayStartParams"]["num-cpus"] == "0"
     mounts = head["template"]["spec"]["containers"][0]["volumeMounts"]
     assert any(Path(system.state_dir).is_relative_to(m["mountPath"]) for m in mounts)
+
+
+def test_the_rayservice_keeps_state_in_postgresql_and_the_trace_log_on_local_disk(monkeypatch):
+    """The state URL comes from a secret on every pod; no SQLite file on the shared volume; the
+    trace WAL on node-local disk; one cluster at a time (upgradeStrategy None: the case manager's
+    lease admits one system per database); fields KubeRay no longer reads are gone; worker group
+    bounds take effect (in-tree autoscaling)."""
+    documents = list(yaml.safe_load_all((CLUSTER / "kuberay" / "rayservice.yaml").read_text()))
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    service = next(d for d in documents if d["kind"] == "RayService")
+    system = SystemConfig.model_validate(yaml.safe_load(config_map["data"]["system.yaml"]))
+    assert system.state == "env:OPSAGENT_STATE_URL"
+    spec = service["spec"]
+    assert spec["upgradeStrategy"] == {"type": "None"}
+    assert not {"serviceUnhealthySecondThreshold", "deploymentUnhealthySecondThreshold"} & set(spec)
+    cluster = spec["rayClusterConfig"]
+    assert cluster["enableInTreeAutoscaling"] is True
+    pods = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    for group in pods:
+        pod = group["template"]["spec"]
+        (container,) = pod["containers"]
+        state = [e for e in container["env"] if e["name"] == "OPSAGENT_STATE_URL"]
+        assert state == [{"name": "OPSAGENT_STATE_URL",
+                          "valueFrom": {"secretKeyRef": {"name": "opsagent-state", "key": "url"}}}]
+        shared = {v["name"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+        local = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        under = lambda path: next(n for p, n in mounts.items() if Path(path).is_relative_to(p))  # noqa: E731
+        assert under(system.trace_wal_dir) in local and under(system.state_dir) in local
+        assert under(system.traces_dir) in shared
+    monkeypatch.setenv("OPSAGENT_STATE_URL", "postgresql://ops:pw@db:5432/opsagent")
+    assert state_url(system.state_url()) == "postgresql://ops:pw@db:5432/opsagent"
 
 
 def test_only_the_policy_pod_mounts_the_permit_signing_key():
@@ -131,7 +164,7 @@ def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
                               "openai": {"base_url": f"{planner_server.url}/v1", "model": "stand-in"}},
                   "executors": 1, "state_dir": str(tmp_path / "state"), "traces_dir": str(tmp_path / "traces")}
         (tmp_path / "system.yaml").write_text(yaml.safe_dump(config))
-        token = TokenStore(tmp_path / "state" / "tokens.json").add("ops", ["submitter", "auditor"])
+        token = TokenStore(state_db(tmp_path / "state")).add("ops", ["submitter", "auditor"])
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]

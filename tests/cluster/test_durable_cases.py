@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from opsagent.errors import StateError
+
 from opsagent.agents.case import CaseStatus, ExceptionReport
 from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.executor import Executor
@@ -227,10 +229,10 @@ def test_final_cases_are_not_run_again(tmp_path, registry, platform, mismatch):
 def test_a_store_that_cannot_be_opened_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(OSError):
+    with pytest.raises(StateError, match="state URL sqlite:///.*file/cases.sqlite"):
         CaseStore(blocker / "cases.sqlite")
     (tmp_path / "bad.sqlite").write_text("this is not a database" * 100)
-    with pytest.raises(Exception, match="not a database"):
+    with pytest.raises(StateError, match="cannot open the state database .*bad.sqlite: file is not a database"):
         CaseStore(tmp_path / "bad.sqlite")
 
 

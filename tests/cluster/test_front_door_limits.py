@@ -13,6 +13,7 @@ from opsagent.cluster.console.pages import csrf_value
 from opsagent.cluster.front_door import create_app
 from opsagent.errors import RateLimited
 from opsagent.policy.identity import TokenStore
+from opsagent.policy.state import state_db
 
 
 def test_two_replicas_share_one_rate_limit(tmp_path):
@@ -50,7 +51,7 @@ class _Cases:
 
 def _apps(tmp_path, replicas=2, requests=5, cookie_secure=None):
     cases = _Cases()
-    apps = [create_app(cases, None, tokens_path=tmp_path / "tokens.json", traces_dir=tmp_path / "traces",
+    apps = [create_app(cases, None, tokens_path=state_db(tmp_path), traces_dir=tmp_path / "traces",
                        limits=ApiLimits(requests_per_window=requests, window_s=60),
                        rate_limit_path=tmp_path / "rate_limit.sqlite", cookie_secure=cookie_secure)
             for _ in range(replicas)]
@@ -63,7 +64,7 @@ def _client(app, base="http://testserver") -> TestClient:
 
 def test_the_app_replicas_count_one_limit_and_health_is_limited_and_cached(tmp_path):
     cases, apps = _apps(tmp_path)
-    token = TokenStore(tmp_path / "tokens.json").add("alice", ["submitter"])
+    token = TokenStore(state_db(tmp_path)).add("alice", ["submitter"])
     clients = [_client(app) for app in apps]
     health = [clients[n % 2].get("/v1/health").status_code for n in range(8)]
     assert health == [200] * 5 + [429] * 3  # limited per client address, over both replicas
@@ -75,7 +76,7 @@ def test_the_app_replicas_count_one_limit_and_health_is_limited_and_cached(tmp_p
 
 def test_login_needs_the_form_value_from_its_own_cookie(tmp_path):
     _, (app, _) = _apps(tmp_path, requests=100)
-    token = TokenStore(tmp_path / "tokens.json").add("alice", ["auditor"])
+    token = TokenStore(state_db(tmp_path)).add("alice", ["auditor"])
     with _client(app) as browser:
         forged = browser.post("/console/login", data={"token": token, "csrf": "guessed"})
         assert forged.status_code == 303 and "error=" in forged.headers["location"]
@@ -105,7 +106,7 @@ def test_the_cookies_are_secure_over_https_unless_configured(tmp_path, base, con
 
 def test_the_session_cookie_is_secure_over_https(tmp_path):
     _, (app, _) = _apps(tmp_path, requests=100)
-    token = TokenStore(tmp_path / "tokens.json").add("alice", ["auditor"])
+    token = TokenStore(state_db(tmp_path)).add("alice", ["auditor"])
     with _client(app, "https://ops.example") as browser:
         nonce = browser.get("/console/login").cookies["opsagent_login"]
         ok = browser.post("/console/login", data={"token": token, "csrf": nonce})

@@ -29,6 +29,7 @@ from opsagent.policy.records import ToolCallRequest, args_digest
 from opsagent.tools.platform import inject_weight_mismatch
 from tests.fakes.hostile import HostileInput, HostilePlanner, from_request, misbehave, obey, plan
 from tests.fakes.local_actors import local_front_door
+from opsagent.policy.state import state_db
 
 SIZE = int(os.environ.get("OPSAGENT_HOSTILE_INPUTS", "60"))
 CASE_KINDS = ("injection", "forged_approval", "hostile_output")
@@ -85,7 +86,7 @@ def suite(platform, tmp_path_factory):
     with local_front_door(registry, tmp_path_factory.mktemp("hostile"), engine=engine, playbooks=playbooks,
                           limits=ApiLimits(requests_per_window=1_000_000), planner=planner,
                           modes={"weight_mismatch": "autonomous"}) as door:
-        door.tokens["approver2"] = TokenStore(door.state / "tokens.json").add("approver2", ["approver"])
+        door.tokens["approver2"] = TokenStore(state_db(door.state)).add("approver2", ["approver"])
         tally = Tally()
         report = run(door, tally, inputs, list(zip(case_inputs, planted, strict=False)), bystanders,
                      door_shipments)

@@ -18,6 +18,7 @@ from opsagent.policy.credentials import Credential
 from opsagent.policy.identity import Identity, Role, TokenStore
 from opsagent.policy.records import PolicyDecision, ToolCallRequest, args_digest
 from tests.fakes.local_actors import LocalActor
+from opsagent.policy.state import state_db
 
 TOOL = "tms_adjust_billed_weight"
 ARGS = {"shipment_id": "SHP-1", "billed_weight_kg": 12.0, "reason": "rebill"}
@@ -29,7 +30,7 @@ def world(tmp_path, registry):
     """A policy actor over a fresh state folder, its token store and one held action of a case
     submitted by `alice` (who also holds the approver role)."""
     state = tmp_path / "state"
-    store = TokenStore(state / "tokens.json")
+    store = TokenStore(state_db(state))
     tokens = {name: Credential.of(store.add(name, roles)) for name, roles in (
         ("alice", ["submitter", "approver"]), ("bob", ["approver"]), ("root", ["admin"]),
         ("sam", ["submitter"]))}

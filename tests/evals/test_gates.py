@@ -39,6 +39,7 @@ from opsagent.policy.modes import Mode
 from opsagent.policy.service import PolicyService
 from opsagent.policy.stats import wilson
 from tests.fakes.verdicts import trace_verdicts
+from opsagent.policy.state import state_db
 
 ADMIN = Identity(name="ada", roles=frozenset({Role.admin}))
 OPERATOR = Identity(name="omar", roles=frozenset({Role.approver}))
@@ -202,7 +203,7 @@ def shadow_run(platform, registry, tmp_path_factory):
         instances += [next(i for i in pool if i.variant == v) for v in CLASSES[name].variants]
     plant(instances, platform)
     write_eval_set(instances, evalset, seed=4800)
-    store = AutonomyStore(state / "autonomy.sqlite")
+    store = AutonomyStore(state_db(state))
     policy = PolicyEngine(load_default_policy(), registry, autonomy=store)
     service = PolicyService(policy, ApprovalStore(":memory:"))
     books = builtin_playbooks()
@@ -299,7 +300,7 @@ def test_review_needs_an_operator_and_a_finished_case(shadow_run) -> None:
 def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypatch) -> None:
     root, cases = shadow_run["root"], shadow_run["cases"]
     state = tmp_path / "state"
-    tokens = TokenStore(state / "tokens.json")
+    tokens = TokenStore(state_db(state))
     admin, operator = tokens.add("ada", ["admin"]), tokens.add("omar", ["approver"])
     common = ["--traces", str(root), "--state", str(state)]
     assert cli(["autonomy", "status", *common]) == 0
@@ -317,7 +318,7 @@ def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypat
     monkeypatch.setenv("OPSAGENT_TOKEN", admin)
     assert cli([*base, "--override"]) == 0
     assert "shadow -> supervised by ada" in capsys.readouterr().out
-    store = AutonomyStore(state / "autonomy.sqlite")
+    store = AutonomyStore(state_db(state))
     last = store.last_change("weight_mismatch")
     assert last.to_mode == Mode.supervised and "[override of the gate: needs 200 more" in last.reason
     assert "evidence in shadow: 0/0 correct" in last.reason
@@ -334,7 +335,7 @@ def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypat
 
 def test_cli_demotes_through_check(tmp_path, capsys) -> None:
     state = tmp_path / "state"
-    store = AutonomyStore(state / "autonomy.sqlite")
+    store = AutonomyStore(state_db(state))
     store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="test", now=T0)
     _trace(tmp_path / "traces", "weight_mismatch", "autonomous", [False] * 20, T0 + timedelta(hours=1))
     policy = tmp_path / "policy.yaml"
@@ -344,7 +345,7 @@ def test_cli_demotes_through_check(tmp_path, capsys) -> None:
     assert cli(["autonomy", "check", "--traces", str(tmp_path / "traces"), "--state", str(state),
                 "--policy", str(policy)]) == 0
     assert "demoted weight_mismatch: autonomous -> supervised" in capsys.readouterr().out
-    assert AutonomyStore(state / "autonomy.sqlite").last_change("weight_mismatch").actor == GATES_ACTOR
+    assert AutonomyStore(state_db(state)).last_change("weight_mismatch").actor == GATES_ACTOR
 
 
 # --- an admin's mode change: the one rule of the API and the CLI ------------------------------
@@ -399,7 +400,7 @@ def _eligible_traces(root: Path, at: datetime) -> None:
 
 def test_cli_set_goes_through_the_gate(tmp_path, capsys, monkeypatch) -> None:
     state, traces = tmp_path / "state", tmp_path / "traces"
-    monkeypatch.setenv("OPSAGENT_TOKEN", TokenStore(state / "tokens.json").add("ada", ["admin"]))
+    monkeypatch.setenv("OPSAGENT_TOKEN", TokenStore(state_db(state)).add("ada", ["admin"]))
     common = ["--traces", str(traces), "--state", str(state)]
     assert cli(["autonomy", "status", *common]) == 0
     capsys.readouterr()
@@ -411,7 +412,7 @@ def test_cli_set_goes_through_the_gate(tmp_path, capsys, monkeypatch) -> None:
     assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", *common]) == 1
     assert "needs 200 more" in capsys.readouterr().err  # supervised earns its own evidence
     assert cli(["autonomy", "set", "weight_mismatch", "autonomous", "--reason", "go", "--force", *common]) == 0
-    history = AutonomyStore(state / "autonomy.sqlite").history("weight_mismatch")
+    history = AutonomyStore(state_db(state)).history("weight_mismatch")
     assert [(h.to_mode, h.reason.split(" [")[0], "[override of the gate" in h.reason) for h in history[1:]] == [
         (Mode.supervised, "200/200 in shadow", False), (Mode.autonomous, "go", True)]
     assert cli(["autonomy", "set", "weight_mismatch", "shadow", "--reason", "incident 42", *common]) == 0

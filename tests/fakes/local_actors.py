@@ -3,6 +3,8 @@ thread: the front door's real app over the real actor classes, without starting 
 
 from __future__ import annotations
 
+from opsagent.policy.state import state_db
+
 import asyncio
 import contextlib
 import inspect
@@ -125,7 +127,7 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
     from opsagent.policy.identity import TokenStore
 
     traces, state = root / "traces", root / "state"
-    store = TokenStore(state / "tokens.json")
+    store = TokenStore(state_db(state))
     planner = LocalActor(PlannerActor, engine, playbooks, registry) if planner is None else LocalObject(planner)
     policy = LocalActor(PolicyActor, load_default_policy(), registry, str(state))  # creates its key
     setter = Credential.of(store.add("test-setup", ["admin"]))
@@ -134,7 +136,7 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
     executor = LocalActor(ExecutorActor, registry, policy.instance.public_keys())
     tracer = LocalActor(TraceWriterActor, str(traces), flush_every_s=0.2)
     cases = LocalActor(CaseManager, planner, policy, [executor], tracer, registry, 6, max_open_cases)
-    app = create_app(cases, policy, tokens_path=state / "tokens.json", traces_dir=traces,
+    app = create_app(cases, policy, tokens_path=state_db(state), traces_dir=traces,
                      limits=limits, access_log=state / "access.jsonl")
     tokens = {role: store.add(role, [role]) for role in ("submitter", "approver", "auditor", "admin")}
     tokens["submitter2"] = store.add("submitter2", ["submitter"])

@@ -146,25 +146,17 @@ def test_withdrawing_a_cases_approvals_expires_only_its_pending_ones(tmp_path):
     assert store.withdraw("case-1", "again") == [] and store.withdraw("case-nope", "x") == []
 
 
-def test_an_approvals_file_from_before_superseding_opens_and_works(tmp_path):
+def test_an_approvals_file_from_before_the_state_layer_is_refused_not_overwritten(tmp_path):
     import sqlite3
+
+    from opsagent.errors import StateError
 
     path = tmp_path / "a.sqlite"
     old = sqlite3.connect(path)
-    old.execute("""CREATE TABLE approvals (
-      approval_id TEXT PRIMARY KEY, case_id TEXT NOT NULL, exception_type TEXT NOT NULL,
-      step INTEGER NOT NULL, tool TEXT NOT NULL, args TEXT NOT NULL, args_digest TEXT NOT NULL,
-      risk TEXT, reasons TEXT NOT NULL, policy_version TEXT NOT NULL, preview TEXT,
-      status TEXT NOT NULL, requested_at TEXT NOT NULL, expires_at TEXT NOT NULL,
-      decided_at TEXT, approver TEXT, reason TEXT, UNIQUE (case_id, step, args_digest))""")
-    old.execute("INSERT INTO approvals VALUES ('apr-old', 'case-1', 'weight_mismatch', 3, "
-                "'tms_adjust_billed_weight', ?, ?, 'high', '[]', 'v1', 'null', 'pending', "
-                "'2026-01-01T00:00:00+00:00', '2999-01-01T00:00:00+00:00', NULL, NULL, NULL)",
-                ('{"shipment_id": "SHP-1"}', "d" * 64))
+    old.execute("CREATE TABLE approvals (approval_id TEXT PRIMARY KEY, status TEXT)")
+    old.execute("INSERT INTO approvals VALUES ('apr-old', 'pending')")
     old.commit()
     old.close()
-    store = ApprovalStore(path)
-    assert store.get("apr-old").supersedes == []
-    newer = _request(store)
-    assert newer.supersedes == ["apr-old"] and store.get("apr-old").status == ApprovalStatus.expired
-    assert ApprovalStore(path).get(newer.approval_id).supersedes == ["apr-old"]  # reopened as is
+    with pytest.raises(StateError, match="no schema version"):
+        ApprovalStore(path)
+    assert sqlite3.connect(path).execute("SELECT * FROM approvals").fetchall() == [("apr-old", "pending")]

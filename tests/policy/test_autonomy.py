@@ -7,6 +7,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from opsagent.errors import AuthError, AutonomyError, ConfigError
 from opsagent.policy import AutonomyStore, Mode, PolicyConfig, PolicyEngine, load_default_policy
@@ -44,10 +46,9 @@ def test_modes_and_history_survive_a_reopen(tmp_path) -> None:
         ("supervised", "autonomous", "ada", False)]
     assert history[-1].reason == "200 approvals, 1 rejected" and history[-1].at == T0 + timedelta(days=9)
     assert reopened.seed(load_default_policy()) == []  # seeding again changes nothing
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        reopened._db.execute("UPDATE mode_changes SET to_mode = 'autonomous'")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        reopened._db.execute("DELETE FROM mode_changes")
+    for statement in ("UPDATE mode_changes SET to_mode = 'autonomous'", "DELETE FROM mode_changes"):
+        with pytest.raises(DBAPIError, match="append-only"), reopened._db.write() as conn:
+            conn.execute(text(statement))
 
 
 def test_only_an_admin_sets_a_mode_and_always_with_a_reason() -> None:
@@ -114,7 +115,7 @@ def test_an_unreadable_store_or_unknown_class_is_never_more_than_supervised(tmp_
 def test_a_stored_mode_that_does_not_parse_fails_closed(tmp_path) -> None:
     path = tmp_path / "autonomy.sqlite"
     AutonomyStore(path).set_mode("weight_mismatch", "shadow", identity=ADMIN, reason="x")
-    db = sqlite3.connect(path)
+    db = sqlite3.connect(path)  # written around the store, as a damaged or hand-edited file would be
     db.execute("INSERT INTO mode_changes (exception_type, from_mode, to_mode, actor, reason, at, automatic) "
                "VALUES ('weight_mismatch', 'shadow', 'godmode', 'mallory', 'x', '2026-01-01T00:00:00+00:00', 0)")
     db.commit()

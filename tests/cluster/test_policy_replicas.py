@@ -1,0 +1,74 @@
+"""Two policy actors (Ray) on one PostgreSQL state database: the spending limits and the
+approvals still hold, because the ledger and the approvals are the database's, not an actor's."""
+
+from __future__ import annotations
+
+import pytest
+import ray
+
+from opsagent.cluster.actors import PolicyActor
+from opsagent.policy import ToolCallRequest, load_default_policy
+from tests.fakes.autonomy import credential
+
+pytestmark = [pytest.mark.ray, pytest.mark.postgres]
+
+INVOICE, SHIPMENT, TICKET = "INV-00000001", "SHP-00000001", "TKT-00000001"
+READS = {
+    "tms_get_tracking": {"shipment_id": SHIPMENT, "damage_reported": "yes"},
+    "tkt_get_ticket": {"ticket_id": TICKET, "status": "open", "claim_amount": 90.0,
+                       "entities": {"invoice_id": INVOICE, "shipment_id": SHIPMENT}},
+    "erp_get_invoice": {"invoice_id": INVOICE, "open_balance": 5000.0, "shipment_id": SHIPMENT},
+}
+
+
+def _credit(case: int) -> ToolCallRequest:
+    """A 90 EUR credit on one invoice: the shipped policy lets one a day through per invoice."""
+    return ToolCallRequest(
+        case_id=f"case-{case}", exception_type="damage_claim", step=4, tool="erp_issue_credit",
+        args={"invoice_id": INVOICE, "amount": 90.0, "reason": "damaged in transit"},
+        entities={"shipment_id": SHIPMENT, "invoice_id": INVOICE, "ticket_id": TICKET}, observations=READS)
+
+
+@pytest.fixture(scope="module")
+def replicas(ray_runtime, postgres_server, platform, tmp_path_factory):
+    url = postgres_server.new_database("replicas")
+    state = str(tmp_path_factory.mktemp("policy-node"))  # one signing key file, both on this node
+    actors = [PolicyActor.options(num_cpus=0).remote(load_default_policy(), platform.registry(), state,
+                                                     state_url=url) for _ in range(2)]
+    ray.get([a.public_keys.remote() for a in actors])
+    ray.get(actors[0].set_mode.remote("damage_claim", "autonomous", credential(url), "test: two replicas"))
+    yield url, actors
+    for actor in actors:
+        ray.kill(actor)
+
+
+def test_credits_decided_on_two_replicas_at_once_pass_one_per_invoice(replicas) -> None:
+    _, actors = replicas
+    decisions = ray.get([actors[i % 2].decide.remote(_credit(i)) for i in range(10)])
+    allowed = [d for d in decisions if d.verdict == "allow"]
+    assert len(allowed) == 1 and {d.verdict for d in decisions} == {"allow", "require_approval"}
+    assert all("invoice_id=INV-00000001" in d.reasons[0] for d in decisions if d.verdict != "allow")
+    assert ray.get(actors[1].settle.remote(allowed[0].permit, True)) == "committed"  # the other replica settles it
+
+
+def test_an_approval_decided_on_both_replicas_at_once_has_one_decision(replicas) -> None:
+    url, actors = replicas
+    request = _credit(100)
+    held = ray.get(actors[0].decide.remote(request))
+    assert held.verdict == "require_approval"
+    pending = ray.get(actors[0].request_approval.remote(request, held, None))
+    approver, rejecter = credential(url, "rita", ["approver"]), credential(url, "rob", ["approver"])
+    outcomes = []
+    for ref in [actors[0].decide_approval.remote(pending.approval_id, approver, True, held.args_digest),
+                actors[1].decide_approval.remote(pending.approval_id, rejecter, False, held.args_digest,
+                                                 "not this one")]:
+        try:
+            outcomes.append(ray.get(ref).status.value)
+        except Exception as exc:  # noqa: BLE001 - the loser's ApprovalError, through Ray
+            assert "is already" in str(exc)
+            outcomes.append("refused")
+    assert sorted(outcomes) in (["approved", "refused"], ["refused", "rejected"])
+    final = ray.get(actors[1].get_approval.remote(pending.approval_id))
+    assert final.status.value in outcomes
+    if final.status.value == "approved":  # the approved credit now runs, on either replica
+        assert ray.get(actors[1].decide.remote(request)).verdict == "allow"
