@@ -36,6 +36,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from sqlalchemy.pool import StaticPool
 
 from opsagent.errors import StateError
+from opsagent.policy.state._migrations import upgrade
 
 T = TypeVar("T")
 _RETRIES = 8
@@ -100,8 +101,6 @@ class State:
         except (ArgumentError, NoSuchModuleError, ImportError, OSError) as exc:
             raise StateError(f"state URL {self.redacted}: {exc}") from None
         if check:
-            from opsagent.policy.state._migrations import upgrade
-
             try:
                 with self.engine.connect() as conn:
                     conn.execute(text("SELECT 1"))

@@ -10,16 +10,25 @@ To change the schema, append a migration; never edit one that shipped.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from sqlalchemy import Connection, func, insert, inspect, select
 
 from opsagent.errors import StateError
 from opsagent.policy.state._schema import metadata, schema_version
 
-if TYPE_CHECKING:
-    from opsagent.policy.state._engine import State
+
+class State(Protocol):
+    """What a migration needs of the state database (`_engine.State` is the one implementation)."""
+
+    dialect: str
+    redacted: str
+
+    def write(self) -> AbstractContextManager[Connection]: ...
+
+    def lock(self, conn: Connection, name: str) -> None: ...
 
 _APPEND_ONLY_SQLITE = [
     "CREATE TRIGGER IF NOT EXISTS mode_changes_no_update BEFORE UPDATE ON mode_changes "
