@@ -12,6 +12,8 @@ from opsagent.cluster.case_book import CaseBook
 from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus
+from opsagent.cluster.metrics import Metrics
+from opsagent.cluster.observe import CaseMetrics, MeteredTracer
 from opsagent.cluster.ports import AckTally, ExecutorPool, PlannerPool, PolicyHandle, TraceHandle
 from opsagent.tools.registry import ToolRegistry
 
@@ -33,8 +35,10 @@ class CaseManager(CaseBook):
                  case_cache: int = 1000) -> None:
         store = CaseStore(Path(state_dir) / CASES_FILE) if state_dir else None
         self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
+        cases = CaseMetrics(Metrics(["opsagent_cases_received_total", "opsagent_cases_total",
+                                     "opsagent_cases_open", "opsagent_case_duration_seconds"]))
         super().__init__(PlannerPool(planner), PolicyHandle(policy), self._executors,
-                         TraceHandle(tracer), registry, max_steps=max_steps,
+                         MeteredTracer(TraceHandle(tracer), cases), registry, max_steps=max_steps,
                          max_open_cases=max_open_cases, store=store, case_cache=case_cache)
 
     def recovered_cases(self) -> int:
