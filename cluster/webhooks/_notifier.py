@@ -108,7 +108,7 @@ class WebhookNotifier:
         code: int | None = None
         error: str | None = None
         try:
-            answer = client.post(d.url, content=raw,
+            answer = client.post(self.config.url, content=raw,  # the URL configured now
                                  headers=signed_headers(self._secret, d.delivery_id, d.event, raw, self._clock()))
             code = answer.status_code
             if not 200 <= code < 300:
