@@ -31,6 +31,8 @@ CREATE TABLE IF NOT EXISTS attempts (
 )"""]
 
 Status = Literal["pending", "delivered", "failed"]
+_READY = ("d.status='pending' AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.approval_id=d.approval_id "
+          "AND e.status='pending' AND e.rowid<d.rowid)")
 
 
 class Delivery(BaseModel):
@@ -93,15 +95,17 @@ class DeliveryLog:
         return Delivery.model_validate(dict(row))
 
     def due(self, now: float, limit: int = 50) -> list[Delivery]:
-        """Pending deliveries whose next attempt is due, oldest first."""
+        """Pending deliveries whose next attempt is due, oldest first; one waits while an earlier
+        delivery of the same approval is still pending, so a receiver gets each approval's events
+        in order."""
         rows = self._db.execute(
-            "SELECT * FROM deliveries WHERE status='pending' AND next_attempt_at<=? "
+            f"SELECT * FROM deliveries d WHERE {_READY} AND next_attempt_at<=? "
             "ORDER BY next_attempt_at LIMIT ?", (now, limit)).fetchall()
         return [Delivery.model_validate(dict(r)) for r in rows]
 
     def next_due(self) -> float | None:
         """Unix time of the earliest pending attempt, if any."""
-        row = self._db.execute("SELECT min(next_attempt_at) FROM deliveries WHERE status='pending'").fetchone()
+        row = self._db.execute(f"SELECT min(next_attempt_at) FROM deliveries d WHERE {_READY}").fetchone()
         return row[0]
 
     def record(self, delivery_id: str, *, now: float, status_code: int | None, error: str | None,

@@ -161,3 +161,18 @@ def test_the_secret_comes_from_the_config_or_the_environment(monkeypatch):
     with pytest.raises(ValueError, match="extra"):
         WebhookConfig(url="https://x", sekret="typo")
     assert json.loads(WebhookConfig(url="https://x", secret="s").model_dump_json())["secret"] == "**********"
+
+
+def test_an_approvals_events_arrive_in_order_even_when_the_first_is_retried(tmp_path, approval):
+    with WebhookReceiver(fail_first=2) as receiver:
+        notifier = WebhookNotifier(_config(receiver.url, backoff_s=0.2), SECRET,
+                                   DeliveryLog(tmp_path / "w.sqlite")).start()
+        try:
+            notifier.notify("approval.requested", approval)
+            assert _wait(lambda: len(receiver.requests) == 1)  # failed once, waiting to retry
+            notifier.notify("approval.decided", approval)
+            assert _wait(lambda: len(receiver.ok()) == 2)
+        finally:
+            notifier.close()
+    assert [r.json["event"] for r in receiver.requests] == [
+        "approval.requested", "approval.requested", "approval.requested", "approval.decided"]
