@@ -176,3 +176,22 @@ def test_an_approvals_events_arrive_in_order_even_when_the_first_is_retried(tmp_
             notifier.close()
     assert [r.json["event"] for r in receiver.requests] == [
         "approval.requested", "approval.requested", "approval.requested", "approval.decided"]
+
+
+def test_the_readmes_verification_snippet_accepts_a_delivery_and_refuses_a_forgery():
+    import re
+    from pathlib import Path
+
+    import opsagent
+    from opsagent.cluster.webhooks import signed_headers
+
+    readme = (Path(opsagent.__file__).resolve().parent / "README.md").read_text()
+    snippet = re.search(r"```python\n(import hashlib, hmac, time\n.*?)```", readme, re.S)
+    assert snippet, "README's webhook verification snippet is missing"
+    namespace: dict = {}
+    exec(snippet.group(1), namespace)  # noqa: S102 - our own README
+    raw = b'{"event":"approval.requested"}'
+    headers = signed_headers(SECRET, "whd-1", "approval.requested", raw)
+    assert namespace["verified"](SECRET, headers, raw)
+    assert not namespace["verified"](SECRET, headers, raw + b" ")
+    assert not namespace["verified"](SECRET, signed_headers(SECRET, "whd-1", "e", raw, now=1_000_000), raw)
