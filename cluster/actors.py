@@ -20,8 +20,14 @@ from opsagent.agents.executor import Executor
 from opsagent.agents.planner import Planner, PlannerTurn
 from opsagent.agents.playbooks import Playbook
 from opsagent.agents.tracing.evidence import case_verdicts
+from opsagent.agents.tracing.otlp import OtlpConfig, OtlpExporter
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.agents.tracing.writer import TraceWriter
+from opsagent.cluster.metrics import Metrics, engine_stat_loggers
+from opsagent.cluster.observe import (
+    is_unsupervised_high_risk, record_approvals, record_decision, record_tool_call, record_turn,
+)
+from opsagent.cluster.webhooks import ApprovalWatch, DeliveryLog, WebhookConfig, WebhookNotifier
 from opsagent.errors import ApprovalError, AuthError, AutonomyError, ConfigError, TraceError
 from opsagent.policy.approvals import ApprovalRequest, ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore
@@ -49,14 +55,22 @@ class PlannerActor:
     """Hosts one planner engine; async, so concurrent cases' calls reach the engine together."""
 
     def __init__(self, engine: PlannerEngine, playbooks: dict[str, Playbook],
-                 registry: ToolRegistry, options: dict[str, Any] | None = None) -> None:
-        """`options`: the `Planner`'s keyword arguments (`PlannerConfig.planner_options()`)."""
+                 registry: ToolRegistry, options: dict[str, Any] | None = None,
+                 engine_metrics: bool = True) -> None:
+        """`options`: the `Planner`'s keyword arguments (`PlannerConfig.planner_options()`);
+        `engine_metrics`: a vLLM engine records its own metrics through Ray too."""
         self._planner = Planner(engine, playbooks, registry, **(options or {}))
         self._started: asyncio.Task | None = None
+        self._engine_metrics = engine_metrics
+        self._metrics = Metrics(["opsagent_planner_calls_total", "opsagent_planner_errors_total",
+                                 "opsagent_planner_tokens_total", "opsagent_planner_latency_seconds"])
 
     async def start(self) -> str:
         """Load the engine (once; a restarted replica loads it on its first call)."""
         if self._started is None:
+            engine = self._planner.engine
+            if self._engine_metrics and hasattr(engine, "stat_loggers") and not engine.stat_loggers:
+                engine.stat_loggers = engine_stat_loggers()
             self._started = asyncio.get_running_loop().create_task(self._planner.engine.start())
         await asyncio.shield(self._started)
         return self._planner.engine.model
@@ -67,7 +81,9 @@ class PlannerActor:
 
     async def plan(self, case: Case, allowed_tools: list[str]) -> PlannerTurn:
         await self.start()
-        return await self._planner.plan(case, allowed_tools)
+        turn = await self._planner.plan(case, allowed_tools)
+        record_turn(self._metrics, self._planner.engine.model, turn)
+        return turn
 
     def pid(self) -> int:
         return os.getpid()
@@ -95,7 +111,9 @@ class PolicyActor:
     def __init__(self, policy: PolicyConfig, registry: ToolRegistry, state_dir: str,
                  permit_key: str | None = None, approval_ttl_s: float = 86400.0,
                  traces_dir: str | None = None, gate_check_interval_s: float | None = None,
-                 tokens_path: str | None = None, *, state_url: str | None = None) -> None:
+                 tokens_path: str | None = None, *, state_url: str | None = None,
+                 webhook: WebhookConfig | None = None, webhook_secret: str | None = None,
+                 approval_check_interval_s: float | None = 15.0) -> None:
         state = Path(state_dir)
         database = state_url or state_db(state)
         signer = _signer(permit_key, state)
@@ -110,6 +128,29 @@ class PolicyActor:
         self._gates = (GateWatch(partial(case_verdicts, traces_dir), autonomy, lambda: engine.config,
                                  interval_s=gate_check_interval_s).start()
                        if traces_dir and gate_check_interval_s else None)
+        self._metrics = Metrics([
+            "opsagent_policy_decisions_total", "opsagent_policy_denials_total",
+            "opsagent_unsupervised_high_risk_actions", "opsagent_approvals_pending",
+            "opsagent_approval_oldest_pending_age_seconds", "opsagent_approval_events_total",
+            "opsagent_webhook_deliveries_total"])
+        self._unsupervised = 0
+        self._metrics.set("opsagent_unsupervised_high_risk_actions", 0)  # exported at 0 from the start
+        self._notifier = None
+        if webhook is not None:
+            secret = webhook_secret or webhook.resolve_secret()
+            self._notifier = WebhookNotifier(
+                webhook, secret, DeliveryLog(state / "webhooks.sqlite"),
+                on_attempt=lambda event, outcome: self._metrics.inc(
+                    "opsagent_webhook_deliveries_total", event=event, outcome=outcome)).start()
+        self._watch = ApprovalWatch(
+            lambda: self._service.list_approvals("pending"), self._service.get_approval,
+            self._notify if self._notifier is not None else None,
+            lambda pending, now: record_approvals(self._metrics, pending, now),
+            warning_s=webhook.expiry_warning_s if webhook is not None else 3600.0,
+            interval_s=approval_check_interval_s or 15.0,
+            watched=self._notifier.log.open_approvals() if self._notifier is not None else ())
+        if approval_check_interval_s:
+            self._watch.start()
 
     def public_keys(self) -> bytes:
         """The PEM public key executors verify permits with (never the private key)."""
@@ -119,17 +160,50 @@ class PolicyActor:
         return self._service.allowed_tools(exception_type)
 
     def authorize(self, request: ToolCallRequest) -> PolicyDecision:
-        return self._service.authorize(request)
+        decision = self._service.authorize(request)
+        approved = decision.risk == "high" and self._service.approvals.approved(
+            request.case_id, request.step, decision.args_digest) is not None
+        record_decision(self._metrics, request.exception_type, request.tool, decision, approved)
+        if is_unsupervised_high_risk(decision, approved):
+            self._unsupervised += 1
+            self._metrics.set("opsagent_unsupervised_high_risk_actions", self._unsupervised)
+            logging.getLogger(__name__).critical(
+                "policy allowed high-risk %s in case %s step %d without an approval",
+                request.tool, request.case_id, request.step)
+        return decision
 
     def request_approval(self, request: ToolCallRequest, decision: PolicyDecision,
                          preview: Any) -> ApprovalRequest:
-        return self._service.request_approval(request, decision, preview)
+        approval = self._service.request_approval(request, decision, preview)
+        self._watch.watch(approval.approval_id)
+        self._notify("approval.requested", approval)
+        for old in approval.supersedes:
+            self._notify("approval.expired", self._service.get_approval(old))
+        return approval
 
     def get_approval(self, approval_id: str) -> ApprovalRequest:
         return self._service.get_approval(approval_id)
 
     def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]:
-        return self._service.withdraw_approvals(case_id, reason)
+        withdrawn = self._service.withdraw_approvals(case_id, reason)
+        for approval in withdrawn:
+            self._notify("approval.expired", approval)
+        return withdrawn
+
+    def webhook_deliveries(self, approval_id: str | None = None) -> list[Any]:
+        """The approval webhook's delivery log (empty without a webhook)."""
+        return [] if self._notifier is None else self._notifier.log.list(approval_id=approval_id)
+
+    def check_approvals(self) -> None:
+        """Look at the pending approvals now (expiring, expired, metrics) instead of at the next tick."""
+        self._watch.tick()
+
+    def _notify(self, event: str, approval: ApprovalRequest) -> None:
+        """Count the approval event and send it to the webhook, if any (in the background)."""
+        if self._notifier is None:
+            self._metrics.inc("opsagent_approval_events_total", event=event)
+        elif self._notifier.notify(event, approval) is not None:
+            self._metrics.inc("opsagent_approval_events_total", event=event)
 
     def settle(self, permit: Permit, *, executed: bool) -> str:
         return self._service.settle(permit, executed=executed)
@@ -175,6 +249,7 @@ class PolicyActor:
         with self._guard("decide_approval", approval_id, credential) as who:
             decided = self._service.decide_approval(approval_id, identity=who.identity, approve=approve,
                                                     args_digest=args_digest, reason=reason)
+        self._notify("approval.decided", decided)
         if self._gates is not None:
             self._gates.nudge()  # never raises: the check runs in the watch's thread
         return decided
@@ -225,11 +300,16 @@ class ExecutorActor:
             verifier = extra.merged(verifier)
         self._executor = Executor(registry, verifier, timeout=timeout_s,
                                   uses=PermitUses(uses_path) if uses_path else None)
+        self._registry = registry
+        self._metrics = Metrics(["opsagent_executor_calls_total", "opsagent_executor_errors_total",
+                                 "opsagent_executor_latency_seconds"])
 
     async def execute(self, tool: str, args: dict[str, Any], case_id: str, step: int,
                       permit: Permit | None = None, dry_run: bool = False) -> ToolResult:
-        return await self._executor.execute(tool, args, case_id=case_id, step=step,
-                                            permit=permit, dry_run=dry_run)
+        result = await self._executor.execute(tool, args, case_id=case_id, step=step,
+                                              permit=permit, dry_run=dry_run)
+        record_tool_call(self._metrics, self._registry.get(tool).system, tool, result)
+        return result
 
     def pid(self) -> int:
         return os.getpid()
@@ -241,19 +321,30 @@ class TraceWriterActor:
     Parquet, exactly once, at least every `flush_every_s`; on start publishes what a killed
     predecessor left in the log."""
 
-    def __init__(self, root: str, flush_every_s: float = 1.0, wal_dir: str | None = None) -> None:
+    def __init__(self, root: str, flush_every_s: float = 1.0, wal_dir: str | None = None,
+                 otlp: OtlpConfig | None = None) -> None:
+        """`otlp`: also send every acknowledged record as OpenTelemetry spans (best effort: the
+        Parquet store is the record; a collector that is down loses spans, never events)."""
         self._writer = TraceWriter(root, wal_dir)  # recovers
+        self._spans = OtlpExporter(otlp) if otlp is not None else None
         self._every = flush_every_s
         self._task: asyncio.Task | None = None
 
     async def export(self, events: Sequence[TraceEvent]) -> None:
         # in a thread: the fsync does not stall the actor, and concurrent exports share one fsync
         await asyncio.to_thread(self._writer.export, events)
+        if self._spans is not None:
+            try:  # only queues the spans: the SDK sends them from its own thread
+                self._spans.export(events)
+            except Exception as err:  # noqa: BLE001 - spans are a copy; the log has the events
+                logging.getLogger(__name__).error("OTLP span export failed: %s", err)
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def flush(self) -> None:
         await asyncio.to_thread(self._writer.flush)
+        if self._spans is not None:
+            await asyncio.to_thread(self._spans.flush)
 
     def pid(self) -> int:
         return os.getpid()
@@ -262,6 +353,8 @@ class TraceWriterActor:
         if self._task is not None:
             self._task.cancel()
         await asyncio.to_thread(self._writer.close)
+        if self._spans is not None:
+            await asyncio.to_thread(self._spans.close)
 
     async def _flush_loop(self) -> None:
         while True:

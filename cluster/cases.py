@@ -14,6 +14,8 @@ from opsagent.cluster.case_records import CaseLease
 from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus
+from opsagent.cluster.metrics import Metrics
+from opsagent.cluster.observe import CaseMetrics, MeteredTracer
 from opsagent.tools.registry import ToolRegistry
 
 
@@ -34,8 +36,10 @@ class CaseManager(CaseBook):
                  case_cache: int = 1000, lease: CaseLease | None = None) -> None:
         store = CaseStore(state) if state else None
         self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
+        cases = CaseMetrics(Metrics(["opsagent_cases_received_total", "opsagent_cases_total",
+                                     "opsagent_cases_open", "opsagent_case_duration_seconds"]))
         super().__init__(PlannerPool(planner), ActorPort(policy), self._executors,
-                         TraceHandle(tracer), registry, max_steps=max_steps,
+                         MeteredTracer(TraceHandle(tracer), cases), registry, max_steps=max_steps,
                          max_open_cases=max_open_cases, store=store, case_cache=case_cache,
                          lease=lease if store is not None else None)
 

@@ -11,6 +11,8 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 from opsagent.agents.engines import OpenAIEngineConfig, VllmEngineConfig
 from opsagent.agents.engines.base import ChoiceMethod
 from opsagent.agents.planner import Decoding
+from opsagent.agents.tracing.otlp import OtlpConfig
+from opsagent.cluster.webhooks import WebhookConfig
 from opsagent.errors import ConfigError
 from opsagent.policy.state import redact, state_db
 
@@ -170,6 +172,18 @@ class SystemConfig(BaseModel):
         "whose live accuracy fell below its gate (policy/gates.py; one more check follows each approval "
         "decision); None or 0: no automatic demotion (`opsagent autonomy check` still runs it).",
     )
+    approval_webhook: WebhookConfig | None = Field(
+        default=None, description="POST signed notifications of approvals requested, about to expire, "
+        "decided and expired to a webhook (README, Operating); None: no notifications.")
+    approval_check_interval_s: float = Field(
+        default=15.0, gt=0, description="Seconds between two looks at the pending approvals (the "
+        "approvals metrics, expiring and expired notifications).")
+    engine_metrics: bool = Field(
+        default=True, description="A vLLM planner engine exports vLLM's own metrics through Ray "
+        "(its RayPrometheusStatLogger) beside opsagent's.")
+    otlp: OtlpConfig | None = Field(
+        default=None, description="Also send the trace as OpenTelemetry spans over OTLP/HTTP "
+        "(case > step > plan, policy decision, tool call); None: Parquet only.")
     max_steps: int = Field(default=6, ge=1, le=50, description="Planner steps before escalation.")
     max_open_cases: int = Field(
         default=1000, ge=1, description="Cases in flight before submissions are refused (503)."

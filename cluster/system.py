@@ -81,8 +81,9 @@ class OpsAgentSystem:
         database = self.tokens_path  # the state database: reached (and migrated) before any actor starts
         open_state(database)
         restarts = {"max_restarts": c.max_actor_restarts}
+        secret = c.approval_webhook.resolve_secret() if c.approval_webhook is not None else None
         planners = [PlannerActor.options(name=_planner_name(i), **restarts, **c.planner.actor_options).remote(
-            self.engine, self.playbooks, self.registry, c.planner.planner_options())
+            self.engine, self.playbooks, self.registry, c.planner.planner_options(), c.engine_metrics)
             for i in range(c.planner.replicas)]
         c.state_dir.mkdir(parents=True, exist_ok=True)
         state = str(c.state_dir.resolve())
@@ -92,7 +93,8 @@ class OpsAgentSystem:
         # every other component gets the public key only.
         policy = PolicyActor.options(name=POLICY, **{**control, **c.policy_actor_options}).remote(
             self.policy, self.registry, state, None, c.approval_ttl_s, traces, c.gate_check_interval_s,
-            database, state_url=database)
+            database, state_url=database, webhook=c.approval_webhook, webhook_secret=secret,
+            approval_check_interval_s=c.approval_check_interval_s)
         public_keys = ray.get(policy.public_keys.remote())
         # the pool's floor; an autoscaled pool adds (and removes) more through the same factory
         spawn = ExecutorFactory(self.registry, public_keys, c.executor_timeout_s,
@@ -100,7 +102,7 @@ class OpsAgentSystem:
                                 uses_path=database)
         executors = [spawn() for _ in range(c.initial_executors)]
         wal = str(c.trace_wal_dir.resolve()) if c.trace_wal_dir else None
-        tracer = TraceWriterActor.options(name="opsagent-traces", **control).remote(traces, wal_dir=wal)
+        tracer = TraceWriterActor.options(name="opsagent-traces", **control).remote(traces, wal_dir=wal, otlp=c.otlp)
         cases = CaseManager.options(name=CASE_MANAGER, **control).remote(
             planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, database,
             executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache,

@@ -56,8 +56,12 @@ class VllmEngine(PlannerEngine):
 
     supports_choice = True
 
-    def __init__(self, config: VllmEngineConfig | None = None) -> None:
+    def __init__(self, config: VllmEngineConfig | None = None, *,
+                 stat_loggers: list[Any] | None = None) -> None:
+        """`stat_loggers`: vLLM stat logger factories for `AsyncLLM` (the cluster hands it vLLM's
+        Ray logger, so the engine's metrics reach Ray's metrics endpoint); set before `start`."""
         self.config = config or VllmEngineConfig()
+        self.stat_loggers: list[Any] = list(stat_loggers or [])
         self._engine: Any = None
         self._tokenizer: Any = None
         self.model = self.config.model or "SmolLM2-135M-Instruct"
@@ -90,7 +94,8 @@ class VllmEngine(PlannerEngine):
             args["gpu_memory_utilization"] = self.config.gpu_memory_utilization
         args.update(self.config.engine_args)
         try:
-            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args))
+            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args),
+                                                     stat_loggers=self.stat_loggers or None)
         except Exception as exc:
             raise EngineError(f"vLLM failed to start on {model!r}: {exc}") from exc
         self._tokenizer = self._engine.get_tokenizer()

@@ -44,7 +44,7 @@ def replicas(ray_runtime, postgres_server, platform, tmp_path_factory):
 
 def test_credits_decided_on_two_replicas_at_once_pass_one_per_invoice(replicas) -> None:
     _, actors = replicas
-    decisions = ray.get([actors[i % 2].decide.remote(_credit(i)) for i in range(10)])
+    decisions = ray.get([actors[i % 2].authorize.remote(_credit(i)) for i in range(10)])
     allowed = [d for d in decisions if d.verdict == "allow"]
     assert len(allowed) == 1 and {d.verdict for d in decisions} == {"allow", "require_approval"}
     assert all("invoice_id=INV-00000001" in d.reasons[0] for d in decisions if d.verdict != "allow")
@@ -54,7 +54,7 @@ def test_credits_decided_on_two_replicas_at_once_pass_one_per_invoice(replicas) 
 def test_an_approval_decided_on_both_replicas_at_once_has_one_decision(replicas) -> None:
     url, actors = replicas
     request = _credit(100)
-    held = ray.get(actors[0].decide.remote(request))
+    held = ray.get(actors[0].authorize.remote(request))
     assert held.verdict == "require_approval"
     pending = ray.get(actors[0].request_approval.remote(request, held, None))
     approver, rejecter = credential(url, "rita", ["approver"]), credential(url, "rob", ["approver"])
@@ -71,4 +71,4 @@ def test_an_approval_decided_on_both_replicas_at_once_has_one_decision(replicas)
     final = ray.get(actors[1].get_approval.remote(pending.approval_id))
     assert final.status.value in outcomes
     if final.status.value == "approved":  # the approved credit now runs, on either replica
-        assert ray.get(actors[1].decide.remote(request)).verdict == "allow"
+        assert ray.get(actors[1].authorize.remote(request)).verdict == "allow"

@@ -114,11 +114,12 @@ class FrontDoor:
 def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[str, Any],
                      max_open_cases: int = 1000, limits: Any = None,
                      modes: dict[str, str] | None = None,
-                     planner: Any = None) -> Iterator[FrontDoor]:
+                     planner: Any = None, policy_options: dict[str, Any] | None = None) -> Iterator[FrontDoor]:
     """The front door's app over the real actor classes, in this process, served over HTTP.
     Tokens: one per role, named after it, plus `submitter2` (a second submitter). `modes` sets
     classes' autonomy modes first (the shipped policy starts every class in shadow). `planner`:
-    a plan(case, allowed_tools) object used instead of the planner actor over `engine`."""
+    a plan(case, allowed_tools) object used instead of the planner actor over `engine`.
+    `policy_options`: further keyword arguments of the policy actor (e.g. its webhook)."""
     from opsagent.cluster.actors import ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor
     from opsagent.cluster.cases import CaseManager
     from opsagent.cluster.front_door import create_app
@@ -129,7 +130,8 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
     traces, state = root / "traces", root / "state"
     store = TokenStore(state_db(state))
     planner = LocalActor(PlannerActor, engine, playbooks, registry) if planner is None else LocalObject(planner)
-    policy = LocalActor(PolicyActor, load_default_policy(), registry, str(state))  # creates its key
+    policy = LocalActor(PolicyActor, load_default_policy(), registry, str(state),  # creates its key
+                        **(policy_options or {}))
     setter = Credential.of(store.add("test-setup", ["admin"]))
     for exception_type, mode in (modes or {}).items():
         policy.instance.set_mode(exception_type, mode, setter, "test set-up")

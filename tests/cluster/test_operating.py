@@ -1,0 +1,166 @@
+"""Operating the system on Ray: a scripted-planner run with Ray's metrics endpoint scraped (the
+counts match the trace: cases counted = cases run, unsupervised high-risk = 0), OTLP spans received
+by a local collector with the Parquet trace's ids, and the approval webhooks received signed."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+import ray
+from prometheus_client.parser import text_string_to_metric_families
+
+from opsagent.agents.case import ExceptionReport
+from opsagent.agents.engines import ScriptedEngine
+from opsagent.agents.playbooks.model import builtin_playbooks
+from opsagent.agents.tracing.otlp import OtlpConfig, trace_id_of
+from opsagent.agents.tracing.views import query
+from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.runtime import start_ray, stop_ray
+from opsagent.cluster.system import OpsAgentSystem
+from opsagent.cluster.webhooks import WebhookConfig, verify
+from opsagent.tools.platform import inject_weight_mismatch
+from tests.fakes.autonomy import credential
+from tests.fakes.held_planner import held_then_decided
+from tests.fakes.otlp_receiver import OtlpReceiver
+from tests.fakes.webhook_receiver import WebhookReceiver
+
+pytestmark = pytest.mark.ray
+SECRET = "operating-secret"
+FINAL = {"resolved", "escalated", "failed", "proposed"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _until(predicate, timeout=90.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.25)
+    pytest.fail(f"{what} not reached within {timeout} s")
+
+
+def _scrape(port: int) -> dict[str, list[tuple[dict, float]]]:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    samples: dict[str, list[tuple[dict, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            samples.setdefault(s.name, []).append((s.labels, s.value))
+    return samples
+
+
+def _sum(samples, name, **labels) -> float:
+    return sum(v for tags, v in samples.get(name, []) if all(tags.get(k) == w for k, w in labels.items()))
+
+
+@pytest.fixture(scope="module")
+def run(platform, tmp_path_factory):
+    port = _free_port()
+    with OtlpReceiver() as collector, WebhookReceiver(fail_first=1) as hooks:
+        start_ray(num_cpus=2, metrics_export_port=port, metrics_report_interval_ms=1000)
+        system = None
+        try:
+            good = inject_weight_mismatch(platform, count=2, seed=9411, suspect_share=0.0)
+            risky = inject_weight_mismatch(platform, count=1, seed=9412, suspect_share=0.0)
+            engine = ScriptedEngine([held_then_decided({r.entities["shipment_id"] for r in risky})] * 40)
+            traces, state = tmp_path_factory.mktemp("traces"), tmp_path_factory.mktemp("state")
+            config = SystemConfig(
+                traces_dir=traces, state_dir=state, executors=1,
+                otlp=OtlpConfig(endpoint=collector.endpoint),
+                approval_webhook=WebhookConfig(url=hooks.url, secret=SECRET, backoff_s=0.2,
+                                               console_url="https://ops.example.com"),
+                approval_check_interval_s=1.0)
+            system = OpsAgentSystem(config, platform.registry(), engine=engine,
+                                    playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
+            policy, cases = system.handles["policy"], system.handles["cases"]
+            ray.get(policy.set_mode.remote("weight_mismatch", "autonomous", credential(system.tokens_path),
+                                           "test: resolve weight mismatches"))
+            ids = [ray.get(cases.submit.remote(ExceptionReport(
+                exception_type=i.exception_type, description=i.description, entities=i.entities),
+                "ops-submitter")).entry.case.case_id for i in [*good, *risky]]
+            held = _until(lambda: [c for c in (ray.get(cases.get.remote(i)) for i in ids)
+                                   if c.status == "awaiting_approval"], what="a held case")[0]
+            approval = ray.get(policy.get_approval.remote(held.steps[-1].approval_id))
+            ray.get(policy.decide_approval.remote(approval.approval_id, credential(
+                system.tokens_path, "alice", ["approver"]), True, approval.args_digest))
+            ray.get(cases.resume.remote(held.case_id))
+            final = _until(lambda: all(ray.get(cases.get.remote(i)).status in FINAL for i in ids) and
+                           [ray.get(cases.get.remote(i)) for i in ids], what="every case final")
+            system.flush_traces()
+            yield dict(system=system, port=port, ids=ids, final=final, traces=traces, collector=collector,
+                       hooks=hooks, approval=approval)
+        finally:
+            if system is not None:
+                system.stop()
+            stop_ray()
+
+
+def test_metrics_on_rays_endpoint_match_the_run(run):
+    traces, n = run["traces"], len(run["ids"])
+    samples = _until(lambda: (s := _scrape(run["port"])) and _sum(s, "ray_opsagent_cases_total") == n
+                     and _sum(s, "ray_opsagent_approval_events_total", event="approval.decided") == 1 and s,
+                     what=f"{n} cases counted on the metrics endpoint")
+    assert _sum(samples, "ray_opsagent_cases_total", status="resolved") == sum(
+        c.status == "resolved" for c in run["final"])
+    assert _sum(samples, "ray_opsagent_cases_received_total", exception_type="weight_mismatch") == n
+    assert _sum(samples, "ray_opsagent_case_duration_seconds_count") == n
+    # the must-stay-zero gauge is there, at zero
+    assert samples["ray_opsagent_unsupervised_high_risk_actions"] and _sum(
+        samples, "ray_opsagent_unsupervised_high_risk_actions") == 0
+    # one decision per traced action; executor calls and previews as traced
+    (actions, executed, previews), = query(traces, "SELECT count(*), count(*) FILTER (executed), "
+                                                   "count(*) FILTER (dry_run) FROM actions")[1]
+    assert _sum(samples, "ray_opsagent_policy_decisions_total") == actions
+    assert _sum(samples, "ray_opsagent_policy_decisions_total", verdict="require_approval") == 1
+    assert _sum(samples, "ray_opsagent_executor_calls_total", dry_run="false") == executed
+    assert _sum(samples, "ray_opsagent_executor_calls_total", dry_run="true") == previews
+    (model_calls, prompt_tokens), = query(
+        traces, "SELECT count(*), sum(prompt_tokens) FROM planner_calls WHERE decided_by = 'model'")[1]
+    assert _sum(samples, "ray_opsagent_planner_calls_total", decided_by="model") == model_calls > 0
+    assert _sum(samples, "ray_opsagent_planner_tokens_total", kind="prompt") == prompt_tokens
+    assert _sum(samples, "ray_opsagent_planner_latency_seconds_count") == model_calls
+    # approvals: one requested, decided; none pending now
+    assert _sum(samples, "ray_opsagent_approval_events_total", event="approval.requested") == 1
+    _until(lambda: _sum(_scrape(run["port"]), "ray_opsagent_approvals_pending") == 0
+           and "ray_opsagent_approvals_pending" in _scrape(run["port"]), what="no approval pending")
+
+
+def test_spans_reach_the_collector_with_the_trace_ids(run):
+    spans = _until(lambda: (s := run["collector"].received()) and
+                   len([x for x in s if x.name == "case"]) == len(run["ids"]) and s, what="case spans")
+    by_case = {}
+    for span in spans:
+        by_case.setdefault(span.attributes["opsagent.case_id"], []).append(span)
+    assert set(by_case) == set(run["ids"])
+    for case_id, case_spans in by_case.items():
+        assert {s.trace_id for s in case_spans} == {trace_id_of(case_id)}
+        (root,) = [s for s in case_spans if s.name == "case"]
+        steps = {s.span_id for s in case_spans if s.name == "step"}
+        assert all(s.parent_id == root.span_id for s in case_spans if s.name == "step")
+        assert all(s.parent_id in steps for s in case_spans if s.name not in ("case", "step"))
+        assert {"plan", "policy.decide", "tool.call"} <= {s.name for s in case_spans}
+    stored = {row[0] for table in ("planner_calls", "actions", "approval_events", "case_events")
+              for row in query(run["traces"], f"SELECT event_id FROM {table}")[1]}
+    spanned = {s.attributes["opsagent.event_id"] for s in spans if s.name != "step"}
+    assert spanned <= stored and len(spanned) > 3 * len(run["ids"])
+
+
+def test_the_approval_webhooks_arrive_signed_after_a_retry(run):
+    got = _until(lambda: len(run["hooks"].ok()) >= 2 and run["hooks"].ok(), what="two webhook deliveries")
+    assert run["hooks"].requests[0].status == 500  # the receiver failed the first attempt: retried
+    assert [r.json["event"] for r in got] == ["approval.requested", "approval.decided"]
+    assert all(verify(SECRET, r.headers, r.body) for r in got)
+    assert {r.json["approval"]["approval_id"] for r in got} == {run["approval"].approval_id}
+    assert got[1].json["approval"]["approver"] == "alice"
+    deliveries = ray.get(run["system"].handles["policy"].webhook_deliveries.remote(run["approval"].approval_id))
+    assert [(d.event, d.status) for d in deliveries] == [("approval.requested", "delivered"),
+                                                          ("approval.decided", "delivered")]
+    assert deliveries[0].attempts == 2
