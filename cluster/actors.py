@@ -23,7 +23,7 @@ from opsagent.agents.tracing.evidence import case_verdicts
 from opsagent.agents.tracing.otlp import OtlpConfig, OtlpExporter
 from opsagent.agents.tracing.records import TraceEvent
 from opsagent.agents.tracing.writer import TraceWriter
-from opsagent.cluster.metrics import Metrics, engine_stat_loggers
+from opsagent.cluster.metrics import Metrics
 from opsagent.cluster.observe import (
     is_unsupervised_high_risk, record_approvals, record_decision, record_tool_call, record_turn,
 )
@@ -69,8 +69,8 @@ class PlannerActor:
         """Load the engine (once; a restarted replica loads it on its first call)."""
         if self._started is None:
             engine = self._planner.engine
-            if self._engine_metrics and hasattr(engine, "stat_loggers") and not engine.stat_loggers:
-                engine.stat_loggers = engine_stat_loggers()
+            if self._engine_metrics and hasattr(engine, "ray_metrics"):
+                engine.ray_metrics = True
             self._started = asyncio.get_running_loop().create_task(self._planner.engine.start())
         await asyncio.shield(self._started)
         return self._planner.engine.model

@@ -6,7 +6,7 @@ as `ray_<name>` (histograms as `ray_<name>_bucket`, `_sum`, `_count`).
 is built on exactly these names (tests/cluster/test_metrics.py checks it). Each actor records what
 it sees: the case manager cases, the planner actors planner calls, the executors tool calls, the
 policy actor decisions and approvals. vLLM's own engine metrics (`ray_vllm_*`) come from vLLM's
-`RayPrometheusStatLogger`, which `engine_stat_loggers` hands to the planner's engine.
+`RayPrometheusStatLogger`, which the planner actor turns on in its engine (`VllmEngine.ray_metrics`).
 """
 
 from __future__ import annotations
@@ -147,10 +147,3 @@ class Metrics:
             import logging
 
             logging.getLogger(__name__).warning("metric %s not recorded: %s", name, exc)
-
-
-def engine_stat_loggers() -> list[Any]:
-    """vLLM's stat logger that records its engine metrics through Ray (call in the engine's process)."""
-    from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
-
-    return [RayPrometheusStatLogger]

@@ -56,12 +56,12 @@ class VllmEngine(PlannerEngine):
 
     supports_choice = True
 
-    def __init__(self, config: VllmEngineConfig | None = None, *,
-                 stat_loggers: list[Any] | None = None) -> None:
-        """`stat_loggers`: vLLM stat logger factories for `AsyncLLM` (the cluster hands it vLLM's
-        Ray logger, so the engine's metrics reach Ray's metrics endpoint); set before `start`."""
+    def __init__(self, config: VllmEngineConfig | None = None, *, ray_metrics: bool = False) -> None:
+        """`ray_metrics`: the engine records vLLM's own metrics through vLLM's Ray stat logger
+        (`RayPrometheusStatLogger`), so they reach Ray's metrics endpoint; only inside a Ray
+        worker (the cluster's planner actor sets it before `start`)."""
         self.config = config or VllmEngineConfig()
-        self.stat_loggers: list[Any] = list(stat_loggers or [])
+        self.ray_metrics = ray_metrics
         self._engine: Any = None
         self._tokenizer: Any = None
         self.model = self.config.model or "SmolLM2-135M-Instruct"
@@ -93,9 +93,13 @@ class VllmEngine(PlannerEngine):
         if self.config.gpu_memory_utilization is not None:
             args["gpu_memory_utilization"] = self.config.gpu_memory_utilization
         args.update(self.config.engine_args)
+        stat_loggers = None
+        if self.ray_metrics:
+            from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
+
+            stat_loggers = [RayPrometheusStatLogger]
         try:
-            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args),
-                                                     stat_loggers=self.stat_loggers or None)
+            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=stat_loggers)
         except Exception as exc:
             raise EngineError(f"vLLM failed to start on {model!r}: {exc}") from exc
         self._tokenizer = self._engine.get_tokenizer()
