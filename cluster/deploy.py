@@ -126,13 +126,18 @@ def app(args: dict[str, Any] | None = None) -> Application:
     """Serve's application builder: `import_path: opsagent.cluster.deploy:app`."""
     try:
         parsed = DeployArgs.model_validate(args or {})
-        config = parsed.system_config()
+    except ValidationError as exc:
+        raise ConfigError.invalid("opsagent deployment arguments", exc) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"opsagent deployment arguments: {exc}") from exc
+    config = parsed.system_config()
+    try:
         api = ApiArgs.model_validate({
             "tokens_path": str(config.state_dir / "tokens.json"),
             "traces_dir": str(config.traces_dir),
             "access_log": str(config.state_dir / "access.jsonl"),
             "rate_limit_path": str(config.state_dir / "rate_limit.sqlite"),
             **parsed.api})
-    except (ValidationError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"opsagent deployment arguments: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError.invalid("opsagent deployment arguments", exc, section="api") from exc
     return build_app(api, system=SystemHost.bind(parsed.model_dump()))
