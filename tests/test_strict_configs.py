@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from opsagent.agents.engines.vllm_engine import VllmEngineConfig, vllm_engine_arg_names
 from opsagent.agents.playbooks.model import Playbook, load_playbook
 from opsagent.cluster.config import SystemConfig
-from opsagent.cluster.deploy import DeployArgs, app
+from opsagent.cluster.deploy import DeployArgs, build
 from opsagent.cluster.serve_app import ApiArgs
 from opsagent.errors import ConfigError
 from opsagent.evals.bench.run import BenchConfig
@@ -120,9 +120,9 @@ def test_a_typo_in_a_playbook_example(tmp_path: Path) -> None:
 
 def test_a_typo_in_the_deployment_arguments() -> None:
     with pytest.raises(ConfigError, match="unknown key 'sandboxed' in the top level"):
-        app({"sandboxed": True})
+        build({"sandboxed": True})
     with pytest.raises(ConfigError, match=r"unknown key 'limit' in api"):
-        app({"sandbox": True, "api": {"limit": {}}})
+        build({"sandbox": True, "api": {"limit": {}}})
 
 
 def test_engine_args_are_checked_against_vllms_own_fields() -> None:

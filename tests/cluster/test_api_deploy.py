@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from opsagent.cluster.config import SystemConfig
-from opsagent.cluster.deploy import SYSTEMS_ENV, DeployArgs, app
+from opsagent.cluster.deploy import SYSTEMS_ENV, DeployArgs, build
 from opsagent.errors import ConfigError
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.sources import load_sources
@@ -36,8 +36,8 @@ def _builder(application: dict):
 def test_the_serve_config_parses_and_names_the_builder():
     config = ServeDeploySchema.model_validate(yaml.safe_load((CLUSTER / "serve_config.yaml").read_text()))
     (application,) = config.applications
-    assert application.import_path == "opsagent.cluster.deploy:app"
-    assert _builder({"import_path": application.import_path}) is app
+    assert application.import_path == "opsagent.cluster.deploy:build"
+    assert _builder({"import_path": application.import_path}) is build
     DeployArgs.model_validate(application.args)
     assert {d.name for d in application.deployments} == {"opsagent-api", "opsagent-system"}
 
@@ -99,14 +99,14 @@ def test_the_builder_refuses_bad_arguments(monkeypatch):
     monkeypatch.delenv(SYSTEMS_ENV, raising=False)
     monkeypatch.delenv("OPSAGENT_TOOL_SOURCES", raising=False)
     with pytest.raises(ConfigError, match="no systems of record"):
-        app({})
+        build({})
     with pytest.raises(ConfigError, match="nope"):
-        app({"sandbox": True, "nope": 1})
+        build({"sandbox": True, "nope": 1})
     with pytest.raises(ConfigError, match="limits"):
-        app({"sandbox": True, "api": {"limits": {"max_body_bytes": 1}}})
+        build({"sandbox": True, "api": {"limits": {"max_body_bytes": 1}}})
     monkeypatch.setenv(SYSTEMS_ENV, "{not json")
     with pytest.raises(ConfigError):
-        app({})
+        build({})
     monkeypatch.setenv(SYSTEMS_ENV, json.dumps({"carrier": "http://tms:8000"}))
     assert DeployArgs.model_validate({}).systems == {"carrier": "http://tms:8000"}
 
@@ -137,7 +137,7 @@ def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
             port = s.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
-            serve.run(app({"config_path": str(tmp_path / "system.yaml"), "sandbox": True}),
+            serve.run(build({"config_path": str(tmp_path / "system.yaml"), "sandbox": True}),
                       name="opsagent", route_prefix="/")
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
                               headers={"Authorization": f"Bearer {token}"}) as client:
