@@ -79,9 +79,6 @@ class TraceReads:
         verdicts = await asyncio.to_thread(_retried, self.views.run, case_verdicts)
         return class_statuses(self.root, _RecordedModes(modes), config, verdicts)
 
-    def close(self) -> None:
-        self.views.close()
-
     def _overview(self) -> dict[str, Any]:
         return self.views.run(self._figures)
 
