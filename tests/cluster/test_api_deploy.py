@@ -155,3 +155,51 @@ def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
             assert view["status"] == "escalated" and view["reason"] == "stand-in planner"
         finally:
             serve.shutdown()
+
+
+def test_the_environment_configures_the_built_app(monkeypatch):
+    """`app` (what `serve build` takes) reads its arguments in the replicas, from the environment."""
+    from opsagent.cluster.deploy import API_ENV, SANDBOX_ENV, _parse
+
+    monkeypatch.setenv(SANDBOX_ENV, "1")
+    monkeypatch.setenv(API_ENV, json.dumps({"limits": {"window_s": 5}}))
+    parsed = _parse(None)
+    assert parsed.sandbox and parsed.api == {"limits": {"window_s": 5}}
+    monkeypatch.setenv(API_ENV, "{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        _parse(None)
+    monkeypatch.delenv(SANDBOX_ENV)
+    monkeypatch.delenv(API_ENV)
+    monkeypatch.delenv(SYSTEMS_ENV, raising=False)
+    monkeypatch.delenv("OPSAGENT_TOOL_SOURCES", raising=False)
+    with pytest.raises(ConfigError, match="no systems of record"):
+        _parse(None)
+
+
+def test_the_api_takes_its_files_from_the_system_replica(tmp_path):
+    """The front door's files come from the system replica's config; arguments given to the API
+    deployment itself win."""
+    import asyncio
+
+    from opsagent.cluster.serve_app import OpsAgentAPI
+
+    class _Method:
+        def __init__(self, value):
+            self.value = value
+
+        async def remote(self):
+            return self.value
+
+    class _System:
+        actors = _Method({"cases": None, "policy": None, "api": {
+            "tokens_path": str(tmp_path / "state" / "tokens.json"), "traces_dir": str(tmp_path / "traces"),
+            "limits": {"window_s": 60, "requests_per_window": 600}}})
+
+    # the class as written, under Serve's ingress wrapper (whose constructor is Serve's own)
+    mine = next(c for c in OpsAgentAPI.func_or_class.__mro__ if "__serve_build_asgi_app__" in vars(c))
+    api = mine.__new__(mine)
+    mine.__init__(api, {"limits": {"window_s": 5}}, system=_System())
+    built = asyncio.run(mine.__serve_build_asgi_app__(api))
+    assert built.state.service.traces.root == str(tmp_path / "traces")
+    assert built.state.service.tokens.path == tmp_path / "state" / "tokens.json"
+    assert built.state.auth.limiter.window_s == 5
