@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from opsagent.agents.tracing import cli as tracing_cli
-from opsagent.cluster import admin_cli
+from opsagent.cluster import admin_cli, deploy_cli
 from opsagent.errors import InputError, OpsAgentError
 from opsagent.evals import autonomy_cli
 from opsagent.evals import cli as catalogue_cli
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_cli.add_parser(sub)
     admin_cli.add_parser(sub)
     state_cli.add_parser(sub)
+    deploy_cli.add_parser(sub)
     _offline_parsers(sub)
     completion = sub.add_parser("completion", help="print the shell completion script",
                                 description="bash/zsh: eval \"$(opsagent completion bash)\" in your "
@@ -142,6 +143,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return admin_cli.run(args)
     if args.command == state_cli.COMMAND:
         return state_cli.run(args)
+    if args.command == deploy_cli.COMMAND:
+        return deploy_cli.run(args)
     if args.command in ("replay", "policy"):
         return _offline(args)
     if args.command == "completion":

@@ -16,6 +16,21 @@ class OpsAgentError(Exception):
 class ConfigError(OpsAgentError):
     """A configuration file or value is invalid (bad YAML, unknown field, missing model)."""
 
+    @classmethod
+    def invalid(cls, where: str, err: Any, section: str = "") -> ConfigError:
+        """`err` (a pydantic ValidationError) as one error, its problems joined by "; ", an
+        unknown key named with its section, e.g. `unknown key 'tensor_parallel_size' in
+        planner.vllm`. `section`: where the validated value sits in the file, if not at its top."""
+        problems = []
+        for e in err.errors():
+            loc = [*filter(None, section.split(".")), *(str(p) for p in e["loc"])]
+            if e["type"] == "extra_forbidden":
+                section = ".".join(loc[:-1]) or "the top level"
+                problems.append(f"unknown key {loc[-1]!r} in {section}")
+            else:
+                problems.append(f"{'.'.join(loc) or 'the top level'}: {e['msg']}")
+        return cls(f"{where}: " + "; ".join(problems))
+
 
 class InputError(OpsAgentError):
     """Input from outside (an exception report, a CLI argument) is malformed."""

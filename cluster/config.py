@@ -228,6 +228,10 @@ class SystemConfig(BaseModel):
     @classmethod
     def from_yaml(cls, path: str | Path) -> "SystemConfig":
         try:
-            return cls.model_validate(yaml.safe_load(Path(path).read_text()) or {})
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"config {path}: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError.invalid(f"config {path}", exc) from exc

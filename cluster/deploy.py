@@ -1,7 +1,15 @@
 """The whole system as one Serve application, for `serve run` / `serve deploy` and KubeRay.
 
-`app` is the application builder named by cluster/serve_config.yaml and the RayService manifest
-(cluster/kuberay/rayservice.yaml). It binds two deployments:
+Two entry points, after Ray Serve LLM's `build_*(args) -> Application`:
+
+- `build` is the application builder named by cluster/serve_config.yaml and the RayService
+  manifest (`import_path: opsagent.cluster.deploy:build` with `args`): it validates the
+  arguments (`DeployArgs`) and the system config first, so a typo fails the deploy naming it;
+- `app` is the same application already built, configured from the environment in its replicas
+  ($OPSAGENT_CONFIG, $OPSAGENT_TOOL_SOURCES, $OPSAGENT_SYSTEMS, $OPSAGENT_SANDBOX, $OPSAGENT_API):
+  what `serve build opsagent.cluster.deploy:app` and an `import_path` without `args` take.
+
+Both bind two deployments:
 
 - `opsagent-system` starts the actors (planner, policy, executors, trace writer, case manager)
   from a `SystemConfig`, placed by their actor options (e.g. the planner on a GPU worker, the
@@ -31,6 +39,16 @@ from opsagent.errors import ConfigError
 CONFIG_ENV = "OPSAGENT_CONFIG"
 SOURCES_ENV = "OPSAGENT_TOOL_SOURCES"
 SYSTEMS_ENV = "OPSAGENT_SYSTEMS"
+SANDBOX_ENV = "OPSAGENT_SANDBOX"
+API_ENV = "OPSAGENT_API"
+
+CLOSE_TIMEOUT_S = 30.0
+"""How long the system replica waits for each of the trace writer and the planner to close."""
+SHUTDOWN_S = 2 * CLOSE_TIMEOUT_S
+"""The system's own shutdown at most: publish the traces, then release the engine."""
+GRACEFUL_SHUTDOWN_S = SHUTDOWN_S + 30
+"""Serve's graceful_shutdown_timeout_s of the system replica: its shutdown and a margin (Serve's
+default, 20 s, would kill the replica half-way)."""
 
 
 class DeployArgs(BaseModel):
@@ -48,11 +66,13 @@ class DeployArgs(BaseModel):
         default_factory=lambda: json.loads(os.environ.get(SYSTEMS_ENV) or "{}"),
         description=f"System name -> base URL of an OpenAPI service (default: ${SYSTEMS_ENV}, JSON).")
     sandbox: bool = Field(
-        default=False, description="Start the sandbox systems of record inside the system "
-        "replica and use them (a local demo; never in production).")
+        default_factory=lambda: os.environ.get(SANDBOX_ENV, "").lower() in ("1", "true", "yes"),
+        description=f"Start the sandbox systems of record inside the system replica and use them "
+        f"(a local demo; never in production; default: ${SANDBOX_ENV} is 1 or true).")
     api: dict[str, Any] = Field(
-        default_factory=dict, description="ApiArgs fields for the front door (limits, access_log, "
-        "max_queued_requests); the actors, tokens and traces come from the system config.")
+        default_factory=lambda: json.loads(os.environ.get(API_ENV) or "{}"),
+        description=f"ApiArgs fields for the front door (limits, access_log, max_queued_requests); "
+        f"the actors, tokens and traces come from the system config (default: ${API_ENV}, JSON).")
 
     @model_validator(mode="after")
     def _some_tools(self) -> "DeployArgs":
@@ -66,17 +86,20 @@ class DeployArgs(BaseModel):
 
 
 @serve.deployment(name="opsagent-system", num_replicas=1, ray_actor_options={"num_cpus": 0},
-                  health_check_period_s=30)
+                  health_check_period_s=30, graceful_shutdown_timeout_s=GRACEFUL_SHUTDOWN_S)
 class SystemHost:
-    """Starts the system's actors and owns them; `actors()` hands the API what it fronts."""
+    """Starts the system's actors and owns them; `actors()` hands the API what it fronts.
+    `args` None: the `DeployArgs` come from the environment of this replica."""
 
-    def __init__(self, args: dict[str, Any]) -> None:
+    def __init__(self, args: dict[str, Any] | None) -> None:
         from opsagent.cluster.system import OpsAgentSystem
 
-        parsed = DeployArgs.model_validate(args)
+        parsed = _parse(args)
         self._platform = None
+        config = parsed.system_config()
+        self._api = api_args(parsed, config)
         registry = self._registry(parsed)
-        self._system = OpsAgentSystem(parsed.system_config(), registry).start()
+        self._system = OpsAgentSystem(config, registry).start()
 
     def _registry(self, args: DeployArgs) -> Any:
         from opsagent.tools.building import build_registry
@@ -101,7 +124,9 @@ class SystemHost:
         return registry
 
     def actors(self) -> dict[str, Any]:
-        return {"cases": self._system.handles["cases"], "policy": self._system.handles["policy"]}
+        """The actors the API fronts, and its arguments (`ApiArgs` fields) under `api`."""
+        return {"cases": self._system.handles["cases"], "policy": self._system.handles["policy"],
+                "api": self._api.model_dump(mode="json")}
 
     def __del__(self) -> None:
         """Publish the traces and release the engine; the actors end with this replica."""
@@ -110,7 +135,7 @@ class SystemHost:
         handles = getattr(getattr(self, "_system", None), "handles", {})
         for name in ("tracer", "planner"):
             try:
-                ray.get(handles[name].close.remote(), timeout=30)
+                ray.get(handles[name].close.remote(), timeout=CLOSE_TIMEOUT_S)
             except Exception:  # already gone: the trace writer's log is recovered on restart
                 pass
         if self._platform is not None:
@@ -123,17 +148,37 @@ class SystemHost:
         ray.get(self._system.handles["cases"].open_cases.remote(), timeout=20)
 
 
-def app(args: dict[str, Any] | None = None) -> Application:
-    """Serve's application builder: `import_path: opsagent.cluster.deploy:app`."""
+def build(args: dict[str, Any] | None = None) -> Application:
+    """Serve's application builder: `import_path: opsagent.cluster.deploy:build` with `args`.
+    Refuses bad arguments (ConfigError naming the key) before anything is deployed."""
+    parsed = _parse(args or {})
+    api = api_args(parsed, parsed.system_config())
+    return build_app(api, system=SystemHost.bind(parsed.model_dump()))
+
+
+def api_args(parsed: DeployArgs, config: SystemConfig) -> ApiArgs:
+    """The front door's arguments: its files from the system config, then `parsed.api` over them."""
     try:
-        parsed = DeployArgs.model_validate(args or {})
-        config = parsed.system_config()
-        api = ApiArgs.model_validate({
+        return ApiArgs.model_validate({
             "tokens_path": config.state_url(),
             "traces_dir": str(config.traces_dir),
             "access_log": str(config.state_dir / "access.jsonl"),
             "rate_limit_path": str(config.state_dir / "rate_limit.sqlite"),
             **parsed.api})
-    except (ValidationError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"opsagent deployment arguments: {exc}") from exc
-    return build_app(api, system=SystemHost.bind(parsed.model_dump()))
+    except ValidationError as exc:
+        raise ConfigError.invalid("opsagent deployment arguments", exc, section="api") from exc
+
+
+def _parse(args: dict[str, Any] | None) -> DeployArgs:
+    """`args` as DeployArgs; None: every field from the environment."""
+    try:
+        return DeployArgs.model_validate(args or {})
+    except ValidationError as exc:
+        raise ConfigError.invalid("opsagent deployment arguments", exc) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"opsagent deployment arguments: ${SYSTEMS_ENV} or ${API_ENV} is not JSON: "
+                          f"{exc}") from exc
+
+
+app: Application = build_app(None, system=SystemHost.bind(None))
+"""The application configured from the environment of its replicas (module docstring)."""

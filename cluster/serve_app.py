@@ -45,9 +45,12 @@ class OpsAgentAPI:
     """Every /v1 route but health needs a bearer token; roles come from the token, never the body.
 
     `system` is an optional handle to the deployment that starts the actors (cluster/deploy.py):
-    the app is built once it reports them; without it the actors are looked up by name."""
+    the app is built once it reports them, with the arguments it reports under `api` (its files,
+    from the system config) below the ones given here; without it the actors are looked up by
+    name."""
 
     def __init__(self, args: dict[str, Any], system: Any = None) -> None:
+        self._given = dict(args)
         self._args = ApiArgs.model_validate(args)
         self._system = system
 
@@ -56,6 +59,7 @@ class OpsAgentAPI:
         if self._system is not None:
             actors = await self._system.actors.remote()
             cases, policy = actors["cases"], actors["policy"]
+            a = ApiArgs.model_validate({**actors.get("api", {}), **self._given})
         else:
             cases = ray.get_actor(a.case_manager, namespace=NAMESPACE)
             policy = ray.get_actor(a.policy, namespace=NAMESPACE)
@@ -68,4 +72,4 @@ def build_app(args: dict[str, Any] | ApiArgs | None = None, system: Any = None) 
     """Serve's application builder (`serve run opsagent.cluster.serve_app:build_app`)."""
     parsed = args if isinstance(args, ApiArgs) else ApiArgs.model_validate(args or {})
     deployment = OpsAgentAPI.options(max_queued_requests=parsed.max_queued_requests)
-    return deployment.bind(parsed.model_dump(mode="json"), system)
+    return deployment.bind(parsed.model_dump(mode="json", exclude_unset=True), system)

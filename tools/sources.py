@@ -175,9 +175,7 @@ def load_sources(path: Path | str) -> list[OpenAPISource | McpSource]:
     try:
         sources = _SOURCES.validate_python(items)
     except ValidationError as err:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}"
-                             for e in err.errors())
-        raise ConfigError(f"{path}: invalid tool source: {problems}") from err
+        raise ConfigError.invalid(f"{path}: invalid tool source", err) from err
     return [_anchor(s, path.parent) for s in sources]
 
 

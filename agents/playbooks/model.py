@@ -39,6 +39,7 @@ class EvidenceField(BaseModel):
 class Turn(BaseModel):
     """One planner output of an example, and what the system answered."""
 
+    model_config = {"extra": "forbid"}
     output: dict[str, Any] = Field(description="The planner step, exactly as it should be emitted.")
     observation: str | None = Field(default=None, description="The observation text that followed.")
 
@@ -46,6 +47,7 @@ class Turn(BaseModel):
 class Example(BaseModel):
     """An approved, complete resolution of one instance of the class."""
 
+    model_config = {"extra": "forbid"}
     report: ExceptionReport
     turns: list[Turn] = Field(min_length=1)
 
@@ -114,7 +116,9 @@ def load_playbook(path: str | Path) -> Playbook:
         if examples.exists():
             data["examples"] = json.loads(examples.read_text())
         return Playbook.model_validate(data)
-    except (OSError, yaml.YAMLError, json.JSONDecodeError, ValidationError) as exc:
+    except ValidationError as exc:
+        raise ConfigError.invalid(f"playbook {path}", exc) from exc
+    except (OSError, yaml.YAMLError, json.JSONDecodeError) as exc:
         raise ConfigError(f"playbook {path}: {exc}") from exc
 
 

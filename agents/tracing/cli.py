@@ -18,14 +18,14 @@ _CANCEL = "\x03"  # Ctrl-C at the prompt
 
 _SHELL_HELP = """\
 End a statement with ';' (it may span lines). The views: cases, case_events, actions,
-planner_calls, approvals, approval_events, events. The variable `traces` names a local
-folder (SET VARIABLE traces = '/other/traces'; switches it); over an s3:// root the views are a
-snapshot taken at the start (.reload takes a new one). Commands:
+planner_calls, approvals, approval_events, events. Over a local folder they read its files at
+each query, but a table with no files at the start reads empty until .reload; over an s3:// root
+the views are a snapshot taken at the start (.reload takes a new one). Commands:
   .tables          the views
   .schema VIEW     a view's columns and types
   .mode table|csv  how results are printed (default table)
   .read FILE       run a SQL file
-  .reload          read the trace root again (s3:// roots)
+  .reload          make the views again (tables that got files; s3:// roots: new files)
   .help, .quit"""
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import duckdb
+
 from opsagent.agents.case import CaseStatus
 from opsagent.agents.tracing.views import query
 from opsagent.policy.gates import CaseVerdict
@@ -38,7 +40,7 @@ WHERE correct IS NOT NULL ORDER BY received_at, case_id
 """
 
 
-def case_verdicts(traces: Path | str) -> list[CaseVerdict]:
+def case_verdicts(traces: Path | str | duckdb.DuckDBPyConnection) -> list[CaseVerdict]:
     """Every finished case that has a verdict, oldest first (see `policy/gates.py`)."""
     names, rows = query(traces, _EVIDENCE)
     return [CaseVerdict(case_id=r[0], exception_type=r[1], mode=r[2], received_at=r[3], correct=r[4],

@@ -26,6 +26,7 @@ _JSON_COLUMNS = {"entities", "args", "reasons", "limits", "result", "preview", "
 class CaseTrace(BaseModel):
     """Every traced row of one case, oldest first, JSON columns decoded."""
 
+    model_config = {"extra": "forbid"}
     case_id: str
     exception_type: str
     description: str

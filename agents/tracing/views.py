@@ -8,8 +8,13 @@ summary, event_id).
 The views live in `views.sql` next to this file, generated from the record classes
 (`render_views_sql()`; a test checks the file is current and prints the command that rewrites it).
 They read the folder named by the DuckDB variable `traces` when a query runs, so files written
-later, and tables with no files yet, need nothing re-created. Analysts open it themselves with
-the DuckDB CLI (see the file's header).
+later need nothing re-created; a table that had no files when the script ran reads as empty until
+it runs again (DuckDB 1.x has no `read_parquet(allow_empty)`: the script picks, per table, a
+statement over its files or an empty one). The script runs on the DuckDB 1.x CLI analysts use and
+on DuckDB 2.0 (tests run both). Rows are deduplicated per `date, case_id, event_id`, so a filter
+on the date or the case reaches the Parquet scan (files of other dates are not opened).
+Analysts open it themselves with the DuckDB CLI (see the file's header); a long-lived reader
+keeps one connection with `live.LiveViews`.
 
 An S3 root (`s3://bucket/prefix`) is read without DuckDB's httpfs extension (which DuckDB would
 download at run time): pyarrow reads every file of every table when the connection is made
@@ -51,10 +56,11 @@ _HEADER = f"""\
 -- classes in agents/tracing/records.py by views.render_views_sql(): do not edit by hand.
 --
 -- The views read the trace folder named by the variable `traces` (default: ./traces) each time
--- a query runs. With the DuckDB CLI (DuckDB 2.0, as opsagent uses):
+-- a query runs. With the DuckDB CLI (1.x, e.g. `pip install duckdb-cli`, or 2.0):
 --   duckdb -init views.sql                                   # ./traces, from its parent folder
 --   duckdb -cmd "SET VARIABLE traces = '/data/traces'" -cmd ".read views.sql"
---   D SET VARIABLE traces = '/data/other';                   -- switch folders at any time
+--   D SET VARIABLE traces = '/data/other'; .read views.sql   -- switch folders
+-- A table with no files when this script ran stays empty until it runs again (.read views.sql).
 -- `opsagent traces views-sql` prints this file; `opsagent traces shell` opens a session with it.
 -- A trace root in an S3 bucket: `opsagent traces sql|shell`, `opsagent audit` and `opsagent case`
 -- take --traces s3://bucket/prefix and read it with pyarrow (no DuckDB extension needed). This
@@ -66,7 +72,8 @@ _HEADER = f"""\
 --   D SET VARIABLE traces = 's3://bucket/traces';
 --   D .read views.sql
 -- (on AWS itself, with the aws extension too: CREATE SECRET (TYPE s3, PROVIDER credential_chain)).
--- Rows are unique by event_id: a file and its compacted copy may briefly both exist.
+-- Rows are unique by event_id (a file and its compacted copy may briefly both exist); filters
+-- on `date` or `case_id` reach the Parquet scan, so a date filter opens that date's files only.
 """
 
 _EVENTS = """\
@@ -178,24 +185,39 @@ def query_arrow(source: Path | str | duckdb.DuckDBPyConnection, sql: str) -> pa.
 def _raw_view_sql(cls: type[TraceEvent], source: str | None = None) -> str:
     """Typed empty rows (so a table without files has its columns) unioned by name with the
     table's files; rows of files older than a column have it null; one row per event_id.
-    `source` names a relation holding the files' rows instead (an S3 snapshot)."""
-    head = (f"CREATE OR REPLACE VIEW {_RAW_VIEW[cls.table]} AS\n"
+    `source` names a relation holding the files' rows instead (an S3 snapshot).
+
+    The files are read through `query(getvariable('_<table>_files'))`, a statement chosen when
+    the script runs (`_files_statement`): DuckDB 1.x has no `read_parquet(allow_empty)`. The
+    dedupe partitions by `date, case_id, event_id` (event_id implies both), so filters on the
+    date or the case pass the window and reach the Parquet scan."""
+    view = _RAW_VIEW[cls.table]
+    head = (f"CREATE OR REPLACE VIEW {view} AS\n"
             "SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (\n")
-    tail = "QUALIFY event_id IS NULL OR row_number() OVER (PARTITION BY event_id) = 1;"
+    tail = ("QUALIFY event_id IS NULL OR row_number() OVER (PARTITION BY date, case_id, event_id) = 1;")
     if source is not None:  # the snapshot already has every column of the record, typed
         return f"{head}  SELECT * FROM {source})\n{tail}"
-    columns = ",\n      ".join(f'CAST(NULL AS {_sql_type(f.type)}) AS "{f.name}"' for f in cls.arrow_schema())
+    columns = ",\n    ".join(f'CAST(NULL AS {_sql_type(f.type)}) AS "{f.name}"' for f in cls.arrow_schema())
     return (
-        head
-        + "  -- with no files, read_parquet(allow_empty) yields one column named 'empty': drop it\n"
-        "  SELECT COLUMNS(lambda c: c <> 'empty') FROM (\n"
-        f"    (SELECT\n      {columns},\n      CAST(NULL AS DATE) AS \"date\"\n    LIMIT 0)\n"
-        "    UNION ALL BY NAME\n"
-        f"    SELECT * FROM read_parquet(getvariable('traces') || '/{cls.table}/*/*.parquet',\n"
-        "      hive_partitioning = true, union_by_name = true, hive_types = {'date': DATE},\n"
-        "      allow_empty = true)))\n"
+        _files_statement(cls) + "\n"
+        + head
+        + f"  (SELECT\n    {columns},\n    CAST(NULL AS DATE) AS \"date\"\n  LIMIT 0)\n"
+        "  UNION ALL BY NAME\n"
+        f"  SELECT * FROM query(getvariable('_{cls.table}_files')))\n"
         + tail
     )
+
+
+def _files_statement(cls: type[TraceEvent]) -> str:
+    """Sets `_<table>_files` to the statement that reads the table's files, or to an empty
+    row set where the folder has none yet (run `.read views.sql` again once it has)."""
+    pattern = f"getvariable('traces') || '/{cls.table}/*/*.parquet'"
+    read = (f"SELECT * FROM read_parquet({pattern}, hive_partitioning = true, "
+            "union_by_name = true, hive_types = {'date': DATE})")
+    return (f"SET VARIABLE _{cls.table}_files = (SELECT CASE WHEN count(*) = 0\n"
+            "  THEN 'SELECT CAST(NULL AS DATE) AS \"date\" LIMIT 0'\n"
+            f"  ELSE {sql_string(read)} END\n"
+            f"  FROM glob({pattern}));")
 
 
 def _create_snapshot_views(con: duckdb.DuckDBPyConnection, store: TraceStore) -> None:

@@ -1,7 +1,9 @@
 """What the API reads from the trace store: a case's timeline and the overview's figures.
 
-Queries run on the DuckDB views (agents/tracing/views.py) in a worker thread. The trace writer
-publishes at least once a second, so a figure can lag the cases' live state by about that.
+Queries run on the DuckDB views (agents/tracing/views.py) in a worker thread, on one connection
+per replica (agents/tracing/live.py) that is made again when the store's published files change.
+The trace writer publishes at least once a second, so a figure can lag the cases' live state by
+about that.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import duckdb
 
 from opsagent.agents.tracing.evidence import case_verdicts
 from opsagent.agents.tracing.report import UNSUPERVISED_HIGH_RISK
-from opsagent.agents.tracing.views import connect
+from opsagent.agents.tracing.live import LiveViews
 from opsagent.cluster.api.models import ClassStats, TimelineEntry
 from opsagent.errors import TraceError
 from opsagent.policy.config import PolicyConfig
@@ -61,6 +63,7 @@ class TraceReads:
 
     def __init__(self, root: str | Path) -> None:
         self.root = root
+        self.views = LiveViews(root)
 
     async def timeline(self, case_id: str) -> list[TimelineEntry]:
         rows = await asyncio.to_thread(_retried, self._rows, TIMELINE, {"case_id": case_id})
@@ -74,25 +77,22 @@ class TraceReads:
 
     async def autonomy(self, modes: list[ClassMode], config: PolicyConfig) -> list[ClassStatus]:
         """The gates' view of every class (policy/gates.py) over the modes the policy actor holds."""
-        return await asyncio.to_thread(_retried, self._statuses, _RecordedModes(modes), config)
-
-    def _statuses(self, modes: _RecordedModes, config: PolicyConfig) -> list[ClassStatus]:
-        return class_statuses(case_verdicts(self.root), modes, config)
+        verdicts = await asyncio.to_thread(_retried, self.views.run, case_verdicts)
+        return class_statuses(verdicts, _RecordedModes(modes), config)
 
     def _overview(self) -> dict[str, Any]:
+        return self.views.run(self._figures)
+
+    def _figures(self, con: duckdb.DuckDBPyConnection) -> dict[str, Any]:
         now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
         since = now - timedelta(hours=23)
-        con = connect(self.root)
-        try:
-            by_status = dict(con.execute("SELECT status, count(*) FROM cases GROUP BY 1").fetchall())
-            cases, automated, still_open, p50, p95 = con.execute(TOTALS).fetchone()
-            per_class = [ClassStats(exception_type=r[0], cases=r[1], automated=r[2],
-                                    with_approval=r[3], escalated=r[4], open=r[5])
-                         for r in con.execute(PER_CLASS).fetchall()]
-            (unsupervised,) = con.execute(UNSUPERVISED_HIGH_RISK).fetchone()
-            hours = {h.astimezone(UTC): n for h, n in con.execute(PER_HOUR, {"since": since}).fetchall()}
-        finally:
-            con.close()
+        by_status = dict(con.execute("SELECT status, count(*) FROM cases GROUP BY 1").fetchall())
+        cases, automated, still_open, p50, p95 = con.execute(TOTALS).fetchone()
+        per_class = [ClassStats(exception_type=r[0], cases=r[1], automated=r[2],
+                                with_approval=r[3], escalated=r[4], open=r[5])
+                     for r in con.execute(PER_CLASS).fetchall()]
+        (unsupervised,) = con.execute(UNSUPERVISED_HIGH_RISK).fetchone()
+        hours = {h.astimezone(UTC): n for h, n in con.execute(PER_HOUR, {"since": since}).fetchall()}
         return {
             "cases": sum(by_status.values()), "by_status": by_status,
             "automated": automated, "open_cases": still_open,
@@ -104,11 +104,7 @@ class TraceReads:
         }
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[tuple]:
-        con = connect(self.root)
-        try:
-            return con.execute(sql, params).fetchall()
-        finally:
-            con.close()
+        return self.views.execute(sql, params)
 
 
 class _RecordedModes:

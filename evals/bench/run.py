@@ -47,6 +47,7 @@ PeerKind = Literal["react", "structured"]
 class BenchConfig(BaseModel):
     """What to run; sizes are explicit because every figure costs engine time on 2 cores."""
 
+    model_config = {"extra": "forbid"}
     levels: list[int] = Field(description="Concurrency levels of the opsagent runs.")
     cases_per_level: dict[int, int] = Field(description="Cases run at each level.")
     phases: list[Phase] = Field(default_factory=lambda: ["system", "floor", "choices", "peer"])

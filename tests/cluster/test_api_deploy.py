@@ -19,7 +19,7 @@ from ray import serve
 from ray.serve.schema import ServeDeploySchema
 
 from opsagent.cluster.config import SystemConfig
-from opsagent.cluster.deploy import SYSTEMS_ENV, DeployArgs, app
+from opsagent.cluster.deploy import SYSTEMS_ENV, DeployArgs, build
 from opsagent.errors import ConfigError
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.sources import load_sources
@@ -37,8 +37,8 @@ def _builder(application: dict):
 def test_the_serve_config_parses_and_names_the_builder():
     config = ServeDeploySchema.model_validate(yaml.safe_load((CLUSTER / "serve_config.yaml").read_text()))
     (application,) = config.applications
-    assert application.import_path == "opsagent.cluster.deploy:app"
-    assert _builder({"import_path": application.import_path}) is app
+    assert application.import_path == "opsagent.cluster.deploy:build"
+    assert _builder({"import_path": application.import_path}) is build
     DeployArgs.model_validate(application.args)
     assert {d.name for d in application.deployments} == {"opsagent-api", "opsagent-system"}
 
@@ -132,14 +132,14 @@ def test_the_builder_refuses_bad_arguments(monkeypatch):
     monkeypatch.delenv(SYSTEMS_ENV, raising=False)
     monkeypatch.delenv("OPSAGENT_TOOL_SOURCES", raising=False)
     with pytest.raises(ConfigError, match="no systems of record"):
-        app({})
+        build({})
     with pytest.raises(ConfigError, match="nope"):
-        app({"sandbox": True, "nope": 1})
+        build({"sandbox": True, "nope": 1})
     with pytest.raises(ConfigError, match="limits"):
-        app({"sandbox": True, "api": {"limits": {"max_body_bytes": 1}}})
+        build({"sandbox": True, "api": {"limits": {"max_body_bytes": 1}}})
     monkeypatch.setenv(SYSTEMS_ENV, "{not json")
     with pytest.raises(ConfigError):
-        app({})
+        build({})
     monkeypatch.setenv(SYSTEMS_ENV, json.dumps({"tms": "http://tms:8000"}))
     assert DeployArgs.model_validate({}).systems == {"tms": "http://tms:8000"}
 
@@ -170,7 +170,7 @@ def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
             port = s.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         try:
-            serve.run(app({"config_path": str(tmp_path / "system.yaml"), "sandbox": True}),
+            serve.run(build({"config_path": str(tmp_path / "system.yaml"), "sandbox": True}),
                       name="opsagent", route_prefix="/")
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30,
                               headers={"Authorization": f"Bearer {token}"}) as client:
@@ -188,3 +188,51 @@ def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
             assert view["status"] == "escalated" and view["reason"] == "stand-in planner"
         finally:
             serve.shutdown()
+
+
+def test_the_environment_configures_the_built_app(monkeypatch):
+    """`app` (what `serve build` takes) reads its arguments in the replicas, from the environment."""
+    from opsagent.cluster.deploy import API_ENV, SANDBOX_ENV, _parse
+
+    monkeypatch.setenv(SANDBOX_ENV, "1")
+    monkeypatch.setenv(API_ENV, json.dumps({"limits": {"window_s": 5}}))
+    parsed = _parse(None)
+    assert parsed.sandbox and parsed.api == {"limits": {"window_s": 5}}
+    monkeypatch.setenv(API_ENV, "{not json")
+    with pytest.raises(ConfigError, match="not JSON"):
+        _parse(None)
+    monkeypatch.delenv(SANDBOX_ENV)
+    monkeypatch.delenv(API_ENV)
+    monkeypatch.delenv(SYSTEMS_ENV, raising=False)
+    monkeypatch.delenv("OPSAGENT_TOOL_SOURCES", raising=False)
+    with pytest.raises(ConfigError, match="no systems of record"):
+        _parse(None)
+
+
+def test_the_api_takes_its_files_from_the_system_replica(tmp_path):
+    """The front door's files come from the system replica's config; arguments given to the API
+    deployment itself win."""
+    import asyncio
+
+    from opsagent.cluster.serve_app import OpsAgentAPI
+
+    class _Method:
+        def __init__(self, value):
+            self.value = value
+
+        async def remote(self):
+            return self.value
+
+    class _System:
+        actors = _Method({"cases": None, "policy": None, "api": {
+            "tokens_path": str(tmp_path / "state" / "tokens.json"), "traces_dir": str(tmp_path / "traces"),
+            "limits": {"window_s": 60, "requests_per_window": 600}}})
+
+    # the class as written, under Serve's ingress wrapper (whose constructor is Serve's own)
+    mine = next(c for c in OpsAgentAPI.func_or_class.__mro__ if "__serve_build_asgi_app__" in vars(c))
+    api = mine.__new__(mine)
+    mine.__init__(api, {"limits": {"window_s": 5}}, system=_System())
+    built = asyncio.run(mine.__serve_build_asgi_app__(api))
+    assert built.state.service.traces.root == str(tmp_path / "traces")
+    assert built.state.service.tokens.path == tmp_path / "state" / "tokens.json"
+    assert built.state.auth.limiter.window_s == 5

@@ -7,12 +7,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import jsonschema
 import pytest
 
+from opsagent.agents.confidence import decision_confidence
 from opsagent.agents.engines import ChatMessage, GenerationRequest, OpenAIEngine, OpenAIEngineConfig
 from opsagent.errors import EngineError
 
@@ -29,7 +33,7 @@ def _free_port():
 
 def test_unreachable_server_is_an_engine_error():
     engine = OpenAIEngine(OpenAIEngineConfig(base_url=f"http://127.0.0.1:{_free_port()}/v1",
-                                             model="m", timeout_s=2))
+                                             model="m", timeout_s=2, max_retries=0))
     request = GenerationRequest(request_id="r", messages=[ChatMessage(role="user", content="x")],
                                 json_schema=SCHEMA)
     with pytest.raises(EngineError, match="unreachable"):
@@ -42,6 +46,107 @@ def test_missing_api_key_env_is_an_engine_error(monkeypatch):
                                              api_key_env="OPSAGENT_TEST_KEY"))
     with pytest.raises(EngineError, match="OPSAGENT_TEST_KEY"):
         asyncio.run(engine.start())
+
+
+ANSWER = '{"tool":"wms_get_shipment","shipment_id":"SHP-104233"}'
+PIECES = ['{"tool":"', "wms", "_get", "_shipment", '","shipment_id":"', "SHP-104233", '"}']
+
+
+class _Server:
+    """A local HTTP server in the OpenAI wire format: `failures` answers of 503 first, then a
+    completion (with token log-probabilities if the request asked for them)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures, self.bodies = failures, []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                outer.bodies.append(body)
+                if len(outer.bodies) <= outer.failures:
+                    self._send(503, {"error": {"message": "busy", "type": "overloaded"}})
+                    return
+                logprobs = {"content": [{"token": t, "logprob": -0.01, "bytes": None, "top_logprobs": []}
+                                        for t in PIECES]} if body.get("logprobs") else None
+                self._send(200, {
+                    "id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
+                    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": logprobs,
+                                 "message": {"role": "assistant", "content": ANSWER}}],
+                    "usage": {"prompt_tokens": 12, "completion_tokens": len(PIECES), "total_tokens": 19}})
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.http.server_address[1]}/v1"
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    started = []
+
+    def start(failures: int = 0) -> _Server:
+        server = _Server(failures)
+        threading.Thread(target=server.http.serve_forever, daemon=True).start()
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.http.shutdown()
+        server.http.server_close()
+
+
+def _request() -> GenerationRequest:
+    return GenerationRequest(request_id="r", messages=[ChatMessage(role="user", content="x")],
+                             json_schema=SCHEMA)
+
+
+def test_log_probabilities_are_asked_for_and_give_a_confidence(serve):
+    server = serve()
+    result = asyncio.run(OpenAIEngine(OpenAIEngineConfig(base_url=server.url, model="m")).generate(_request()))
+    assert server.bodies[0]["logprobs"] is True
+    assert server.bodies[0]["response_format"]["json_schema"]["strict"] is True
+    assert "".join(t.text for t in result.tokens) == result.text == ANSWER
+    assert decision_confidence(result.text, result.tokens) is not None
+    assert (result.prompt_tokens, result.completion_tokens, result.finish_reason) == (12, 7, "stop")
+
+
+def test_without_log_probabilities_the_confidence_is_unknown(serve):
+    server = serve()
+    config = OpenAIEngineConfig(base_url=server.url, model="m", logprobs=False)
+    result = asyncio.run(OpenAIEngine(config).generate(_request()))
+    assert "logprobs" not in server.bodies[0]
+    assert result.tokens is None and decision_confidence(result.text, result.tokens) is None
+
+
+def test_an_overloaded_server_is_retried_by_the_sdk(serve):
+    server = serve(failures=2)
+    config = OpenAIEngineConfig(base_url=server.url, model="m", max_retries=2)
+    result = asyncio.run(OpenAIEngine(config).generate(_request()))
+    assert len(server.bodies) == 3 and result.text == ANSWER
+
+
+def test_retries_run_out_into_an_engine_error(serve):
+    server = serve(failures=5)
+    config = OpenAIEngineConfig(base_url=server.url, model="m", max_retries=1)
+    with pytest.raises(EngineError, match="answered 503"):
+        asyncio.run(OpenAIEngine(config).generate(_request()))
+    assert len(server.bodies) == 2
+
+
+def test_an_unknown_engine_setting_is_refused():
+    with pytest.raises(ValueError, match="retries"):
+        OpenAIEngineConfig(base_url="http://x/v1", model="m", retries=3)
 
 
 @pytest.mark.engine
@@ -81,6 +186,8 @@ def test_structured_output_from_a_vllm_openai_server(tmp_path):
         assert result.finish_reason == "stop"
         jsonschema.validate(json.loads(result.text), SCHEMA)
         assert result.prompt_tokens > 10 and result.completion_tokens > 0
+        assert result.tokens and "".join(t.text for t in result.tokens) == result.text
+        assert decision_confidence(result.text, result.tokens) is not None
     finally:
         _stop(server)
 
