@@ -39,6 +39,9 @@ class ScoredWrite(BaseModel):
     tool: str
     confidence: float | None = Field(description="None: the engine gave no log-probabilities.")
     correct: bool
+    decided_by: str | None = Field(None, description="`rule` (the playbook left one step) or `model` "
+                                   "(among `candidates`); None in traces older than schema 7.")
+    candidates: int | None = Field(None, description="How many candidates the decision was among.")
 
 
 class FloorEffect(BaseModel):
@@ -63,23 +66,27 @@ def scored_writes(traces: Path | str, rows: Sequence[CaseResult],
     ids = sql_list(by_case)
     _, found = query(traces, f"""
         WITH conf AS (
-          SELECT case_id, step, arg_max(confidence, started_at) AS confidence FROM planner_calls
+          SELECT case_id, step, arg_max(confidence, started_at) AS confidence,
+                 arg_max(decided_by, started_at) AS decided_by,
+                 arg_max(candidates, started_at) AS candidates FROM planner_calls
           WHERE case_id IN {ids} GROUP BY ALL),
         held AS (SELECT DISTINCT case_id, step FROM approvals WHERE case_id IN {ids})
-        SELECT a.case_id, a.step, a.tool, a.args, c.confidence
+        SELECT a.case_id, a.step, a.tool, a.args, c.confidence, c.decided_by, c.candidates
         FROM actions a LEFT JOIN conf c USING (case_id, step) ANTI JOIN held h USING (case_id, step)
         WHERE a.case_id IN {ids} AND a.writes AND a.executed AND NOT a.dry_run AND a.error IS NULL
         ORDER BY a.case_id, a.step""")
     per_case: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for case_id, step, tool, args, confidence in found:
-        per_case[case_id].append(dict(step=step, tool=tool, confidence=confidence,
+    for case_id, step, tool, args, confidence, decided_by, candidates in found:
+        per_case[case_id].append(dict(step=step, tool=tool, confidence=confidence, decided_by=decided_by,
+                                      candidates=_count(candidates),
                                       args=json.loads(args) if isinstance(args, str) else (args or {})))
     out = []
     for case_id, writes in per_case.items():
         row = by_case[case_id]
         for w, correct in zip(writes, matched_writes(writes, gold.get(row.instance_id, [])), strict=True):
             out.append(ScoredWrite(config=row.config, case_id=case_id, instance_id=row.instance_id,
-                                   step=w["step"], tool=w["tool"], confidence=w["confidence"], correct=correct))
+                                   step=w["step"], tool=w["tool"], confidence=w["confidence"], correct=correct,
+                                   decided_by=w["decided_by"], candidates=w["candidates"]))
     return out
 
 
@@ -113,6 +120,56 @@ def render_sweep(config: str, writes: Sequence[ScoredWrite], effects: Sequence[F
         prec = "n/a" if p.value is None else f"{p.value:6.1%} ({p.low:.1%}-{p.high:.1%})"
         lines.append(f"  {e.floor:<14.2f}  {p.n:<11}  {prec:<26}  {e.held:>4} ({e.held_correct:>3})    "
                      f"{e.automated}/{e.automated_before}")
+    return "\n".join(lines)
+
+
+def _count(candidates: Any) -> int | None:
+    """How many candidates a traced `planner_calls.candidates` (JSON text, or a list) holds."""
+    if candidates is None:
+        return None
+    return len(json.loads(candidates) if isinstance(candidates, str) else candidates)
+
+
+class DeciderStats(BaseModel):
+    """The decisions of one decider in a run: how many, and the precision of its autonomous writes."""
+
+    decided_by: str = Field(description="`rule`: the playbook's rule or a single candidate, no model; "
+                            "`model`: the model among several candidates; `unknown`: traced before schema 7.")
+    decisions: int = Field(description="Planner steps it decided (reads, writes and finishes).")
+    mean_candidates: float | None = Field(description="Candidates per decision, on average.")
+    autonomous_writes: Rate = Field(description="Its autonomous writes that match the gold.")
+
+
+def deciders(traces: Path | str, rows: Sequence[CaseResult], writes: Sequence[ScoredWrite]) -> list[DeciderStats]:
+    """Volume and precision per decider over one configuration's cases (`rows`), so the model's own
+    contribution is visible beside what the playbook decided alone."""
+    ids = [r.case_id for r in rows if r.case_id]
+    counts: dict[str, list[int | None]] = defaultdict(list)
+    if ids:
+        _, found = query(traces, f"""
+            SELECT coalesce(decided_by, 'unknown'), candidates FROM planner_calls
+            WHERE case_id IN {sql_list(ids)}""")
+        for who, candidates in found:
+            counts[who].append(_count(candidates))
+    out = []
+    for who in sorted(set(counts) | {w.decided_by or "unknown" for w in writes}):
+        sizes = [n for n in counts.get(who, []) if n is not None]
+        mine = [w for w in writes if (w.decided_by or "unknown") == who]
+        out.append(DeciderStats(decided_by=who, decisions=len(counts.get(who, [])),
+                                mean_candidates=sum(sizes) / len(sizes) if sizes else None,
+                                autonomous_writes=Rate.of(sum(w.correct for w in mine), len(mine))))
+    return out
+
+
+def render_deciders(config: str, stats: Sequence[DeciderStats]) -> str:
+    """The per-decider table for the terminal."""
+    lines = [f"who decided ({config}):",
+             "  decided_by  decisions  candidates/decision  autonomous writes right (Wilson 95 %)"]
+    for s in stats:
+        p = s.autonomous_writes
+        prec = "n/a" if p.value is None else f"{p.hits}/{p.n} = {p.value:.1%} ({p.low:.1%}-{p.high:.1%})"
+        mean = "n/a" if s.mean_candidates is None else f"{s.mean_candidates:.1f}"
+        lines.append(f"  {s.decided_by:<10}  {s.decisions:<9}  {mean:<19}  {prec}")
     return "\n".join(lines)
 
 

@@ -192,12 +192,13 @@ def run_eval(args: argparse.Namespace) -> int:
 def confidence_summary(traces, rows, instances) -> str:
     """Per configuration, what a `min_confidence` floor would do to its autonomous writes (only
     for configurations whose planner reported confidences)."""
-    from opsagent.evals.calibration import render_sweep, scored_writes, sweep
+    from opsagent.evals.calibration import deciders, render_deciders, render_sweep, scored_writes, sweep
 
     parts = []
     for config in dict.fromkeys(r.config for r in rows):
         mine = [r for r in rows if r.config == config]
         writes = scored_writes(traces, mine, instances)
+        parts.append(render_deciders(config, deciders(traces, mine, writes)))
         if any(w.confidence is not None for w in writes):
             parts.append(render_sweep(config, writes, sweep(writes, mine)))
     return "\n\n".join(parts)
