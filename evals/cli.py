@@ -119,7 +119,28 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     help="seconds one case may take before it is counted as unfinished (default 1800)")
     ev.add_argument("--no-progress", action="store_true",
                     help="no progress line (it is shown only when the output is a terminal)")
+    add_ladder_options(ev)
     return group
+
+
+def add_ladder_options(ev: argparse.ArgumentParser) -> None:
+    """`eval run --ladder` and its options (evals/ladder_cli.py runs it)."""
+    ev.add_argument("--ladder", action="store_true",
+                    help="walk every class of the set up shadow -> supervised -> autonomous on training "
+                    "seeds (the simulated human judging from the gold), then run the held-out --set with "
+                    "the promoted classes autonomous and the others supervised")
+    ev.add_argument("--train-seed", type=int, default=1_100_000,
+                    help="first training seed of the ladder's instances (>= 1,000,000; default 1100000)")
+    ev.add_argument("--verdicts", type=int,
+                    help="verdicts per class per stage (default: the gate's own min_cases, 200 shipped); "
+                    "below the gate's min_cases no class can be promoted")
+    ev.add_argument("--max-rounds", type=int, default=2,
+                    help="rounds of fresh instances per stage to reach the verdicts (default 2)")
+    ev.add_argument("--every-stage", action="store_true",
+                    help="run every class in every stage, reached or not (figures only: promotion still "
+                    "goes stage by stage)")
+    ev.add_argument("--diagnostic", action="store_true",
+                    help="with --ladder: also run the held-out set with every class autonomous")
 
 
 def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
@@ -166,6 +187,12 @@ def run_eval(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     instances = select(load_eval_set(args.eval_set), classes)
     configs = eval_configs(args)
+    if args.ladder:
+        from opsagent.evals.ladder_cli import run_ladder_command
+
+        if len(configs) != 1 or args.trials != 1:
+            raise InputError("--ladder runs one configuration (no --compare) with one trial")
+        return run_ladder_command(args, instances, configs[0])
     run_id = new_run_id()
     total = len(instances) * args.trials * len(configs)
     print(f"eval run {run_id}: {len(instances)} instances x {args.trials} trial(s) x "
