@@ -37,7 +37,10 @@ def stage_runner(base: EvalConfig, traces: Path, *, concurrency: int, case_timeo
             collected.extend(result.rows)
         if stage == Mode.shadow:
             record(traces, gold_verdicts(traces, result.rows, instances))
-        return verdicts_of(traces, result.rows, stage)
+        judged = verdicts_of(traces, result.rows, stage)
+        print(f"ladder {label}: {len(judged)} cases, {sum(v is not None for _, v in judged)} verdicts, "
+              f"{sum(bool(v) for _, v in judged)} right, wall {result.wall_s:.0f} s", flush=True)
+        return judged
 
     return run
 
@@ -94,6 +97,9 @@ def run_ladder(args: argparse.Namespace, instances: list[Instance], base: EvalCo
                           engines=engines, collected=training)
     ladder = climb(classes, base.load_policy(), runner, seed=args.train_seed, verdicts=args.verdicts,
                    max_rounds=args.max_rounds, every_stage=args.every_stage)
+    Path(args.traces).mkdir(parents=True, exist_ok=True)
+    (Path(args.traces) / "ladder.json").write_text(json.dumps(ladder.model_dump(mode="json"), indent=1) + "\n")
+    print(ladder_table(ladder, None), flush=True)
     held_out = run_eval(instances, gated_configs(base, ladder, args.diagnostic), traces=args.traces,
                         concurrency=args.concurrency, engines=engines, case_timeout_s=args.case_timeout,
                         eval_set=str(args.eval_set))

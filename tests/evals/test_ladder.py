@@ -126,3 +126,47 @@ def test_the_gated_deployment_runs_only_promoted_classes_autonomous():
     assert gated.class_modes == {"weight_mismatch": "autonomous", "damage_claim": "supervised"}
     assert diagnostic.mode == "autonomous" and diagnostic.class_modes == {}
     assert Ladder.model_validate(ladder.model_dump(mode="json")).modes() == ladder.modes()
+
+
+def _shadow_case(root, inst, case_id: str, writes: list[tuple[str, dict]], outcome: str) -> None:
+    from datetime import UTC, datetime
+
+    from opsagent.agents.tracing.parquet import ParquetExporter
+    from opsagent.agents.tracing.records import ActionEvent, CaseEvent
+
+    at = datetime.now(UTC)
+    events = [CaseEvent(case_id=case_id, exception_type=inst.exception_type, status="proposed", outcome=outcome,
+                        description="d", entities=inst.entities, received_at=at, finished_at=at, recorded_at=at),
+              ActionEvent(case_id=case_id, step=1, tool="wms_get_shipment", args={}, risk="low", decision="allow",
+                          reasons=[], writes=False, executed=True, dry_run=False, started_at=at,
+                          policy_version="v", args_digest="d", autonomy_mode="shadow")]
+    for step, (tool, args) in enumerate(writes, start=2):
+        events.append(ActionEvent(case_id=case_id, step=step, tool=tool, args=args, risk="low", decision="propose",
+                                  reasons=[], writes=True, executed=False, dry_run=True, started_at=at,
+                                  policy_version="v", args_digest="d", autonomy_mode="shadow"))
+    with ParquetExporter(root) as out:
+        out.export(events)
+
+
+def test_shadow_cases_are_judged_against_the_gold_and_read_back_as_the_gates_verdicts(tmp_path):
+    from opsagent.evals.catalogue import make
+    from opsagent.evals.ladder import gold_verdicts, record, verdicts_of
+
+    inst = next(i for i in make("weight_mismatch", seed=SEED, count=10) if i.variant == "dispute")
+    (gold_write,) = [a for a in inst.gold.actions if a.writes]
+    wrong_args = {**gold_write.args, "claimed_weight_kg": 999.0}
+    cases = {"case-right": ([(gold_write.tool, gold_write.args)], "resolved"),
+             "case-wrong-args": ([(gold_write.tool, wrong_args)], "resolved"),
+             "case-escalated": ([], "escalated"),
+             "case-extra": ([(gold_write.tool, gold_write.args), ("wms_request_rescan", {})], "resolved")}
+    for case_id, (writes, outcome) in cases.items():
+        _shadow_case(tmp_path, inst, case_id, writes, outcome)
+    rows = [_row(inst, True).model_copy(update={"case_id": c}) for c in cases]
+    verdicts = gold_verdicts(tmp_path, rows, [inst])
+    assert {v.case_id: v.correct for v in verdicts} == {
+        "case-right": True, "case-wrong-args": False, "case-escalated": False, "case-extra": False}
+    assert all(v.autonomy_mode == "shadow" and v.source == "human_log" for v in verdicts)
+    record(tmp_path, verdicts)
+    back = {r.case_id: v for r, v in verdicts_of(tmp_path, rows, Mode.shadow)}
+    assert back == {"case-right": True, "case-wrong-args": False, "case-escalated": False, "case-extra": False}
+    assert all(v is None for _, v in verdicts_of(tmp_path, rows, Mode.supervised))
