@@ -77,7 +77,7 @@ def catalogue_rows(sample: int = 40) -> tuple[list[str], list[tuple]]:
     return ["class", "systems", "write_steps", "escalate_share", "high_risk_share"], rows
 
 
-EVAL_COMMANDS = ("run", "add-case", "regressions")
+EVAL_COMMANDS = ("run", "add-case", "regressions", "calibrate")
 """The subcommands of `eval` (also spelled `evals`); `opsagent eval --set ...` means `eval run`."""
 
 
@@ -90,6 +90,19 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "`eval regressions`; `evals` is the same group.")
     sub = group.add_subparsers(dest="eval_command", required=True)
     _add_regression_parsers(sub)
+    cal = sub.add_parser("calibrate", help="fit the planner's confidence on a TRAINING run and choose "
+                         "per-class floors (min_confidence)",
+                         description="Platt-scales the model's probability of its choice on the autonomous "
+                         "writes of a finished eval run on a training set, then per class picks the lowest "
+                         "floor at which that run's writes reach --target precision; with --policy-out, "
+                         "writes the policy with those floors.")
+    cal.add_argument("--set", dest="eval_set", type=Path, required=True, help="the training set the run used")
+    cal.add_argument("--run", dest="run_id", required=True, help="the eval run's id")
+    cal.add_argument("--name", default="base", help="its configuration (default base)")
+    cal.add_argument("--traces", type=Path, default=Path("traces"), help="trace folder (default ./traces)")
+    cal.add_argument("--target", type=float, default=0.95, help="precision each class's floor aims for (0.95)")
+    cal.add_argument("--policy", type=Path, help="policy YAML to add the floors to (default: the shipped one)")
+    cal.add_argument("--policy-out", type=Path, help="write the policy with the floors here")
     ev = sub.add_parser(
         "run", help="run a frozen eval set through the cluster, score every case, write a report",
         description="Runs every instance of an eval set (opsagent catalogue make) through the real "
@@ -259,3 +272,53 @@ def eval_configs(args: argparse.Namespace) -> list:
     return configs
 
 
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """`opsagent eval calibrate`: the fit, the floors per class, optionally a policy carrying them."""
+    import json
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from opsagent.errors import InputError
+    from opsagent.evals.calibration import class_floors, fit_platt, scored_writes
+    from opsagent.evals.evalset import load_eval_set
+    from opsagent.evals.metrics import CaseResult
+    from opsagent.evals.report import results_dir
+    from opsagent.policy.config import PolicyConfig, load_default_policy
+
+    try:
+        split = json.loads((args.eval_set / "manifest.json").read_text())["split"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{args.eval_set} is not an eval set: {exc}") from exc
+    if split != "train":
+        raise InputError(f"{args.eval_set} is a {split} set: calibrate on a training set only")
+    path = results_dir(args.traces, args.run_id) / "results.parquet"
+    if not path.exists():
+        raise InputError(f"no results of run {args.run_id} at {path}")
+    rows = [CaseResult.model_validate(r) for r in pq.read_table(path).to_pylist() if r["config"] == args.name]
+    if not rows:
+        raise InputError(f"run {args.run_id} has no rows of configuration {args.name!r}")
+    writes = scored_writes(args.traces, rows, load_eval_set(args.eval_set))
+    try:
+        calibration = fit_platt(writes)
+    except ValueError as exc:
+        raise InputError(f"cannot calibrate on run {args.run_id}: {exc}") from exc
+    print(f"calibration on {calibration.n} model-decided writes ({calibration.right} right): "
+          f"P(right) = sigmoid({calibration.a:.3f} * logit(p) + {calibration.b:.3f})")
+    floors = class_floors(writes, calibration, target=args.target)
+    for f in floors:
+        floor = "none" if f.min_confidence is None else f"{f.min_confidence:.3f} (calibrated {f.calibrated:.3f})"
+        print(f"  {f.exception_type:<26} floor {floor:<28} precision {f.precision_before.hits}/"
+              f"{f.precision_before.n} -> {f.precision_after.hits}/{f.precision_after.n}, held {f.held}")
+    if args.policy_out:
+        policy = PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy()
+        data = policy.model_dump(mode="json")
+        for f in floors:
+            if f.exception_type in data["classes"]:
+                data["classes"][f.exception_type]["min_confidence"] = f.min_confidence
+        PolicyConfig.model_validate(data)
+        args.policy_out.write_text(yaml.safe_dump(data, sort_keys=False))
+        print(f"wrote {args.policy_out}")
+    return 0
