@@ -46,7 +46,7 @@ def test_the_ladder_promotes_only_the_class_that_earned_it_and_the_held_out_run_
     base = EvalConfig(name="base", system=SystemConfig(executors=1), policy=policy)
     held_out = make("weight_mismatch", seed=4242, count=3) + make("damage_claim", seed=4242, count=2)
     traces = tmp_path / "traces"
-    args = argparse.Namespace(traces=traces, concurrency=3, case_timeout=180.0, train_seed=1_300_000,
+    args = argparse.Namespace(traces=traces, concurrency=3, case_timeout=180.0, train_seed=1_100_000,
                               verdicts=None, max_rounds=3, every_stage=False, diagnostic=False, eval_set="t")
     ladder, run = run_ladder(args, held_out, base, engines=lambda c: ScriptedEngine([_planner] * 500))
 
