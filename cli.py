@@ -134,6 +134,8 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
     if args.command in ("eval", "evals"):
         if args.eval_command == "run":
             return catalogue_cli.run_eval(args)
+        if args.eval_command == "calibrate":
+            return catalogue_cli.run_calibrate(args)
         return _offline(args)
     if args.command == bench_cli.COMMAND:
         return bench_cli.run(args, argv)

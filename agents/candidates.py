@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from opsagent.agents.case import Case
 from opsagent.agents.playbooks import Playbook
+from opsagent.agents.playbooks.rules import setback, withheld_by
 from opsagent.agents.prompts import compact
 from opsagent.agents.step_schema import (
     FINISH, RESOLVED_KEY, PlannedStep, offered_tools, pins, read_value, refused, succeeded,
@@ -84,7 +85,19 @@ def build_candidates(playbook: Playbook, tools: list[ToolSpec], case: Case) -> l
                 reason = f"{cause} {reason}"
             found.append(Candidate(step=PlannedStep(evidence=evidence, tool=FINISH, status=status,
                                                     reason=reason[:MAX_REASON])))
-    return found[:MAX_CANDIDATES]
+    return sop_filter(playbook, case, done, found)[:MAX_CANDIDATES]
+
+
+def sop_filter(playbook: Playbook, case: Case, done: dict[str, Any],
+               candidates: list[Candidate]) -> list[Candidate]:
+    """`candidates` without the steps the playbook's rules withhold on the evidence pinned
+    (agents/playbooks/rules.py): none after a setback, and all of them if the rules would leave none."""
+    if not playbook.rules or setback(case):
+        return candidates
+    kept = [c for c in candidates if withheld_by(
+        playbook.rules, f"{FINISH}:{c.step.status}" if c.step.tool == FINISH else c.step.tool,
+        c.step.evidence, done) is None]
+    return kept or candidates
 
 
 def _tool_candidates(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any],

@@ -77,7 +77,7 @@ def catalogue_rows(sample: int = 40) -> tuple[list[str], list[tuple]]:
     return ["class", "systems", "write_steps", "escalate_share", "high_risk_share"], rows
 
 
-EVAL_COMMANDS = ("run", "add-case", "regressions")
+EVAL_COMMANDS = ("run", "add-case", "regressions", "calibrate")
 """The subcommands of `eval` (also spelled `evals`); `opsagent eval --set ...` means `eval run`."""
 
 
@@ -90,6 +90,19 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "`eval regressions`; `evals` is the same group.")
     sub = group.add_subparsers(dest="eval_command", required=True)
     _add_regression_parsers(sub)
+    cal = sub.add_parser("calibrate", help="fit the planner's confidence on a TRAINING run and choose "
+                         "per-class floors (min_confidence)",
+                         description="Platt-scales the model's probability of its choice on the autonomous "
+                         "writes of a finished eval run on a training set, then per class picks the lowest "
+                         "floor at which that run's writes reach --target precision; with --policy-out, "
+                         "writes the policy with those floors.")
+    cal.add_argument("--set", dest="eval_set", type=Path, required=True, help="the training set the run used")
+    cal.add_argument("--run", dest="run_id", required=True, help="the eval run's id")
+    cal.add_argument("--name", default="base", help="its configuration (default base)")
+    cal.add_argument("--traces", type=Path, default=Path("traces"), help="trace folder (default ./traces)")
+    cal.add_argument("--target", type=float, default=0.95, help="precision each class's floor aims for (0.95)")
+    cal.add_argument("--policy", type=Path, help="policy YAML to add the floors to (default: the shipped one)")
+    cal.add_argument("--policy-out", type=Path, help="write the policy with the floors here")
     ev = sub.add_parser(
         "run", help="run a frozen eval set through the cluster, score every case, write a report",
         description="Runs every instance of an eval set (opsagent catalogue make) through the real "
@@ -119,7 +132,28 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
                     help="seconds one case may take before it is counted as unfinished (default 1800)")
     ev.add_argument("--no-progress", action="store_true",
                     help="no progress line (it is shown only when the output is a terminal)")
+    add_ladder_options(ev)
     return group
+
+
+def add_ladder_options(ev: argparse.ArgumentParser) -> None:
+    """`eval run --ladder` and its options (evals/ladder_cli.py runs it)."""
+    ev.add_argument("--ladder", action="store_true",
+                    help="walk every class of the set up shadow -> supervised -> autonomous on training "
+                    "seeds (the simulated human judging from the gold), then run the held-out --set with "
+                    "the promoted classes autonomous and the others supervised")
+    ev.add_argument("--train-seed", type=int, default=1_100_000,
+                    help="first training seed of the ladder's instances (>= 1,000,000; default 1100000)")
+    ev.add_argument("--verdicts", type=int,
+                    help="verdicts per class per stage (default: the gate's own min_cases, 200 shipped); "
+                    "below the gate's min_cases no class can be promoted")
+    ev.add_argument("--max-rounds", type=int, default=2,
+                    help="rounds of fresh instances per stage to reach the verdicts (default 2)")
+    ev.add_argument("--every-stage", action="store_true",
+                    help="run every class in every stage, reached or not (figures only: promotion still "
+                    "goes stage by stage)")
+    ev.add_argument("--diagnostic", action="store_true",
+                    help="with --ladder: also run the held-out set with every class autonomous")
 
 
 def _add_regression_parsers(sub: argparse._SubParsersAction) -> None:
@@ -166,6 +200,12 @@ def run_eval(args: argparse.Namespace) -> int:
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
     instances = select(load_eval_set(args.eval_set), classes)
     configs = eval_configs(args)
+    if args.ladder:
+        from opsagent.evals.ladder_cli import run_ladder_command
+
+        if len(configs) != 1 or args.trials != 1:
+            raise InputError("--ladder runs one configuration (no --compare) with one trial")
+        return run_ladder_command(args, instances, configs[0])
     run_id = new_run_id()
     total = len(instances) * args.trials * len(configs)
     print(f"eval run {run_id}: {len(instances)} instances x {args.trials} trial(s) x "
@@ -192,12 +232,13 @@ def run_eval(args: argparse.Namespace) -> int:
 def confidence_summary(traces, rows, instances) -> str:
     """Per configuration, what a `min_confidence` floor would do to its autonomous writes (only
     for configurations whose planner reported confidences)."""
-    from opsagent.evals.calibration import render_sweep, scored_writes, sweep
+    from opsagent.evals.calibration import deciders, render_deciders, render_sweep, scored_writes, sweep
 
     parts = []
     for config in dict.fromkeys(r.config for r in rows):
         mine = [r for r in rows if r.config == config]
         writes = scored_writes(traces, mine, instances)
+        parts.append(render_deciders(config, deciders(traces, mine, writes)))
         if any(w.confidence is not None for w in writes):
             parts.append(render_sweep(config, writes, sweep(writes, mine)))
     return "\n\n".join(parts)
@@ -231,3 +272,53 @@ def eval_configs(args: argparse.Namespace) -> list:
     return configs
 
 
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """`opsagent eval calibrate`: the fit, the floors per class, optionally a policy carrying them."""
+    import json
+
+    import pyarrow.parquet as pq
+    import yaml
+
+    from opsagent.errors import InputError
+    from opsagent.evals.calibration import class_floors, fit_platt, scored_writes
+    from opsagent.evals.evalset import load_eval_set
+    from opsagent.evals.metrics import CaseResult
+    from opsagent.evals.report import results_dir
+    from opsagent.policy.config import PolicyConfig, load_default_policy
+
+    try:
+        split = json.loads((args.eval_set / "manifest.json").read_text())["split"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{args.eval_set} is not an eval set: {exc}") from exc
+    if split != "train":
+        raise InputError(f"{args.eval_set} is a {split} set: calibrate on a training set only")
+    path = results_dir(args.traces, args.run_id) / "results.parquet"
+    if not path.exists():
+        raise InputError(f"no results of run {args.run_id} at {path}")
+    rows = [CaseResult.model_validate(r) for r in pq.read_table(path).to_pylist() if r["config"] == args.name]
+    if not rows:
+        raise InputError(f"run {args.run_id} has no rows of configuration {args.name!r}")
+    writes = scored_writes(args.traces, rows, load_eval_set(args.eval_set))
+    try:
+        calibration = fit_platt(writes)
+    except ValueError as exc:
+        raise InputError(f"cannot calibrate on run {args.run_id}: {exc}") from exc
+    print(f"calibration on {calibration.n} model-decided writes ({calibration.right} right): "
+          f"P(right) = sigmoid({calibration.a:.3f} * logit(p) + {calibration.b:.3f})")
+    floors = class_floors(writes, calibration, target=args.target)
+    for f in floors:
+        floor = "none" if f.min_confidence is None else f"{f.min_confidence:.3f} (calibrated {f.calibrated:.3f})"
+        print(f"  {f.exception_type:<26} floor {floor:<28} precision {f.precision_before.hits}/"
+              f"{f.precision_before.n} -> {f.precision_after.hits}/{f.precision_after.n}, held {f.held}")
+    if args.policy_out:
+        policy = PolicyConfig.from_yaml(args.policy) if args.policy else load_default_policy()
+        data = policy.model_dump(mode="json")
+        for f in floors:
+            if f.exception_type in data["classes"]:
+                data["classes"][f.exception_type]["min_confidence"] = f.min_confidence
+        PolicyConfig.model_validate(data)
+        args.policy_out.write_text(yaml.safe_dump(data, sort_keys=False))
+        print(f"wrote {args.policy_out}")
+    return 0

@@ -15,6 +15,8 @@ Definitions (every rate's denominator is the rows of the group unless said other
   `escalated`; escalation recall: of the rows whose gold outcome is `escalated`, the share the
   agent escalated (the target: >= 95 % of must-escalate instances escalated). A shadow-mode
   `proposed` row counts with the outcome it proposed.
+- human workload: approvals asked per case (`approvals_per_case`), beside `needed_human`, the
+  share of cases a person had to touch (an approval, or the case not resolved).
 - unsupervised high-risk: executed high-risk actions without an approval of exactly their
   arguments (`agents.tracing.report.UNSUPERVISED_HIGH_RISK`, per case); must be 0.
 - latency: receipt to the last executed write's finish, or to the final status when nothing was
@@ -150,6 +152,8 @@ class GroupMetrics(BaseModel):
     escalation_precision: Rate
     escalation_recall: Rate
     needed_human: Rate
+    approvals_per_case: float | None = Field(
+        None, description="Human workload: approvals asked, per case (mean over rows).")
     open: int = Field(0, description="Rows that never finished (in the automation denominator).")
     unsupervised_high_risk: int
     latency_p50_s: float | None
@@ -220,6 +224,7 @@ def group_metrics(rows: Sequence[CaseResult]) -> GroupMetrics:
         escalation_precision=Rate.of(sum(r.gold_outcome == "escalated" for r in agent_esc), len(agent_esc)),
         escalation_recall=Rate.of(sum(r.outcome == "escalated" for r in gold_esc), len(gold_esc)),
         needed_human=Rate.of(sum(r.needed_human for r in rows), n),
+        approvals_per_case=_mean(r.approvals_requested for r in rows),
         open=sum(not r.finished for r in rows),
         unsupervised_high_risk=sum(r.unsupervised_high_risk for r in rows),
         latency_p50_s=quantile(latencies, 0.5), latency_p95_s=quantile(latencies, 0.95),

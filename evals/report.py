@@ -130,6 +130,7 @@ def compare_table(metrics: dict[str, ConfigMetrics]) -> tuple[list[str], list[tu
         ("escalation precision", *(format_rate(g.escalation_precision) for g in overall)),
         ("escalation recall", *(format_rate(g.escalation_recall) for g in overall)),
         ("unsupervised high-risk", *(g.unsupervised_high_risk for g in overall)),
+        ("approvals asked per case", *(_num(g.approvals_per_case) for g in overall)),
         ("latency p50 / p95 s", *(f"{_num(g.latency_p50_s)} / {_num(g.latency_p95_s)}" for g in overall)),
         ("planner calls per case", *(_num(g.planner_calls_per_case) for g in overall)),
         ("tokens in / out per case", *(f"{_num(g.prompt_tokens_per_case, 0)} / "

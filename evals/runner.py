@@ -70,6 +70,9 @@ class EvalConfig(BaseModel):
     mode: Mode = Field("autonomous", description="Autonomy mode of the set's classes (policy/autonomy.py): "
                        "autonomous (low-risk writes run), supervised (every write needs approval), "
                        "shadow (writes only proposed).")
+    class_modes: dict[str, Mode] = Field(
+        default_factory=dict, description="Class -> its mode, overriding `mode` for that class (a "
+        "deployment's mix: the classes the gates promoted autonomous, the others supervised).")
 
     @classmethod
     def from_yaml(cls, path: Path) -> EvalConfig:
@@ -260,6 +263,8 @@ class _Session:
         if missing:
             raise ConfigError(f"configuration {config.name!r} has no playbook for {', '.join(missing)}")
         self.policy = apply_mode(config.load_policy(), config.mode, classes)
+        for mode in set(config.class_modes.values()):
+            self.policy = apply_mode(self.policy, mode, [c for c, m in config.class_modes.items() if m == mode])
         planner = config.system.planner
         if planner.few_shot is not None and planner.few_shot.traces is None:
             raise ConfigError(f"configuration {config.name!r}: planner.few_shot.traces must name a trace "

@@ -78,6 +78,12 @@ class Evidence(BaseModel):
         return cls(n=n, correct=correct, low=low, high=high)
 
 
+def gate_allows(evidence: Evidence, gate: GateConfig) -> bool:
+    """THE promotion rule: at least `min_cases` verdicts in the stage and the Wilson lower bound of
+    their correctness at or above `threshold` (the ladder and the live gates both ask this)."""
+    return evidence.n >= gate.min_cases and evidence.low >= gate.threshold
+
+
 class ClassStatus(BaseModel):
     """One class: its mode, the evidence of its stage, whether it may move up, or must move down."""
 
@@ -106,7 +112,7 @@ def class_statuses(verdicts: list[CaseVerdict], store: AutonomyStore, config: Po
         evidence = Evidence.of(mine, gate.confidence)
         recent = Evidence.of(mine[-gate.demote_window:], gate.confidence)
         nxt = mode_now.mode.next
-        eligible = nxt is not None and evidence.n >= gate.min_cases and evidence.low >= gate.threshold
+        eligible = nxt is not None and gate_allows(evidence, gate)
         below = (mode_now.mode.previous is not None and recent.n >= gate.demote_min_cases
                  and recent.high < gate.threshold)
         out.append(ClassStatus(

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from opsagent.agents.case import ExceptionReport
+from opsagent.agents.playbooks.rules import FINISHES, SopRule
 from opsagent.errors import ConfigError
 
 
@@ -104,7 +105,40 @@ class Playbook(BaseModel):
     )
     max_steps: int = Field(default=6, ge=1, le=20, description="Planner steps before escalation.")
     max_string: int = Field(default=100, ge=8, description="Longest free-text argument generated.")
+    rules: list[SopRule] = Field(
+        default_factory=list, description="SOP rules: steps not offered once the pinned evidence rules "
+        "them out (agents/playbooks/rules.py); checked against this playbook's evidence and tools.")
     examples: list[Example] = Field(default_factory=list, description="Worked examples.")
+
+    def tools(self) -> set[str]:
+        """Every tool this playbook names (prerequisites, observed fields, concluding tools, bindings,
+        notes)."""
+        named = set(self.prerequisites) | set(self.observe) | set(self.resolve_on) | set(self.escalate_on)
+        named |= set(self.repeatable) | {k.partition(".")[0] for k in (*self.bindings, *self.notes)}
+        return {t for t in named if not t.startswith("finish:")}
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Playbook:
+        tools, names = self.tools(), set()
+        for rule in self.rules:
+            where = f"rule {rule.name!r}"
+            if rule.name in names:
+                raise ValueError(f"{where}: two rules have this name")
+            names.add(rule.name)
+            for fact, values in rule.when.items():
+                field = self.evidence.get(fact)
+                if field is None:
+                    raise ValueError(f"{where}: no evidence fact {fact!r} (facts: {sorted(self.evidence)})")
+                if field.source is None:
+                    raise ValueError(f"{where}: fact {fact!r} is the model's choice, not read from a "
+                                     "source; a rule may only rest on pinned evidence")
+                if field.values is not None and (bad := [v for v in values if v not in field.values]):
+                    raise ValueError(f"{where}: {fact} can be {field.values}, not {bad}")
+            for name in [*rule.read, *(w for w in rule.withhold if w not in FINISHES)]:
+                if name not in tools:
+                    raise ValueError(f"{where}: {name!r} is not a tool of this playbook "
+                                     f"({', '.join(sorted(tools))}) nor one of {', '.join(FINISHES)}")
+        return self
 
 
 def load_playbook(path: str | Path) -> Playbook:

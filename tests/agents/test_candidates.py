@@ -43,7 +43,8 @@ def test_first_step_offers_the_first_read_or_escalating(registry):
 
 
 def test_a_write_is_pinned_to_what_was_read_and_its_note_composed(registry):
-    found = build_candidates(BOOKS["weight_mismatch"], _tools(registry, "weight_mismatch"), _weight_case())
+    unruled = BOOKS["weight_mismatch"].model_copy(update={"rules": []})  # rules: tests/agents/playbooks
+    found = build_candidates(unruled, _tools(registry, "weight_mismatch"), _weight_case())
     by = {c.decision: c for c in found}
     assert set(by) >= {"tms_open_weight_dispute", "wms_request_rescan", "finish:escalated"}
     assert "finish:resolved" not in by  # the dispute must succeed before the case may resolve

@@ -16,6 +16,12 @@ from opsagent.policy.engine import PolicyEngine
 from tests.agents.test_candidates import _weight_case
 
 
+def _books():
+    """The shipped playbooks without their SOP rules: these tests are about the model's choice,
+    which weight_mismatch's rule would otherwise make alone once the scale check passed."""
+    return {k: b.model_copy(update={"rules": []}) for k, b in builtin_playbooks().items()}
+
+
 def _allowed(registry):
     return PolicyEngine(load_default_policy(), registry).allowed_tools("weight_mismatch")
 
@@ -23,7 +29,7 @@ def _allowed(registry):
 def test_the_model_chooses_among_the_candidates_and_nothing_is_decoded(registry):
     step = {"tool": "tms_open_weight_dispute", "args": {"reason": "ignored: the note is composed"}}
     engine = ScriptedEngine([step], token_logprob=math.log(0.8))
-    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(_weight_case(), _allowed(registry)))
+    turn = asyncio.run(Planner(engine, _books(), registry).plan(_weight_case(), _allowed(registry)))
     engine.assert_done()
     (request,) = engine.requests
     assert isinstance(request, ChoiceRequest) and request.method == "branch"
@@ -36,7 +42,7 @@ def test_the_model_chooses_among_the_candidates_and_nothing_is_decoded(registry)
 
 
 def test_a_free_argument_is_generated_after_the_choice_under_its_own_grammar(registry):
-    books = builtin_playbooks()
+    books = _books()
     books["weight_mismatch"] = books["weight_mismatch"].model_copy(update={"notes": {}})
     step = {"tool": "tms_open_weight_dispute", "args": {"reason": "Scale passed; disputing."}}
     engine = ScriptedEngine([step])
@@ -53,7 +59,7 @@ def test_a_free_argument_is_generated_after_the_choice_under_its_own_grammar(reg
 def test_a_step_that_is_none_of_the_candidates_is_an_error_not_a_step(registry):
     bad = {"tool": "tms_withdraw_weight_dispute", "args": {"dispute_id": "WD-1"}}
     engine = ScriptedEngine([bad])
-    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(_weight_case(), _allowed(registry)))
+    turn = asyncio.run(Planner(engine, _books(), registry).plan(_weight_case(), _allowed(registry)))
     assert turn.step is None and "none of the candidates" in turn.error
 
 
@@ -62,19 +68,22 @@ def test_an_engine_that_cannot_choose_writes_the_whole_step(registry):
         supports_choice = False
 
     engine = WholeSteps([gold_step])
-    turn = asyncio.run(Planner(engine, builtin_playbooks(), registry).plan(_weight_case(), _allowed(registry)))
+    turn = asyncio.run(Planner(engine, _books(), registry).plan(_weight_case(), _allowed(registry)))
     engine.assert_done()
     assert isinstance(engine.requests[0], GenerationRequest) and engine.requests[0].json_schema["anyOf"]
     assert turn.step.tool == "tms_open_weight_dispute" and turn.candidates is None
 
 
 def test_choices_and_rule_steps_are_traced_with_their_candidates(harness, instance):
-    h = harness([gold_step] * 3)
+    h = harness([gold_step])
     case = h.run(instance(scale_ok=True))
     h.engine.assert_done()
     calls = h.traces.of_type(PlannerCallEvent)
-    assert [c.decided_by for c in calls] == ["model", "model", "model", "rule"]
-    assert case.planner_calls == 3  # the concluding finish called no model
+    # the model reads first; then the SOP rule (scale check passed) leaves one step at a time:
+    # the carrier read, the dispute; the concluding finish follows the dispute
+    assert [c.decided_by for c in calls] == ["model", "rule", "rule", "rule"]
+    assert case.planner_calls == 1
     first = calls[0].candidates
     assert [c["decision"] for c in first] == ["wms_get_shipment", "finish:escalated"]
+    assert [c["decision"] for c in calls[2].candidates] == ["tms_open_weight_dispute"]
     assert calls[-1].model == "rule" and calls[-1].prompt_tokens == 0

@@ -1,0 +1,131 @@
+"""SOP rules in playbooks: validated at load, they withhold only what the pinned evidence rules out,
+never a step of an approved example, and stand aside after a setback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from opsagent.agents.candidates import build_candidates
+from opsagent.agents.case import Case, ExceptionReport, Step
+from opsagent.agents.playbooks.model import builtin_playbooks, load_playbook
+from opsagent.agents.playbooks.rules import SopRule
+from opsagent.errors import ConfigError
+from tests.agents.test_candidates import _tools, _weight_case
+
+BOOKS = builtin_playbooks()
+
+
+def _decisions(book, registry, case) -> list[str]:
+    return [c.decision for c in build_candidates(book, _tools(registry, book.exception_type), case)]
+
+
+def test_every_shipped_class_states_its_rules():
+    assert all(book.rules for book in BOOKS.values())
+
+
+def test_no_shipped_rule_withholds_a_step_of_an_approved_example(registry):
+    """Walk every worked example (human-approved resolutions, routine and escalating): at each
+    step the approved decision is still among the candidates the rules leave."""
+    checked = 0
+    for cls, book in BOOKS.items():
+        for number, example in enumerate(book.examples):
+            case = Case(report=example.report)
+            for i, turn in enumerate(example.turns):
+                out = turn.output
+                decision = f"finish:{out['status']}" if out["tool"] == "finish" else out["tool"]
+                offered = {d.split("(")[0] if not d.startswith("finish") else d
+                           for d in _decisions(book, registry, case)}
+                assert decision in offered, (cls, number, i, decision, offered)
+                checked += 1
+                if turn.observation is None:
+                    break
+                ok = turn.observation.startswith("Result of")
+                case.steps.append(Step(step=i + 1, tool=out["tool"], args=out.get("args", {}),
+                                       evidence=out["evidence"], executed=True, ok=ok, verdict="allow",
+                                       result=json.loads(turn.observation.split(": ", 1)[1]) if ok else None,
+                                       error=None if ok else turn.observation))
+    assert checked > 200
+
+
+def test_routine_evidence_leaves_the_routine_step_alone(registry):
+    book = BOOKS["weight_mismatch"]
+    assert _decisions(book, registry, _weight_case(scale="passed")) == ["tms_open_weight_dispute"]
+    failed = _decisions(book, registry, _weight_case(scale="failed"))
+    assert "finish:escalated" in failed and "wms_request_rescan" in failed
+
+
+def test_after_a_setback_no_rule_applies(registry):
+    """A denied or human-rejected step puts the hand-off back on offer."""
+    book = BOOKS["weight_mismatch"]
+    denied = _weight_case(scale="passed")
+    denied.steps.append(Step(step=3, tool="tms_adjust_billed_weight", verdict="deny", reasons=["no"]))
+    assert "finish:escalated" in _decisions(book, registry, denied)
+    rejected = _weight_case(scale="passed")
+    rejected.steps.append(Step(step=3, tool="tms_open_weight_dispute", verdict="require_approval",
+                               executed=False, error="not approved: wrong weight"))
+    assert "finish:escalated" in _decisions(book, registry, rejected)
+
+
+def test_a_rule_that_would_withhold_everything_withholds_nothing(registry):
+    book = BOOKS["tracking_stuck"]
+    rule = SopRule(name="all", why="everything", when={"carrier_status": "in_transit"},
+                   read=["tms_get_tracking"], withhold=["tms_request_trace", "tkt_assign_ticket",
+                                                         "finish:escalated"])
+    greedy = book.model_copy(update={"rules": [rule]})
+    case = Case(report=ExceptionReport(exception_type="tracking_stuck", description="x",
+                                       entities={"tracking_number": "TRK-1", "ticket_id": "TKT-1"}))
+    case.steps.append(Step(step=1, tool="tms_get_tracking", executed=True, ok=True, verdict="allow",
+                           result={"status": "in_transit"}))
+    everything = _decisions(book.model_copy(update={"rules": []}), registry, case)
+    assert _decisions(greedy, registry, case) == everything
+    assert _decisions(book, registry, case) == ["tms_request_trace"]
+
+
+def _load(tmp_path, rule: dict) -> None:
+    from importlib import resources
+
+    folder = resources.files("opsagent.agents.playbooks")
+    book = yaml.safe_load((folder / "weight_mismatch.yaml").read_text())
+    book["rules"] = [rule]
+    path = tmp_path / "weight_mismatch.yaml"
+    path.write_text(yaml.safe_dump(book))
+    load_playbook(path)
+
+
+GOOD = {"name": "r", "why": "a checked scan holds", "when": {"scale_check": "passed"},
+        "read": ["wms_get_shipment"], "withhold": ["finish:escalated"]}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"when": {"weight": "passed"}}, "no evidence fact 'weight'"),
+    ({"when": {"scale_check": "maybe"}}, "not ['maybe']"),
+    ({"withhold": ["tms_delete_everything"]}, "'tms_delete_everything' is not a tool of this playbook"),
+    ({"read": ["finish:escalated"]}, "'finish:escalated' is not a tool"),
+    ({"withhold": []}, "withhold"),
+    ({"unless": "x"}, "unless"),
+    ({"name": "Bad Name"}, "name"),
+])
+def test_a_wrong_rule_is_refused_at_load(tmp_path, change, message):
+    _load(tmp_path, GOOD)  # the good rule loads
+    with pytest.raises(ConfigError, match="rule|withhold|unless|name") as err:
+        _load(tmp_path, {**GOOD, **change})
+    assert message in str(err.value)
+
+
+def test_a_rule_may_rest_only_on_evidence_read_from_a_source(tmp_path):
+    from importlib import resources
+
+    book = yaml.safe_load((resources.files("opsagent.agents.playbooks") / "weight_mismatch.yaml").read_text())
+    book["evidence"]["hunch"] = {"values": ["good", "bad"], "description": "the model's own view"}
+    book["rules"] = [{**GOOD, "when": {"hunch": "good"}}]
+    path = tmp_path / "weight_mismatch.yaml"
+    path.write_text(yaml.safe_dump(book))
+    with pytest.raises(ConfigError, match="model's choice"):
+        load_playbook(path)
+    book["rules"] = [GOOD, GOOD]
+    path.write_text(yaml.safe_dump(book))
+    with pytest.raises(ConfigError, match="two rules have this name"):
+        load_playbook(path)
