@@ -296,3 +296,16 @@ def _logit(p: float) -> float:
 
 def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
+
+
+def confidence_summary(traces, rows, instances) -> str:
+    """Per configuration, what a `min_confidence` floor would do to its autonomous writes (only
+    for configurations whose planner reported confidences)."""
+    parts = []
+    for config in dict.fromkeys(r.config for r in rows):
+        mine = [r for r in rows if r.config == config]
+        writes = scored_writes(traces, mine, instances)
+        parts.append(render_deciders(config, deciders(traces, mine, writes)))
+        if any(w.confidence is not None for w in writes):
+            parts.append(render_sweep(config, writes, sweep(writes, mine)))
+    return "\n\n".join(parts)

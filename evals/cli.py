@@ -188,6 +188,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
     from opsagent.errors import InputError
     from opsagent.evals.evalset import load_eval_set
+    from opsagent.evals.calibration import confidence_summary
     from opsagent.evals.metrics import summarize
     from opsagent.evals.report import terminal_summary, write_html, write_results
     from opsagent.evals.runner import new_run_id, ray_runtime, run_eval as run, select
@@ -227,21 +228,6 @@ def run_eval(args: argparse.Namespace) -> int:
     if unsupervised:
         print(f"UNSUPERVISED HIGH-RISK ACTIONS: {unsupervised}", file=sys.stderr)
     return 1 if unsupervised else 0
-
-
-def confidence_summary(traces, rows, instances) -> str:
-    """Per configuration, what a `min_confidence` floor would do to its autonomous writes (only
-    for configurations whose planner reported confidences)."""
-    from opsagent.evals.calibration import deciders, render_deciders, render_sweep, scored_writes, sweep
-
-    parts = []
-    for config in dict.fromkeys(r.config for r in rows):
-        mine = [r for r in rows if r.config == config]
-        writes = scored_writes(traces, mine, instances)
-        parts.append(render_deciders(config, deciders(traces, mine, writes)))
-        if any(w.confidence is not None for w in writes):
-            parts.append(render_sweep(config, writes, sweep(writes, mine)))
-    return "\n\n".join(parts)
 
 
 def eval_configs(args: argparse.Namespace) -> list:

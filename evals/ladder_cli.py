@@ -109,7 +109,7 @@ def run_ladder(args: argparse.Namespace, instances: list[Instance], base: EvalCo
 def run_ladder_command(args: argparse.Namespace, instances: list[Instance], base: EvalConfig) -> int:
     """`opsagent eval --ladder`: prints the ladder, the gated headline and the diagnostic; writes
     the results and `ladder.json` beside them. Exit 1 on an unsupervised high-risk action."""
-    from opsagent.evals.cli import confidence_summary
+    from opsagent.evals.calibration import confidence_summary
     from opsagent.evals.report import terminal_summary, write_results
     from opsagent.evals.runner import ray_runtime
 
