@@ -24,6 +24,7 @@ from opsagent.agents.playbooks.model import Playbook
 from opsagent.agents.runner import CaseRunner
 from opsagent.agents.tracing.exporters import InMemoryExporter
 from opsagent.agents.tracing.parquet import ParquetExporter
+from opsagent.cluster.config import PlannerConfig
 from opsagent.evals.catalogue import Instance
 from opsagent.evals.evalset import write_eval_set
 from opsagent.evals.gates import Write, class_statuses, compare_human_log, gate_mode_change, record_verdicts
@@ -99,7 +100,7 @@ class Ladder:
         for inst in instances:
             engine = (engine_for(inst) if engine_for else
                       ScriptedEngine([scripted_gold(inst, book)] * book.max_steps))
-            planner = Planner(engine, {self.name: book}, self.registry)
+            planner = Planner(engine, {self.name: book}, self.registry, **PlannerConfig().planner_options())
             runner = CaseRunner(planner, LocalPolicy(self.service), self.executor, LocalTracer(exporter),
                                 self.registry, max_steps=book.max_steps)
             case = await runner.run(Case(report=ExceptionReport(
