@@ -19,8 +19,10 @@ import pytest
 
 from opsagent.agents.playbooks.approved import with_approved_examples
 from opsagent.agents.playbooks.model import builtin_playbooks, playbooks_with
+from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.cli import main
 from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import ConfigError
 from opsagent.evals.catalogue import CLASSES
 from opsagent.evals.evalset import TRAINING_SEEDS_FROM
@@ -117,3 +119,6 @@ def test_walk_up_the_ladder_from_configuration_only(tmp_path, monkeypatch, capsy
     walked = {i.entities["charge_id"] for i in history}
     assert all(e.report.entities["charge_id"] in walked for e in examples)
     assert {e.turns[-1].output.get("status", "tool-ended") for e in examples} >= {"escalated"}
+    deployed = OpsAgentSystem(system, registry, engine=ScriptedEngine([]))  # actors not started
+    assert deployed.playbooks[CLASS].examples == examples
+    assert deployed.retrieved and {r.exception_type for r in deployed.retrieved} >= {CLASS}
