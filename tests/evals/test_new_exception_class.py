@@ -87,6 +87,9 @@ def test_walk_up_the_ladder_from_configuration_only(tmp_path, monkeypatch, capsy
         async def walk():
             shadow_cases = await ladder.run(shadow)
             first = ladder.stage(shadow, shadow_cases, tmp_path / "shadow")
+            # in shadow, the cases ops' log confirmed are already the class's worked examples
+            _, (early,) = with_approved_examples({CLASS: books[CLASS]}, tmp_path / "traces", 2)
+            assert len(early.case_ids) == 2 and set(early.case_ids) <= {c.case_id for c in shadow_cases}
             supervised_cases = await ladder.run(supervised)
             second = ladder.stage(supervised, supervised_cases, tmp_path / "supervised")
             autonomous_cases = await ladder.run(autonomous)
