@@ -140,6 +140,11 @@ class SystemConfig(BaseModel):
     policy_path: Path | None = Field(
         default=None, description="Policy YAML; None means the default policy shipped in policy/."
     )
+    playbooks_dir: Path | None = Field(
+        default=None, description="Folder of <class>.yaml playbooks (each with its <class>.examples.json, "
+        "if any) added to the shipped ones; one for a shipped class replaces it. How a client adds an "
+        "exception class without code (docs/new-exception-class.md).",
+    )
     traces_dir: Path | str = Field(
         default=Path("traces"),
         description="Root of the Parquet trace store: a folder, or an S3 URI such as "

@@ -15,7 +15,7 @@ from ray import serve
 from opsagent.agents.approved_examples import RetrievedExamples, with_approved_examples
 from opsagent.agents.engines import OpenAIEngine, PlannerEngine, VllmEngine
 from opsagent.agents.playbooks import Playbook
-from opsagent.agents.playbooks.model import builtin_playbooks
+from opsagent.agents.playbooks.model import playbooks_with
 from opsagent.cluster.actors import PlannerActor, PolicyActor, TraceWriterActor
 from opsagent.cluster.adapters import ExecutorFactory
 from opsagent.cluster.api.request_limits import ApiLimits
@@ -53,7 +53,7 @@ class OpsAgentSystem:
         self.config = config
         self.registry = registry
         self.engine = engine or make_engine(config)
-        self.playbooks = playbooks if playbooks is not None else builtin_playbooks()
+        self.playbooks = playbooks if playbooks is not None else playbooks_with(config.playbooks_dir)
         self.retrieved: list[RetrievedExamples] = []
         if config.planner.few_shot is not None:
             few = config.planner.few_shot

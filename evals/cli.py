@@ -23,6 +23,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     make.add_argument("--per-class", type=int, default=10, help="instances per class (default 10)")
     make.add_argument("--out", type=Path, required=True, help="folder to write the set into")
     make.add_argument("--classes", help="comma-separated class names (default: all)")
+    make.add_argument("--wording", choices=["template", "varied"], default="template",
+                      help="descriptions from the generators' templates (default), or re-worded: shorthand, "
+                      "forwarded mail, German, Spanish, a wrong or a missing figure (gold unchanged)")
     return cat
 
 
@@ -38,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from opsagent.evals.evalset import make_eval_set, write_eval_set
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    instances = make_eval_set(args.seed, args.per_class, classes)
-    manifest = write_eval_set(instances, args.out, seed=args.seed)
+    instances = make_eval_set(args.seed, args.per_class, classes, wording=args.wording)
+    manifest = write_eval_set(instances, args.out, seed=args.seed, wording=args.wording)
     escalated = sum(c["escalated"] for c in manifest["classes"].values())
     print(f"wrote {manifest['instances']} instances of {len(manifest['classes'])} classes "
           f"({escalated} to escalate, split: {manifest['split']}) to {args.out}")
@@ -113,6 +116,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     ev.add_argument("--set", dest="eval_set", type=Path, default=Path("evalset"),
                     help="eval set folder (default ./evalset)")
     ev.add_argument("--classes", help="comma-separated classes of the set to run (default: all)")
+    ev.add_argument("--wording", choices=["template", "varied"], default="template",
+                    help="run the set's descriptions as written (default), or re-worded (shorthand, "
+                    "forwarded mail, German, Spanish, a wrong or a missing figure; same gold): the "
+                    "varied-wording set of the same seed")
     ev.add_argument("--trials", type=int, default=1, help="runs of every instance, for pass^k (default 1)")
     ev.add_argument("--concurrency", type=int, default=8, help="cases in flight at once (default 8)")
     ev.add_argument("--report", type=Path,
@@ -199,7 +206,12 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.trials < 1 or args.concurrency < 1:
         raise InputError("--trials and --concurrency must be >= 1")
     classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
-    instances = select(load_eval_set(args.eval_set), classes)
+    from opsagent.evals.catalogue import vary
+
+    loaded = load_eval_set(args.eval_set)
+    if args.wording == "varied" and not any("wording" in i.facts for i in loaded):
+        loaded = vary(loaded)
+    instances = select(loaded, classes)
     configs = eval_configs(args)
     if args.ladder:
         from opsagent.evals.ladder_cli import run_ladder_command

@@ -9,7 +9,8 @@ seed, so a whole set is on one side of the split.
 `write_eval_set` writes a folder:
 - `instances.jsonl`: one instance per line (description, entities, the records to plant, gold);
 - `human_log.jsonl`: one line per instance, what the ops team did (for shadow-mode comparison);
-- `manifest.json`: seed, split, classes and counts, and the sha256 of both files.
+- `manifest.json`: seed, split, classes and counts, the sha256 of both files, and `wording` for a
+  varied-wording set (`catalogue make --wording varied`).
 The same seed and counts always give byte-identical files.
 """
 
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from opsagent.errors import InputError
-from opsagent.evals.catalogue import CLASSES, HumanLog, Instance, make
+from opsagent.evals.catalogue import CLASSES, HumanLog, Instance, make, vary
 
 TRAINING_SEEDS_FROM = 1_000_000
 Split = Literal["heldout", "train"]
@@ -41,15 +42,19 @@ def require_training_seed(seed: int) -> None:
                          "examples must use training seeds")
 
 
-def make_eval_set(seed: int, per_class: int, classes: list[str] | None = None) -> list[Instance]:
-    """`per_class` instances of each class (all classes by default), from `seed`."""
+def make_eval_set(seed: int, per_class: int, classes: list[str] | None = None,
+                  wording: str = "template") -> list[Instance]:
+    """`per_class` instances of each class (all classes by default), from `seed`, with the
+    generators' template descriptions or (`wording="varied"`) re-worded ones (`catalogue.vary`)."""
     if per_class < 1:
         raise InputError("per_class must be >= 1")
-    return [inst for name in (classes or list(CLASSES)) for inst in make(name, seed=seed, count=per_class)]
+    made = [inst for name in (classes or list(CLASSES)) for inst in make(name, seed=seed, count=per_class)]
+    return vary(made, wording)
 
 
-def write_eval_set(instances: list[Instance], out: Path, *, seed: int) -> dict:
-    """Write the set's files into `out` (created if missing); returns the manifest."""
+def write_eval_set(instances: list[Instance], out: Path, *, seed: int, wording: str = "template") -> dict:
+    """Write the set's files into `out` (created if missing); returns the manifest (which names
+    the wording only when it is not the template one, so template sets keep their bytes)."""
     out.mkdir(parents=True, exist_ok=True)
     cases = "".join(inst.model_dump_json(exclude={"human"}) + "\n" for inst in instances)
     human = "".join(json.dumps({"instance_id": i.instance_id, **(i.human.model_dump() if i.human else {})},
@@ -63,6 +68,8 @@ def write_eval_set(instances: list[Instance], out: Path, *, seed: int) -> dict:
     files = {"instances.jsonl": cases, "human_log.jsonl": human}
     manifest = {"seed": seed, "split": split_of(seed), "instances": len(instances), "classes": classes,
                 "files": {name: hashlib.sha256(text.encode()).hexdigest() for name, text in files.items()}}
+    if wording != "template":
+        manifest["wording"] = wording
     for name, text in files.items():
         (out / name).write_text(text)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -4,7 +4,7 @@
 the agent must make at each step: by default the ones it made (the case went right: keep it
 right), or corrected ones (`--outcome escalated --at 3`: by step 3 it should have handed the case
 to humans; `--step 3 --tool T --args JSON`: at step 3 it should have made that call). `opsagent evals regressions DIR` replays every file through a planner against the
-recorded observations (see `agents.whatif`) and fails if any decision differs. Nothing is
+recorded observations (see `evals/planner_whatif.py`) and fails if any decision differs. Nothing is
 executed; the file holds everything, so it outlives the trace store's retention.
 """
 

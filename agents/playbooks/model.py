@@ -161,3 +161,15 @@ def builtin_playbooks() -> dict[str, Playbook]:
     folder = Path(str(resources.files(__package__)))
     books = [load_playbook(p) for p in sorted(folder.glob("*.yaml"))]
     return {b.exception_type: b for b in books}
+
+
+def playbooks_with(folder: str | Path | None) -> dict[str, Playbook]:
+    """The shipped playbooks plus every `<class>.yaml` in `folder` (a class's own replaces the
+    shipped one of that name); ConfigError if `folder` is given but is not a folder."""
+    books = builtin_playbooks()
+    if folder is None:
+        return books
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ConfigError(f"playbooks folder {folder} does not exist")
+    return books | {b.exception_type: b for b in map(load_playbook, sorted(folder.glob("*.yaml")))}

@@ -93,7 +93,7 @@ def steps_of(trace: CaseTrace) -> list[Step]:
         step = Step(step=number, tool=row["tool"], args=row["args"] or {},
                     evidence=planned.get("evidence") or {}, verdict=row["decision"], risk=row["risk"],
                     reasons=row["reasons"] or [], executed=row["executed"],
-                    ok=(row["error"] is None) if row["executed"] else None,
+                    ok=(row["error"] is None) if row["executed"] or row["decision"] == "propose" else None,
                     result=row["result"], error=row["error"])
         approval = approvals.get(number)
         if approval is not None:

@@ -3,7 +3,9 @@
 `make(name, seed=S, count=N)` plans N instances of a class (exact variant shares), plants nothing
 and returns them as data: the records to plant (`Instance.setup`), the description ops wrote, the
 gold (actions with key arguments, end-state assertions, outcome, risk of each step) and the human
-log. `plant(instances, platform)` writes their records through the admin routes.
+log. `plant(instances, platform)` writes their records through the admin routes. `vary(instances)`
+re-words their descriptions (shorthand, forwarded mail, German, Spanish, a wrong or missing figure)
+for the varied-wording set, leaving everything else as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from opsagent.evals.catalogue._model import (
 from opsagent.evals.catalogue._shipping import CUSTOMS_DOCUMENTS_MISSING, LABEL_CANCELLED_ORDER, MISSED_PICKUP
 from opsagent.evals.catalogue._stock import STOCK_COUNT_MISMATCH
 from opsagent.evals.catalogue._tracking import TRACKING_OUT_OF_SYNC, TRACKING_STUCK
+from opsagent.evals.catalogue._wording import KINDS as WORDING_KINDS, WORDINGS, kind_of, vary
 from opsagent.evals.catalogue._weight_mismatch import WEIGHT_MISMATCH
 from opsagent.tools.platform.scenarios import AdminWrite, HasBaseUrls, upload
 
@@ -59,5 +62,5 @@ def plant(instances: list[Instance], target: HasBaseUrls | dict[str, str]) -> No
 
 __all__ = [
     "CLASSES", "ExceptionClass", "Gold", "GoldAction", "HumanAction", "HumanLog", "Instance", "Outcome",
-    "StateAssertion", "Variant", "get_class", "make", "plant",
+    "StateAssertion", "Variant", "WORDINGS", "WORDING_KINDS", "get_class", "kind_of", "make", "plant", "vary",
 ]
