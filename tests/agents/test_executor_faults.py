@@ -128,7 +128,7 @@ def run_case(proxy, harness, platform):
     def run(*faults: Fault):
         inst = inject_weight_mismatch(platform, count=1, seed=next(_SEEDS), suspect_share=0.0)[0]
         faulty.faults, faulty.requests = list(faults), []
-        h = harness([gold_step] * 6, registry=registry)
+        h = harness([gold_step] * 3, registry=registry)  # every path here asks the model 3 times
         h.runner.executor.timeout = 0.5
         case = h.run(inst)
         return case, inst.entities["shipment_id"], list(faulty.requests)

@@ -24,18 +24,18 @@ from opsagent.cluster.system import OpsAgentSystem
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
 from tests.fakes.autonomy import credential
+from tests.guards import require
 from tests.fakes.held_planner import held_then_decided
 
 CHROMIUM = os.environ.get("OPSAGENT_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
-if not os.path.exists(CHROMIUM) and os.environ.get("CI", "").lower() in ("true", "1"):
-    # CI must run the browser tests: a missing browser fails the run instead of skipping them
-    pytest.fail(f"CI=true and no chromium at {CHROMIUM}: the console's browser tests cannot run "
-                "(scripts/setup.sh installs Debian's chromium with apt-get)", pytrace=False)
-playwright_api = pytest.importorskip("playwright.sync_api")
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(CHROMIUM),
-    reason=f"no chromium at {CHROMIUM}: browser tests skipped on this machine (scripts/setup.sh "
-           "installs Debian's chromium; with CI=true a missing one fails the run)")
+# CI must run the browser tests: a missing browser or Playwright fails the run instead of skipping
+require(os.path.exists(CHROMIUM), f"no chromium at {CHROMIUM}: the console's browser tests cannot run "
+        "(scripts/setup.sh installs Debian's chromium with apt-get)")
+try:
+    import playwright.sync_api as playwright_api
+except ImportError:
+    require(False, "Playwright is not installed (the `test` extra of pyproject.toml)")
+pytestmark = [pytest.mark.ray, pytest.mark.browser]
 SHOTS = Path(os.environ.get("OPSAGENT_SCREENSHOTS", "/tmp/opsagent-console"))
 
 

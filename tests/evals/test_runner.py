@@ -68,6 +68,7 @@ def run(ray_runtime, instances, gold_responder, tmp_path_factory):
     return result, traces, seen
 
 
+@pytest.mark.ray
 def test_a_gold_following_planner_scores_one_on_every_trial(run, instances):
     result, _, seen = run
     gold = [r for r in result.rows if r.config == "gold"]
@@ -93,6 +94,7 @@ def test_a_gold_following_planner_scores_one_on_every_trial(run, instances):
         assert r.autonomous_writes == r.autonomous_writes_correct
 
 
+@pytest.mark.ray
 def test_a_wrong_or_idle_planner_scores_zero_and_its_held_rebill_is_rejected(run):
     result, _, _ = run
     wrong = [r for r in result.rows if r.config == "wrong"]
@@ -103,6 +105,7 @@ def test_a_wrong_or_idle_planner_scores_zero_and_its_held_rebill_is_rejected(run
     assert all(r.autonomous_writes == 0 and r.unsupervised_high_risk == 0 for r in wrong)
 
 
+@pytest.mark.ray
 def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     result, traces, _ = run
     metrics = summarize(result.rows)
@@ -125,6 +128,7 @@ def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     assert rows == [("approved", "eval-approver", 3), ("rejected", "eval-approver", 2)]  # + the held credit
 
 
+@pytest.mark.ray
 def test_a_shadow_run_ends_proposed_and_counts_its_cases_as_finished(ray_runtime, instances, gold_responder,
                                                                     tmp_path):
     """Shadow mode: a case that proposed writes ends `proposed`, the runner stops waiting for it (a
@@ -241,6 +245,7 @@ def test_the_mode_hook_sets_the_classes_autonomy_mode(registry):
         assert engine.mode("weight_mismatch") == policy.classes["weight_mismatch"].initial_mode
 
 
+@pytest.mark.ray
 def test_each_autonomous_write_is_scored_with_its_confidence(run, instances):
     from opsagent.evals.calibration import scored_writes
 

@@ -30,5 +30,11 @@ def test_missing_or_unknown_tokens_are_401(tmp_path, token):
 def test_admin_holds_every_role(tmp_path):
     store = TokenStore(tmp_path / "tokens.json")
     admin = store.authenticate(store.add("root", ["admin"]))
-    require(admin, Role.approver)
+    assert admin.roles == {Role.admin}  # one role held, every role granted
+    for role in Role:
+        assert admin.has(role)
+        require(admin, role)
+    auditor = store.authenticate(store.add("reader", ["auditor"]))
+    for role in set(Role) - {Role.auditor}:  # no other role implies the rest
+        assert not auditor.has(role)
     assert json.loads((tmp_path / "tokens.json").read_text())  # valid JSON on disk
