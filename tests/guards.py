@@ -91,11 +91,12 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("true", "1")
 
 
-def require(present: bool, what: str) -> None:
-    """Skip (saying why) when a real server or browser a test needs is missing on this machine;
-    with CI=true fail instead: CI must run every test."""
+def require(present: bool, what: str) -> list[pytest.MarkDecorator]:
+    """For a module's `pytestmark`: nothing when a real server or browser its tests need is here;
+    when it is missing, a skip saying why on a developer's machine, and with CI=true a failure of
+    the run instead (CI must run every test)."""
     if present:
-        return
+        return []
     if in_ci():
         pytest.fail(f"CI=true and {what}", pytrace=False)
-    pytest.skip(f"{what} (with CI=true this fails the run)", allow_module_level=True)
+    return [pytest.mark.skipif(True, reason=f"{what} (with CI=true this fails the run)")]

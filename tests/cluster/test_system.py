@@ -283,3 +283,26 @@ def test_the_policy_actor_reports_and_guards_autonomy_modes(scenario):
         ray.get(policy.set_mode.remote("damage_claim", "autonomous", approver, "I approve"))
     after = {s.exception_type: s.mode for s in ray.get(policy.autonomy_status.remote())}
     assert after["damage_claim"] == "shadow"
+
+
+def test_the_watch_and_admin_routes_answer_over_serve(scenario, ran):
+    """The route families the in-process API tests (tests/cluster/test_api*.py, uvicorn over local
+    actors) cover in depth, once each through the real Serve deployment: timeline, overview,
+    autonomy, tokens."""
+    case_id = next(iter(ran["ids"]))
+    scenario["system"].flush_traces()
+    with _client(scenario, "auditor") as auditor:
+        timeline = auditor.get(f"/v1/cases/{case_id}/timeline")
+        assert timeline.status_code == 200 and {"status", "planner", "action"} <= {e["kind"] for e in timeline.json()}
+        overview = auditor.get("/v1/overview").json()
+        assert overview["cases"] >= 6 and overview["unsupervised_high_risk"] == 0
+        modes = {s["exception_type"]: s["mode"] for s in auditor.get("/v1/autonomy").json()}
+        assert modes["weight_mismatch"] == "autonomous" and modes["damage_claim"] == "shadow"
+        assert auditor.get("/v1/tokens").status_code == 403
+    with _client(scenario, "admin") as admin:
+        issued = admin.post("/v1/tokens", json={"name": "serve-check", "roles": ["auditor"]})
+        assert issued.status_code == 201, issued.text
+        token = issued.json()["token"]
+        assert "serve-check" in {t["name"] for t in admin.get("/v1/tokens").json()}
+    with httpx.Client(base_url=scenario["url"], timeout=30, headers={"Authorization": f"Bearer {token}"}) as new:
+        assert new.get("/v1/overview").status_code == 200 and new.get("/v1/tokens").status_code == 403

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.views import query
 from opsagent.cli import main as cli
 from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.load import GoldScriptedEngine
 from opsagent.errors import ConfigError, InputError
 from opsagent.evals.catalogue import Instance, make
 from opsagent.evals.evalset import write_eval_set
@@ -63,7 +63,7 @@ def run(ray_runtime, instances, gold_responder, tmp_path_factory):
                EvalConfig(name="wrong", system=SystemConfig(executors=1))]
     seen: list[tuple[str, str]] = []
     result = run_eval(instances, configs, traces=traces, trials=2, concurrency=3, background=5,
-                      engines=lambda c: ScriptedEngine([engines[c.name]] * 200),
+                      engines=lambda c: GoldScriptedEngine(engines[c.name]),  # answers every call; rows are scored
                       progress=lambda config, status: seen.append((config, status)))
     return result, traces, seen
 
@@ -136,7 +136,7 @@ def test_a_shadow_run_ends_proposed_and_counts_its_cases_as_finished(ray_runtime
     picked = [i for i in instances if i.exception_type == "weight_mismatch"]  # dispute, scale_failed
     result = run_eval(picked, [EvalConfig(name="shadow", mode="shadow", system=SystemConfig(executors=1))],
                       traces=tmp_path, trials=1, concurrency=2, background=5, case_timeout_s=120,
-                      engines=lambda c: ScriptedEngine([gold_responder(picked)] * 50))
+                      engines=lambda c: GoldScriptedEngine(gold_responder(picked)))
     rows = {r.variant: r for r in result.rows}
     dispute = rows["dispute"]
     assert (dispute.status, dispute.outcome, dispute.agent_outcome) == ("proposed", "resolved", "proposed"), \
