@@ -12,6 +12,8 @@ import pytest
 from opsagent.policy.state import forget_states
 from opsagent.tools.platform import Platform
 from opsagent.tools.registry import ToolRegistry
+from tests import guards
+from tests.fakes import leftovers
 from tests.postgres import PostgresServer, find_bin
 
 
@@ -25,11 +27,71 @@ def pytest_configure(config: pytest.Config) -> None:
     _TMP.append(path)
     os.environ["TMPDIR"] = path
     tempfile.tempdir = None
+    leftovers.install()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = guards.ray_fixture_unmarked(items)
+    if unmarked:
+        raise pytest.UsageError("tests that use the ray_runtime fixture must be marked ray:\n  "
+                                + "\n  ".join(unmarked))
+
+
+def _watch_phase(item: pytest.Item) -> Iterator[None]:
+    guards.install()
+    guards.STARTED.clear()
+    was_up = guards.ray_up()
+    result = yield
+    wrong = guards.unmarked(item, was_up)
+    if wrong:
+        pytest.fail(f"{item.nodeid} started " + "; ".join(wrong), pytrace=False)
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _watch_phase(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _watch_phase(item))
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     for path in _TMP:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _no_unused_steps(start: int, what: str) -> None:
+    unused = leftovers.unused_since(start)
+    if unused:
+        pytest.fail(f"{what} left scripted steps unused (the planner stopped early?):\n  "
+                    + "\n  ".join(unused), pytrace=False)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _scripts_used_up_by_session() -> Iterator[None]:
+    start = leftovers.mark()
+    yield
+    _no_unused_steps(start, "the session's fixtures")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _scripts_used_up_by_module() -> Iterator[None]:
+    """Engines made by module-scoped fixtures are checked when the module's tests are done."""
+    start = leftovers.mark()
+    yield
+    _no_unused_steps(start, "this module's fixtures")
+
+
+@pytest.fixture(autouse=True)
+def _scripts_used_up() -> Iterator[None]:
+    """Every scripted engine made in a test or its fixtures must have used its whole script."""
+    start = leftovers.mark()
+    yield
+    _no_unused_steps(start, "this test")
 
 
 @pytest.fixture(scope="module")

@@ -44,6 +44,7 @@ class ScriptedEngine(PlannerEngine):
         self.requests: list[GenerationRequest | ChoiceRequest] = []
         self.outputs: list[str] = []
         self._chosen: dict[str, dict[str, Any]] = {}  # case and step -> the step chosen there
+        self._checked = False
 
     def _next(self, request: GenerationRequest | ChoiceRequest) -> str:
         if not self._script:
@@ -118,10 +119,21 @@ class ScriptedEngine(PlannerEngine):
     def remaining(self) -> int:
         return len(self._script)
 
+    @property
+    def checked(self) -> bool:
+        """Whether `assert_done` was called (whatever it found)."""
+        return self._checked
+
+    def extend(self, steps: Iterable[ScriptStep]) -> None:
+        """Add steps at the end, e.g. the calls the next test of a shared fixture expects."""
+        self._script.extend(steps)
+
     def assert_done(self) -> None:
         """Fail if the script still has steps nobody asked for."""
+        self._checked = True
         if self._script:
-            raise UnexpectedEngineCall(f"scripted engine has {len(self._script)} unused step(s)")
+            raise UnexpectedEngineCall(f"scripted engine has {len(self._script)} unused step(s) "
+                                       f"after {len(self.outputs)} call(s)")
 
 
 def _turn_key(request_id: str) -> str:

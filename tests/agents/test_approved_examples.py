@@ -58,8 +58,9 @@ def test_only_the_case_a_human_approved_is_an_example(traced):
 def test_the_case_ends_as_the_planner_ended_it(traced):
     (example,), _ = approved_examples(traced.root, BOOK, limit=1)
     last = example.turns[-1].output
-    ended_by_tool = last["tool"] in BOOK.resolve_on or last["tool"] in BOOK.escalate_on
-    assert ended_by_tool or (last["tool"] == "finish" and last["status"] == "escalated")
+    # the approved case escalated after its rebill ran (tests/fakes/traced.py): its example ends so
+    assert (last["tool"], last["status"]) == ("finish", "escalated")
+    assert traced.approved.status == "escalated" and last["reason"] == traced.approved.reason
 
 
 def test_a_correct_review_admits_a_case_and_the_latest_verdict_counts(traced, tmp_path):

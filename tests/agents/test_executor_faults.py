@@ -125,10 +125,12 @@ def run_case(proxy, harness, platform):
     the case, the shipment and the carrier requests made for it."""
     faulty, registry = proxy
 
-    def run(*faults: Fault):
+    def run(*faults: Fault, calls: int = 3):
+        """`calls`: the model calls the case takes (2 reads and the dispute; 4 when the dispute
+        fails for good and the planner then finishes the case)."""
         inst = inject_weight_mismatch(platform, count=1, seed=next(_SEEDS), suspect_share=0.0)[0]
         faulty.faults, faulty.requests = list(faults), []
-        h = harness([gold_step] * 6, registry=registry)
+        h = harness([gold_step] * calls, registry=registry)
         h.runner.executor.timeout = 0.5
         case = h.run(inst)
         return case, inst.entities["shipment_id"], list(faulty.requests)
@@ -181,7 +183,7 @@ def test_a_write_whose_answer_was_lost_is_resent_with_its_key_and_applied_once(r
 
 
 def test_a_write_refused_every_time_escalates_and_applies_nothing(run_case, platform):
-    case, sid, requests = run_case(Fault("POST", "weight-disputes", "500"))
+    case, sid, requests = run_case(Fault("POST", "weight-disputes", "500"), calls=4)
     assert case.status == CaseStatus.escalated and "could not be carried out: HTTP 500" in case.reason
     failed = case.steps[-1]
     assert failed.tool == "tms_open_weight_dispute" and "HTTP 500" in failed.error
@@ -190,7 +192,7 @@ def test_a_write_refused_every_time_escalates_and_applies_nothing(run_case, plat
 
 
 def test_a_write_applied_but_never_answered_escalates_and_is_applied_exactly_once(run_case, platform):
-    case, sid, requests = run_case(Fault("POST", "weight-disputes", "timeout+applied"))
+    case, sid, requests = run_case(Fault("POST", "weight-disputes", "timeout+applied"), calls=4)
     assert case.status == CaseStatus.escalated and "timed out" in case.steps[-1].error
     assert _sent(requests, "POST", "weight-disputes") == 3
     disputes = _disputes(platform, sid)  # applied whole, once: the human finds it in place

@@ -158,6 +158,7 @@ def _escalating_openai_server() -> FastAPI:
     return api
 
 
+@pytest.mark.ray
 def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
     with ThreadedServer(_escalating_openai_server()) as planner_server:
         config = {"planner": {"engine": "openai", "warm_classes": [],

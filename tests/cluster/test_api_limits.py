@@ -45,7 +45,7 @@ def _report(inst):
 
 def test_a_full_case_manager_answers_503_and_the_retry_gets_in(platform, tmp_path):
     first, second = inject_weight_mismatch(platform, count=2, seed=7201, suspect_share=0.0)
-    engine = GatedEngine(ScriptedEngine([ESCALATE] * 4))
+    engine = GatedEngine(ScriptedEngine([ESCALATE] * 2))  # one call per case
     with local_front_door(platform.registry(), tmp_path, engine=engine, playbooks=_playbooks(),
                           max_open_cases=1, modes={"weight_mismatch": "autonomous"}) as door, \
             httpx.Client(base_url=door.url, headers=door.headers("submitter"), timeout=30) as client:

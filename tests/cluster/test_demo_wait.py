@@ -36,8 +36,9 @@ class SlowEngine(PlannerEngine):
         return await self.inner.generate(request)
 
 
-def _door(platform, root, limits=None, delay_s=0.5):
-    return local_front_door(platform.registry(), root, engine=SlowEngine(delay_s, 400),
+def _door(platform, root, calls, limits=None, delay_s=0.5):
+    """`calls`: the model calls the test's cases take (3 per gold weight mismatch)."""
+    return local_front_door(platform.registry(), root, engine=SlowEngine(delay_s, calls),
                             playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]},
                             limits=limits, modes={"weight_mismatch": "autonomous"})
 
@@ -49,7 +50,7 @@ def _list_answers(door, since: str) -> list[int]:
 
 def test_the_demo_follows_20_slow_cases_with_one_request_per_interval(platform, tmp_path):
     instances = inject_weight_mismatch(platform.base_urls, count=20, seed=7501, suspect_share=0.2)
-    with _door(platform, tmp_path, limits=ApiLimits()) as door, \
+    with _door(platform, tmp_path, 60, limits=ApiLimits()) as door, \
             OpsAgentClient(door.url, door.tokens["submitter"]) as client:  # the real limit: 600 a minute
         submitted = submit_all(client, instances)
         since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(time.time() - 1))
@@ -70,7 +71,7 @@ def test_the_demo_follows_20_slow_cases_with_one_request_per_interval(platform, 
 def test_a_burst_of_429s_is_waited_out(platform, tmp_path):
     instances = inject_weight_mismatch(platform.base_urls, count=5, seed=7502, suspect_share=0.0)
     tight = ApiLimits(requests_per_window=3, window_s=2)  # far below the polling rate asked for
-    with _door(platform, tmp_path, limits=tight, delay_s=0.6) as door, \
+    with _door(platform, tmp_path, 3 * 5, limits=tight, delay_s=0.6) as door, \
             OpsAgentClient(door.url, door.tokens["submitter"]) as submitter, \
             OpsAgentClient(door.url, door.tokens["auditor"]) as follower:
         submitted = submit_all(submitter, instances)

@@ -15,7 +15,6 @@ import pytest
 from opsagent.errors import StateError
 
 from opsagent.agents.case import CaseStatus, ExceptionReport
-from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.local import LocalPolicy, LocalTracer
 from opsagent.agents.planner import Planner
@@ -23,6 +22,7 @@ from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.exporters import InMemoryExporter
 from opsagent.cluster.case_book import CaseBook
 from opsagent.cluster.case_store import CaseStore
+from opsagent.evals.bench.soak import GoldScriptedEngine
 from opsagent.errors import IdempotencyConflict
 from opsagent.evals.gold import gold_step
 from opsagent.policy.approvals import ApprovalStore
@@ -67,7 +67,9 @@ class World:
 
     def book(self, stuck_on: str | None = None, planner_hangs: bool = False) -> tuple[CaseBook, Stuck]:
         executor = Stuck(Executor(self.registry, self.engine.verifier), stuck_on)
-        planner = Planner(ScriptedEngine([self.script] * 40), builtin_playbooks(), self.registry)
+        # answers every call: a restarted book plans again for as many steps as the case has left,
+        # and the tests check what ran (once) and where each case ended
+        planner = Planner(GoldScriptedEngine(self.script), builtin_playbooks(), self.registry)
         if planner_hangs:
             planner = _Hanging()
             executor.reached = planner.reached

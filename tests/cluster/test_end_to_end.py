@@ -16,7 +16,7 @@ from opsagent.cluster.system import OpsAgentSystem
 from opsagent.policy.identity import TokenStore
 from opsagent.tools.platform import inject_weight_mismatch
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.ray]
 
 
 def _free_port() -> int:

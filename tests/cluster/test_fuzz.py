@@ -15,7 +15,6 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.specs.openapi.checks import negative_data_rejection, positive_data_acceptance
 
-from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.request_limits import ApiLimits
 from tests.fakes.local_actors import local_front_door
@@ -31,8 +30,9 @@ def door(platform, tmp_path_factory):
     playbooks = {"weight_mismatch": builtin_playbooks()["weight_mismatch"]}
     limits = ApiLimits(requests_per_window=1_000_000)  # the fuzzer is one very busy caller
     # a planner that always escalates: a fuzzed exception that reaches it ends at once
-    engine = ScriptedEngine([{"evidence": {"scale_check": "unknown"}, "tool": "finish",
-                              "status": "escalated", "reason": "fuzz"}] * 10_000)
+    # (answers every call: how many exceptions the fuzzer gets through is its own choice)
+    engine = GoldScriptedEngine(lambda request: {"evidence": {"scale_check": "unknown"}, "tool": "finish",
+                                                 "status": "escalated", "reason": "fuzz"})
     with local_front_door(platform.registry(), tmp_path_factory.mktemp("fuzz"), engine=engine,
                           playbooks=playbooks, limits=limits) as running:
         yield running

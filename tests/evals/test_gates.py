@@ -45,6 +45,7 @@ ADMIN = Identity(name="ada", roles=frozenset({Role.admin}))
 OPERATOR = Identity(name="omar", roles=frozenset({Role.approver}))
 T0 = datetime(2026, 5, 1, 9, tzinfo=UTC)
 _SEEDS = itertools.count(4_800)
+from tests.fakes.planners import gold_calls
 
 
 @pytest.mark.parametrize(("correct", "n", "low", "high"), [
@@ -214,7 +215,8 @@ def shadow_run(platform, registry, tmp_path_factory):
         with ParquetExporter(root) as traces:
             cases = []
             for inst in instances:
-                engine = ScriptedEngine([scripted_gold(inst, books[inst.exception_type])] * 8)
+                engine = ScriptedEngine([scripted_gold(inst, books[inst.exception_type])]
+                                * gold_calls(inst, books[inst.exception_type]))
                 runner = CaseRunner(Planner(engine, books, registry), LocalPolicy(service), executor,
                                     LocalTracer(traces), registry, max_steps=8)
                 report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

@@ -86,23 +86,38 @@ def test_cli_add_case(traced, tmp_path, capsys):
     assert "no case 'case-nope'" in capsys.readouterr().err
 
 
-def test_cli_regressions_and_replay_what_if_run_the_configured_engine(traced, tmp_path, capsys, monkeypatch):
-    """The CLI wiring, with the engine factory pointed at scripted engines (the real engine's
-    run is measured in the issue notes; the cluster's end-to-end test covers vLLM itself)."""
+def test_cli_regressions_and_replay_what_if_build_the_engine_their_config_names(
+        traced, tmp_path, capsys, monkeypatch):
+    """The CLI wiring: each command hands `--config` to the engine factory and re-plans with the
+    engine it returns. The factory is pointed at scripted engines (the real engine's run is the
+    cluster's end-to-end test); it records the configs it was given."""
     import opsagent.cluster.system as system
 
+    config = tmp_path / "system.yaml"
+    config.write_text("planner:\n  engine: openai\n  max_tokens: 99\n"
+                      "  openai: {base_url: 'http://127.0.0.1:9/v1', model: configured-model}\n")
     scripts = [[gold_step] * 3, [gold_step] * 6]  # one engine per command: 1 case, then 2
-    monkeypatch.setattr(system, "make_engine", lambda config: ScriptedEngine(scripts.pop(0)))
+    asked = []
+
+    def make_engine(cfg):
+        asked.append(cfg)
+        return ScriptedEngine(scripts.pop(0))
+
+    monkeypatch.setattr(system, "make_engine", make_engine)
     out = tmp_path / "reg"
     add_case(traced.root, traced.resolved.case_id, out)
-    assert main(["evals", "regressions", str(out)]) == 0
+    assert main(["evals", "regressions", str(out), "--config", str(config)]) == 0
     assert "1/1 regression cases reproduce their decisions" in capsys.readouterr().out
     add_case(traced.root, traced.approved.case_id, out, outcome="escalated", at=3)
-    assert main(["evals", "regressions", str(out)]) == 1
+    assert main(["evals", "regressions", str(out), "--config", str(config)]) == 1
     assert f"differing: {traced.approved.case_id}" in capsys.readouterr().out
     scripts.append([gold_step] * 3)
-    assert main(["replay", traced.resolved.case_id, "--traces", str(traced.root), "--what-if"]) == 0
+    assert main(["replay", traced.resolved.case_id, "--traces", str(traced.root), "--what-if",
+                 "--config", str(config)]) == 0
     assert "4/4 decisions the same" in capsys.readouterr().out
+    assert scripts == [] and len(asked) == 3
+    assert all(c.planner.engine == "openai" and c.planner.openai.model == "configured-model"
+               and c.planner.max_tokens == 99 for c in asked)
 
 
 def test_a_corrected_action_is_expected_at_its_step_and_the_replay_ends_there(traced, registry):

@@ -7,11 +7,11 @@ from typing import Any
 
 import pytest
 
-from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.views import query
 from opsagent.cli import main as cli
 from opsagent.cluster.config import SystemConfig
+from opsagent.evals.bench.soak import GoldScriptedEngine
 from opsagent.errors import ConfigError, InputError
 from opsagent.evals.catalogue import Instance, make
 from opsagent.evals.evalset import write_eval_set
@@ -63,11 +63,12 @@ def run(ray_runtime, instances, gold_responder, tmp_path_factory):
                EvalConfig(name="wrong", system=SystemConfig(executors=1))]
     seen: list[tuple[str, str]] = []
     result = run_eval(instances, configs, traces=traces, trials=2, concurrency=3, background=5,
-                      engines=lambda c: ScriptedEngine([engines[c.name]] * 200),
+                      engines=lambda c: GoldScriptedEngine(engines[c.name]),  # answers every call; rows are scored
                       progress=lambda config, status: seen.append((config, status)))
     return result, traces, seen
 
 
+@pytest.mark.ray
 def test_a_gold_following_planner_scores_one_on_every_trial(run, instances):
     result, _, seen = run
     gold = [r for r in result.rows if r.config == "gold"]
@@ -93,6 +94,7 @@ def test_a_gold_following_planner_scores_one_on_every_trial(run, instances):
         assert r.autonomous_writes == r.autonomous_writes_correct
 
 
+@pytest.mark.ray
 def test_a_wrong_or_idle_planner_scores_zero_and_its_held_rebill_is_rejected(run):
     result, _, _ = run
     wrong = [r for r in result.rows if r.config == "wrong"]
@@ -103,6 +105,7 @@ def test_a_wrong_or_idle_planner_scores_zero_and_its_held_rebill_is_rejected(run
     assert all(r.autonomous_writes == 0 and r.unsupervised_high_risk == 0 for r in wrong)
 
 
+@pytest.mark.ray
 def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     result, traces, _ = run
     metrics = summarize(result.rows)
@@ -125,6 +128,7 @@ def test_metrics_and_results_of_the_run(run, instances, tmp_path):
     assert rows == [("approved", "eval-approver", 3), ("rejected", "eval-approver", 2)]  # + the held credit
 
 
+@pytest.mark.ray
 def test_a_shadow_run_ends_proposed_and_counts_its_cases_as_finished(ray_runtime, instances, gold_responder,
                                                                     tmp_path):
     """Shadow mode: a case that proposed writes ends `proposed`, the runner stops waiting for it (a
@@ -132,7 +136,7 @@ def test_a_shadow_run_ends_proposed_and_counts_its_cases_as_finished(ray_runtime
     picked = [i for i in instances if i.exception_type == "weight_mismatch"]  # dispute, scale_failed
     result = run_eval(picked, [EvalConfig(name="shadow", mode="shadow", system=SystemConfig(executors=1))],
                       traces=tmp_path, trials=1, concurrency=2, background=5, case_timeout_s=120,
-                      engines=lambda c: ScriptedEngine([gold_responder(picked)] * 50))
+                      engines=lambda c: GoldScriptedEngine(gold_responder(picked)))
     rows = {r.variant: r for r in result.rows}
     dispute = rows["dispute"]
     assert (dispute.status, dispute.outcome, dispute.agent_outcome) == ("proposed", "resolved", "proposed"), \
@@ -241,6 +245,7 @@ def test_the_mode_hook_sets_the_classes_autonomy_mode(registry):
         assert engine.mode("weight_mismatch") == policy.classes["weight_mismatch"].initial_mode
 
 
+@pytest.mark.ray
 def test_each_autonomous_write_is_scored_with_its_confidence(run, instances):
     from opsagent.evals.calibration import scored_writes
 

@@ -28,6 +28,7 @@ from opsagent.policy.service import PolicyService
 from tests.fakes.autonomy import promoted
 
 APPROVER = Identity(name="alice", roles=frozenset({Role.approver}))
+from tests.fakes.planners import gold_calls
 
 
 def test_the_set_covers_every_class_and_variant(baselines):
@@ -127,7 +128,8 @@ def test_gold_through_the_agent_runner_scores_one(platform, registry, sets):
     held = []
 
     async def run(inst: Instance) -> AgentRun:
-        engine = ScriptedEngine([scripted_gold(inst, books[inst.exception_type])] * 8)
+        engine = ScriptedEngine([scripted_gold(inst, books[inst.exception_type])]
+                                * gold_calls(inst, books[inst.exception_type]))
         runner = CaseRunner(Planner(engine, books, registry), LocalPolicy(service), executor,
                             LocalTracer(InMemoryExporter()), registry, max_steps=8)
         report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

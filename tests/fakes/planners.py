@@ -47,3 +47,11 @@ class RawPlanner:
         if not self.steps:
             raise AssertionError(f"RawPlanner: no step left (call {self.calls})")
         return PlannerTurn(step=PlannedStep.model_validate(self.steps.pop(0)))
+
+
+def gold_calls(instance: Any, playbook: Any) -> int:
+    """How many model calls the gold run of a catalogue `instance` takes: one per gold action,
+    plus the finish unless the last action is one the playbook concludes on by itself."""
+    actions = instance.gold.actions
+    concluded = bool(actions) and actions[-1].tool in {*playbook.resolve_on, *playbook.escalate_on}
+    return len(actions) + (0 if concluded else 1)

@@ -48,7 +48,9 @@ def trace_two_cases(platform: Platform, registry: ToolRegistry, root: Path,
     policy = policy or load_default_policy()
     first, second = (inject_weight_mismatch(platform, count=1, seed=next(_SEEDS), suspect_share=0.0)[0]
                      for _ in range(2))
-    engine = ScriptedEngine([gold_except({second.entities["shipment_id"]})] * 8)
+    # model calls: the first case's 2 reads and dispute (its finish is the playbook's rule), the
+    # second's 2 reads and rebill, then its finish after the approval
+    engine = ScriptedEngine([gold_except({second.entities["shipment_id"]})] * 7)
     engine_policy = PolicyEngine(policy, registry, autonomy=promoted(policy))  # shipped in shadow
     service = PolicyService(engine_policy, ApprovalStore(":memory:"))
     writer = TraceWriter(root)
@@ -72,4 +74,5 @@ def trace_two_cases(platform: Platform, registry: ToolRegistry, root: Path,
         writer.close()
     assert resolved.status == CaseStatus.resolved, resolved.reason
     assert approved.status == CaseStatus.escalated, approved.reason
+    engine.assert_done()
     return TracedCases(root=root, resolved=resolved, approved=approved, policy=policy)

@@ -34,4 +34,10 @@ def test_missing_or_unknown_tokens_are_401(tmp_path, token):
 def test_admin_holds_every_role(state_url):
     store = TokenStore(state_url)
     admin = store.authenticate(store.add("root", ["admin"]))
-    require(admin, Role.approver)
+    assert admin.roles == {Role.admin}  # one role held, every role granted
+    for role in Role:
+        assert admin.has(role)
+        require(admin, role)
+    auditor = store.authenticate(store.add("reader", ["auditor"]))
+    for role in set(Role) - {Role.auditor}:  # no other role implies the rest
+        assert not auditor.has(role)

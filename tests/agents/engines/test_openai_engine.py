@@ -16,13 +16,27 @@ import httpx
 import jsonschema
 import pytest
 
+from opsagent.agents.case import Case, ExceptionReport
 from opsagent.agents.confidence import decision_confidence
 from opsagent.agents.engines import ChatMessage, GenerationRequest, OpenAIEngine, OpenAIEngineConfig
+from opsagent.agents.planner import Planner
+from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.errors import EngineError
+from opsagent.policy.config import load_default_policy
+from opsagent.policy.engine import PolicyEngine
 
-SCHEMA = {"type": "object", "properties": {"tool": {"enum": ["wms_get_shipment", "finish"]},
-                                           "shipment_id": {"enum": ["SHP-104233"]}},
-          "required": ["tool", "shipment_id"], "additionalProperties": False}
+SCHEMA = {"type": "object", "properties": {"tool": {"enum": ["wms_get_shipment", "finish"]}},
+          "required": ["tool"], "additionalProperties": False}  # the failure tests send no request
+
+
+class _Recording(OpenAIEngine):
+    """The OpenAI engine, keeping the requests the planner sent it."""
+
+    requests: list[GenerationRequest]
+
+    async def generate(self, request: GenerationRequest):
+        self.requests = [*getattr(self, "requests", []), request]
+        return await super().generate(request)
 
 
 def _free_port():
@@ -150,7 +164,9 @@ def test_an_unknown_engine_setting_is_refused():
 
 
 @pytest.mark.engine
-def test_structured_output_from_a_vllm_openai_server(tmp_path):
+def test_the_planners_step_schema_is_followed_by_a_vllm_openai_server(tmp_path, registry):
+    """The planner's own request (its prompt and its whole step schema, `decoding="schema"` as
+    used with engines that cannot score candidates) against vLLM's OpenAI server."""
     from opsagent.agents.engines.embedded_model import embedded_model_path
 
     port = _free_port()
@@ -160,7 +176,7 @@ def test_structured_output_from_a_vllm_openai_server(tmp_path):
         [sys.executable, "-m", "vllm.entrypoints.openai.api_server",
          "--model", str(embedded_model_path()), "--served-model-name", "smollm2",
          "--host", "127.0.0.1", "--port", str(port), "--dtype", "bfloat16",
-         "--enforce-eager", "--max-model-len", "2048"],
+         "--enforce-eager", "--max-model-len", "4096"],
         env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"),
         start_new_session=True,
     )
@@ -176,17 +192,22 @@ def test_structured_output_from_a_vllm_openai_server(tmp_path):
             time.sleep(1)
         else:
             pytest.fail("vLLM server did not become healthy in 240 s")
-        engine = OpenAIEngine(OpenAIEngineConfig(base_url=f"http://127.0.0.1:{port}/v1", model="smollm2"))
-        request = GenerationRequest(
-            request_id="r1", max_tokens=60,
-            messages=[ChatMessage(role="system", content="Answer with JSON."),
-                      ChatMessage(role="user", content="Read shipment SHP-104233 from the warehouse.")],
-            json_schema=SCHEMA)
-        result = asyncio.run(engine.generate(request))
-        assert result.finish_reason == "stop"
-        jsonschema.validate(json.loads(result.text), SCHEMA)
-        assert result.prompt_tokens > 10 and result.completion_tokens > 0
-        assert result.tokens and "".join(t.text for t in result.tokens) == result.text
+        engine = _Recording(OpenAIEngineConfig(base_url=f"http://127.0.0.1:{port}/v1", model="smollm2"))
+        assert not engine.supports_choice  # so the planner asks for the whole step
+        planner = Planner(engine, builtin_playbooks(), registry, decoding="schema", max_tokens=160)
+        case = Case(report=ExceptionReport(exception_type="weight_mismatch", description="billed 9 kg, scanned 4",
+                                           entities={"shipment_id": "SHP-104233"}))
+        allowed = PolicyEngine(load_default_policy(), registry).allowed_tools("weight_mismatch")
+        turn = asyncio.run(planner.plan(case, allowed))
+        (request,) = engine.requests
+        offered = {v["properties"]["tool"]["const"] for v in request.json_schema["anyOf"]}
+        assert offered == {"wms_get_shipment", "finish"}  # the real step schema, prerequisites applied
+        result = turn.generation
+        assert result is not None and result.finish_reason == "stop", result
+        jsonschema.validate(json.loads(result.text), request.json_schema)
+        assert turn.error is None and turn.step is not None and turn.step.tool in offered
+        assert result.prompt_tokens > 500 and result.completion_tokens > 0  # the playbook's prompt
+        assert result.tokens and "".join(t.text for t in result.tokens) == result.text  # log-probabilities asked
         assert decision_confidence(result.text, result.tokens) is not None
     finally:
         _stop(server)

@@ -65,7 +65,9 @@ def test_row_round_trip() -> None:
     assert row["event_id"] == event.event_id and row["schema_version"] == SCHEMA_VERSION
     back = ActionEvent.from_row(row | {"date": "2025-03-01"})
     assert back.event_id == event.event_id
-    assert back.model_copy(update={"result": event.result, "event_id": event.event_id}) == event
+    # every field comes back as it went in, except the result's datetime: JSON keeps its ISO text
+    assert back.result == {"x": "2025-03-01T23:30:00Z"}
+    assert back.model_dump(exclude={"result"}) == event.model_dump(exclude={"result"})
 
 
 def test_every_record_has_its_own_event_id_and_a_copy_is_a_new_record() -> None:
