@@ -26,7 +26,7 @@ def _version() -> str:
 
 
 class _Parser(argparse.ArgumentParser):
-    """Reads the old spelling `opsagent eval --set ...` as `opsagent eval run --set ...`."""
+    """Reads the old spellings (`_argv`)."""
 
     def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
         if self.prog == "opsagent":
@@ -88,8 +88,12 @@ def _offline_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _argv(argv: list[str]) -> list[str]:
-    """The old spelling `opsagent eval --set ...` means `opsagent eval run --set ...`."""
-    if argv and argv[0] in ("eval", "evals") and (
+    """Old spellings: `opsagent eval --set ...` means `opsagent eval run --set ...`; `evals` (a
+    deprecated name of the one `eval` group) means `eval`."""
+    if argv and argv[0] == "evals":
+        print("opsagent: `evals` is deprecated; the command is `eval`", file=sys.stderr)
+        argv = ["eval", *argv[1:]]
+    if argv and argv[0] == "eval" and (
             len(argv) == 1 or argv[1] not in (*catalogue_cli.EVAL_COMMANDS, "-h", "--help")):
         return [argv[0], "run", *argv[1:]]
     return argv
@@ -131,7 +135,7 @@ def _run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return run_list(args)
     if args.command == tools_cli.COMMAND:
         return tools_cli.run(args)
-    if args.command in ("eval", "evals"):
+    if args.command == "eval":
         if args.eval_command == "run":
             return catalogue_cli.run_eval(args)
         if args.eval_command == "calibrate":
@@ -191,7 +195,7 @@ def _offline(args: argparse.Namespace) -> int:
         config = PolicyConfig.from_yaml(args.policy_file)
         print(render_policy_what_if(policy_what_if(args.traces, config, sandbox_registry(), since=since)))
         return 0
-    if args.command in ("eval", "evals") and args.eval_command == "add-case":
+    if args.command == "eval" and args.eval_command == "add-case":
         from opsagent.evals.regressions import add_case, corrected_action
 
         action = corrected_action(args.step, args.tool, args.args, args.key_args)
@@ -220,7 +224,7 @@ async def _replan(args: argparse.Namespace) -> int:
     from opsagent.policy.engine import PolicyEngine
     from opsagent.tools.platform.launcher import sandbox_registry
 
-    cases = load_regressions(args.folder) if args.command in ("eval", "evals") else None
+    cases = load_regressions(args.folder) if args.command == "eval" else None
     config = SystemConfig.from_yaml(args.config) if args.config else SystemConfig()
     playbooks = builtin_playbooks()
     if args.playbooks:

@@ -85,12 +85,12 @@ EVAL_COMMANDS = ("run", "add-case", "regressions", "calibrate")
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add the `eval` group (alias `evals`): `run` a frozen eval set through the real cluster and
-    score it; `add-case` / `regressions` (cli.py runs those two)."""
+    """Add the `eval` group: `run` a frozen eval set through the real cluster and score it;
+    `add-case` / `regressions` (cli.py runs those two)."""
     group = subparsers.add_parser(
-        "eval", aliases=["evals"], help="evaluate: run an eval set, freeze traced cases as regression "
+        "eval", help="evaluate: run an eval set, freeze traced cases as regression "
         "cases, replay them", description="`eval run` (also plain `eval --set ...`), `eval add-case`, "
-        "`eval regressions`; `evals` is the same group.")
+        "`eval regressions`.")
     sub = group.add_subparsers(dest="eval_command", required=True)
     _add_regression_parsers(sub)
     cal = sub.add_parser("calibrate", help="fit the planner's confidence on a TRAINING run and choose "

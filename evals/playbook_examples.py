@@ -13,14 +13,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from pathlib import Path
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
 from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.local import LocalPolicy, LocalTracer
 from opsagent.agents.planner import Planner
-from opsagent.agents.playbooks.model import Example, Playbook, Turn, builtin_playbooks
+from opsagent.agents.playbooks.model import PLAYBOOKS_DIR, Example, Playbook, Turn, builtin_playbooks
 from opsagent.agents.prompts import observation_message
 from opsagent.agents.runner import CaseRunner
 from opsagent.agents.tracing.exporters import InMemoryExporter
@@ -91,7 +90,7 @@ def main() -> None:
     with Platform() as platform:
         examples = asyncio.run(record(playbook, platform, count=args.count, seed=args.seed,
                                       escalate_share=args.escalate_share))
-    out = Path(__file__).with_name(f"{args.exception_type}.examples.json")
+    out = PLAYBOOKS_DIR / f"{args.exception_type}.examples.json"
     out.write_text(json.dumps([e.model_dump(mode="json") for e in examples], indent=1) + "\n")
     print(f"wrote {len(examples)} examples to {out}")
 

@@ -32,7 +32,8 @@ def test_eval_is_one_group_and_the_old_spellings_still_work(tmp_path, capsys):
     for argv in (["eval", "regressions", str(tmp_path)], ["evals", "regressions", str(tmp_path)],
                  ["evals", "add-case", "case-1"]):
         args = _parser().parse_args(_argv(argv))
-        assert args.command in ("eval", "evals") and args.eval_command == argv[1]
+        assert args.command == "eval" and args.eval_command == argv[1]
+    assert "`evals` is deprecated" in capsys.readouterr().err
     with pytest.raises(SystemExit) as helped:
         main(["eval", "--help"])
     assert helped.value.code == 0 and "add-case" in capsys.readouterr().out

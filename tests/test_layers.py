@@ -64,3 +64,13 @@ def test_each_contract_fails_on_a_deliberate_violation(tmp_path: Path) -> None:
     assert broken == set(CONTRACTS)  # every contract is shown to bite
     for rel, _, _ in VIOLATIONS:  # the copy was linted, not the installed package
         assert rel.removesuffix(".py").rsplit("/", 1)[-1] in out, out
+
+
+def test_importing_the_eval_runner_does_not_import_ray() -> None:
+    """Scoring, add-case and the catalogue import `evals.runner` without paying for Ray; Ray loads
+    when a system starts."""
+    code = "import sys, opsagent.evals.runner, opsagent.cli; print('ray' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "False"

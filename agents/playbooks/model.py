@@ -156,10 +156,13 @@ def load_playbook(path: str | Path) -> Playbook:
         raise ConfigError(f"playbook {path}: {exc}") from exc
 
 
+PLAYBOOKS_DIR = Path(str(resources.files(__package__)))
+"""The folder of the shipped playbooks and their recorded examples (`<class>.examples.json`)."""
+
+
 def builtin_playbooks() -> dict[str, Playbook]:
     """The playbooks shipped in this folder, keyed by exception class."""
-    folder = Path(str(resources.files(__package__)))
-    books = [load_playbook(p) for p in sorted(folder.glob("*.yaml"))]
+    books = [load_playbook(p) for p in sorted(PLAYBOOKS_DIR.glob("*.yaml"))]
     return {b.exception_type: b for b in books}
 
 

@@ -79,10 +79,10 @@ def test_bad_requests_are_refused_clearly(traced, tmp_path):
 
 def test_cli_add_case(traced, tmp_path, capsys):
     out = tmp_path / "reg"
-    assert main(["evals", "add-case", traced.approved.case_id, "--traces", str(traced.root),
+    assert main(["eval", "add-case", traced.approved.case_id, "--traces", str(traced.root),
                  "--out", str(out), "--outcome", "escalated", "--at", "3"]) == 0
     assert f"wrote {out / traced.approved.case_id}.json" in capsys.readouterr().out
-    assert main(["evals", "add-case", "case-nope", "--traces", str(traced.root), "--out", str(out)]) == 1  # a runtime failure
+    assert main(["eval", "add-case", "case-nope", "--traces", str(traced.root), "--out", str(out)]) == 1  # a runtime failure
     assert "no case 'case-nope'" in capsys.readouterr().err
 
 
@@ -106,10 +106,10 @@ def test_cli_regressions_and_replay_what_if_build_the_engine_their_config_names(
     monkeypatch.setattr(system, "make_engine", make_engine)
     out = tmp_path / "reg"
     add_case(traced.root, traced.resolved.case_id, out)
-    assert main(["evals", "regressions", str(out), "--config", str(config)]) == 0
+    assert main(["eval", "regressions", str(out), "--config", str(config)]) == 0
     assert "1/1 regression cases reproduce their decisions" in capsys.readouterr().out
     add_case(traced.root, traced.approved.case_id, out, outcome="escalated", at=3)
-    assert main(["evals", "regressions", str(out), "--config", str(config)]) == 1
+    assert main(["eval", "regressions", str(out), "--config", str(config)]) == 1
     assert f"differing: {traced.approved.case_id}" in capsys.readouterr().out
     scripts.append([gold_step] * 3)
     assert main(["replay", traced.resolved.case_id, "--traces", str(traced.root), "--what-if",
@@ -143,7 +143,7 @@ def test_a_corrected_action_is_expected_at_its_step_and_the_replay_ends_there(tr
 
 
 def test_cli_corrected_action_arguments(traced, tmp_path, capsys):
-    base = ["evals", "add-case", traced.approved.case_id, "--traces", str(traced.root), "--out", str(tmp_path)]
+    base = ["eval", "add-case", traced.approved.case_id, "--traces", str(traced.root), "--out", str(tmp_path)]
     assert main([*base, "--step", "3", "--tool", "tms_open_weight_dispute",
                  "--args", '{"shipment_id": "X"}', "--key-args", "shipment_id"]) == 0
     (case,) = load_regressions(tmp_path)
