@@ -54,7 +54,9 @@ METRICS: dict[str, MetricSpec] = {m.name: m for m in [
     MetricSpec("opsagent_approval_oldest_pending_age_seconds", "gauge",
                "Age of the oldest pending approval (0 when none is pending)."),
     MetricSpec("opsagent_approval_events_total", "counter",
-               "Approval lifecycle events (requested, expiring, decided, expired).", ("event",)),
+               "Approval events: with a webhook each one notified (requested, expiring, decided, "
+               "expired); without, those the actor makes (requested, decided, expired by withdrawal "
+               "or superseding).", ("event",)),
     MetricSpec("opsagent_policy_decisions_total", "counter", "Policy verdicts on proposed tool calls.",
                ("exception_type", "tool", "verdict")),
     MetricSpec("opsagent_policy_denials_total", "counter",
