@@ -75,15 +75,14 @@ def test_an_engine_that_cannot_choose_writes_the_whole_step(registry):
 
 
 def test_choices_and_rule_steps_are_traced_with_their_candidates(harness, instance):
-    h = harness([gold_step])
+    h = harness([gold_step] * 3)
     case = h.run(instance(scale_ok=True))
     h.engine.assert_done()
     calls = h.traces.of_type(PlannerCallEvent)
-    # the model reads first; then the SOP rule (scale check passed) leaves one step at a time:
-    # the carrier read, the dispute; the concluding finish follows the dispute
-    assert [c.decided_by for c in calls] == ["model", "rule", "rule", "rule"]
-    assert case.planner_calls == 1
+    assert [c.decided_by for c in calls] == ["model", "model", "model", "rule"]
+    assert case.planner_calls == 3  # the concluding finish called no model
     first = calls[0].candidates
     assert [c["decision"] for c in first] == ["wms_get_shipment", "finish:escalated"]
-    assert [c["decision"] for c in calls[2].candidates] == ["tms_open_weight_dispute"]
+    # the SOP rule (scale check passed) withholds the rescan
+    assert [c["decision"] for c in calls[1].candidates] == ["tms_get_shipment", "finish:escalated"]
     assert calls[-1].model == "rule" and calls[-1].prompt_tokens == 0

@@ -170,3 +170,31 @@ def test_shadow_cases_are_judged_against_the_gold_and_read_back_as_the_gates_ver
     back = {r.case_id: v for r, v in verdicts_of(tmp_path, rows, Mode.shadow)}
     assert back == {"case-right": True, "case-wrong-args": False, "case-escalated": False, "case-extra": False}
     assert all(v is None for _, v in verdicts_of(tmp_path, rows, Mode.supervised))
+
+
+def test_the_ladder_command_prints_the_ladder_and_the_gated_headline(monkeypatch, tmp_path, capsys):
+    import argparse
+    import contextlib
+    import json
+    from datetime import UTC, datetime
+
+    from opsagent.evals import ladder_cli, runner
+    from opsagent.evals.catalogue import make
+    from opsagent.evals.metrics import EvalRun
+
+    runner_ = Scripted({("weight_mismatch", Mode.shadow): 10, ("weight_mismatch", Mode.supervised): 10,
+                        ("damage_claim", Mode.shadow): 5, ("damage_claim", Mode.supervised): 10})
+    ladder = climb(["weight_mismatch", "damage_claim"], _policy(min_cases=30), runner_, seed=SEED)
+    held = make("weight_mismatch", seed=3, count=2) + make("damage_claim", seed=3, count=2)
+    rows = [_row(i, True).model_copy(update={"config": "gated", "case_id": None}) for i in held]
+    run = EvalRun(run_id="r1", configs=["gated"], trials=1, concurrency=1, instances=4,
+                  classes=["damage_claim", "weight_mismatch"], started_at=datetime.now(UTC), wall_s=1.0, rows=rows)
+    monkeypatch.setattr(ladder_cli, "run_ladder", lambda args, instances, base: (ladder, run))
+    monkeypatch.setattr(runner, "ray_runtime", contextlib.nullcontext)
+    args = argparse.Namespace(traces=tmp_path)
+    assert ladder_cli.run_ladder_command(args, held, EvalConfig()) == 0
+    out = capsys.readouterr().out
+    assert "weight_mismatch" in out and "autonomous" in out and "30/30" in out and "15/30" in out
+    assert "gated: automation" in out and "approvals asked per case" in out
+    saved = json.loads((tmp_path / "eval_results" / "run=r1" / "ladder.json").read_text())
+    assert Ladder.model_validate(saved).modes() == ladder.modes()

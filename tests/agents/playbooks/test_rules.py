@@ -52,21 +52,35 @@ def test_no_shipped_rule_withholds_a_step_of_an_approved_example(registry):
 
 def test_routine_evidence_leaves_the_routine_step_alone(registry):
     book = BOOKS["weight_mismatch"]
-    assert _decisions(book, registry, _weight_case(scale="passed")) == ["tms_open_weight_dispute"]
+    passed = _decisions(book, registry, _weight_case(scale="passed"))
+    assert "wms_request_rescan" not in passed and "tms_open_weight_dispute" in passed
     failed = _decisions(book, registry, _weight_case(scale="failed"))
     assert "finish:escalated" in failed and "wms_request_rescan" in failed
+    # a verified address: the only step left is the correction, decided by the rule alone
+    case = Case(report=ExceptionReport(exception_type="address_rejected", description="x",
+                                       entities={"shipment_id": "SHP-1", "customer_id": "C-1", "ticket_id": "T-1"}))
+    case.steps += [Step(step=1, tool="tms_get_delivery_address", executed=True, ok=True, verdict="allow",
+                        result={"shipment_id": "SHP-1", "address": "x"}),
+                   Step(step=2, tool="erp_get_customer", executed=True, ok=True, verdict="allow",
+                        result={"customer_id": "C-1", "address_status": "verified", "address": "y"})]
+    address = BOOKS["address_rejected"]
+    assert _decisions(address, registry, case) == ["tms_update_delivery_address"]
+    unverified = case.model_copy(deep=True)
+    unverified.steps[1].result["address_status"] = "unverified"
+    assert any(d.startswith("tkt_assign_ticket") for d in _decisions(address, registry, unverified))
 
 
 def test_after_a_setback_no_rule_applies(registry):
     """A denied or human-rejected step puts the hand-off back on offer."""
     book = BOOKS["weight_mismatch"]
+    assert "wms_request_rescan" not in _decisions(book, registry, _weight_case(scale="passed"))
     denied = _weight_case(scale="passed")
     denied.steps.append(Step(step=3, tool="tms_adjust_billed_weight", verdict="deny", reasons=["no"]))
-    assert "finish:escalated" in _decisions(book, registry, denied)
+    assert "wms_request_rescan" in _decisions(book, registry, denied)
     rejected = _weight_case(scale="passed")
     rejected.steps.append(Step(step=3, tool="tms_open_weight_dispute", verdict="require_approval",
                                executed=False, error="not approved: wrong weight"))
-    assert "finish:escalated" in _decisions(book, registry, rejected)
+    assert "wms_request_rescan" in _decisions(book, registry, rejected)
 
 
 def test_a_rule_that_would_withhold_everything_withholds_nothing(registry):
