@@ -58,14 +58,16 @@ def test_the_new_class_on_the_embedded_model(tmp_path, capsys):
 
         bare, judged_bare, taught_book, found, taught, judged_taught = asyncio.run(run())
 
-    assert ladder.mode() == "shadow"  # 24 verdicts are far from the gate's 200: it stays in shadow
-    for cases, judged in ((bare, judged_bare), (taught, judged_taught)):
-        assert {c.status.value for c in cases} <= {"proposed", "escalated"}  # shadow never writes
-        assert len(judged) == BATCH
-    approved = {v.case_id for v in judged_bare if v.correct}
-    assert set(found.case_ids) <= approved and len(taught_book.examples) == len(found.case_ids)
     with capsys.disabled():
         for name, judged in (("no examples", judged_bare), (f"{len(found.case_ids)} examples", judged_taught)):
             right = sum(v.correct for v in judged)
             wrong = [f"{v.details['instance_id']}: {v.reason}" for v in judged if not v.correct]
             print(f"\n{CLASS}, shadow, {name}: {right}/{len(judged)} agree with ops' log", *wrong, sep="\n  ")
+    assert ladder.mode() == "shadow"  # 24 verdicts are far from the gate's 200: it stays in shadow
+    for cases, judged in ((bare, judged_bare), (taught, judged_taught)):
+        # shadow never writes: a case ends proposed, escalated, or resolved having nothing to write
+        assert {c.status.value for c in cases} <= {"proposed", "escalated", "resolved"}
+        assert not [s for c in cases for s in c.steps if s.executed and registry.get(s.tool).writes]
+        assert len(judged) == BATCH
+    approved = {v.case_id for v in judged_bare if v.correct}
+    assert set(found.case_ids) <= approved and len(taught_book.examples) == len(found.case_ids)
