@@ -18,6 +18,7 @@ from tests.postgres import PostgresServer, find_bin
 
 
 _TMP: list[str] = []
+_OLD_TMPDIR: list[str | None] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -25,6 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
     fresh, short folder that is removed at the end: they leave sockets and session folders."""
     path = tempfile.mkdtemp(prefix="oa-", dir="/tmp")
     _TMP.append(path)
+    _OLD_TMPDIR.append(os.environ.get("TMPDIR"))
     os.environ["TMPDIR"] = path
     tempfile.tempdir = None
     leftovers.install()
@@ -62,6 +64,14 @@ def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
 def pytest_unconfigure(config: pytest.Config) -> None:
     for path in _TMP:
         shutil.rmtree(path, ignore_errors=True)
+    _TMP.clear()
+    # a second pytest run in this process (mutmut runs several) must not use the removed folder
+    old = _OLD_TMPDIR.pop() if _OLD_TMPDIR else None
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
 
 
 def _no_unused_steps(start: int, what: str) -> None:

@@ -17,6 +17,7 @@ from schemathesis.specs.openapi.checks import negative_data_rejection, positive_
 
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.api.request_limits import ApiLimits
+from opsagent.evals.bench.soak import GoldScriptedEngine
 from tests.fakes.local_actors import local_front_door
 
 EXAMPLES = 20

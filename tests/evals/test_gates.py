@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import shutil
 import time
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -246,8 +247,14 @@ def test_shadow_runs_write_nothing_and_reproduce_the_gold(shadow_run) -> None:
         assert (case.outcome or case.status.value) == inst.gold.outcome
 
 
-def test_compare_records_verdicts_that_make_the_shadow_evidence(shadow_run, registry) -> None:
-    root, instances = shadow_run["root"], shadow_run["instances"]
+def _own_root(shadow_run, tmp_path):
+    """A copy of the shadow run's traces for a test that writes verdicts into them: the shared
+    root stays as the run left it, whatever order the tests run in."""
+    return shutil.copytree(shadow_run["root"], tmp_path / "own-traces")
+
+
+def test_compare_records_verdicts_that_make_the_shadow_evidence(shadow_run, registry, tmp_path) -> None:
+    root, instances = _own_root(shadow_run, tmp_path), shadow_run["instances"]
     writes = {s.name: s.writes for s in registry.specs()}
     report = compare_human_log(root, shadow_run["evalset"] / "human_log.jsonl", writes=writes)
     expected = {i.instance_id: None if i.human.outcome is None else
@@ -284,8 +291,8 @@ def test_compare_refuses_a_log_it_cannot_place(shadow_run, tmp_path) -> None:
     assert compare_human_log(shadow_run["root"], log).unmatched == ["line 1"]
 
 
-def test_review_needs_an_operator_and_a_finished_case(shadow_run) -> None:
-    root, case = shadow_run["root"], shadow_run["cases"][0]
+def test_review_needs_an_operator_and_a_finished_case(shadow_run, tmp_path) -> None:
+    root, case = _own_root(shadow_run, tmp_path), shadow_run["cases"][0]
     with pytest.raises(AuthError):
         review(root, case.case_id, correct=True, reason="fine",
                identity=Identity(name="sam", roles=frozenset({Role.submitter})))
@@ -300,7 +307,7 @@ def test_review_needs_an_operator_and_a_finished_case(shadow_run) -> None:
 # --- the command line --------------------------------------------------------------------------
 
 def test_cli_status_set_review_and_check(shadow_run, tmp_path, capsys, monkeypatch) -> None:
-    root, cases = shadow_run["root"], shadow_run["cases"]
+    root, cases = _own_root(shadow_run, tmp_path), shadow_run["cases"]
     state = tmp_path / "state"
     tokens = TokenStore(state_db(state))
     admin, operator = tokens.add("ada", ["admin"]), tokens.add("omar", ["approver"])
