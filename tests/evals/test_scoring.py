@@ -53,7 +53,7 @@ def test_doing_nothing_scores_zero_on_every_instance(baselines):
         result = score(inst, claimed, baselines.before, ref)
         assert result.score == 0.0 and result.missing_actions
         if "ticket_id" in inst.entities:  # the ticket is neither resolved nor with a team
-            assert not result.state_ok and any("ticketing.tickets" in f for f in result.failed_assertions)
+            assert not result.state_ok and any("tkt.tickets" in f for f in result.failed_assertions)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,7 @@ def test_wrong_end_state_scores_zero(platform, registry, fresh):
     assert _call(registry, "erp_adjust_book_quantity", extra)
     result = score(stock, run, snapshots(platform), ref)
     assert result.score == 0.0 and not result.state_ok and not result.missing_actions
-    assert any("billing.inventory" in d for d in result.state_diff)
+    assert any("erp.inventory" in d for d in result.state_diff)
 
 
 def test_missing_required_read_scores_zero(platform, registry, fresh):
