@@ -3,8 +3,8 @@ vLLM `engine`, one that launches chromium `browser`. tests/conftest.py watches e
 and call and fails the test that starts one of them unmarked, naming what it started, so
 `-m "not ray and not engine and not browser"` keeps starting none of them.
 
-Watched: `ray.init` (patched once Ray is imported; a test that imports Ray itself is caught by
-Ray being up after it), `VllmEngine.start` (the in-process engine), any subprocess whose command
+Watched: `ray.init` (patched once Ray is imported), Ray's own processes (GCS, raylet) being
+started, `VllmEngine.start` (the in-process engine), any subprocess whose command
 line runs vLLM (the OpenAI-compatible server) and Playwright's `BrowserType.launch`.
 A test whose fixtures include `ray_runtime` must be marked `ray` whether or not it is the one that
 starts it (checked at collection).
@@ -49,6 +49,8 @@ def install() -> None:
             line = " ".join(map(str, args)) if isinstance(args, list | tuple) else str(args)
             if "vllm.entrypoints" in line or "vllm serve" in line:
                 _record("engine", f"a vLLM server ({line[:80]})")
+            elif "gcs_server" in line or "/raylet" in line:  # ray.init starts these, however imported
+                _record("ray", "Ray (its GCS or raylet process)")
             init(self, args, *rest, **kwargs)
 
         subprocess.Popen.__init__ = popen  # type: ignore[method-assign]

@@ -160,3 +160,28 @@ def test_an_approvals_file_from_before_the_state_layer_is_refused_not_overwritte
     with pytest.raises(StateError, match="no schema version"):
         ApprovalStore(path)
     assert sqlite3.connect(path).execute("SELECT * FROM approvals").fetchall() == [("apr-old", "pending")]
+
+
+def test_the_submitter_named_with_a_request_may_never_decide_it(tmp_path):
+    """`submitted_by` on a request: that person is refused even holding the approver role
+    (separation of duties); another approver decides, and the record survives a reopen."""
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    pending = store.request(case_id="case-9", exception_type="weight_mismatch", step=3,
+                            tool="tms_adjust_billed_weight", args=ARGS, args_digest=DIGEST, risk="high",
+                            reasons=["irreversible"], policy_version="v1", preview={}, submitted_by="alice")
+    reopened = ApprovalStore(tmp_path / "a.sqlite")
+    for either in (store, reopened):
+        with pytest.raises(ApprovalError, match="separation of duties"):
+            either.decide(pending.approval_id, identity=ALICE, approve=True, args_digest=DIGEST)
+    assert reopened.get(pending.approval_id).status == ApprovalStatus.pending
+    bob = Identity(name="bob", roles=frozenset({Role.approver}))
+    assert reopened.decide(pending.approval_id, identity=bob, approve=True, args_digest=DIGEST).approver == "bob"
+
+
+def test_a_withdrawal_is_stamped_in_utc(tmp_path):
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    _request(store)
+    before = datetime.now(UTC)
+    (withdrawn,) = store.withdraw("case-1", "the case ended")
+    assert withdrawn.decided_at is not None and withdrawn.decided_at.utcoffset() == timedelta(0)
+    assert before <= withdrawn.decided_at <= datetime.now(UTC)

@@ -207,3 +207,47 @@ def test_keys_come_from_files_with_clear_errors(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv(LEGACY_KEY_ENV, raising=False)
     assert process_permit_key() is process_permit_key()
     assert isinstance(process_permit_key(), PermitSigner)
+
+
+def test_a_signing_key_of_the_wrong_kind_or_an_unreadable_file_is_named_in_the_error(tmp_path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+
+    ec_pem = generate_private_key(SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    with pytest.raises(ConfigError, match=r"^the permit signing key is a \w*(EC|EllipticCurve)\w*PrivateKey, not an "
+                                          r"Ed25519 private key$"):
+        PermitSigner.from_pem(ec_pem)
+    path = tmp_path / "ec.pem"
+    path.write_bytes(ec_pem)
+    with pytest.raises(ConfigError, match=rf"^permit signing key file {path} is a "):
+        PermitSigner.from_file(path)
+    path.write_bytes(b"not a key")
+    with pytest.raises(ConfigError, match=rf"^permit signing key file {path} is not a PEM private key"):
+        PermitSigner.from_file(path)
+    with pytest.raises(ConfigError, match=rf"^permit signing key file {tmp_path / 'no.pem'} does not exist$"):
+        PermitSigner.from_file(tmp_path / "no.pem")
+    with pytest.raises(ConfigError, match=rf"^cannot read permit signing key file {tmp_path}: "):
+        PermitSigner.from_file(tmp_path)  # a folder
+
+
+def test_a_merged_verifier_accepts_either_sides_keys_and_keeps_the_file_to_reread(
+        tmp_path, registry, billing_policy, credit, clock) -> None:
+    old, new = new_permit_key(), new_permit_key()
+    keys = tmp_path / "public.pem"
+    keys.write_bytes(old.public_pem())
+    from_file = PermitVerifier.from_file(keys)
+    merged = new.verifier().merged(from_file)
+    assert set(merged.key_ids) == {old.key_id, new.key_id}
+    for signer in (old, new):
+        issued = PolicyEngine(billing_policy(), registry, permit_key=signer, clock=clock).authorize(credit()).permit
+        verify_permit(issued, CREDIT, ARGS, "CASE-1", 1, merged, clock.now)
+    third = new_permit_key()  # published in the file later: the merged verifier re-reads it
+    by_third = PolicyEngine(billing_policy(), registry, permit_key=third, clock=clock).authorize(credit()).permit
+    keys.write_bytes(old.public_pem() + third.public_pem())
+    import os
+    os.utime(keys, (clock.now + 5, clock.now + 5))
+    verify_permit(by_third, CREDIT, ARGS, "CASE-1", 1, merged, clock.now)
+    stranger = PolicyEngine(billing_policy(), registry, permit_key=new_permit_key(), clock=clock).authorize(credit())
+    with pytest.raises(PermitError, match="unknown key id"):
+        verify_permit(stranger.permit, CREDIT, ARGS, "CASE-1", 1, merged, clock.now)
