@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args, get_origin
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -37,20 +37,36 @@ def _service(request: Request) -> OpsService:
 Service = Annotated[OpsService, Depends(_service)]
 
 def _known_query_only(request: Request) -> None:
-    """Refuse query parameters the route does not take (a typo would else silently widen a list)."""
+    """Refuse query parameters the route does not take (a typo would else silently widen a list),
+    and a single-valued one given twice (which value would count is not the caller's to guess)."""
     route = request.scope.get("route")
-    known = _query_names(route.dependant) if route is not None else set()
+    known, lists = _query_names(route.dependant) if route is not None else (set(), set())
     unknown = sorted(set(request.query_params) - known)
     if unknown:
         raise InputError(f"unknown query parameter(s): {', '.join(map(repr, unknown))[:300]}"
                          f"; this route takes: {', '.join(sorted(known)) or 'none'}")
+    keys = [key for key, _ in request.query_params.multi_items()]
+    repeated = sorted({key for key in keys if keys.count(key) > 1} - lists)
+    if repeated:
+        raise InputError(f"query parameter(s) given more than once: {', '.join(map(repr, repeated))[:300]}"
+                         " (only a list parameter may repeat)")
 
 
-def _query_names(dependant: Any) -> set[str]:
+def _query_names(dependant: Any) -> tuple[set[str], set[str]]:
+    """The route's query parameter names, and those of them that take a list."""
     names = {p.alias for p in dependant.query_params}
+    lists = {p.alias for p in dependant.query_params if _is_list(p.field_info.annotation)}
     for sub in dependant.dependencies:
-        names |= _query_names(sub)
-    return names
+        more, more_lists = _query_names(sub)
+        names, lists = names | more, lists | more_lists
+    return names, lists
+
+
+def _is_list(annotation: Any) -> bool:
+    origin = get_origin(annotation)
+    if origin in (list, tuple, set, frozenset):
+        return True
+    return origin is not None and any(_is_list(arg) for arg in get_args(annotation))
 
 
 v1 = APIRouter(prefix="/v1", responses=ERROR_RESPONSES, dependencies=[Depends(_known_query_only)])

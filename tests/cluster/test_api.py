@@ -295,3 +295,13 @@ def test_unknown_query_parameters_are_refused(front_door):
         r = client.get("/v1/cases", params={"stauts": "resolved"})
         assert r.status_code == 422 and "'stauts'" in r.json()["error"] and "status" in r.json()["error"]
         assert client.get("/v1/overview", params={"x": "1"}).status_code == 422
+
+
+def test_a_single_valued_query_parameter_given_twice_is_refused_a_list_one_may_repeat(front_door):
+    with _client(front_door, "auditor") as client:
+        r = client.get("/v1/cases", params=[("submitted_by", "a"), ("submitted_by", "b")])
+        assert r.status_code == 422 and "given more than once: 'submitted_by'" in r.json()["error"]
+        ids = client.get("/v1/cases", params={"limit": 2}).json()["items"]
+        wanted = [c["case_id"] for c in ids]
+        listed = client.get("/v1/cases", params=[("case_id", c) for c in wanted])
+        assert listed.status_code == 200 and {c["case_id"] for c in listed.json()["items"]} == set(wanted)

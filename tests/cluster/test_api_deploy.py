@@ -226,7 +226,7 @@ def test_the_api_takes_its_files_from_the_system_replica(tmp_path):
 
     class _System:
         actors = _Method({"cases": None, "policy": None, "api": {
-            "tokens_path": str(tmp_path / "state" / "tokens.json"), "traces_dir": str(tmp_path / "traces"),
+            "tokens_path": f"sqlite:///{tmp_path}/state/state.sqlite", "traces_dir": str(tmp_path / "traces"),
             "limits": {"window_s": 60, "requests_per_window": 600}}})
 
     # the class as written, under Serve's ingress wrapper (whose constructor is Serve's own)
@@ -235,5 +235,5 @@ def test_the_api_takes_its_files_from_the_system_replica(tmp_path):
     mine.__init__(api, {"limits": {"window_s": 5}}, system=_System())
     built = asyncio.run(mine.__serve_build_asgi_app__(api))
     assert built.state.service.traces.root == str(tmp_path / "traces")
-    assert built.state.service.tokens.path == tmp_path / "state" / "tokens.json"
+    assert built.state.service.tokens.path == f"sqlite:///{tmp_path}/state/state.sqlite"
     assert built.state.auth.limiter.window_s == 5

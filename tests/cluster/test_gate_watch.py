@@ -10,7 +10,6 @@ import pytest
 import ray
 
 from opsagent.agents.case import ExceptionReport
-from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.cluster.config import SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
@@ -18,6 +17,7 @@ from opsagent.evals.gold import gold_step
 from opsagent.policy.autonomy import GATES_ACTOR
 from opsagent.policy.config import PolicyConfig, load_default_policy
 from opsagent.tools.platform import inject_weight_mismatch
+from opsagent.evals.bench.soak import GoldScriptedEngine
 from tests.fakes.autonomy import credential
 
 pytestmark = pytest.mark.ray
@@ -54,7 +54,7 @@ def _until(read, done, what: str, timeout_s: float = 120.0):
 @pytest.fixture(scope="module")
 def system(ray_runtime, platform, tmp_path_factory):
     # warm-up, then per case: two reads, the dispute (held: supervised), the finish after rejection
-    engine = ScriptedEngine([_gold_then_escalate] * (1 + 2 * 4))
+    engine = GoldScriptedEngine(_gold_then_escalate)  # copied into the planner actor: answers every call
     root = tmp_path_factory.mktemp("gates")
     config = SystemConfig(traces_dir=root / "traces", state_dir=root / "state", executors=1,
                           gate_check_interval_s=0.5)

@@ -13,7 +13,6 @@ import ray
 from prometheus_client.parser import text_string_to_metric_families
 
 from opsagent.agents.case import ExceptionReport
-from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.otlp import OtlpConfig, trace_id_of
 from opsagent.agents.tracing.views import query
@@ -22,6 +21,7 @@ from opsagent.cluster.runtime import start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.cluster.webhooks import WebhookConfig, verify
 from opsagent.tools.platform import inject_weight_mismatch
+from opsagent.evals.bench.soak import GoldScriptedEngine
 from tests.fakes.autonomy import credential
 from tests.fakes.held_planner import held_then_decided
 from tests.fakes.otlp_receiver import OtlpReceiver
@@ -70,7 +70,7 @@ def run(platform, tmp_path_factory):
         try:
             good = inject_weight_mismatch(platform, count=2, seed=9411, suspect_share=0.0)
             risky = inject_weight_mismatch(platform, count=1, seed=9412, suspect_share=0.0)
-            engine = ScriptedEngine([held_then_decided({r.entities["shipment_id"] for r in risky})] * 40)
+            engine = GoldScriptedEngine(held_then_decided({r.entities["shipment_id"] for r in risky}))
             traces, state = tmp_path_factory.mktemp("traces"), tmp_path_factory.mktemp("state")
             config = SystemConfig(
                 traces_dir=traces, state_dir=state, executors=1,

@@ -29,8 +29,9 @@ def _credit(case: int) -> ToolCallRequest:
         entities={"shipment_id": SHIPMENT, "invoice_id": INVOICE, "ticket_id": TICKET}, observations=READS)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def replicas(ray_runtime, postgres_server, platform, tmp_path_factory):
+    """Two policy actors on one fresh PostgreSQL database (each test its own: no shared spend)."""
     url = postgres_server.new_database("replicas")
     state = str(tmp_path_factory.mktemp("policy-node"))  # one signing key file, both on this node
     actors = [PolicyActor.options(num_cpus=0).remote(load_default_policy(), platform.registry(), state,
@@ -48,11 +49,13 @@ def test_credits_decided_on_two_replicas_at_once_pass_one_per_invoice(replicas) 
     allowed = [d for d in decisions if d.verdict == "allow"]
     assert len(allowed) == 1 and {d.verdict for d in decisions} == {"allow", "require_approval"}
     assert all("invoice_id=INV-00000001" in d.reasons[0] for d in decisions if d.verdict != "allow")
-    assert ray.get(actors[1].settle.remote(allowed[0].permit, True)) == "committed"  # the other replica settles it
+    assert ray.get(actors[1].settle.remote(allowed[0].permit, executed=True)) == "committed"  # the other replica settles it
 
 
 def test_an_approval_decided_on_both_replicas_at_once_has_one_decision(replicas) -> None:
     url, actors = replicas
+    first = ray.get(actors[1].authorize.remote(_credit(99)))  # the invoice's one credit of the day
+    assert first.verdict == "allow" and ray.get(actors[1].settle.remote(first.permit, executed=True)) == "committed"
     request = _credit(100)
     held = ray.get(actors[0].authorize.remote(request))
     assert held.verdict == "require_approval"

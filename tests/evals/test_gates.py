@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
-from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.local import LocalPolicy, LocalTracer
 from opsagent.agents.planner import Planner
@@ -41,12 +40,12 @@ from opsagent.policy.service import PolicyService
 from opsagent.policy.stats import wilson
 from tests.fakes.verdicts import trace_verdicts
 from opsagent.policy.state import state_db
+from opsagent.evals.bench.soak import GoldScriptedEngine
 
 ADMIN = Identity(name="ada", roles=frozenset({Role.admin}))
 OPERATOR = Identity(name="omar", roles=frozenset({Role.approver}))
 T0 = datetime(2026, 5, 1, 9, tzinfo=UTC)
 _SEEDS = itertools.count(4_800)
-from tests.fakes.planners import gold_calls
 
 
 @pytest.mark.parametrize(("correct", "n", "low", "high"), [
@@ -216,8 +215,7 @@ def shadow_run(platform, registry, tmp_path_factory):
         with ParquetExporter(root) as traces:
             cases = []
             for inst in instances:
-                engine = ScriptedEngine([scripted_gold(inst, books[inst.exception_type])]
-                                * gold_calls(inst, books[inst.exception_type]))
+                engine = GoldScriptedEngine(scripted_gold(inst, books[inst.exception_type]))
                 runner = CaseRunner(Planner(engine, books, registry), LocalPolicy(service), executor,
                                     LocalTracer(traces), registry, max_steps=8)
                 report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

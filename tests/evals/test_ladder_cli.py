@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import yaml
 
-from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.views import query, sql_list
 from opsagent.cluster.config import SystemConfig
@@ -22,6 +21,7 @@ from opsagent.evals.metrics import summarize
 from opsagent.evals.runner import EvalConfig
 from opsagent.policy.modes import Mode
 from opsagent.policy.config import load_default_policy
+from opsagent.evals.bench.soak import GoldScriptedEngine
 
 
 def _planner(request: Any) -> dict[str, Any]:
@@ -48,7 +48,7 @@ def test_the_ladder_promotes_only_the_class_that_earned_it_and_the_held_out_run_
     traces = tmp_path / "traces"
     args = argparse.Namespace(traces=traces, concurrency=3, case_timeout=180.0, train_seed=1_100_000,
                               verdicts=None, max_rounds=3, every_stage=False, diagnostic=False, eval_set="t")
-    ladder, run = run_ladder(args, held_out, base, engines=lambda c: ScriptedEngine([_planner] * 500))
+    ladder, run = run_ladder(args, held_out, base, engines=lambda c: GoldScriptedEngine(_planner))
 
     good, bad = ladder.classes["weight_mismatch"], ladder.classes["damage_claim"]
     assert good.promoted, good.stages

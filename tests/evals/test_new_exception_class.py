@@ -27,7 +27,7 @@ from opsagent.errors import ConfigError
 from opsagent.evals.catalogue import CLASSES
 from opsagent.evals.evalset import TRAINING_SEEDS_FROM
 from opsagent.policy.config import PolicyConfig, load_default_policy
-from opsagent.tools.registry import ToolRegistry
+from opsagent.tools.building import build_registry
 from opsagent.tools.sources import load_sources
 from tests.fakes.ladder_walk import Ladder
 from tests.fakes.terminal_service import CLASS, TerminalService, export_openapi, make_cases
@@ -71,7 +71,7 @@ def test_walk_up_the_ladder_from_configuration_only(tmp_path, monkeypatch, capsy
     shadow, supervised, autonomous = history[:200], history[200:400], history[400:]
     with TerminalService(charges) as service:
         config = client_config(tmp_path, service.url)
-        registry = ToolRegistry.from_sources(load_sources(config / "sources.yaml"))
+        registry = build_registry(load_sources(config / "sources.yaml"))
         assert sorted(registry.names()) == ["terminal_approve_charge", "terminal_audit_charge",
                                             "terminal_dispute_charge", "terminal_get_charge",
                                             "terminal_refer_charge"]

@@ -15,7 +15,7 @@ from opsagent.agents.playbooks.model import playbooks_with
 from opsagent.evals.evalset import TRAINING_SEEDS_FROM, write_eval_set
 from opsagent.evals.verdicts import compare_human_log, record_verdicts
 from opsagent.policy.config import PolicyConfig
-from opsagent.tools.registry import ToolRegistry
+from opsagent.tools.building import build_registry
 from opsagent.tools.sources import load_sources
 from tests.evals.test_new_exception_class import client_config
 from tests.fakes.ladder_walk import Ladder
@@ -30,7 +30,7 @@ def test_the_new_class_on_the_embedded_model(tmp_path, capsys):
     first, second = history[:BATCH], history[BATCH:]
     with TerminalService(charges) as service:
         config = client_config(tmp_path, service.url)
-        registry = ToolRegistry.from_sources(load_sources(config / "sources.yaml"))
+        registry = build_registry(load_sources(config / "sources.yaml"))
         policy = PolicyConfig.from_yaml(config / "policy.yaml")
         book = playbooks_with(config / "playbooks")[CLASS]
         ladder = Ladder(registry, policy, book, tmp_path)

@@ -8,7 +8,6 @@ import asyncio
 import pytest
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
-from opsagent.agents.engines.scripted import ScriptedEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.local import LocalPolicy, LocalTracer
 from opsagent.agents.planner import Planner
@@ -25,10 +24,10 @@ from opsagent.policy.config import load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity, Role
 from opsagent.policy.service import PolicyService
+from opsagent.evals.bench.soak import GoldScriptedEngine
 from tests.fakes.autonomy import promoted
 
 APPROVER = Identity(name="alice", roles=frozenset({Role.approver}))
-from tests.fakes.planners import gold_calls
 
 
 def test_the_set_covers_every_class_and_variant(baselines):
@@ -128,8 +127,7 @@ def test_gold_through_the_agent_runner_scores_one(platform, registry, sets):
     held = []
 
     async def run(inst: Instance) -> AgentRun:
-        engine = ScriptedEngine([scripted_gold(inst, books[inst.exception_type])]
-                                * gold_calls(inst, books[inst.exception_type]))
+        engine = GoldScriptedEngine(scripted_gold(inst, books[inst.exception_type]))
         runner = CaseRunner(Planner(engine, books, registry), LocalPolicy(service), executor,
                             LocalTracer(InMemoryExporter()), registry, max_steps=8)
         report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

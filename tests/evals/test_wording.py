@@ -18,7 +18,9 @@ from opsagent.evals.evalset import load_eval_set, make_eval_set, write_eval_set
 
 # sha256 of instances.jsonl / human_log.jsonl of the held-out set (seed 271828, 6 per class) as
 # the generators wrote it before varied wording existed: the template set must keep its bytes.
-HELDOUT = ("45c64d90557ec471e4e07a913b6b93df42daed91b2c328c65481b9a042bcaea7",
+# (Re-pinned once when the sandbox systems took their tool prefixes as names, warehouse/carrier/
+# billing/ticketing -> wms/tms/erp/tkt: the files were checked to be identical but for those keys.)
+HELDOUT = ("ef17d4a13de2f1094592259573b28ac24738a4bff508cbe275925af653d64429",
            "d24eb6d18ec71fe3750035c3ffdbe751f54bb57b08dcb7fd8a73d2c4807e330b")
 
 

@@ -33,7 +33,7 @@ def test_a_hanging_receiver_never_holds_a_case_and_gets_every_event_signed(platf
     from tests.fakes.local_actors import local_front_door
 
     risky = inject_weight_mismatch(platform, count=1, seed=7311, suspect_share=0.0)[0]
-    engine = ScriptedEngine([held_then_decided({risky.entities["shipment_id"]})] * 50)
+    engine = ScriptedEngine([held_then_decided({risky.entities["shipment_id"]})] * 4)  # read, read, held write, finish
     with WebhookReceiver(hang=True) as receiver:
         hook = WebhookConfig(url=receiver.url, console_url="https://ops.example.com", timeout_s=60,
                              backoff_s=0.05)
