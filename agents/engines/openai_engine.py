@@ -100,8 +100,13 @@ class OpenAIEngine(PlannerEngine):
 
 
 def _tokens(choice: Any) -> list[TokenLogprob] | None:
-    """The output tokens and their log-probabilities, if the server sent them."""
+    """The output tokens and their log-probabilities, if the server sent them, up to the end of the
+    text: vLLM's server also lists the stop token it sampled (`<|im_end|>`), which the text omits."""
     content = choice.logprobs.content if choice.logprobs is not None else None
     if not content:
         return None
-    return [TokenLogprob(text=t.token, logprob=t.logprob) for t in content]
+    tokens = [TokenLogprob(text=t.token, logprob=t.logprob) for t in content]
+    text, joined = choice.message.content or "", "".join(t.text for t in tokens)
+    while tokens and len(joined) > len(text) and joined.startswith(text):
+        joined = joined[:len(joined) - len(tokens.pop().text)]
+    return tokens

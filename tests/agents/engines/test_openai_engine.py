@@ -135,6 +135,23 @@ def test_log_probabilities_are_asked_for_and_give_a_confidence(serve):
     assert (result.prompt_tokens, result.completion_tokens, result.finish_reason) == (12, 7, "stop")
 
 
+def test_the_stop_token_vllm_lists_after_the_text_is_dropped():
+    """vLLM's server lists the sampled stop token (`<|im_end|>`) among the log-probabilities though
+    the text omits it (seen against the real server): the tokens end where the text ends."""
+    from types import SimpleNamespace
+
+    from opsagent.agents.engines.openai_engine import _tokens
+
+    def choice(pieces, text):
+        content = [SimpleNamespace(token=t, logprob=-0.1) for t in pieces]
+        return SimpleNamespace(logprobs=SimpleNamespace(content=content), message=SimpleNamespace(content=text))
+
+    assert "".join(t.text for t in _tokens(choice([*PIECES, "<|im_end|>"], ANSWER))) == ANSWER
+    assert len(_tokens(choice(PIECES, ANSWER))) == len(PIECES)  # nothing extra: nothing dropped
+    odd = _tokens(choice(["x", "y"], ANSWER))  # tokens that do not spell the text are left alone
+    assert [t.text for t in odd] == ["x", "y"]
+
+
 def test_without_log_probabilities_the_confidence_is_unknown(serve):
     server = serve()
     config = OpenAIEngineConfig(base_url=server.url, model="m", logprobs=False)
