@@ -103,34 +103,53 @@ def run(platform, tmp_path_factory):
             stop_ray()
 
 
-def test_metrics_on_rays_endpoint_match_the_run(run):
+def _expected_metrics(run) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """What Ray's metrics endpoint must show for the run, read from the Parquet trace."""
     traces, n = run["traces"], len(run["ids"])
-    samples = _until(lambda: (s := _scrape(run["port"])) and _sum(s, "ray_opsagent_cases_total") == n
-                     and _sum(s, "ray_opsagent_approval_events_total", event="approval.decided") == 1 and s,
-                     what=f"{n} cases counted on the metrics endpoint")
-    assert _sum(samples, "ray_opsagent_cases_total", status="resolved") == sum(
-        c.status == "resolved" for c in run["final"])
-    assert _sum(samples, "ray_opsagent_cases_received_total", exception_type="weight_mismatch") == n
-    assert _sum(samples, "ray_opsagent_case_duration_seconds_count") == n
-    # the must-stay-zero gauge is there, at zero
-    assert samples["ray_opsagent_unsupervised_high_risk_actions"] and _sum(
-        samples, "ray_opsagent_unsupervised_high_risk_actions") == 0
-    # one decision per traced action; executor calls and previews as traced
     (actions, executed, previews), = query(traces, "SELECT count(*), count(*) FILTER (executed), "
                                                    "count(*) FILTER (dry_run) FROM actions")[1]
-    assert _sum(samples, "ray_opsagent_policy_decisions_total") == actions
-    assert _sum(samples, "ray_opsagent_policy_decisions_total", verdict="require_approval") == 1
-    assert _sum(samples, "ray_opsagent_executor_calls_total", dry_run="false") == executed
-    assert _sum(samples, "ray_opsagent_executor_calls_total", dry_run="true") == previews
     (model_calls, prompt_tokens), = query(
         traces, "SELECT count(*), sum(prompt_tokens) FROM planner_calls WHERE decided_by = 'model'")[1]
-    assert _sum(samples, "ray_opsagent_planner_calls_total", decided_by="model") == model_calls > 0
-    assert _sum(samples, "ray_opsagent_planner_tokens_total", kind="prompt") == prompt_tokens
-    assert _sum(samples, "ray_opsagent_planner_latency_seconds_count") == model_calls
-    # approvals: one requested, decided; none pending now
-    assert _sum(samples, "ray_opsagent_approval_events_total", event="approval.requested") == 1
-    _until(lambda: _sum(_scrape(run["port"]), "ray_opsagent_approvals_pending") == 0
-           and "ray_opsagent_approvals_pending" in _scrape(run["port"]), what="no approval pending")
+    assert model_calls > 0
+    want = {
+        ("ray_opsagent_cases_total", ()): n,
+        ("ray_opsagent_cases_total", (("status", "resolved"),)): sum(c.status == "resolved" for c in run["final"]),
+        ("ray_opsagent_cases_received_total", (("exception_type", "weight_mismatch"),)): n,
+        ("ray_opsagent_case_duration_seconds_count", ()): n,
+        ("ray_opsagent_unsupervised_high_risk_actions", ()): 0,  # the must-stay-zero gauge, at zero
+        # one decision per traced action; executor calls and previews as traced
+        ("ray_opsagent_policy_decisions_total", ()): actions,
+        ("ray_opsagent_policy_decisions_total", (("verdict", "require_approval"),)): 1,
+        ("ray_opsagent_executor_calls_total", (("dry_run", "false"),)): executed,
+        ("ray_opsagent_executor_calls_total", (("dry_run", "true"),)): previews,
+        ("ray_opsagent_planner_calls_total", (("decided_by", "model"),)): model_calls,
+        ("ray_opsagent_planner_tokens_total", (("kind", "prompt"),)): prompt_tokens,
+        ("ray_opsagent_planner_latency_seconds_count", ()): model_calls,
+        # approvals: one requested, decided; none pending now
+        ("ray_opsagent_approval_events_total", (("event", "approval.requested"),)): 1,
+        ("ray_opsagent_approval_events_total", (("event", "approval.decided"),)): 1,
+        ("ray_opsagent_approvals_pending", ()): 0,
+    }
+    return {key: float(value) for key, value in want.items()}
+
+
+def test_metrics_on_rays_endpoint_match_the_run(run):
+    want = _expected_metrics(run)
+    seen: dict = {}
+
+    def matches() -> bool:
+        samples = _scrape(run["port"])
+        # a series that is absent is not a zero: the gauges must be exported
+        seen.clear()
+        seen.update({key: (_sum(samples, key[0], **dict(key[1])) if key[0] in samples else None)
+                     for key in want})
+        return seen == want
+
+    # each actor reports its metrics every second, independently: wait until all have
+    deadline = time.monotonic() + 90.0
+    while not matches() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert {k: v for k, v in seen.items() if v != want[k]} == {}, f"expected {want}"
 
 
 def test_spans_reach_the_collector_with_the_trace_ids(run):
