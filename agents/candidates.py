@@ -70,8 +70,28 @@ def evidence_values(playbook: Playbook, done: dict[str, Any]) -> list[dict[str, 
     return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*choices)]
 
 
+class Withheld(BaseModel):
+    """A step the playbook's SOP rule kept from the planner (agents/playbooks/rules.py)."""
+
+    decision: str = Field(description="The tool, or `finish:<status>`, not offered.")
+    rule: str = Field(description="The name of the rule that withheld it.")
+
+
+class Offer(BaseModel):
+    """The candidates for a step, and what the playbook's rules withheld to leave them."""
+
+    candidates: list[Candidate]
+    withheld: list[Withheld] = Field(default_factory=list)
+
+
 def build_candidates(playbook: Playbook, tools: list[ToolSpec], case: Case) -> list[Candidate]:
     """The candidates for the next step of `case`, tools first, then finishing."""
+    return offer(playbook, tools, case).candidates
+
+
+def offer(playbook: Playbook, tools: list[ToolSpec], case: Case) -> Offer:
+    """The candidates for the next step of `case` (tools first, then finishing), and the steps
+    the playbook's rules withheld on the evidence pinned."""
     done = succeeded(case)
     found: list[Candidate] = []
     for evidence in evidence_values(playbook, done):
@@ -85,19 +105,27 @@ def build_candidates(playbook: Playbook, tools: list[ToolSpec], case: Case) -> l
                 reason = f"{cause} {reason}"
             found.append(Candidate(step=PlannedStep(evidence=evidence, tool=FINISH, status=status,
                                                     reason=reason[:MAX_REASON])))
-    return sop_filter(playbook, case, done, found)[:MAX_CANDIDATES]
+    kept, withheld = sop_filter(playbook, case, done, found)
+    return Offer(candidates=kept[:MAX_CANDIDATES], withheld=withheld)
 
 
 def sop_filter(playbook: Playbook, case: Case, done: dict[str, Any],
-               candidates: list[Candidate]) -> list[Candidate]:
+               candidates: list[Candidate]) -> tuple[list[Candidate], list[Withheld]]:
     """`candidates` without the steps the playbook's rules withhold on the evidence pinned
-    (agents/playbooks/rules.py): none after a setback, and all of them if the rules would leave none."""
+    (agents/playbooks/rules.py), and what was withheld by which rule: nothing after a setback,
+    and nothing if the rules would leave no candidate."""
     if not playbook.rules or setback(case):
-        return candidates
-    kept = [c for c in candidates if withheld_by(
-        playbook.rules, f"{FINISH}:{c.step.status}" if c.step.tool == FINISH else c.step.tool,
-        c.step.evidence, done) is None]
-    return kept or candidates
+        return candidates, []
+    kept: list[Candidate] = []
+    withheld: dict[tuple[str, str], Withheld] = {}
+    for c in candidates:
+        decision = f"{FINISH}:{c.step.status}" if c.step.tool == FINISH else c.step.tool
+        rule = withheld_by(playbook.rules, decision, c.step.evidence, done)
+        if rule is None:
+            kept.append(c)
+        else:
+            withheld.setdefault((decision, rule.name), Withheld(decision=decision, rule=rule.name))
+    return (kept, list(withheld.values())) if kept else (candidates, [])
 
 
 def _tool_candidates(playbook: Playbook, tool: ToolSpec, case: Case, done: dict[str, Any],

@@ -24,7 +24,7 @@ import jsonschema
 
 from pydantic import BaseModel, Field, ValidationError
 
-from opsagent.agents.candidates import Candidate, build_candidates, reply, reply_up_to
+from opsagent.agents.candidates import Candidate, Withheld, offer, reply, reply_up_to
 from opsagent.agents.case import Case
 from opsagent.agents.confidence import decision_confidence
 from opsagent.agents.engines.base import (
@@ -67,6 +67,10 @@ class PlannerTurn(BaseModel):
         None, description="`model`: the engine chose; `rule`: the playbook left one step (no call).")
     candidates: list[CandidateScore] | None = Field(
         None, description="Every candidate with its probability (`choice` decoding).")
+    withheld: list[Withheld] = Field(
+        default_factory=list, description="Steps the playbook's SOP rules kept from the choice, "
+        "each with the rule's name (`choice` decoding); with `decided_by = rule` and one "
+        "candidate left, these rules decided the step.")
 
 
 class Planner:
@@ -141,13 +145,14 @@ class Planner:
     async def _choose(self, playbook: Playbook, case: Case, allowed_tools: list[str]) -> PlannerTurn:
         """The model picks among the candidates; free arguments, if any, are generated after."""
         tools = self._tools(allowed_tools)
-        candidates = _distinct(build_candidates(playbook, tools, case))
+        offered = offer(playbook, tools, case)
+        candidates, withheld = _distinct(offered.candidates), offered.withheld
         messages = build_messages(playbook, tools, case)
         digest = _digest(messages)
         if len(candidates) == 1:
             only = candidates[0]
             if not only.free:
-                return PlannerTurn(step=only.step, decided_by="rule", confidence=1.0,
+                return PlannerTurn(step=only.step, decided_by="rule", confidence=1.0, withheld=withheld,
                                    candidates=[CandidateScore(decision=only.decision, probability=1.0)])
             chosen, probabilities, choice = only, [1.0], None
         else:
@@ -157,7 +162,7 @@ class Planner:
                     options=[c.option() for c in candidates], method=self.choice_method))
             except PlannerOutputError as exc:
                 return PlannerTurn(step=None, error=str(exc), prompt_digest=digest, messages=messages,
-                                   decided_by="model")
+                                   decided_by="model", withheld=withheld)
             chosen, probabilities = candidates[choice.index], choice.probabilities
         scores = [CandidateScore(decision=c.decision, probability=p)
                   for c, p in zip(candidates, probabilities, strict=True)]
@@ -176,7 +181,8 @@ class Planner:
         )
         return PlannerTurn(step=None if error else step, error=error, generation=generation,
                            prompt_digest=digest, messages=messages, decided_by="model",
-                           confidence=probabilities[candidates.index(chosen)], candidates=scores)
+                           confidence=probabilities[candidates.index(chosen)], candidates=scores,
+                           withheld=withheld)
 
     async def _fill_free(self, playbook: Playbook, chosen: Candidate, messages: list[ChatMessage],
                          case: Case) -> tuple[PlannedStep, list[GenerationResult], str | None]:

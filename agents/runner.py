@@ -292,6 +292,7 @@ def _planner_event(case: Case, turn: PlannerTurn) -> PlannerCallEvent:
         prompt=[m.model_dump() for m in turn.messages] if turn.messages is not None else None,
         confidence=turn.confidence, decided_by=turn.decided_by,
         candidates=None if turn.candidates is None else [c.model_dump() for c in turn.candidates],
+        withheld=[w.model_dump() for w in turn.withheld] or None,
     )
 
 

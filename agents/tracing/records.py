@@ -41,11 +41,11 @@ def new_event_id() -> str:
     return uuid.uuid4().hex
 
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """Version of the trace schema: 1 had no `event_id` and no `schema_version`, 2 no `actions.limits`,
 3 no `planner_calls.prompt`, 4 no autonomy modes (`actions.autonomy_mode`, `case_events.outcome`,
 the `verdicts` table), 5 no `planner_calls.confidence`, 6 no `planner_calls.decided_by` and
-`planner_calls.candidates`; see SCHEMA.md."""
+`planner_calls.candidates`, 7 no `planner_calls.withheld`; see SCHEMA.md."""
 
 
 class TraceEvent(BaseModel):
@@ -184,6 +184,10 @@ class PlannerCallEvent(TraceEvent):
     candidates: list[dict[str, Any]] | None = Field(
         None, description="Every candidate of the step with the model's probability "
         "([{decision, probability}]; choice decoding; stored as JSON).")
+    withheld: list[dict[str, Any]] | None = Field(
+        None, description="Steps the playbook's SOP rules kept from the choice, with the rule's "
+        "name ([{decision, rule}]; stored as JSON); with decided_by = rule and one candidate "
+        "left, these rules decided. Null before schema version 8.")
 
 
 class ApprovalEvent(TraceEvent):

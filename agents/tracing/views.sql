@@ -1,4 +1,4 @@
--- opsagent trace views, schema version 7 (see SCHEMA.md). Generated from the record
+-- opsagent trace views, schema version 8 (see SCHEMA.md). Generated from the record
 -- classes in agents/tracing/records.py by views.render_views_sql(): do not edit by hand.
 --
 -- The views read the trace folder named by the variable `traces` (default: ./traces) each time
@@ -104,6 +104,7 @@ SELECT * REPLACE (coalesce(schema_version, 1) AS schema_version) FROM (
     CAST(NULL AS DOUBLE) AS "confidence",
     CAST(NULL AS VARCHAR) AS "decided_by",
     CAST(NULL AS VARCHAR) AS "candidates",
+    CAST(NULL AS VARCHAR) AS "withheld",
     CAST(NULL AS BIGINT) AS "schema_version",
     CAST(NULL AS DATE) AS "date"
   LIMIT 0)

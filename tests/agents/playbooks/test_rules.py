@@ -3,6 +3,7 @@ never a step of an approved example, and stand aside after a setback."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -143,3 +144,48 @@ def test_a_rule_may_rest_only_on_evidence_read_from_a_source(tmp_path):
     path.write_text(yaml.safe_dump(book))
     with pytest.raises(ConfigError, match="two rules have this name"):
         load_playbook(path)
+
+
+
+def _walked(book, number: int, turns: int) -> Case:
+    """Worked example `number` of `book` after its first `turns` steps, as the runner records them."""
+    example = book.examples[number]
+    case = Case(report=example.report)
+    for i, turn in enumerate(example.turns[:turns]):
+        out = turn.output
+        case.steps.append(Step(step=i + 1, tool=out["tool"], args=out.get("args", {}), evidence=out["evidence"],
+                               executed=True, ok=True, verdict="allow",
+                               result=json.loads(turn.observation.split(": ", 1)[1])))
+    return case
+
+
+def test_what_the_rules_withheld_is_traced_with_the_rules_name(registry):
+    """A verified address leaves one step, the correction, decided without the model; the
+    planner's turn and its trace row name the steps withheld and the rule that withheld them."""
+    from opsagent.agents.engines import ScriptedEngine
+    from opsagent.agents.planner import Planner
+    from opsagent.agents.runner import _planner_event
+    from opsagent.agents.tracing.records import PlannerCallEvent
+
+    book = BOOKS["address_rejected"]
+    allowed = [t.name for t in _tools(registry, "address_rejected")]
+    number = next(n for n, e in enumerate(book.examples) if "verified" in str(e.turns[1].observation)
+                  and e.turns[2].output["tool"] == "tms_update_delivery_address")
+    case = _walked(book, number, 2)
+    engine = ScriptedEngine([])  # no model call may be made
+    turn = asyncio.run(Planner(engine, BOOKS, registry).plan(case, allowed))
+    assert turn.decided_by == "rule" and turn.step.tool == "tms_update_delivery_address"
+    rule = "verified_address_is_corrected"
+    assert [(w.decision, w.rule) for w in turn.withheld] == [("tkt_assign_ticket", rule),
+                                                             ("finish:escalated", rule)]
+    row = _planner_event(case, turn).to_row()
+    assert json.loads(row["withheld"]) == PlannerCallEvent.from_row(row).withheld == [
+        {"decision": "tkt_assign_ticket", "rule": rule}, {"decision": "finish:escalated", "rule": rule}]
+    # the address unverified: nothing withheld, the model chooses among every step
+    unverified = _walked(book, number, 2)
+    unverified.steps[1].result["address_status"] = "unverified"
+    engine = ScriptedEngine([{"tool": "tkt_assign_ticket"}])
+    turn = asyncio.run(Planner(engine, BOOKS, registry).plan(unverified, allowed))
+    engine.assert_done()
+    assert turn.decided_by == "model" and turn.step.tool == "tkt_assign_ticket" and turn.withheld == []
+    assert _planner_event(unverified, turn).to_row()["withheld"] is None
