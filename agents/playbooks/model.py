@@ -134,10 +134,13 @@ class Playbook(BaseModel):
                                      "source; a rule may only rest on pinned evidence")
                 if field.values is not None and (bad := [v for v in values if v not in field.values]):
                     raise ValueError(f"{where}: {fact} can be {field.values}, not {bad}")
-            for name in [*rule.read, *(w for w in rule.withhold if w not in FINISHES)]:
+            for name in [*rule.read, *rule.until, *(w for w in rule.withhold if w not in FINISHES)]:
                 if name not in tools:
                     raise ValueError(f"{where}: {name!r} is not a tool of this playbook "
                                      f"({', '.join(sorted(tools))}) nor one of {', '.join(FINISHES)}")
+            if overlap := set(rule.until) & set(rule.withhold):
+                raise ValueError(f"{where}: {sorted(overlap)} both withheld and ending the rule: "
+                                 "a step the rule withholds can never succeed to end it")
         return self
 
 

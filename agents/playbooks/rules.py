@@ -3,7 +3,7 @@
 A playbook's goal says, in words, what the evidence decides (a verified address is corrected,
 not handed to customer service). A rule writes one such sentence as data: once the case has
 read `read` and the facts pinned from those reads equal `when`, the steps in `withhold` are not
-offered. The model then chooses among what is left, or, when one step is left, the rule decides
+offered, until a step of `until` (if any) has succeeded: the SOP's "then". The model then chooses among what is left, or, when one step is left, the rule decides
 it alone (traced `decided_by = rule`).
 
 Rules only narrow the planner's choice; the policy still checks every call. They never leave a
@@ -39,6 +39,9 @@ class SopRule(BaseModel):
                             "case before the rule applies (a failed read keeps every step offered).")
     withhold: list[str] = Field(min_length=1, description="Tools, or `finish:resolved` / "
                                 "`finish:escalated`, not offered while the rule applies.")
+    until: list[str] = Field(default_factory=list, description="Tools whose success ends the rule: "
+                             "the SOP's 'then' (e.g. withhold resolving the ticket until the void "
+                             "has succeeded).")
 
     @field_validator("when", mode="before")
     @classmethod
@@ -53,8 +56,9 @@ class SopRule(BaseModel):
         return {k: [str(v) for v in values] for k, values in value.items()}
 
     def applies(self, evidence: Mapping[str, Any], done: Mapping[str, Any]) -> bool:
-        """The rule's reads succeeded and every fact of `when` was read as one of its values."""
-        return all(t in done for t in self.read) and all(
+        """The rule's reads succeeded, every fact of `when` was read as one of its values, and no
+        step of `until` has succeeded yet."""
+        return all(t in done for t in self.read) and not any(t in done for t in self.until) and all(
             k in evidence and str(evidence[k]) in values for k, values in self.when.items())
 
 

@@ -122,6 +122,9 @@ GOOD = {"name": "r", "why": "a checked scan holds", "when": {"scale_check": "pas
     ({"withhold": []}, "withhold"),
     ({"unless": "x"}, "unless"),
     ({"name": "Bad Name"}, "name"),
+    ({"until": ["tms_nothing"]}, "'tms_nothing' is not a tool of this playbook"),
+    ({"withhold": ["tms_open_weight_dispute"], "until": ["tms_open_weight_dispute"]},
+     "both withheld and ending the rule"),
 ])
 def test_a_wrong_rule_is_refused_at_load(tmp_path, change, message):
     _load(tmp_path, GOOD)  # the good rule loads
@@ -145,6 +148,23 @@ def test_a_rule_may_rest_only_on_evidence_read_from_a_source(tmp_path):
     with pytest.raises(ConfigError, match="two rules have this name"):
         load_playbook(path)
 
+
+def test_a_rule_with_until_withholds_closing_only_until_the_write_succeeded(registry):
+    """The SOP's 'then': an open duplicate is voided, then the ticket is resolved. Before the void
+    the ticket cannot be resolved; after it, it can; a failed void ends no rule (and is a setback,
+    so every step is offered again)."""
+    book = BOOKS["duplicate_invoice"]
+    number = next(n for n, e in enumerate(book.examples) if e.turns[1].output["tool"] == "erp_void_invoice")
+    read = _walked(book, number, 1)
+    assert _decisions(book, registry, read) == ["erp_void_invoice"]
+    voided = _walked(book, number, 2)
+    assert _decisions(book, registry, voided) == ["tkt_resolve_ticket"]
+    failed = _walked(book, number, 2)
+    failed.steps[-1] = failed.steps[-1].model_copy(update={"ok": False, "result": None, "error": "503"})
+    assert {"tkt_resolve_ticket", "tkt_assign_ticket", "finish:escalated"} <= {
+        d.split("(")[0] for d in _decisions(book, registry, failed)}
+    without = book.model_copy(update={"rules": [r for r in book.rules if not r.until]})
+    assert set(_decisions(without, registry, read)) == {"erp_void_invoice", "tkt_resolve_ticket"}
 
 
 def _walked(book, number: int, turns: int) -> Case:
