@@ -247,17 +247,22 @@ def _retryable(exc: OperationalError) -> bool:
     return "database is locked" in message or "database is busy" in message
 
 
-_AWAY = ("57P01", "57P02", "57P03")  # admin_shutdown, crash_shutdown, cannot_connect_now
+_AWAY = ("57P01", "57P02", "57P03", "53300")  # shutdown (admin, crash), starting up, too many clients
+_AWAY_AT_CONNECT = ("the database system is", "too many clients")  # starting up, shutting down, in recovery
 
 
 def _away(exc: DBAPIError) -> bool:
-    """PostgreSQL is out of reach (not misconfigured): the connection was lost or refused
-    (SQLAlchemy's disconnect detection, SQLSTATE class 08, or a failed connect, which has no
-    SQLSTATE), or the server is shutting down or starting up."""
+    """PostgreSQL is out of reach, not misconfigured: the connection was lost (SQLAlchemy's
+    disconnect detection, SQLSTATE class 08), the server is shutting down, starting up or full,
+    or a connect failed without the server refusing this client (psycopg gives a failed connect
+    no SQLSTATE: a refusal is the server's FATAL, e.g. an unknown database or a wrong password)."""
     code = getattr(exc.orig, "sqlstate", None)
     if exc.connection_invalidated or (code or "").startswith("08") or code in _AWAY:
         return True
-    return code is None and isinstance(exc, OperationalError)
+    if code is not None or not isinstance(exc, OperationalError):
+        return False
+    message = str(exc.orig)
+    return "FATAL:" not in message or any(m in message for m in _AWAY_AT_CONNECT)
 
 
 def _reason(exc: DBAPIError) -> str:
