@@ -2,7 +2,8 @@
 flight, and comes back on the same data and port: the cases wait, then finish exactly once.
 
 A batch of weight mismatches (scripted gold planner) is submitted; with cases open, the server is
-stopped (`pg_ctl stop -m fast`: every session cut), kept down a few seconds, and started again.
+stopped (`pg_ctl stop -m fast`: every session cut; `-m immediate`: as in a crash, recovered from
+its WAL at the next start), kept down a few seconds, and started again.
 While it is down a submission is refused with StateUnavailable (the API's 503) and nothing is
 stored; retried with its idempotency key afterwards it opens its case once. Then: every case
 reached its gold end state, none failed, each shipment's dispute was opened exactly once on the
@@ -66,10 +67,12 @@ def _refusal(ref) -> BaseException:
     pytest.fail("the call succeeded with the state database down")
 
 
+@pytest.mark.parametrize("stop", ["fast", "immediate"])
 def test_cases_in_flight_wait_for_the_database_and_finish_exactly_once(
-        ray_runtime, server, platform, tmp_path) -> None:
+        ray_runtime, server, platform, tmp_path, stop) -> None:
     url = server.new_database("outage")
-    batch = inject_weight_mismatch(platform, count=CASES + 1, seed=8301, suspect_share=0.2)
+    batch = inject_weight_mismatch(platform, count=CASES + 1, seed=8301 if stop == "fast" else 8302,
+                                   suspect_share=0.2)
     late = batch.pop()  # submitted while the database is down, then again with its key
     config = SystemConfig(state=url, traces_dir=tmp_path / "traces", state_dir=tmp_path / "state",
                           executors=2, executor_actor_options={"num_cpus": 0},
@@ -86,7 +89,7 @@ def test_cases_in_flight_wait_for_the_database_and_finish_exactly_once(
             sub = ray.get(h["cases"].submit.remote(_report(inst), "outage-test", inst.entities["shipment_id"]))
             ids[sub.entry.case.case_id] = inst
         in_flight = ray.get(h["cases"].open_cases.remote())
-        server.halt()
+        server.halt(stop)
         halted = time.monotonic()
         refused = _refusal(h["cases"].submit.remote(_report(late), "outage-test", late.entities["shipment_id"]))
         assert isinstance(refused, StateUnavailable), repr(refused)
