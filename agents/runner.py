@@ -113,8 +113,9 @@ class CaseRunner:
             return await self.resume(case)
         try:
             last = case.steps[-1] if case.steps else None
-            if last is not None and not last.executed and (
-                    last.verdict in (None, "allow") or (last.verdict == "require_approval" and not last.approval_id)):
+            unanswered = last is not None and not last.executed and (
+                last.verdict in (None, "allow") or (last.verdict == "require_approval" and not last.approval_id))
+            if unanswered:
                 if await self._act(case, last) == "paused":
                     return case
             await self._run(case)
