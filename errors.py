@@ -171,3 +171,10 @@ class StateError(OpsAgentError):
 class StateBusy(StateError):
     """Another live process holds what this one needs (the case manager's lease; a system is
     running on the database a migration would write)."""
+
+
+class StateUnavailable(StateError):
+    """The state database cannot be reached right now: connection refused or lost, the server
+    shutting down or starting up. The transaction that raised it was rolled back, unless its
+    commit was sent and the answer lost; every store write is keyed (case id, submission key,
+    action key, permit nonce), so trying it again later is safe. The API answers 503."""

@@ -9,11 +9,21 @@ Shadow mode: the policy answers a write with `propose`. The runner takes the sys
 the observation (the planner sees what the write would have returned and goes on), executes
 nothing, and a case that proposed anything ends `proposed` with the outcome the agent would have
 reached (`Case.outcome`): never `resolved`, since nothing was written.
+
+The state database away (StateUnavailable, from a checkpoint, the policy or an executor recording
+its permit): the case waits, it is not failed. Each call that met the outage is sent again after a
+pause (0.5 s, doubling to 10 s) until the database answers: a checkpoint writes the whole case,
+settling and approval requests are keyed, and an allowed step whose executor could not record its
+permit (so sent nothing) is authorized again (a fresh permit, the same reservation) and run with
+the same idempotency key. A case that waits longer than `state_wait_s` is parked: left open at its
+last checkpoint, never failed for the outage; the case manager's recovery resumes it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,10 +32,15 @@ from opsagent.agents.planner import PlannerTurn
 from opsagent.agents.ports import CaseStorePort, ExecutorPort, PlannerPort, PolicyPort, TracePort
 from opsagent.agents.step_schema import FINISH
 from opsagent.agents.tracing.records import ActionEvent, ApprovalEvent, CaseEvent, PlannerCallEvent
+from opsagent.errors import StateUnavailable
 from opsagent.policy.approvals import ApprovalRequest
 from opsagent.policy.records import PolicyDecision, ToolCallRequest
 from opsagent.tools.registry import ToolRegistry
 from opsagent.tools.spec import ToolResult
+
+log = logging.getLogger(__name__)
+STATE_WAIT_S = 3600.0  # how long a case waits for the state database before it is parked
+STATE_PAUSE_S, STATE_PAUSE_MAX_S = 0.5, 10.0
 
 
 class CaseRunner:
@@ -34,20 +49,24 @@ class CaseRunner:
     def __init__(
         self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort, tracer: TracePort,
         registry: ToolRegistry, *, max_steps: int = 6, max_bad_outputs: int = 2,
-        cases: CaseStorePort | None = None,
+        cases: CaseStorePort | None = None, state_wait_s: float = STATE_WAIT_S,
     ) -> None:
         """`cases`: where each case is checkpointed and asked whether it was cancelled (None: a
-        case lives in memory only, and nobody cancels it)."""
+        case lives in memory only, and nobody cancels it). `state_wait_s`: how long a case waits
+        for a state database that is away before it is parked."""
         self.planner, self.policy, self.executor, self.tracer = planner, policy, executor, tracer
         self.cases = cases
         self.registry = registry
         self.max_steps = max_steps
         self.max_bad_outputs = max_bad_outputs
+        self.state_wait_s = state_wait_s
 
     async def run(self, case: Case) -> Case:
         """Advance `case` until it is final or waits for approval. Never raises for a case fault."""
         try:
             await self._run(case)
+        except StateUnavailable as exc:
+            _park(case, exc)
         except Exception as exc:  # a crashed port must not lose the case
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
         return case
@@ -62,7 +81,7 @@ class CaseRunner:
             held = case.steps[-1] if case.steps else None
             if case.status != CaseStatus.awaiting_approval or held is None or not held.approval_id:
                 return case
-            approval = await self.policy.get_approval(held.approval_id)
+            approval = await self._waiting(case, self.policy.get_approval, held.approval_id)
             if approval.status == "pending":
                 return case
             await self.tracer.export([_approval_event(approval)])
@@ -72,6 +91,8 @@ class CaseRunner:
             else:
                 held.error = f"{approval.status} by {approval.approver or 'nobody'}: {approval.reason}"
             await self._run(case)
+        except StateUnavailable as exc:
+            _park(case, exc)
         except Exception as exc:
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
         return case
@@ -82,8 +103,9 @@ class CaseRunner:
         Awaiting approval: as `resume` (held while pending). A write that was executing when the
         checkpoint was taken, with no result recorded, goes through the policy and runs again
         with the same step number, hence the same idempotency key: the system of record answers
-        the original result instead of applying it twice. Otherwise the planner plans the next
-        step from the recorded ones. A final case is left alone.
+        the original result instead of applying it twice; so does a step the policy never answered
+        (a parked case). Otherwise the planner plans the next step from the recorded ones. A
+        final case is left alone.
         """
         if case.status.final:
             return case
@@ -91,11 +113,14 @@ class CaseRunner:
             return await self.resume(case)
         try:
             last = case.steps[-1] if case.steps else None
-            if (case.status == CaseStatus.executing and last is not None and not last.executed
-                    and last.verdict == "allow"):
+            unanswered = last is not None and not last.executed and (
+                last.verdict in (None, "allow") or (last.verdict == "require_approval" and not last.approval_id))
+            if unanswered:
                 if await self._act(case, last) == "paused":
                     return case
             await self._run(case)
+        except StateUnavailable as exc:
+            _park(case, exc)
         except Exception as exc:
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
         return case
@@ -150,18 +175,29 @@ class CaseRunner:
             proposed={s.tool: s.result for s in case.steps if s.verdict == "propose" and s.ok},
             confidence=step.confidence, submitted_by=case.submitted_by,
         )
-        decision = await self.policy.authorize(request)
-        case.policy_version = decision.policy_version
-        step.verdict, step.risk, step.reasons = decision.verdict, decision.risk, decision.reasons
         result: ToolResult | None = None
-        outcome = "continue"
-        if decision.verdict == "allow":
+        outage = _Outage(case.case_id, self.state_wait_s)
+        while True:  # again when the executor could not record the permit (it sent nothing)
+            decision = await self._waiting(case, self.policy.authorize, request)
+            case.policy_version = decision.policy_version
+            step.verdict, step.risk, step.reasons = decision.verdict, decision.risk, decision.reasons
+            if decision.verdict != "allow":
+                break
             await self._set_status(case, CaseStatus.executing)
-            result = await self.executor.execute(
-                step.tool, step.args, case_id=case.case_id, step=step.step, permit=decision.permit)
+            if decision.permit is not None and decision.permit.expires_at <= time.time():
+                continue  # it lapsed while the checkpoint waited for the database
+            try:
+                result = await self.executor.execute(
+                    step.tool, step.args, case_id=case.case_id, step=step.step, permit=decision.permit)
+                break
+            except StateUnavailable as exc:
+                await outage.pause(exc)
+        outage.over()
+        outcome = "continue"
+        if decision.verdict == "allow" and result is not None:
             step.executed, step.ok, step.result, step.error = True, result.ok, result.body, result.error
             if decision.permit is not None:
-                await self.policy.settle(decision.permit, executed=_may_have_run(result))
+                await self._waiting(case, self.policy.settle, decision.permit, executed=_may_have_run(result))
             if result.ok and self.registry.get(step.tool).writes:
                 case.last_write_at = result.finished_at
         elif decision.verdict == "propose":  # shadow mode: dry run only, never executed
@@ -170,10 +206,10 @@ class CaseRunner:
             step.result = None if result is None else would_be_result(result.body)
         elif decision.verdict == "require_approval":
             result = await self._preview(case, step)
-            approval = await self.policy.request_approval(
-                request, decision, result.body if result is not None else None)
+            approval = await self._waiting(case, self.policy.request_approval,
+                                           request, decision, result.body if result is not None else None)
             step.approval_id = approval.approval_id
-            superseded = [await self.policy.get_approval(a) for a in approval.supersedes]
+            superseded = [await self._waiting(case, self.policy.get_approval, a) for a in approval.supersedes]
             await self.tracer.export([_approval_event(a) for a in (*superseded, approval)])
             outcome = "paused"
         writes = step.tool in self.registry and self.registry.get(step.tool).writes
@@ -195,15 +231,33 @@ class CaseRunner:
         return preview
 
     async def _set_status(self, case: Case, status: CaseStatus, reason: str | None = None) -> None:
+        before = case.status, case.reason
         case.status = status
         if reason is not None:
             case.reason = reason
-        await self._checkpoint(case)
+        try:
+            await self._checkpoint(case)
+        except StateUnavailable:  # parked: held as it was last stored
+            case.status, case.reason = before
+            raise
         await self.tracer.export([_case_event(case)])
 
     async def _checkpoint(self, case: Case) -> None:
         if self.cases is not None:
-            await self.cases.checkpoint(case)
+            await self._waiting(case, self.cases.checkpoint, case)
+
+    async def _waiting(self, case: Case, call: Any, *args: Any, **kwargs: Any) -> Any:
+        """`await call(*args, **kwargs)`, sent again while the state database is away (see the
+        module's docstring: only calls whose repetition is harmless come here)."""
+        outage = _Outage(case.case_id, self.state_wait_s)
+        while True:
+            try:
+                answer = await call(*args, **kwargs)
+            except StateUnavailable as exc:
+                await outage.pause(exc)
+                continue
+            outage.over()
+            return answer
 
     async def _finish(self, case: Case, status: CaseStatus, reason: str) -> None:
         """End the case; one that proposed writes (shadow mode) ends `proposed`, with the outcome
@@ -217,6 +271,8 @@ class CaseRunner:
         await self.withdraw_approvals(case, status)  # before the final status is checkpointed
         try:
             await self._set_status(case, status, reason)
+        except StateUnavailable:
+            raise
         except Exception:  # the tracer itself is down: the status is still final
             case.status, case.reason = status, reason
             try:
@@ -230,13 +286,45 @@ class CaseRunner:
         they stay pending, and the API refuses to decide an approval its case does not wait for."""
         ending = ending or case.status
         try:
-            withdrawn = await self.policy.withdraw_approvals(
-                case.case_id, f"withdrawn: the case ended {ending.value}")
+            withdrawn = await self._waiting(case, self.policy.withdraw_approvals,
+                                            case.case_id, f"withdrawn: the case ended {ending.value}")
             if withdrawn:
                 await self.tracer.export([_approval_event(a) for a in withdrawn])
         except Exception as exc:
             logging.getLogger(__name__).error("cannot withdraw the pending approvals of %s: %s",
                                               case.case_id, exc)
+
+
+class _Outage:
+    """One wait of a case for the state database: growing pauses, up to `bound_s` in all."""
+
+    def __init__(self, case_id: str, bound_s: float) -> None:
+        self.case_id, self.bound_s = case_id, bound_s
+        self.since: float | None = None
+        self.pause_s = STATE_PAUSE_S
+
+    async def pause(self, exc: StateUnavailable) -> None:
+        """Sleep before the next try; `exc` again once the wait would outlast the bound."""
+        now = time.monotonic()
+        if self.since is None:
+            self.since = now
+            log.warning("case %s waits for the state database: %s", self.case_id, exc)
+        if now + self.pause_s > self.since + self.bound_s:
+            raise exc
+        await asyncio.sleep(self.pause_s)
+        self.pause_s = min(self.pause_s * 2, STATE_PAUSE_MAX_S)
+
+    def over(self) -> None:
+        if self.since is not None:
+            log.warning("case %s goes on: the state database answered after %.1f s", self.case_id,
+                        time.monotonic() - self.since)
+            self.since, self.pause_s = None, STATE_PAUSE_S
+
+
+def _park(case: Case, exc: StateUnavailable) -> None:
+    log.error("case %s parked %s: the state database stayed away (%s); it resumes from its last "
+              "checkpoint when the case manager recovers its open cases", case.case_id,
+              case.status.value, exc)
 
 
 def _case_event(case: Case) -> CaseEvent:

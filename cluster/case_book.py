@@ -131,7 +131,7 @@ class CaseBook:
                 raise IdempotencyConflict(
                     f"idempotency key {idempotency_key!r} was used for a different exception "
                     f"(case {case_id}); use a new key for a new exception")
-            return Submission(entry=self.entry(case_id), created=False)
+            return Submission(entry=self._started(case_id), created=False)
         if len(self._tasks) >= self._max_open:
             raise OverloadedError("open cases", len(self._tasks), self._max_open)
         case = Case(report=report, submitted_by=submitted_by)
@@ -159,6 +159,19 @@ class CaseBook:
                 return Submission(entry=self.entry(taken[0]), created=False)
         self._start(case.case_id, self._runner.run(case))
         return Submission(entry=entry, created=True)
+
+    def _started(self, case_id: str) -> CaseEntry:
+        """The case a submission key names. One open in the store that this case manager (the
+        lease holder) neither holds nor runs was stored by a submission whose answer was lost
+        (the state database went away at its commit; the client retried with its key): it is
+        taken and started now, so it runs once."""
+        entry = self.entry(case_id)
+        store = self._store
+        if (store is not None and store.owner is not None and case_id not in self._entries
+                and not entry.case.status.final):
+            self._entries[case_id] = entry
+            self._start(case_id, self._runner.recover(entry.case))
+        return entry
 
     async def resume(self, case_id: str) -> Case:
         """Continue a case whose held action was decided; a no-op unless it awaits approval."""

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from opsagent.errors import AutonomyError, StateError
+from opsagent.errors import AutonomyError, StateError, StateUnavailable
 from opsagent.policy.config import PolicyConfig
 from opsagent.policy.identity import Identity, Role, require
 from opsagent.policy.modes import FAIL_CLOSED, ClassMode, Mode, ModeChange
@@ -199,6 +199,8 @@ class AutonomyStore:
         try:
             rows = db.run(lambda conn: conn.execute(query).all(), write=False)
             return [_change(r) for r in rows]
+        except StateUnavailable:  # away, not unusable: the caller waits rather than guess a mode
+            raise
         except (StateError, SQLAlchemyError, ValueError) as err:
             raise AutonomyError(f"cannot read the autonomy modes in {self.path}: {err}") from err
 

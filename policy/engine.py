@@ -1,6 +1,7 @@
 """The policy engine: runs the check chain on a proposed tool call and returns a typed decision.
 
-Fails closed: a check that raises, or a chain that never assessed the risk, yields a deny.
+Fails closed: a check that raises, or a chain that never assessed the risk, yields a deny. A state
+database that is away (StateUnavailable) yields no decision at all: it is raised, and nothing runs.
 
 `decide` previews a decision and changes nothing. `authorize` is the real thing: for an allow it
 reserves the call against the spend and rate limits (atomically, in the ledger) and issues the
@@ -34,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from opsagent.errors import AutonomyError, ToolError
+from opsagent.errors import AutonomyError, StateUnavailable, ToolError
 from opsagent.policy.checks import DEFAULT_CHECKS, Check, CheckContext, CheckResult, autonomy_mode, check_name
 from opsagent.policy.config import PolicyConfig, check_read_ref
 from opsagent.policy.ledger import ActionKey, SpendLedger
@@ -97,8 +98,9 @@ class PolicyEngine:
         return config.version
 
     def mode(self, exception_type: str, config: PolicyConfig | None = None) -> Mode:
-        """The class's autonomy mode now. Never raises; a class the policy does not list, or a
-        store that cannot be read, is supervised (never more)."""
+        """The class's autonomy mode now. A class the policy does not list, or a store that cannot
+        be read, is supervised (never more); only a state database that is away raises
+        (StateUnavailable: no decision is made on a guess, the caller waits and asks again)."""
         class_policy = (config or self.config).classes.get(exception_type)
         if class_policy is None:
             return FAIL_CLOSED
@@ -106,6 +108,8 @@ class PolicyEngine:
             return class_policy.initial_mode
         try:
             return Mode(self.autonomy.mode(exception_type, class_policy.initial_mode))
+        except StateUnavailable:
+            raise
         except Exception:  # noqa: BLE001 - fail closed
             return FAIL_CLOSED
 
@@ -157,6 +161,8 @@ class PolicyEngine:
                     "verdict": blocked, "risk": decision.risk if blocked != "deny" else None,
                     "reasons": [str(err)], "limits": err.consulted,
                 })
+            except StateUnavailable:  # no decision: the caller waits for the database and asks again
+                raise
             except Exception as err:  # noqa: BLE001 - fail closed: no counted budget, no permit
                 return decision.model_copy(update={
                     "verdict": "deny", "risk": None, "reasons": [f"limits could not be counted: {err}"],
@@ -213,6 +219,8 @@ class PolicyEngine:
             ran.append(name)
             try:
                 result = check(request, ctx)
+            except StateUnavailable:  # the limits cannot be read: no decision at all, not a deny
+                raise
             except Exception as err:  # noqa: BLE001 - fail closed on any crash
                 return decision("deny", None, [f"check {name} failed: {type(err).__name__}: {err}"])
             if result is None:

@@ -63,9 +63,10 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), "-o", self._options, "-l", str(self.root / "log"),
                   "-w", "-t", "60", "start")
 
-    def halt(self) -> None:
-        """Stop the server (fast shutdown: sessions are cut), keeping its data; `start` again."""
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data; `start` again. `fast`: sessions are cut;
+        `immediate`: the server quits at once, as in a crash (the next start recovers from WAL)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
     def _run(self, tool: str, *args: str) -> None:
         result = subprocess.run([*self._as, str(self.bindir / tool), *args], capture_output=True,

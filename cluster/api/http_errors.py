@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 
 from opsagent.errors import (
     ApprovalError, AuthError, AutonomyError, CaseNotFound, CaseStateError, IdempotencyConflict, InputError,
-    OpsAgentError, OverloadedError, RateLimited, TraceError,
+    OpsAgentError, OverloadedError, RateLimited, StateUnavailable, TraceError,
 )
 
 UNAVAILABLE_RETRY_S = 5
@@ -42,7 +42,7 @@ def status_of(exc: OpsAgentError) -> int:
         return 409
     if isinstance(exc, RateLimited):
         return 429
-    if isinstance(exc, OverloadedError | TraceError):
+    if isinstance(exc, OverloadedError | TraceError | StateUnavailable):
         return 503
     if isinstance(exc, InputError):
         return 404 if str(exc).startswith("no active token") else 422

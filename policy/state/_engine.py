@@ -15,7 +15,10 @@ process) and runs each unit of work as one transaction:
   (PostgreSQL) or a busy file (SQLite): the database chose a loser; it tries again from the start.
 
 An unreachable or misconfigured database is a `StateError` at start-up naming the URL with its
-password redacted; a connection lost later is one too, raised to the caller, nothing half-written.
+password redacted. Later, a database that is away (connection refused or lost, the server
+shutting down or starting) is a `StateUnavailable`, raised at once to the caller (a store call
+never blocks its thread waiting): the caller that can wait does (the case runner), the API answers
+503, nothing is half-written.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
-from opsagent.errors import StateError
+from opsagent.errors import StateError, StateUnavailable
 from opsagent.policy.state._migrations import upgrade
 
 T = TypeVar("T")
@@ -142,7 +145,7 @@ class State:
     @contextmanager
     def write(self) -> Iterator[Connection]:
         """One transaction that may write; committed when the block ends, rolled back on error."""
-        with self._guard(), self.engine.connect() as conn:
+        with self._reachable(), self._guard(), self.engine.connect() as conn:
             conn.execution_options(opsagent_write=True)
             with conn.begin():
                 yield conn
@@ -150,12 +153,24 @@ class State:
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """One read-only transaction."""
-        with self._guard(), self.engine.connect() as conn, conn.begin():
+        with self._reachable(), self._guard(), self.engine.connect() as conn, conn.begin():
             yield conn
+
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
+        """A database that is away (see `_away`) as StateUnavailable naming it."""
+        try:
+            yield
+        except DBAPIError as exc:
+            if self.dialect == "postgresql" and _away(exc):
+                raise StateUnavailable(f"state database {self.redacted} is unavailable: "
+                                       f"{_reason(exc)}") from exc
+            raise
 
     def run(self, fn: Callable[[Connection], T], *, write: bool = True) -> T:
         """`fn(conn)` in one transaction, retried from the start when the database picks it as
-        the loser of a conflict; a lost connection is a StateError naming the database."""
+        the loser of a conflict; a database that is away is StateUnavailable (not retried here:
+        the caller decides whether to wait), another failure a StateError naming the database."""
         for attempt in range(_RETRIES):
             try:
                 with self.write() if write else self.read() as conn:
@@ -230,6 +245,24 @@ def _retryable(exc: OperationalError) -> bool:
         return True
     message = str(exc.orig).lower()
     return "database is locked" in message or "database is busy" in message
+
+
+_AWAY = ("57P01", "57P02", "57P03", "53300")  # shutdown (admin, crash), starting up, too many clients
+_AWAY_AT_CONNECT = ("the database system is", "too many clients")  # starting up, shutting down, in recovery
+
+
+def _away(exc: DBAPIError) -> bool:
+    """PostgreSQL is out of reach, not misconfigured: the connection was lost (SQLAlchemy's
+    disconnect detection, SQLSTATE class 08), the server is shutting down, starting up or full,
+    or a connect failed without the server refusing this client (psycopg gives a failed connect
+    no SQLSTATE: a refusal is the server's FATAL, e.g. an unknown database or a wrong password)."""
+    code = getattr(exc.orig, "sqlstate", None)
+    if exc.connection_invalidated or (code or "").startswith("08") or code in _AWAY:
+        return True
+    if code is not None or not isinstance(exc, OperationalError):
+        return False
+    message = str(exc.orig)
+    return "FATAL:" not in message or any(m in message for m in _AWAY_AT_CONNECT)
 
 
 def _reason(exc: DBAPIError) -> str:

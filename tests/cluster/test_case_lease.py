@@ -15,6 +15,7 @@ from opsagent.agents.case import Case, CaseStatus
 from opsagent.cluster.case_book import CaseBook, CaseLease
 from opsagent.cluster.case_store import CaseStore, StoredCase
 from opsagent.errors import StateBusy
+from opsagent.policy.records import args_digest
 from opsagent.policy.state import State
 from tests.fakes.book_ports import DescribedPlanner, HoldingPolicy, ListTracer, held_registry, report
 
@@ -88,3 +89,22 @@ def test_a_manager_that_lost_its_lease_writes_nothing_more(state_url) -> None:
         old._store.save(StoredCase(case=case.model_copy(update={"status": CaseStatus.failed})))
     assert newer._store.get(case.case_id).case.status == CaseStatus.planning  # untouched
     newer._store.release_lease("system-b")
+
+
+def test_a_submission_stored_but_unanswered_is_started_once_by_its_retry(state_url) -> None:
+    """The database went away at a submission's commit: the case and its key were stored but the
+    client heard an error (503). Its retry with the key answers that case, and the lease holder
+    starts it then, once (a second retry finds it running)."""
+    async def scenario() -> tuple[str, bool, bool, str]:
+        book = _book(state_url, "system-a")
+        lost = Case(report=report("resolve", 1), submitted_by="alice")
+        book._store.save_new(StoredCase(case=lost, submitted_by="alice", idempotency_key="k-1"), "alice",
+                             "k-1", args_digest("submit", lost.report.model_dump(mode="json")))
+        first = await book.submit(report("resolve", 1), "alice", "k-1")
+        again = await book.submit(report("resolve", 1), "alice", "k-1")
+        assert await book.drain(10) == 0
+        return first.entry.case.case_id, first.created, again.created, book.get(lost.case_id).status.value
+
+    case_id, created, created_again, status = asyncio.run(scenario())
+    assert not created and not created_again and status == "resolved"
+    assert CaseStore(State(state_url)).get(case_id).case.status == CaseStatus.resolved

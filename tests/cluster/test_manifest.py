@@ -146,3 +146,30 @@ def test_serve_replicas_run_only_where_the_readiness_probe_asks_the_proxy() -> N
         else:
             assert "local_raylet_healthz" in json.dumps(container["readinessProbe"]), name
             assert labels.get("ray.io/serve") == "false", name
+
+
+def test_every_pod_that_may_host_the_policy_has_the_one_signing_key_and_no_other_pod_has_it() -> None:
+    """The policy actor asks for `policy`; every group offering it mounts the signing key secret
+    where OPSAGENT_PERMIT_SIGNING_KEY points, so a policy restarted on a new pod (or a second one
+    on a second pod of the group) signs with the same key the executors verify; no other pod
+    (nor the head) mounts it or names it."""
+    config_map, service = _manifest()
+    system = SystemConfig.model_validate(yaml.safe_load(config_map["data"]["system.yaml"]))
+    asked = _asks({**system.control_actor_options, **system.policy_actor_options})
+    head = service["spec"]["rayClusterConfig"]["headGroupSpec"]
+    pods = {"head": head} | _worker_groups()
+    hosts = set()
+    for name, group in pods.items():
+        spec = group["template"]["spec"]
+        secrets = {v["name"]: v["secret"]["secretName"] for v in spec.get("volumes", []) if "secret" in v}
+        (container,) = spec["containers"]
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        mounts = {m["name"]: m["mountPath"] for m in container.get("volumeMounts", [])}
+        signing = [v for v, secret in secrets.items() if secret == "opsagent-permit-signing-key"]
+        if name != "head" and set(asked) <= set(_offers(group["rayStartParams"])):
+            hosts.add(name)
+            (volume,) = signing
+            assert env["OPSAGENT_PERMIT_SIGNING_KEY"].startswith(mounts[volume] + "/"), name
+        else:
+            assert not signing and "OPSAGENT_PERMIT_SIGNING_KEY" not in env, name
+    assert hosts == {"policy"}

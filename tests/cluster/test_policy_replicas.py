@@ -8,6 +8,7 @@ import ray
 
 from opsagent.cluster.actors import PolicyActor
 from opsagent.policy import ToolCallRequest, load_default_policy
+from opsagent.policy.permits import KEY_ENV, PermitSigner
 from tests.fakes.autonomy import credential
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres]
@@ -31,12 +32,18 @@ def _credit(case: int) -> ToolCallRequest:
 
 @pytest.fixture
 def replicas(ray_runtime, postgres_server, platform, tmp_path_factory):
-    """Two policy actors on one fresh PostgreSQL database (each test its own: no shared spend)."""
+    """Two policy actors on one fresh PostgreSQL database (each test its own: no shared spend),
+    each with a state folder of its own (two nodes), both given the signing key as the manifest
+    gives it: OPSAGENT_PERMIT_SIGNING_KEY naming the mounted secret's file."""
     url = postgres_server.new_database("replicas")
-    state = str(tmp_path_factory.mktemp("policy-node"))  # one signing key file, both on this node
-    actors = [PolicyActor.options(num_cpus=0).remote(load_default_policy(), platform.registry(), state,
-                                                     state_url=url) for _ in range(2)]
-    ray.get([a.public_keys.remote() for a in actors])
+    secret = tmp_path_factory.mktemp("permit-signing") / "permit-signing.pem"
+    secret.write_bytes(PermitSigner.generate().private_pem())
+    env = {"env_vars": {KEY_ENV: str(secret)}}
+    actors = [PolicyActor.options(num_cpus=0, runtime_env=env).remote(
+        load_default_policy(), platform.registry(), str(tmp_path_factory.mktemp("policy-node")),
+        state_url=url) for _ in range(2)]
+    keys = ray.get([a.public_keys.remote() for a in actors])
+    assert keys == [PermitSigner.from_file(secret).public_pem()] * 2  # the secret's key, not a new one each
     ray.get(actors[0].set_mode.remote("damage_claim", "autonomous", credential(url), "test: two replicas"))
     yield url, actors
     for actor in actors:
@@ -47,9 +54,11 @@ def test_credits_decided_on_two_replicas_at_once_pass_one_per_invoice(replicas) 
     _, actors = replicas
     decisions = ray.get([actors[i % 2].authorize.remote(_credit(i)) for i in range(10)])
     allowed = [d for d in decisions if d.verdict == "allow"]
+    allowed_on = [i % 2 for i, d in enumerate(decisions) if d.verdict == "allow"][0]
     assert len(allowed) == 1 and {d.verdict for d in decisions} == {"allow", "require_approval"}
     assert all("invoice_id=INV-00000001" in d.reasons[0] for d in decisions if d.verdict != "allow")
-    assert ray.get(actors[1].settle.remote(allowed[0].permit, executed=True)) == "committed"  # the other replica settles it
+    # either replica's permit verifies with the other's public key: settled there, counted once
+    assert ray.get(actors[1 - allowed_on].settle.remote(allowed[0].permit, executed=True)) == "committed"
 
 
 def test_an_approval_decided_on_both_replicas_at_once_has_one_decision(replicas) -> None:
