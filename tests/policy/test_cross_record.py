@@ -25,6 +25,10 @@ WMS = {"shipment_id": "SHP-1", "scanned_weight_kg": 12.5, "scale_check": "passed
      "claimed_weight_kg must equal wms_get_shipment.scanned_weight_kg (11.0), got 12.5"),
     ({"wms_get_shipment": {"scale_check": "passed"}}, "deny",
      "the result of wms_get_shipment has no scanned_weight_kg"),
+    # a record read without the field the policy needs: outside shadow mode, a missing field
+    # denies (only a shadow proposal's preview may lack one)
+    ({"wms_get_shipment": {"shipment_id": "SHP-1", "scanned_weight_kg": 12.5}}, "deny",
+     "needs wms_get_shipment.scale_check, but the result of wms_get_shipment has no scale_check"),
 ])
 def test_default_dispute_must_claim_the_weight_scanned_on_a_checked_scale(
     engine, make_request, observations, verdict, why
