@@ -109,3 +109,15 @@ classes:
     assert engine.authorize(_credit(2, 60)).verdict == "deny"  # 160 > 150 on this invoice, ever
     missing = _credit(3).model_copy(update={"args": {"amount": 10.0, "reason": "x"}})
     assert engine.authorize(missing).verdict == "deny"
+
+
+def test_an_entity_daily_limit_counts_only_that_utc_day(platform, tmp_path):
+    """Yesterday's credit on the invoice does not count against today's 100 EUR a day on it."""
+    config = load_default_policy()
+    now = [1_780_000_000.0 - 1_780_000_000.0 % 86_400 + 86_400 - 60]  # a minute before UTC midnight
+    engine = PolicyEngine(config, platform.registry(), ledger=SpendLedger(tmp_path / "ledger.sqlite"),
+                          autonomy=promoted(config), clock=lambda: now[0])
+    engine.settle(engine.authorize(_credit(1)).permit, executed=True)
+    assert engine.authorize(_credit(2)).verdict == "require_approval"  # same day: 180 > 100
+    now[0] += 120  # the next UTC day
+    assert engine.authorize(_credit(3)).verdict == "allow"
