@@ -7,6 +7,7 @@ import pytest
 from opsagent.policy import CheckContext, PolicyConfig, load_default_policy
 from opsagent.policy.checks import (
     allowlisted,
+    autonomy_mode,
     known_class,
     registered,
     risk_tier,
@@ -135,3 +136,17 @@ def test_risk_tier(ctx, make_request) -> None:
     block = risk_tier(make_request("tms_adjust_billed_weight", args), ctx)
     assert (block.verdict, block.risk, ctx.risk) == ("require_approval", "high", "high")
     assert "irreversible" in block.reason
+
+
+@pytest.mark.parametrize("mode", ["autonomus", "", None])
+def test_a_mode_that_is_none_of_the_three_denies_a_write(registry, make_request, mode) -> None:
+    """The engine only ever passes a `Mode` (an unreadable one is supervised); a chain that passes
+    anything else gets a deny, whatever the chain decided, never the write."""
+    ctx = CheckContext(load_default_policy(), registry, mode=mode)
+    dispute = make_request("tms_open_weight_dispute", {"shipment_id": "SHP-1", "claimed_weight_kg": 1.0,
+                                                       "reason": "r"})
+    for verdict in ("allow", "require_approval"):
+        block = autonomy_mode(dispute, ctx, verdict)
+        assert block is not None and block.verdict == "deny"
+        assert block.reason == f"unknown autonomy mode {mode!r}"
+    assert autonomy_mode(make_request("wms_get_shipment"), ctx, "allow") is None  # reads: untouched
