@@ -111,3 +111,30 @@ classes:
         "weight_mismatch: tms_open_weight_dispute compares with wms_get_shipment.scale_check, "
         "but wms_get_shipment is not allowed"
     ]
+
+
+def test_a_read_may_be_compared_with_another_read(registry, make_request) -> None:
+    """`reads` take the same comparisons as arguments: here the scanned weight must not be above
+    the billed one."""
+    config = PolicyConfig.from_yaml("""
+classes:
+  weight_mismatch:
+    initial_mode: autonomous
+    tools:
+      tms_open_weight_dispute:
+        risk: low
+        reads: {wms_get_shipment.scanned_weight_kg: {le_read: tms_get_shipment.billed_weight_kg}}
+""")
+    engine = PolicyEngine(config, registry)
+
+    def decide(scanned):
+        return engine.decide(make_request("tms_open_weight_dispute", DISPUTE, observations={
+            "wms_get_shipment": {**WMS, "scanned_weight_kg": scanned},
+            "tms_get_shipment": {"billed_weight_kg": 20}}))
+
+    assert decide(12.5).verdict == "allow"
+    assert decide(20).verdict == "allow"
+    over = decide(25)
+    assert over.verdict == "deny" and over.checks[-1] == "cross_record"
+    assert "wms_get_shipment.scanned_weight_kg must be <= tms_get_shipment.billed_weight_kg (20), got 25" \
+        in over.reasons[0]
