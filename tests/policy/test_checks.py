@@ -129,6 +129,20 @@ def test_scope_mapped_to_another_entity_name(registry, make_request) -> None:
     assert scope(make_request("wms_get_shipment", entities={"shipment_id": "SHP-1"}), ctx).verdict == "deny"
 
 
+def test_a_scoped_argument_left_out_does_not_end_the_scope_check(registry, make_request) -> None:
+    """`reason` (scoped first) is not given; `shipment_id` is still checked."""
+    config = PolicyConfig.from_yaml(
+        "classes: {weight_mismatch: {tools: {wms_request_rescan: "
+        "{risk: low, scope: {reason: ticket_id, shipment_id: shipment_id}}}}}"
+    )
+    ctx = CheckContext(config, registry)
+    rescan = {"shipment_id": "SHP-2"}
+    block = scope(make_request("wms_request_rescan", rescan), ctx)
+    assert block is not None and block.verdict == "deny"
+    assert "shipment_id='SHP-2' is outside case CASE-1" in block.reason
+    assert scope(make_request("wms_request_rescan", {**rescan, "shipment_id": "SHP-1"}), ctx) is None
+
+
 def test_risk_tier(ctx, make_request) -> None:
     assert risk_tier(make_request("wms_get_shipment"), ctx) is None
     assert ctx.risk == "low"
