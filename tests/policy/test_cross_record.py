@@ -138,3 +138,27 @@ classes:
     assert over.verdict == "deny" and over.checks[-1] == "cross_record"
     assert "wms_get_shipment.scanned_weight_kg must be <= tms_get_shipment.billed_weight_kg (20), got 25" \
         in over.reasons[0]
+
+
+def test_a_related_record_not_read_denies(registry, make_request) -> None:
+    config = PolicyConfig.from_yaml("""
+classes:
+  weight_mismatch:
+    initial_mode: autonomous
+    tools:
+      tms_open_weight_dispute:
+        risk: low
+        related: {tms_get_shipment.shipment_id: shipment_id}
+""")
+    engine = PolicyEngine(config, registry)
+
+    def decide(observations):
+        return engine.decide(make_request("tms_open_weight_dispute", DISPUTE, observations=observations))
+
+    assert decide({"tms_get_shipment": {"shipment_id": "SHP-1"}}).verdict == "allow"
+    for observations, why in (({"wms_get_shipment": WMS}, "needs tms_get_shipment.shipment_id, but"),
+                              ({"tms_get_shipment": {"billed_weight_kg": 20}}, "has no shipment_id"),
+                              ({"tms_get_shipment": {"shipment_id": "SHP-2"}}, "do not belong together")):
+        decision = decide(observations)
+        assert decision.verdict == "deny" and decision.checks[-1] == "cross_record"
+        assert why in decision.reasons[0], decision.reasons
