@@ -65,6 +65,22 @@ def test_schema_valid_passes_and_caches(ctx, make_request) -> None:
     assert "wms_get_shipment" in ctx.validators
 
 
+def test_schema_valid_checks_string_formats(make_request) -> None:
+    """A `format` in a tool's schema is checked, not only annotated (a date that is no date)."""
+    from opsagent.tools.registry import ToolRegistry
+    from opsagent.tools.spec import ToolSpec
+
+    spec = ToolSpec(name="wms_get_shipment", system="wms", method="GET", path="/s", description="d",
+                    parameters={"type": "object", "required": ["shipment_id", "on"], "properties": {
+                        "shipment_id": {"type": "string"}, "on": {"type": "string", "format": "date"}}},
+                    path_params=[], body_params=[], writes=False, reversible=None, inverse=None,
+                    supports_dry_run=False)
+    ctx = CheckContext(load_default_policy(), ToolRegistry([spec], {"wms": "http://wms.test"}))
+    assert schema_valid(make_request("wms_get_shipment", {"shipment_id": "SHP-1", "on": "2026-12-05"}), ctx) is None
+    block = schema_valid(make_request("wms_get_shipment", {"shipment_id": "SHP-1", "on": "5.12.2026"}), ctx)
+    assert block is not None and block.verdict == "deny" and "on:" in block.reason and "date" in block.reason
+
+
 def test_schema_valid_counts_further_problems(ctx, make_request) -> None:
     args = {"shipment_id": 1, "claimed_weight_kg": "x", "reason": None}
     block = schema_valid(make_request("tms_open_weight_dispute", args), ctx)
