@@ -152,6 +152,16 @@ class PolicyActor:
         if approval_check_interval_s:
             self._watch.start()
 
+    def close(self) -> None:
+        """Stop this actor's threads (the approval watch, the webhook notifier, the gate watch),
+        each after the tick under way; deliveries not yet sent stay in the delivery log for the
+        next start. Call before the actor goes away; calling it twice is harmless."""
+        self._watch.close()
+        if self._notifier is not None:
+            self._notifier.close()
+        if self._gates is not None:
+            self._gates.stop()
+
     def public_keys(self) -> bytes:
         """The PEM public key executors verify permits with (never the private key)."""
         return self._service.engine.verifier.public_pem()

@@ -68,8 +68,11 @@ class ApprovalWatch:
             self._thread.start()
         return self
 
-    def close(self) -> None:
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Stop the thread and wait for a tick under way to finish (idempotent)."""
         self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):

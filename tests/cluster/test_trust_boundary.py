@@ -47,7 +47,8 @@ def world(tmp_path, registry):
 
     w = World()
     w.policy, w.tokens, w.approval, w.state, w.store = policy, tokens, approval, state, store
-    return w
+    yield w
+    policy.instance.close()
 
 
 def call(actor, method, *args):

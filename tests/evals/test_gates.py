@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
+from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.local import LocalPolicy, LocalTracer
 from opsagent.agents.planner import Planner
@@ -38,9 +39,9 @@ from opsagent.policy.identity import Identity, Role, TokenStore
 from opsagent.policy.modes import Mode
 from opsagent.policy.service import PolicyService
 from opsagent.policy.stats import wilson
+from tests.fakes.planners import gold_calls
 from tests.fakes.verdicts import trace_verdicts
 from opsagent.policy.state import state_db
-from opsagent.evals.bench.soak import GoldScriptedEngine
 
 ADMIN = Identity(name="ada", roles=frozenset({Role.admin}))
 OPERATOR = Identity(name="omar", roles=frozenset({Role.approver}))
@@ -215,7 +216,9 @@ def shadow_run(platform, registry, tmp_path_factory):
         with ParquetExporter(root) as traces:
             cases = []
             for inst in instances:
-                engine = GoldScriptedEngine(scripted_gold(inst, books[inst.exception_type]))
+                book = books[inst.exception_type]
+                engine = ScriptedEngine([scripted_gold(inst, book)] * await gold_calls(
+                    inst, book, registry, service.allowed_tools(inst.exception_type)))
                 runner = CaseRunner(Planner(engine, books, registry), LocalPolicy(service), executor,
                                     LocalTracer(traces), registry, max_steps=8)
                 report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

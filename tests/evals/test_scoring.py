@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
+from opsagent.agents.engines import ScriptedEngine
 from opsagent.agents.executor import Executor
 from opsagent.agents.local import LocalPolicy, LocalTracer
 from opsagent.agents.planner import Planner
@@ -24,8 +25,8 @@ from opsagent.policy.config import load_default_policy
 from opsagent.policy.engine import PolicyEngine
 from opsagent.policy.identity import Identity, Role
 from opsagent.policy.service import PolicyService
-from opsagent.evals.bench.soak import GoldScriptedEngine
 from tests.fakes.autonomy import promoted
+from tests.fakes.planners import gold_calls
 
 APPROVER = Identity(name="alice", roles=frozenset({Role.approver}))
 
@@ -127,7 +128,9 @@ def test_gold_through_the_agent_runner_scores_one(platform, registry, sets):
     held = []
 
     async def run(inst: Instance) -> AgentRun:
-        engine = GoldScriptedEngine(scripted_gold(inst, books[inst.exception_type]))
+        book = books[inst.exception_type]
+        engine = ScriptedEngine([scripted_gold(inst, book)]
+                                * await gold_calls(inst, book, registry, service.allowed_tools(inst.exception_type)))
         runner = CaseRunner(Planner(engine, books, registry), LocalPolicy(service), executor,
                             LocalTracer(InMemoryExporter()), registry, max_steps=8)
         report = ExceptionReport(exception_type=inst.exception_type, description=inst.description,

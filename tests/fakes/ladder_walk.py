@@ -26,7 +26,7 @@ from opsagent.agents.tracing.evidence import case_verdicts
 from opsagent.agents.tracing.exporters import InMemoryExporter
 from opsagent.agents.tracing.parquet import ParquetExporter
 from opsagent.cluster.config import PlannerConfig
-from opsagent.evals.bench.soak import GoldScriptedEngine
+from tests.fakes.planners import gold_calls
 from opsagent.evals.catalogue import Instance
 from opsagent.evals.evalset import write_eval_set
 from opsagent.evals.gold import scripted_gold
@@ -102,9 +102,11 @@ class Ladder:
         book = playbook or self.playbook.model_copy(update={"examples": []})
         out, exporter = [], InMemoryExporter()
         for inst in instances:
-            engine = (engine_for(inst) if engine_for else
-                      GoldScriptedEngine(scripted_gold(inst, book)))  # the gold answers each call; end states checked
-            planner = Planner(engine, {self.name: book}, self.registry, **PlannerConfig().planner_options())
+            options = PlannerConfig().planner_options()
+            engine = (engine_for(inst) if engine_for else ScriptedEngine(
+                [scripted_gold(inst, book)] * await gold_calls(
+                    inst, book, self.registry, self.service.allowed_tools(self.name), **options)))
+            planner = Planner(engine, {self.name: book}, self.registry, **options)
             runner = CaseRunner(planner, LocalPolicy(self.service), self.executor, LocalTracer(exporter),
                                 self.registry, max_steps=book.max_steps)
             case = await runner.run(Case(report=ExceptionReport(

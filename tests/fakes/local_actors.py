@@ -148,4 +148,7 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
                                          executor=executor),
                             tokens, traces, state)
         finally:
-            server.run(tracer.close.remote())
+            try:
+                server.run(tracer.close.remote())
+            finally:  # its watch threads would go on ticking against a removed state folder
+                server.run(policy.close.remote())

@@ -49,9 +49,53 @@ class RawPlanner:
         return PlannerTurn(step=PlannedStep.model_validate(self.steps.pop(0)))
 
 
-def gold_calls(instance: Any, playbook: Any) -> int:
-    """How many model calls the gold run of a catalogue `instance` takes: one per gold action,
-    plus the finish unless the last action is one the playbook concludes on by itself."""
-    actions = instance.gold.actions
-    concluded = bool(actions) and actions[-1].tool in {*playbook.resolve_on, *playbook.escalate_on}
-    return len(actions) + (0 if concluded else 1)
+async def gold_calls(instance: Any, playbook: Any, registry: Any, allowed: list[str],
+                     **planner_options: Any) -> int:
+    """How many model calls (script steps) the gold run of a planted catalogue `instance` takes.
+
+    The real planner plans each turn of the gold (`scripted_gold`) offering `allowed`, so what it
+    decides without the model is decided by its own code: the finish after a concluding tool, a
+    single candidate left, and the playbook's SOP rules (`agents/playbooks/rules.py`) on the
+    evidence read. Reads go to the systems (the instance must be planted; they change nothing);
+    writes are not sent: each counts as succeeded, with its dry run's result where the tool has
+    one. (Every playbook pins its evidence from reads, so that is all a rule can see.)
+    `planner_options`: the `Planner`'s keyword arguments in the run being sized (its decoding)."""
+    from opsagent.agents.case import Case, ExceptionReport, Step
+    from opsagent.agents.executor import Executor
+    from opsagent.agents.planner import Planner
+    from opsagent.agents.runner import would_be_result
+    from opsagent.agents.step_schema import FINISH
+    from opsagent.evals.bench.soak import GoldScriptedEngine
+    from opsagent.evals.gold import scripted_gold
+    from opsagent.policy.permits import PermitSigner
+
+    planner = Planner(GoldScriptedEngine(scripted_gold(instance, playbook)),
+                      {instance.exception_type: playbook}, registry, **planner_options)
+    executor = Executor(registry, PermitSigner.generate())  # reads and dry runs need no permit
+    case = Case(report=ExceptionReport(exception_type=instance.exception_type,
+                                       description=instance.description, entities=instance.entities))
+    calls = 0
+    try:
+        for _ in range(len(instance.gold.actions) + 1):
+            turn = await planner.plan(case, allowed)
+            calls += turn.decided_by == "model"
+            if turn.step is None:
+                raise AssertionError(f"gold_calls: the planner's turn failed: {turn.error}")
+            if turn.step.tool == FINISH:
+                return calls
+            step = Step(step=len(case.steps) + 1, tool=turn.step.tool, args=turn.step.args,
+                        evidence=turn.step.evidence, verdict="allow", executed=True)
+            spec = registry.get(step.tool)
+            if not spec.writes:
+                result = await executor.execute(step.tool, step.args, case_id=case.case_id, step=step.step)
+                step.ok, step.result, step.error = result.ok, result.body, result.error
+            else:
+                preview = (await executor.execute(step.tool, step.args, case_id=case.case_id,
+                                                  step=step.step, dry_run=True)
+                           if spec.supports_dry_run else None)
+                step.ok = True
+                step.result = would_be_result(preview.body) if preview is not None and preview.ok else {}
+            case.steps.append(step)
+    finally:
+        await executor.close()
+    raise AssertionError(f"gold_calls: {instance.instance_id} did not finish after its gold actions")

@@ -258,3 +258,22 @@ def test_a_change_judged_on_a_stale_mode_records_nothing() -> None:
     with pytest.raises(AutonomyError, match="no longer autonomous"):
         store.set_mode("weight_mismatch", "autonomous", identity=ADMIN, reason="x", expected="autonomous")
     assert store.demote("weight_mismatch", reason="gates", expected="supervised").to_mode == Mode.shadow
+
+
+def test_a_field_missing_from_a_preview_waives_only_that_read(registry, make_request) -> None:
+    """In shadow mode the unknown field of a proposed write's preview passes, but the reads
+    listed after it are still checked."""
+    data = load_default_policy().model_dump(mode="json")
+    data["classes"]["weight_mismatch"]["tools"]["wms_request_rescan"]["reads"] = {
+        "tms_open_weight_dispute.status": {"one_of": ["open"]},
+        "wms_get_shipment.scale_check": {"one_of": ["failed"]}}
+    store = AutonomyStore(":memory:")
+    store.set_mode("weight_mismatch", Mode.shadow, identity=ADMIN, reason="test")
+    engine = PolicyEngine(PolicyConfig.model_validate(data), registry, autonomy=store)
+    request = make_request("wms_request_rescan", {"shipment_id": "SHP-1", "reason": "dispute opened"},
+                           proposed={"tms_open_weight_dispute": {"shipment_id": "SHP-1"}},
+                           observations={"wms_get_shipment": {"scale_check": "failed"}})
+    assert engine.decide(request).verdict == "propose"
+    passed = request.model_copy(update={"observations": {"wms_get_shipment": {"scale_check": "passed"}}})
+    decision = engine.decide(passed)
+    assert decision.verdict == "deny" and "wms_get_shipment.scale_check must be one of" in decision.reasons[0]

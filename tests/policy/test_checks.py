@@ -7,6 +7,7 @@ import pytest
 from opsagent.policy import CheckContext, PolicyConfig, load_default_policy
 from opsagent.policy.checks import (
     allowlisted,
+    autonomy_mode,
     known_class,
     registered,
     risk_tier,
@@ -62,6 +63,22 @@ def test_schema_valid_blocks(ctx, make_request, args, expected) -> None:
 def test_schema_valid_passes_and_caches(ctx, make_request) -> None:
     assert schema_valid(make_request("wms_get_shipment"), ctx) is None
     assert "wms_get_shipment" in ctx.validators
+
+
+def test_schema_valid_checks_string_formats(make_request) -> None:
+    """A `format` in a tool's schema is checked, not only annotated (a date that is no date)."""
+    from opsagent.tools.registry import ToolRegistry
+    from opsagent.tools.spec import ToolSpec
+
+    spec = ToolSpec(name="wms_get_shipment", system="wms", method="GET", path="/s", description="d",
+                    parameters={"type": "object", "required": ["shipment_id", "on"], "properties": {
+                        "shipment_id": {"type": "string"}, "on": {"type": "string", "format": "date"}}},
+                    path_params=[], body_params=[], writes=False, reversible=None, inverse=None,
+                    supports_dry_run=False)
+    ctx = CheckContext(load_default_policy(), ToolRegistry([spec], {"wms": "http://wms.test"}))
+    assert schema_valid(make_request("wms_get_shipment", {"shipment_id": "SHP-1", "on": "2026-12-05"}), ctx) is None
+    block = schema_valid(make_request("wms_get_shipment", {"shipment_id": "SHP-1", "on": "5.12.2026"}), ctx)
+    assert block is not None and block.verdict == "deny" and "on:" in block.reason and "date" in block.reason
 
 
 def test_schema_valid_counts_further_problems(ctx, make_request) -> None:
@@ -128,6 +145,20 @@ def test_scope_mapped_to_another_entity_name(registry, make_request) -> None:
     assert scope(make_request("wms_get_shipment", entities={"shipment_id": "SHP-1"}), ctx).verdict == "deny"
 
 
+def test_a_scoped_argument_left_out_does_not_end_the_scope_check(registry, make_request) -> None:
+    """`reason` (scoped first) is not given; `shipment_id` is still checked."""
+    config = PolicyConfig.from_yaml(
+        "classes: {weight_mismatch: {tools: {wms_request_rescan: "
+        "{risk: low, scope: {reason: ticket_id, shipment_id: shipment_id}}}}}"
+    )
+    ctx = CheckContext(config, registry)
+    rescan = {"shipment_id": "SHP-2"}
+    block = scope(make_request("wms_request_rescan", rescan), ctx)
+    assert block is not None and block.verdict == "deny"
+    assert "shipment_id='SHP-2' is outside case CASE-1" in block.reason
+    assert scope(make_request("wms_request_rescan", {**rescan, "shipment_id": "SHP-1"}), ctx) is None
+
+
 def test_risk_tier(ctx, make_request) -> None:
     assert risk_tier(make_request("wms_get_shipment"), ctx) is None
     assert ctx.risk == "low"
@@ -135,3 +166,17 @@ def test_risk_tier(ctx, make_request) -> None:
     block = risk_tier(make_request("tms_adjust_billed_weight", args), ctx)
     assert (block.verdict, block.risk, ctx.risk) == ("require_approval", "high", "high")
     assert "irreversible" in block.reason
+
+
+@pytest.mark.parametrize("mode", ["autonomus", "", None])
+def test_a_mode_that_is_none_of_the_three_denies_a_write(registry, make_request, mode) -> None:
+    """The engine only ever passes a `Mode` (an unreadable one is supervised); a chain that passes
+    anything else gets a deny, whatever the chain decided, never the write."""
+    ctx = CheckContext(load_default_policy(), registry, mode=mode)
+    dispute = make_request("tms_open_weight_dispute", {"shipment_id": "SHP-1", "claimed_weight_kg": 1.0,
+                                                       "reason": "r"})
+    for verdict in ("allow", "require_approval"):
+        block = autonomy_mode(dispute, ctx, verdict)
+        assert block is not None and block.verdict == "deny"
+        assert block.reason == f"unknown autonomy mode {mode!r}"
+    assert autonomy_mode(make_request("wms_get_shipment"), ctx, "allow") is None  # reads: untouched

@@ -25,6 +25,10 @@ WMS = {"shipment_id": "SHP-1", "scanned_weight_kg": 12.5, "scale_check": "passed
      "claimed_weight_kg must equal wms_get_shipment.scanned_weight_kg (11.0), got 12.5"),
     ({"wms_get_shipment": {"scale_check": "passed"}}, "deny",
      "the result of wms_get_shipment has no scanned_weight_kg"),
+    # a record read without the field the policy needs: outside shadow mode, a missing field
+    # denies (only a shadow proposal's preview may lack one)
+    ({"wms_get_shipment": {"shipment_id": "SHP-1", "scanned_weight_kg": 12.5}}, "deny",
+     "needs wms_get_shipment.scale_check, but the result of wms_get_shipment has no scale_check"),
 ])
 def test_default_dispute_must_claim_the_weight_scanned_on_a_checked_scale(
     engine, make_request, observations, verdict, why
@@ -107,3 +111,54 @@ classes:
         "weight_mismatch: tms_open_weight_dispute compares with wms_get_shipment.scale_check, "
         "but wms_get_shipment is not allowed"
     ]
+
+
+def test_a_read_may_be_compared_with_another_read(registry, make_request) -> None:
+    """`reads` take the same comparisons as arguments: here the scanned weight must not be above
+    the billed one."""
+    config = PolicyConfig.from_yaml("""
+classes:
+  weight_mismatch:
+    initial_mode: autonomous
+    tools:
+      tms_open_weight_dispute:
+        risk: low
+        reads: {wms_get_shipment.scanned_weight_kg: {le_read: tms_get_shipment.billed_weight_kg}}
+""")
+    engine = PolicyEngine(config, registry)
+
+    def decide(scanned):
+        return engine.decide(make_request("tms_open_weight_dispute", DISPUTE, observations={
+            "wms_get_shipment": {**WMS, "scanned_weight_kg": scanned},
+            "tms_get_shipment": {"billed_weight_kg": 20}}))
+
+    assert decide(12.5).verdict == "allow"
+    assert decide(20).verdict == "allow"
+    over = decide(25)
+    assert over.verdict == "deny" and over.checks[-1] == "cross_record"
+    assert "wms_get_shipment.scanned_weight_kg must be <= tms_get_shipment.billed_weight_kg (20), got 25" \
+        in over.reasons[0]
+
+
+def test_a_related_record_not_read_denies(registry, make_request) -> None:
+    config = PolicyConfig.from_yaml("""
+classes:
+  weight_mismatch:
+    initial_mode: autonomous
+    tools:
+      tms_open_weight_dispute:
+        risk: low
+        related: {tms_get_shipment.shipment_id: shipment_id}
+""")
+    engine = PolicyEngine(config, registry)
+
+    def decide(observations):
+        return engine.decide(make_request("tms_open_weight_dispute", DISPUTE, observations=observations))
+
+    assert decide({"tms_get_shipment": {"shipment_id": "SHP-1"}}).verdict == "allow"
+    for observations, why in (({"wms_get_shipment": WMS}, "needs tms_get_shipment.shipment_id, but"),
+                              ({"tms_get_shipment": {"billed_weight_kg": 20}}, "has no shipment_id"),
+                              ({"tms_get_shipment": {"shipment_id": "SHP-2"}}, "do not belong together")):
+        decision = decide(observations)
+        assert decision.verdict == "deny" and decision.checks[-1] == "cross_record"
+        assert why in decision.reasons[0], decision.reasons

@@ -109,3 +109,33 @@ classes:
     assert engine.authorize(_credit(2, 60)).verdict == "deny"  # 160 > 150 on this invoice, ever
     missing = _credit(3).model_copy(update={"args": {"amount": 10.0, "reason": "x"}})
     assert engine.authorize(missing).verdict == "deny"
+
+
+def test_an_entity_daily_limit_counts_only_that_utc_day(platform, tmp_path):
+    """Yesterday's credit on the invoice does not count against today's 100 EUR a day on it."""
+    config = load_default_policy()
+    now = [1_780_000_000.0 - 1_780_000_000.0 % 86_400 + 86_400 - 60]  # a minute before UTC midnight
+    engine = PolicyEngine(config, platform.registry(), ledger=SpendLedger(tmp_path / "ledger.sqlite"),
+                          autonomy=promoted(config), clock=lambda: now[0])
+    engine.settle(engine.authorize(_credit(1)).permit, executed=True)
+    assert engine.authorize(_credit(2)).verdict == "require_approval"  # same day: 180 > 100
+    now[0] += 120  # the next UTC day
+    assert engine.authorize(_credit(3)).verdict == "allow"
+
+
+def test_an_entity_limit_counts_only_its_own_tools_spend(engine):
+    """An approved 1,500 EUR refund of the invoice (another tool, another class) is not counted
+    against the credits' 100 EUR a day on that invoice."""
+    refund = ToolCallRequest(
+        case_id="case-r", exception_type="duplicate_invoice", step=2, tool="erp_issue_refund",
+        args={"invoice_id": INVOICE, "amount": 1500.0, "reason": "paid twice"},
+        entities={"invoice_id": INVOICE},
+        observations={"erp_get_invoice": {"invoice_id": INVOICE, "duplicate_check": "duplicate",
+                                          "status": "paid", "open_balance": 5000.0}})
+    held = engine.authorize(refund)
+    assert held.verdict == "require_approval"  # a refund is high risk
+    approved = engine.authorize(refund, approved_digest=held.args_digest, approved_by="bob")
+    assert approved.verdict == "allow"
+    engine.settle(approved.permit, executed=True)
+    assert engine.ledger.spent(tool="erp_issue_refund") == 1500.0
+    assert engine.authorize(_credit(1)).verdict == "allow"
