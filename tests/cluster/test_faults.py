@@ -99,9 +99,13 @@ def batch(cluster, platform, tmp_path_factory):
         kills.append(name)
     cases = _finish_with_approvals(system, list(ids))
     system.flush_traces()
+    # the store and the acknowledgements at the same moment, before any test adds cases (the
+    # case-manager kill test submits more, to the same store, in any order: pytest-randomly)
+    acks = ray.get(h["cases"].trace_acks.remote())
+    stored = [r[0] for r in query(root / "traces", "SELECT event_id FROM events")[1]]
     try:
         yield dict(system=system, ids=ids, cases=cases, good=good, risky=risky, kills=kills,
-                   traces=root / "traces", acks=ray.get(h["cases"].trace_acks.remote()))
+                   traces=root / "traces", acks=acks, stored=stored)
     finally:
         system.stop()
 
@@ -216,8 +220,7 @@ def test_no_write_was_applied_twice(batch, platform):
 
 
 def test_every_acknowledged_trace_event_is_stored_exactly_once(batch):
-    _, rows = query(batch["traces"], "SELECT event_id FROM events")
-    stored = [r[0] for r in rows]
+    stored = batch["stored"]
     assert len(stored) == len(set(stored))
     assert AckTally.of(stored) == batch["acks"]
     assert batch["acks"].count > 8 * CASES
@@ -231,8 +234,8 @@ def test_no_high_risk_action_ran_without_approval(batch):
 
 
 def test_a_killed_case_manager_resumes_its_open_cases_from_the_store(batch, platform):
-    """Last (it restarts the case manager): SIGKILL it with cases in flight; the restarted
-    actor loads every case and submission key from cases.sqlite and finishes the open ones."""
+    """SIGKILL the case manager with cases in flight (the other tests read what the batch
+    fixture recorded before, so they hold in any order); the restarted actor loads every case and submission key from cases.sqlite and finishes the open ones."""
     h = batch["system"].handles
     more = inject_weight_mismatch(platform, count=30, seed=8103, suspect_share=0.0)
     ids = {}
