@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _USER = "opsagent"
@@ -98,3 +99,24 @@ class PostgresServer:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def private_server() -> Iterator[PostgresServer]:
+    """A server of one test's own, for tests that stop it (the session's must not go away under
+    other tests); fails under CI=true when PostgreSQL is not installed, skips elsewhere. Use as a
+    generator fixture body: `yield from private_server()`."""
+    import pytest
+
+    from opsagent.policy.state import forget_states
+
+    bindir = find_bin()
+    if bindir is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("PostgreSQL is not installed (run scripts/setup.sh)")
+        pytest.skip("PostgreSQL is not installed")
+    server = PostgresServer(bindir)
+    try:
+        yield server
+    finally:
+        forget_states()  # drop pooled connections to a server that is going away
+        server.stop()

@@ -13,7 +13,6 @@ event per case.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
@@ -27,10 +26,9 @@ from opsagent.cluster.config import PlannerConfig, SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import StateUnavailable
 from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
-from opsagent.policy.state import forget_states
 from opsagent.tools.platform import inject_weight_mismatch
 from tests.fakes.autonomy import credential
-from tests.postgres import PostgresServer, find_bin
+from tests.postgres import private_server
 
 pytestmark = [pytest.mark.ray, pytest.mark.postgres]
 
@@ -42,15 +40,7 @@ FINAL = {"resolved", "escalated", "failed", "proposed"}
 @pytest.fixture
 def server():
     """A PostgreSQL server of this test's own (the session's must not go away under others)."""
-    bindir = find_bin()
-    if bindir is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed (run scripts/setup.sh)")
-        pytest.skip("PostgreSQL is not installed")
-    running = PostgresServer(bindir)
-    yield running
-    forget_states()
-    running.stop()
+    yield from private_server()
 
 
 def _report(inst) -> ExceptionReport:

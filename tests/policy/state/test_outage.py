@@ -6,7 +6,6 @@ that is not StateUnavailable (waiting would not help)."""
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
@@ -16,7 +15,7 @@ from opsagent.policy.approvals import ApprovalStore
 from opsagent.policy.autonomy import AutonomyStore
 from opsagent.policy.limits import Limit
 from opsagent.policy.state import State
-from tests.postgres import PostgresServer, find_bin
+from tests.postgres import private_server
 
 pytestmark = pytest.mark.postgres
 NOW = 1_779_969_600.0
@@ -25,15 +24,8 @@ DAY = Limit("daily spend (EUR)", "spend", "day", 1000, "deny")
 
 @pytest.fixture
 def own_server():
-    """A server of this test's own (the session's must not go away under other tests)."""
-    bindir = find_bin()
-    if bindir is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("PostgreSQL is not installed (run scripts/setup.sh)")
-        pytest.skip("PostgreSQL is not installed")
-    server = PostgresServer(bindir)
-    yield server
-    server.stop()
+    """A PostgreSQL server of this test's own (the session's must not go away under others)."""
+    yield from private_server()
 
 
 def _entry(case: str) -> LedgerEntry:
