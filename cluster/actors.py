@@ -152,16 +152,6 @@ class PolicyActor:
         if approval_check_interval_s:
             self._watch.start()
 
-    def close(self) -> None:
-        """Stop this actor's threads (the approval watch, the webhook notifier, the gate watch),
-        each after the tick under way; deliveries not yet sent stay in the delivery log for the
-        next start. Call before the actor goes away; calling it twice is harmless."""
-        self._watch.close()
-        if self._notifier is not None:
-            self._notifier.close()
-        if self._gates is not None:
-            self._gates.stop()
-
     def public_keys(self) -> bytes:
         """The PEM public key executors verify permits with (never the private key)."""
         return self._service.engine.verifier.public_pem()
@@ -286,6 +276,22 @@ class PolicyActor:
             name = who.identity.name if who.identity is not None else "unauthenticated"
             self._refusals.record(operation, str(target), name, f"{type(err).__name__}: {err}")
             raise
+
+
+def stop_policy_threads(policy: PolicyActor) -> None:
+    """Stop a policy actor instance's threads (the approval watch, the webhook notifier, the gate
+    watch), each after the tick under way; deliveries not yet sent stay in the delivery log for
+    the next start. Calling it twice is harmless.
+
+    For an instance in this process (the in-process front door, tests). Deliberately not an actor
+    method: any caller inside the cluster could call that, and a compromised case manager must
+    not be able to switch off automatic demotion. On Ray the process ends with the actor; every
+    write those threads make is one transaction, so stopping mid-tick loses nothing."""
+    policy._watch.close()
+    if policy._notifier is not None:
+        policy._notifier.close()
+    if policy._gates is not None:
+        policy._gates.stop()
 
 
 class _Caller:

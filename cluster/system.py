@@ -169,10 +169,6 @@ class OpsAgentSystem:
                 ray.get([p.close.remote() for p in self.handles["planners"]], timeout=60)
             except Exception:
                 pass
-            try:  # its watch threads stop after their tick, not mid-write
-                ray.get(self.handles["policy"].close.remote(), timeout=30)
-            except Exception:
-                pass
             for handle in [*self.handles["executors"], *self.handles["planners"],
                            *(self.handles[k] for k in ("policy", "tracer", "cases"))]:
                 ray.kill(handle, no_restart=True)

@@ -11,7 +11,7 @@ import asyncio
 
 import pytest
 
-from opsagent.cluster.actors import ExecutorActor, PolicyActor
+from opsagent.cluster.actors import ExecutorActor, PolicyActor, stop_policy_threads
 from opsagent.errors import ApprovalError, AuthError, ConfigError
 from opsagent.policy.config import load_default_policy
 from opsagent.policy.credentials import Credential
@@ -48,7 +48,7 @@ def world(tmp_path, registry):
     w = World()
     w.policy, w.tokens, w.approval, w.state, w.store = policy, tokens, approval, state, store
     yield w
-    policy.instance.close()
+    stop_policy_threads(policy.instance)
 
 
 def call(actor, method, *args):

@@ -120,7 +120,9 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
     classes' autonomy modes first (the shipped policy starts every class in shadow). `planner`:
     a plan(case, allowed_tools) object used instead of the planner actor over `engine`.
     `policy_options`: further keyword arguments of the policy actor (e.g. its webhook)."""
-    from opsagent.cluster.actors import ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor
+    from opsagent.cluster.actors import (
+        ExecutorActor, PlannerActor, PolicyActor, TraceWriterActor, stop_policy_threads,
+    )
     from opsagent.cluster.cases import CaseManager
     from opsagent.cluster.front_door import create_app
     from opsagent.policy.config import load_default_policy
@@ -151,4 +153,4 @@ def local_front_door(registry: Any, root: Path, *, engine: Any, playbooks: dict[
             try:
                 server.run(tracer.close.remote())
             finally:  # its watch threads would go on ticking against a removed state folder
-                server.run(policy.close.remote())
+                stop_policy_threads(policy.instance)
