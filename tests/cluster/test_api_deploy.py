@@ -164,8 +164,11 @@ def test_the_built_application_runs_on_ray(ray_runtime, tmp_path):
         config = {"planner": {"engine": "openai", "warm_classes": [],
                               "openai": {"base_url": f"{planner_server.url}/v1", "model": "stand-in"}},
                   "executors": 1, "state_dir": str(tmp_path / "state"), "traces_dir": str(tmp_path / "traces")}
+        # The replicas read the file, not this process's config: pin the state database the suite
+        # gives this system (its state folder's SQLite file, or a PostgreSQL database) in it.
+        config["state"] = SystemConfig.model_validate(config).state_url()
         (tmp_path / "system.yaml").write_text(yaml.safe_dump(config))
-        token = TokenStore(state_db(tmp_path / "state")).add("ops", ["submitter", "auditor"])
+        token = TokenStore(config["state"]).add("ops", ["submitter", "auditor"])
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
