@@ -181,10 +181,10 @@ class CaseBook:
         return Submission(entry=entry, created=True)
 
     def _started(self, entry: CaseEntry) -> CaseEntry:
-        """The case a submission key names (`entry`, as fetched). One open in the store that this case manager (the
-        lease holder) neither holds nor runs was stored by a submission whose answer was lost
-        (the state database went away at its commit; the client retried with its key): it is
-        taken and started now, so it runs once."""
+        """The case a submission key names (`entry`, as fetched). One open in the store that this
+        case manager (the lease holder) neither holds nor runs was stored by a submission whose
+        answer was lost (the state database went away at its commit; the client retried with its
+        key): it is taken and started now, so it runs once."""
         case_id = entry.case.case_id
         store = self._store
         if (store is not None and store.owner is not None and case_id not in self._entries
@@ -329,8 +329,9 @@ class CaseBook:
                     continue
                 try:
                     entry = await self._checkpointed(case_id)
-                except StateUnavailable:
-                    break  # away again
+                except Exception as exc:  # noqa: BLE001 - away again: the next round tries again
+                    log.error("cannot read parked case %s: %s", case_id, exc)
+                    break
                 if case_id in self._tasks or case_id not in self._runner.parked:
                     continue  # started meanwhile (an approval's resume, a retried submission)
                 self._runner.parked.discard(case_id)
