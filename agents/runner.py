@@ -16,7 +16,8 @@ pause (0.5 s, doubling to 10 s) until the database answers: a checkpoint writes 
 settling and approval requests are keyed, and an allowed step whose executor could not record its
 permit (so sent nothing) is authorized again (a fresh permit, the same reservation) and run with
 the same idempotency key. A case that waits longer than `state_wait_s` is parked: left open at its
-last checkpoint, never failed for the outage; the case manager's recovery resumes it.
+last checkpoint, never failed for the outage, and its id put in `parked`; whoever runs the cases
+(the case book) resumes it with `recover` once the database answers again.
 """
 
 from __future__ import annotations
@@ -60,13 +61,14 @@ class CaseRunner:
         self.max_steps = max_steps
         self.max_bad_outputs = max_bad_outputs
         self.state_wait_s = state_wait_s
+        self.parked: set[str] = set()  # cases parked for the outage; whoever resumes one removes it
 
     async def run(self, case: Case) -> Case:
         """Advance `case` until it is final or waits for approval. Never raises for a case fault."""
         try:
             await self._run(case)
         except StateUnavailable as exc:
-            _park(case, exc)
+            self._park(case, exc)
         except Exception as exc:  # a crashed port must not lose the case
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
         return case
@@ -92,7 +94,7 @@ class CaseRunner:
                 held.error = f"{approval.status} by {approval.approver or 'nobody'}: {approval.reason}"
             await self._run(case)
         except StateUnavailable as exc:
-            _park(case, exc)
+            self._park(case, exc)
         except Exception as exc:
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
         return case
@@ -120,10 +122,15 @@ class CaseRunner:
                     return case
             await self._run(case)
         except StateUnavailable as exc:
-            _park(case, exc)
+            self._park(case, exc)
         except Exception as exc:
             await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
         return case
+
+    def _park(self, case: Case, exc: StateUnavailable) -> None:
+        self.parked.add(case.case_id)
+        log.error("case %s parked %s: the state database stayed away (%s); it resumes from its "
+                  "last checkpoint once the database answers again", case.case_id, case.status.value, exc)
 
     async def _run(self, case: Case) -> None:
         if case.status == CaseStatus.received:
@@ -319,12 +326,6 @@ class _Outage:
             log.warning("case %s goes on: the state database answered after %.1f s", self.case_id,
                         time.monotonic() - self.since)
             self.since, self.pause_s = None, STATE_PAUSE_S
-
-
-def _park(case: Case, exc: StateUnavailable) -> None:
-    log.error("case %s parked %s: the state database stayed away (%s); it resumes from its last "
-              "checkpoint when the case manager recovers its open cases", case.case_id,
-              case.status.value, exc)
 
 
 def _case_event(case: Case) -> CaseEvent:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -245,10 +245,14 @@ class PolicyActor:
 
     def decide_approval(self, approval_id: str, credential: Any, approve: bool,
                         args_digest: str, reason: str | None = None) -> ApprovalRequest:
-        """Approve or reject as the approver `credential` names (never a case's submitter)."""
+        """Approve or reject as the approver `credential` names (never a case's submitter). The
+        same decision sent again is answered with the recorded one, announced only the first time."""
+        asked_at = datetime.now(UTC)
         with self._guard("decide_approval", approval_id, credential) as who:
             decided = self._service.decide_approval(approval_id, identity=who.identity, approve=approve,
                                                     args_digest=args_digest, reason=reason)
+        if decided.decided_at is not None and decided.decided_at < asked_at:
+            return decided  # decided before this call: a retry whose first answer was lost
         self._notify("approval.decided", decided)
         if self._gates is not None:
             self._gates.nudge()  # never raises: the check runs in the watch's thread

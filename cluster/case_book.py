@@ -5,6 +5,15 @@ in-process. With a `CaseStore` every case is written at each transition its runn
 every submission key with its case: a new book on the same store (a restarted case manager)
 holds the same cases and keys and resumes each open case from its last completed step.
 
+A case parked because the state database stayed away longer than `state_wait_s` (see
+agents/runner.py) is resumed by the book itself once the database answers again: a watch checks
+the database after a pause (1 s, doubling to 30 s) or as soon as another write succeeds, then
+resumes each parked case from its stored checkpoint, as a restart would; a case is only started
+when no task of this book runs it, so it never runs twice at once.
+
+Reads of the store from the event loop's coroutines go through a worker thread: a database that
+does not answer (a connect waits up to 10 s) holds up that call, not every other one.
+
 Memory stays bounded with a store: the book holds the open cases and the `case_cache` most
 recently finished ones; an older case is read back from the store, and lists, counts and
 submission keys are answered by the store over every case. Without a store (in-process tests)
@@ -23,16 +32,19 @@ from typing import Any
 
 from opsagent.agents.case import Case, CaseStatus, ExceptionReport
 from opsagent.agents.ports import ExecutorPort, PlannerPort, PolicyPort, TracePort
-from opsagent.agents.runner import CaseRunner
+from opsagent.agents.runner import STATE_WAIT_S, CaseRunner
 from opsagent.agents.tracing.records import CaseEvent
 from opsagent.cluster.case_query import CaseQuery, matches
 from opsagent.cluster.case_records import CaseEntry, CaseLease, CasePage, Submission
 from opsagent.cluster.case_store import CaseStore, StoredCase
 from opsagent.errors import (
-    CaseNotFound, CaseStateError, ConfigError, IdempotencyConflict, OverloadedError,
+    CaseNotFound, CaseStateError, ConfigError, IdempotencyConflict, OverloadedError, StateUnavailable,
 )
 from opsagent.policy.records import args_digest
 from opsagent.tools.registry import ToolRegistry
+
+log = logging.getLogger(__name__)
+PARKED_PAUSE_S, PARKED_PAUSE_MAX_S = 1.0, 30.0  # between checks whether the state database is back
 
 
 class CaseBook:
@@ -41,13 +53,16 @@ class CaseBook:
     def __init__(self, planner: PlannerPort, policy: PolicyPort, executor: ExecutorPort,
                  tracer: TracePort, registry: ToolRegistry, *, max_steps: int = 6,
                  max_open_cases: int = 1000, store: CaseStore | None = None,
-                 case_cache: int = 1000, lease: CaseLease | None = None) -> None:
+                 case_cache: int = 1000, lease: CaseLease | None = None,
+                 state_wait_s: float = STATE_WAIT_S) -> None:
+        """`state_wait_s`: how long a case waits for a state database that is away before it is
+        parked (then resumed by this book once the database answers)."""
         if case_cache < 0:
             raise ConfigError(f"case_cache must be 0 or more, not {case_cache}")
         self._cancelled: dict[str, str] = {}  # case id -> the reason its finish will carry
         self._store = store
         self._runner = CaseRunner(planner, policy, executor, tracer, registry, max_steps=max_steps,
-                                  cases=self)
+                                  cases=self, state_wait_s=state_wait_s)
         self._tracer = tracer
         self._entries: dict[str, CaseEntry] = {}  # every open case, and finished ones held
         # (who, key) -> (case id, digest): every key without a store; with one, the submissions
@@ -60,6 +75,9 @@ class CaseBook:
         self._tasks: dict[str, asyncio.Task] = {}
         self._max_open = max_open_cases
         self.recovered = 0
+        self.unparked = 0  # parked cases this book resumed once the state database was back
+        self._parked_watch: asyncio.Task | None = None
+        self._state_answered = asyncio.Event()  # a write succeeded: the watch looks at once
         if store is not None:
             if lease is not None:  # the one case manager of the database: only it resumes cases
                 store.hold(lease.owner, lease.ttl_s, wait_s=lease.wait_s)
@@ -112,6 +130,8 @@ class CaseBook:
                 idempotency_key=entry.idempotency_key, cancel_requested_by=entry.cancel_requested_by,
                 cancel_reason=self._cancelled.get(case_id))
             await asyncio.to_thread(self._store.save, stored)
+        if self._runner.parked:
+            self._state_answered.set()
         if stored.case.status.final and self._entries.get(case_id) is entry:
             self._finished[case_id] = None  # stored as final: may be let go once nothing runs it
 
@@ -124,14 +144,14 @@ class CaseBook:
         slot = (submitted_by or "", idempotency_key) if idempotency_key else None
         seen = None if slot is None else self._keys.get(slot)
         if slot is not None and seen is None and self._store is not None:
-            seen = self._store.key(*slot)
+            seen = await asyncio.to_thread(self._store.key, *slot)
         if seen is not None:
             case_id, seen_digest = seen
             if seen_digest != digest:
                 raise IdempotencyConflict(
                     f"idempotency key {idempotency_key!r} was used for a different exception "
                     f"(case {case_id}); use a new key for a new exception")
-            return Submission(entry=self._started(case_id), created=False)
+            return Submission(entry=self._started(await self._fetch(case_id)), created=False)
         if len(self._tasks) >= self._max_open:
             raise OverloadedError("open cases", len(self._tasks), self._max_open)
         case = Case(report=report, submitted_by=submitted_by)
@@ -156,26 +176,26 @@ class CaseBook:
                     raise IdempotencyConflict(
                         f"idempotency key {idempotency_key!r} was used for a different exception "
                         f"(case {taken[0]}); use a new key for a new exception")
-                return Submission(entry=self.entry(taken[0]), created=False)
+                return Submission(entry=await self._fetch(taken[0]), created=False)
         self._start(case.case_id, self._runner.run(case))
         return Submission(entry=entry, created=True)
 
-    def _started(self, case_id: str) -> CaseEntry:
-        """The case a submission key names. One open in the store that this case manager (the
-        lease holder) neither holds nor runs was stored by a submission whose answer was lost
-        (the state database went away at its commit; the client retried with its key): it is
-        taken and started now, so it runs once."""
-        entry = self.entry(case_id)
+    def _started(self, entry: CaseEntry) -> CaseEntry:
+        """The case a submission key names (`entry`, as fetched). One open in the store that this
+        case manager (the lease holder) neither holds nor runs was stored by a submission whose
+        answer was lost (the state database went away at its commit; the client retried with its
+        key): it is taken and started now, so it runs once."""
+        case_id = entry.case.case_id
         store = self._store
         if (store is not None and store.owner is not None and case_id not in self._entries
-                and not entry.case.status.final):
+                and case_id not in self._tasks and not entry.case.status.final):
             self._entries[case_id] = entry
             self._start(case_id, self._runner.recover(entry.case))
         return entry
 
     async def resume(self, case_id: str) -> Case:
         """Continue a case whose held action was decided; a no-op unless it awaits approval."""
-        case = self.get(case_id)
+        case = (await self._fetch(case_id)).case
         if not case.status.final and case_id not in self._tasks:
             self._start(case_id, self._runner.resume(case))
         return case
@@ -184,7 +204,7 @@ class CaseBook:
         """Stop a case: it ends `escalated` (a human takes over), the reason naming who cancelled.
         A running case stops before its next planning turn; a paused one at once. A final case
         cannot be cancelled (CaseStateError)."""
-        entry = self.entry(case_id)
+        entry = await self._fetch(case_id)
         if entry.case.status.final:
             raise CaseStateError(f"case {case_id} is already {entry.case.status.value}")
         if entry.cancel_requested_by is None:
@@ -198,10 +218,18 @@ class CaseBook:
         return entry
 
     def get(self, case_id: str) -> Case:
-        return self.entry(case_id).case
+        return self._read(case_id).case
+
+    async def _fetch(self, case_id: str) -> CaseEntry:
+        """`entry` from a coroutine: a case not held is read in a worker thread."""
+        entry = self._entries.get(case_id)
+        return entry if entry is not None else await asyncio.to_thread(self._read, case_id)
 
     def entry(self, case_id: str) -> CaseEntry:
         """A case held, or else read back from the store (CaseNotFound if neither has it)."""
+        return self._read(case_id)
+
+    def _read(self, case_id: str) -> CaseEntry:
         entry = self._entries.get(case_id)
         if entry is not None:
             return entry
@@ -257,6 +285,7 @@ class CaseBook:
         return len(self._tasks)
 
     def _start(self, case_id: str, work: Awaitable[Any]) -> None:
+        self._runner.parked.discard(case_id)  # this task runs it now
         task = asyncio.get_running_loop().create_task(self._drive(case_id, work))
         self._tasks[case_id] = task
         task.add_done_callback(lambda _t, cid=case_id: self._task_done(cid))
@@ -269,7 +298,72 @@ class CaseBook:
         await work
         entry = self._entries[case_id]  # held while it runs
         if case_id in self._cancelled and not entry.case.status.final:  # paused after the request
-            await self._finish_cancelled(entry)
+            try:
+                await self._finish_cancelled(entry)
+            except StateUnavailable as exc:  # not stored as final: ended when the database is back
+                log.error("case %s parked before its cancellation was stored: %s", case_id, exc)
+                self._runner.parked.add(case_id)
+        if case_id in self._runner.parked and (self._parked_watch is None or self._parked_watch.done()):
+            self._parked_watch = asyncio.get_running_loop().create_task(self._watch_parked())
+
+    def parked(self) -> list[str]:
+        """The cases parked for a state database that stayed away, waiting for it to answer."""
+        return sorted(self._runner.parked)
+
+    async def _watch_parked(self) -> None:
+        """While cases are parked: after a pause (or at once when a write succeeded), check that
+        the state database answers; then resume each parked case that nothing runs."""
+        pause = PARKED_PAUSE_S
+        while self._runner.parked:
+            self._state_answered.clear()
+            try:
+                await asyncio.wait_for(self._state_answered.wait(), pause)
+            except TimeoutError:
+                pass
+            if not await self._state_answers():
+                pause = min(pause * 2, PARKED_PAUSE_MAX_S)
+                continue
+            pause = PARKED_PAUSE_S
+            for case_id in sorted(self._runner.parked):
+                if case_id in self._tasks:  # its task is ending (it parked just now): next round
+                    continue
+                try:
+                    entry = await self._checkpointed(case_id)
+                except Exception as exc:  # noqa: BLE001 - away again: the next round tries again
+                    log.error("cannot read parked case %s: %s", case_id, exc)
+                    break
+                if case_id in self._tasks or case_id not in self._runner.parked:
+                    continue  # started meanwhile (an approval's resume, a retried submission)
+                self._runner.parked.discard(case_id)
+                if not entry.case.status.final:
+                    log.warning("case %s resumes: the state database answers again", case_id)
+                    self._start(case_id, self._runner.recover(entry.case))
+                    self.unparked += 1
+
+    async def _state_answers(self) -> bool:
+        """Whether the state database answers a read now (without a store: assumed)."""
+        if self._store is None:
+            return True
+        try:
+            await asyncio.to_thread(self._store.ping)
+            return True
+        except StateUnavailable:
+            return False
+        except Exception as exc:  # noqa: BLE001 - not back yet, whatever the cause
+            log.error("the state database does not answer: %s", exc)
+            return False
+
+    async def _checkpointed(self, case_id: str) -> CaseEntry:
+        """A parked case as last stored (what a restarted case manager would resume), held again;
+        without a store, as held."""
+        entry = self._entries[case_id]
+        stored = None if self._store is None else await asyncio.to_thread(self._store.get, case_id)
+        if stored is None or case_id in self._tasks:
+            return entry
+        entry = self._entries[case_id] = _entry(stored)
+        if stored.cancel_reason is not None:
+            self._cancelled.setdefault(case_id, stored.cancel_reason)
+        return entry
 
     def _retire(self, case_id: str) -> None:
         """Once a case is final and nothing runs it: forget its cancel reason and, with a store,

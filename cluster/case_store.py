@@ -109,6 +109,10 @@ class CaseStore:
         rows = self._scalars(select(_cases.c.entry).where(_cases.c.case_id == case_id))
         return StoredCase.model_validate_json(rows[0]) if rows else None
 
+    def ping(self) -> None:
+        """Return once the database answers a read (StateUnavailable while it is away)."""
+        self.db.run(lambda conn: conn.execute(select(1)).scalar_one(), write=False)
+
     def key(self, submitter: str, key: str) -> tuple[str, str] | None:
         """(case id, report digest) of the submission `submitter` made with `key`, if any."""
         row = self.db.run(lambda conn: conn.execute(select(_keys.c.case_id, _keys.c.digest).where(

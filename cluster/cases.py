@@ -2,21 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import ray
 
+from opsagent.agents.runner import STATE_WAIT_S
 from opsagent.cluster.actor_calls import ActorPort
 from opsagent.cluster.adapters import AckTally, ExecutorPool, PlannerPool, TraceHandle
 from opsagent.cluster.case_book import CaseBook
-from opsagent.cluster.case_records import CaseLease
+from opsagent.agents.case import Case
+from opsagent.cluster.case_query import CaseQuery
+from opsagent.cluster.case_records import CaseEntry, CaseLease, CasePage
 from opsagent.cluster.case_store import CaseStore
 from opsagent.cluster.config import ExecutorAutoscalingConfig
 from opsagent.cluster.executor_scaling import ExecutorPoolStatus
 from opsagent.cluster.metrics import Metrics
 from opsagent.cluster.observe import CaseMetrics, MeteredTracer
 from opsagent.tools.registry import ToolRegistry
+
+T = TypeVar("T")
 
 
 @ray.remote
@@ -33,7 +40,8 @@ class CaseManager(CaseBook):
                  state: str | None = None,
                  *, executor_factory: Any = None,
                  executor_scaling: ExecutorAutoscalingConfig | None = None,
-                 case_cache: int = 1000, lease: CaseLease | None = None) -> None:
+                 case_cache: int = 1000, lease: CaseLease | None = None,
+                 state_wait_s: float = STATE_WAIT_S) -> None:
         store = CaseStore(state) if state else None
         self._executors = ExecutorPool(executors, factory=executor_factory, scaling=executor_scaling)
         cases = CaseMetrics(Metrics(["opsagent_cases_received_total", "opsagent_cases_total",
@@ -41,7 +49,35 @@ class CaseManager(CaseBook):
         super().__init__(PlannerPool(planner), ActorPort(policy), self._executors,
                          MeteredTracer(TraceHandle(tracer), cases), registry, max_steps=max_steps,
                          max_open_cases=max_open_cases, store=store, case_cache=case_cache,
-                         lease=lease if store is not None else None)
+                         lease=lease if store is not None else None, state_wait_s=state_wait_s)
+
+    # The book's reads, off the event loop: Ray runs a plain method of an async actor on its
+    # event loop (ray._private.async_compat.sync_to_async), so a store read waiting on a database
+    # that does not answer (a connect waits up to 10 s) would hold up every other call, the
+    # runners' checkpoints and the health probe's open_cases included. Each runs in a worker thread.
+
+    async def entry(self, case_id: str) -> CaseEntry:
+        return await self._off_loop(CaseBook.entry, case_id)
+
+    async def get(self, case_id: str) -> Case:
+        return await self._off_loop(CaseBook.get, case_id)
+
+    async def list(self, status: str | None = None) -> list[Case]:
+        return await self._off_loop(CaseBook.list, status)
+
+    async def page(self, query: CaseQuery) -> CasePage:
+        return await self._off_loop(CaseBook.page, query)
+
+    async def classes(self) -> list[str]:
+        return await self._off_loop(CaseBook.classes)
+
+    async def counts(self) -> dict[str, int]:
+        return await self._off_loop(CaseBook.counts)
+
+    async def _off_loop(self, read: Callable[..., T], *args: Any) -> T:
+        if self._store is None:  # everything is in memory: nothing to wait for
+            return read(self, *args)
+        return await asyncio.to_thread(read, self, *args)
 
     def release_lease(self) -> bool:
         """Give up the case manager's lease (a clean stop: the next system need not wait)."""
@@ -51,6 +87,10 @@ class CaseManager(CaseBook):
     def recovered_cases(self) -> int:
         """Open cases this incarnation resumed from the store."""
         return self.recovered
+
+    def parked_cases(self) -> list[str]:
+        """Cases parked for a state database that stayed away (resumed once it answers)."""
+        return self.parked()
 
     def executor_pool(self) -> ExecutorPoolStatus:
         """The executor pool now: size, calls in flight, bounds, its last size changes."""

@@ -18,8 +18,8 @@ MAX_WAIT_S = 10.0
 class OpsAgentClient:
     """Talks to `/v1` with a bearer token (`OPSAGENT_TOKEN`) at `OPSAGENT_URL`.
 
-    A 429 or 503 answer is retried when repeating the request is safe (reads, and submissions with
-    an idempotency key): up to `RETRIES` times, waiting its Retry-After (at most `MAX_WAIT_S`);
+    A 429 or 503 answer is retried when repeating the request is safe (reads, submissions with
+    an idempotency key, approval decisions): up to `RETRIES` times, waiting its Retry-After (at most `MAX_WAIT_S`);
     or, given a `deadline` (a `time.monotonic()` value), as often as needed, waiting the whole
     Retry-After each time, for as long as the deadline allows. Past that: ApiBusy."""
 
@@ -101,8 +101,10 @@ class OpsAgentClient:
 
     def decide(self, approval_id: str, *, approve: bool, args_digest: str,
                reason: str | None = None) -> dict:
+        """Approve or reject; a 429/503 answer is retried like a read: the same approver's same
+        decision sent again is answered with the recorded one (never a second decision)."""
         verb = "approve" if approve else "reject"
-        return self._call("POST", f"/v1/approvals/{approval_id}/{verb}",
+        return self._call("POST", f"/v1/approvals/{approval_id}/{verb}", retry=True,
                           json={"args_digest": args_digest, "reason": reason})
 
 

@@ -199,6 +199,12 @@ class SystemConfig(BaseModel):
         "most recent); older ones are read back from the state database, so its memory does "
         "not grow with the number of cases.",
     )
+    state_wait_s: float = Field(
+        default=3600.0, gt=0,
+        description="How long a case waits for a state database that is away (retrying with "
+        "backoff) before it is parked at its last checkpoint; the case manager resumes a parked "
+        "case by itself once the database answers again.",
+    )
 
     @field_validator("traces_dir")
     @classmethod

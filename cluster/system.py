@@ -106,7 +106,7 @@ class OpsAgentSystem:
         cases = CaseManager.options(name=CASE_MANAGER, **control).remote(
             planners, policy, executors, tracer, self.registry, c.max_steps, c.max_open_cases, database,
             executor_factory=spawn, executor_scaling=c.executor_autoscaling, case_cache=c.case_cache,
-            lease=CaseLease(owner=self.system_id))
+            lease=CaseLease(owner=self.system_id), state_wait_s=c.state_wait_s)
         self.handles = dict(planner=planners[0], planners=planners, policy=policy,
                             executors=executors, tracer=tracer, cases=cases)
         began = time.monotonic()

@@ -3,7 +3,9 @@
 A request is keyed by its action (case, step, arguments digest): asking twice returns the same
 request. A decision needs an approver identity from authentication (never an agent), a pending
 request that has not expired, and the digest of the action the approver was shown: if anything
-about the action changed, the digest differs and a new approval is needed.
+about the action changed, the digest differs and a new approval is needed. A decision is
+idempotent for its approver: the same decision sent again (its answer was lost) is answered with
+the one recorded; any other decision of a decided request is refused.
 
 Separation of duties: the approver may not be anyone who submitted the case's exception (the
 submitter the case manager reports with the request, and every one the front door recorded with
@@ -69,7 +71,8 @@ class ApprovalRequest(BaseModel):
 class ApprovalStore:
     """Approvals in the state database; safe for threads, and for processes sharing the database
     (policy replicas): a request or a decision is one transaction, and a decision reads its
-    request `FOR UPDATE`, so of two concurrent decisions on one request exactly one is recorded.
+    request `FOR UPDATE`, so of two concurrent decisions on one request exactly one is recorded
+    (the same approver's identical retry is answered with it, see `decide`).
 
     `target`: the state database (a `State`, a URL, or an SQLite file path)."""
 
@@ -164,7 +167,11 @@ class ApprovalStore:
                reason: str | None = None, now: datetime | None = None,
                separation_of_duties: bool = True) -> ApprovalRequest:
         """Approve or reject a pending request as `identity`, for the action digest it was shown;
-        with `separation_of_duties`, never as one of the case's submitters."""
+        with `separation_of_duties`, never as one of the case's submitters.
+
+        Idempotent for its approver: the same identity sending the same decision (status, digest,
+        reason) again, e.g. because the answer to the first was lost, gets the recorded decision
+        back; any other decision of a decided request is refused (ApprovalError)."""
         now = now or datetime.now(UTC)
         if identity.kind != "human":
             raise ApprovalError(f"{identity.name} is an agent identity and can never approve")
@@ -172,8 +179,12 @@ class ApprovalStore:
         if not approve and not (reason and reason.strip()):
             raise ApprovalError("a rejection needs a reason (the planner is told it)")
 
+        status = ApprovalStatus.approved if approve else ApprovalStatus.rejected
+
         def attempt(conn: Connection) -> ApprovalError | None:
             current = _for_decision(conn, approval_id)
+            if _same_decision(current, status, identity.name, args_digest, reason):
+                return None  # a retry of the recorded decision (its answer was lost): answered again
             if current.status != ApprovalStatus.pending:
                 why = f" ({current.reason})" if current.reason else ""
                 raise ApprovalError(f"{approval_id} is already {current.status.value}{why}")
@@ -189,7 +200,6 @@ class ApprovalStore:
                 raise ApprovalError(
                     f"{approval_id}: the action differs from the one previewed "
                     f"(digest {args_digest[:12]} vs {current.args_digest[:12]}); it needs a new approval")
-            status = ApprovalStatus.approved if approve else ApprovalStatus.rejected
             _set(conn, approval_id, status, now, identity.name, reason)
             return None
 
@@ -218,6 +228,13 @@ def _for_decision(conn: Connection, approval_id: str) -> ApprovalRequest:
     if row is None:
         raise ApprovalError(f"no approval {approval_id!r}")
     return _record(row)
+
+
+def _same_decision(current: ApprovalRequest, status: ApprovalStatus, approver: str, args_digest: str,
+                   reason: str | None) -> bool:
+    """`current` already records exactly this decision by this approver."""
+    return (current.status == status and current.approver == approver
+            and current.args_digest == args_digest and (current.reason or "") == (reason or ""))
 
 
 def _set(conn: Connection, approval_id: str, status: ApprovalStatus, now: datetime, approver: str | None,

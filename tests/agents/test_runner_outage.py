@@ -98,6 +98,7 @@ def test_past_its_bound_a_case_is_parked_open_and_recovered_later(harness, insta
     case = asyncio.run(r.run(Case(report=_report(inst))))
     assert not case.status.final and case.status != CaseStatus.failed  # parked, not failed
     assert case.steps[-1].verdict is None and _disputes(platform, inst.entities["shipment_id"]) == 0
+    assert r.parked == {case.case_id}  # for whoever runs the cases to resume
     r.policy.fail["authorize"] = set()  # the database is back: the case manager recovers it
     case = asyncio.run(r.recover(case))
     assert case.status == CaseStatus.resolved, case.reason

@@ -169,9 +169,24 @@ def test_an_approver_sees_the_context_and_decides_bound_to_the_digest(front_door
         assert r.status_code == 422 and "reason" in r.json()["error"]
         r = client.post(f"/v1/approvals/{approval_id}/approve", json={"args_digest": "f" * 64})
         assert r.status_code == 409 and "differs" in r.json()["error"]
-        r = client.post(f"/v1/approvals/{approval_id}/approve", json={"args_digest": digest})
-        assert r.status_code == 200 and r.json()["approver"] == "approver"
+        policy = front_door.actors["policy"].instance
+        notify, announced = policy._notify, []
+        policy._notify = lambda event, approval: (announced.append(event), notify(event, approval))
+        try:
+            r = client.post(f"/v1/approvals/{approval_id}/approve", json={"args_digest": digest})
+            assert r.status_code == 200 and r.json()["approver"] == "approver"
+            # the answer was lost and the approver sends it again: the recorded decision, once
+            again = client.post(f"/v1/approvals/{approval_id}/approve", json={"args_digest": digest})
+            assert again.status_code == 200 and again.json() == r.json()
+        finally:
+            policy._notify = notify
+        assert announced == ["approval.decided"]  # the retry is not a second decision event
+        r2 = client.post(f"/v1/approvals/{approval_id}/reject", json={"args_digest": digest, "reason": "no"})
+        assert r2.status_code == 409 and "already approved" in r2.json()["error"]
         assert client.get("/v1/approvals/apr-unknown").status_code == 404
+    with _client(front_door, "admin") as other:  # another approver: the request is decided
+        r3 = other.post(f"/v1/approvals/{approval_id}/approve", json={"args_digest": digest})
+        assert r3.status_code == 409 and "already approved" in r3.json()["error"]
     view = _wait(front_door, cases["held"], statuses={"resolved", "escalated", "failed"})
     assert view["status"] == "resolved" and view["steps"][-1]["executed"]
 

@@ -177,3 +177,30 @@ def test_the_client_retries_a_full_queue_only_when_repeating_is_safe(monkeypatch
         with pytest.raises(OpsAgentError, match="503"):  # no key: a retry could make a second case
             api.submit("weight_mismatch", "x", {"shipment_id": "S-1"})
         assert seen == [None]
+
+
+def test_the_client_sends_a_decision_again_after_a_503_and_reports_a_conflict(monkeypatch):
+    """A decision is idempotent for its approver (policy/approvals.py), so the client retries it
+    on 503; a 409 (decided otherwise) is an ApprovalError, not retried."""
+    from opsagent.cluster import client as client_module
+    from opsagent.errors import ApprovalError
+
+    answers, seen, waits = [], [], []
+    decided = {"approval_id": "apr-1", "status": "approved", "approver": "alice"}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.content))
+        status = answers.pop(0)
+        body = decided if status == 200 else {"error": "apr-1 is already rejected"}
+        return httpx.Response(status, json=body, headers={"Retry-After": "1"} if status == 503 else {})
+
+    monkeypatch.setattr(client_module.time, "sleep", waits.append)
+    with client_module.OpsAgentClient("http://opsagent.test", "oat_x") as api:
+        api._http = httpx.Client(base_url="http://opsagent.test", transport=httpx.MockTransport(handler))
+        answers[:] = [503, 200]
+        assert api.decide("apr-1", approve=True, args_digest="d" * 64) == decided
+        assert len(seen) == 2 and seen[0] == seen[1] and waits == [1.0]  # the same request again
+        answers[:] = [409]
+        with pytest.raises(ApprovalError, match="already rejected"):
+            api.decide("apr-1", approve=True, args_digest="d" * 64)
+        assert len(seen) == 3

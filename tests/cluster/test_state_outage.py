@@ -9,11 +9,18 @@ stored; retried with its idempotency key afterwards it opens its case once. Then
 reached its gold end state, none failed, each shipment's dispute was opened exactly once on the
 carrier's system (and one idempotency record per write), and the trace holds one final case
 event per case.
+
+Stopped for longer than `state_wait_s`, the cases in flight are parked; once the server is back the
+case manager resumes them by itself (no restart), each finishing once. And a store read that waits
+on a server that does not answer (a partition) holds up no other call to the case manager.
 """
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 import ray
@@ -22,11 +29,13 @@ from opsagent.agents.case import ExceptionReport
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.api.http_errors import status_of
+from opsagent.cluster.cases import CaseManager
 from opsagent.cluster.config import PlannerConfig, SystemConfig
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.errors import StateUnavailable
 from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
 from opsagent.tools.platform import inject_weight_mismatch
+from opsagent.tools.registry import ToolRegistry
 from tests.fakes.autonomy import credential
 from tests.postgres import private_server
 
@@ -126,3 +135,98 @@ def _wait_final(cases, case_ids, timeout_s: float = 300.0):
             pytest.fail(f"not final after {timeout_s} s: "
                         f"{[(cid, c.status.value) for cid, c in held.items() if c.status.value not in FINAL]}")
         time.sleep(0.5)
+
+
+PARK_CASES = 6
+STATE_WAIT_S = 1.5
+
+
+def test_cases_parked_by_a_long_outage_resume_by_themselves_once_it_is_over(
+        ray_runtime, server, platform, tmp_path) -> None:
+    """The database stays away longer than `state_wait_s`: the cases in flight are parked. Once it
+    is back they resume without a restart of the case manager, and each finishes exactly once."""
+    url = server.new_database("parked")
+    batch = inject_weight_mismatch(platform, count=PARK_CASES, seed=8303, suspect_share=0.0)
+    config = SystemConfig(state=url, traces_dir=tmp_path / "traces", state_dir=tmp_path / "state",
+                          executors=2, executor_actor_options={"num_cpus": 0},
+                          control_actor_options={"num_cpus": 0}, state_wait_s=STATE_WAIT_S,
+                          planner=PlannerConfig(actor_options={"num_cpus": 0}))
+    system = OpsAgentSystem(config, platform.registry(), engine=GoldScriptedEngine(),
+                            playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]},
+                            policy=policy_with_rate(100_000)).start()
+    try:
+        h = system.handles
+        ray.get(h["policy"].set_mode.remote("weight_mismatch", "autonomous", credential(url), "test: parked"))
+        manager_pid = ray.get(h["cases"].pid.remote())
+        ids = {}
+        for inst in batch:
+            sub = ray.get(h["cases"].submit.remote(_report(inst), "parked-test", inst.entities["shipment_id"]))
+            ids[sub.entry.case.case_id] = inst
+        server.halt("fast")
+        deadline = time.monotonic() + STATE_WAIT_S + 30
+        parked: list[str] = []
+        while time.monotonic() < deadline:  # every case open meets the outage, waits, is parked
+            parked = ray.get(h["cases"].parked_cases.remote())
+            if parked and ray.get(h["cases"].open_cases.remote()) == 0:
+                break
+            time.sleep(0.2)
+        assert parked and set(parked) <= set(ids), parked
+        time.sleep(STATE_WAIT_S * 2)  # still away: the case manager's checks find it so
+        assert ray.get(h["cases"].parked_cases.remote()) == parked
+        server.start()
+        cases = _wait_final(h["cases"], list(ids), timeout_s=120)
+        assert ray.get(h["cases"].parked_cases.remote()) == []
+        assert ray.get(h["cases"].pid.remote()) == manager_pid  # not restarted: resumed by itself
+        assert ray.get(h["cases"].recovered_cases.remote()) == 0
+        system.flush_traces()
+        snapshot = platform.snapshot("tms")
+        disputes: dict[str, int] = {}
+        for row in snapshot["weight_disputes"]:
+            disputes[row["shipment_id"]] = disputes.get(row["shipment_id"], 0) + 1
+        keys = [r["key"] for r in snapshot["idempotency_keys"] if r["key"].split(":")[0] in ids]
+        _, finished = query(tmp_path / "traces", "SELECT case_id, count(*) FROM case_events WHERE status IN "
+                                                 "('resolved', 'escalated', 'failed', 'proposed') GROUP BY 1")
+    finally:
+        system.stop()
+    wrong = {cid: (c.status.value, ids[cid].expected_status, c.reason) for cid, c in cases.items()
+             if c.status.value != ids[cid].expected_status}
+    assert not wrong, wrong
+    for cid, case in cases.items():
+        sid = ids[cid].entities["shipment_id"]
+        assert disputes.get(sid, 0) == (1 if case.status.value == "resolved" else 0), (cid, case.steps)
+    assert len(keys) == len(set(keys))  # each write reached the carrier's system once
+    assert dict(finished) == {cid: 1 for cid in ids}  # one final case event per case
+
+
+@contextlib.contextmanager
+def _unanswering(port: int) -> Iterator[None]:
+    """A listener on `port` that accepts connections into its backlog and never answers: a
+    database host cut off by a partition, as a client sees it (a connect waits for its timeout)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("127.0.0.1", port))
+        sock.listen(1)
+        yield
+
+
+def test_a_read_waiting_on_an_unreachable_database_holds_up_no_other_call(ray_runtime, server) -> None:
+    """The case manager is an async actor: a read of its store waiting on a database that does not
+    answer (a connect waits 10 s) runs in a worker thread, so a call sent after it (the health
+    probe's open_cases) is answered first."""
+    url = server.new_database("partition")
+    cases = CaseManager.options(num_cpus=0).remote(
+        "planner", "policy", ["executor"], "tracer", ToolRegistry([], {}), state=url)
+    try:
+        assert ray.get(cases.counts.remote(), timeout=60) == {}  # its pool holds a connection now
+        server.halt("fast")
+        with _unanswering(server.port):
+            slow = cases.entry.remote("case-not-held")  # not in memory: read from the store
+            time.sleep(2)  # it waits on the connect now (Ray may start an async actor's calls out of order)
+            quick = cases.open_cases.remote()
+            ready, _ = ray.wait([slow, quick], num_returns=1, timeout=60)
+            assert ready == [quick] and ray.get(quick) == 0
+            refused = _refusal(slow)
+        assert isinstance(refused, StateUnavailable), repr(refused)
+    finally:
+        ray.kill(cases)
+        server.start()  # stopped by its fixture

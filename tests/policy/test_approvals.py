@@ -49,6 +49,33 @@ def test_approve_binds_approver_and_digest(tmp_path):
         store.decide(req.approval_id, identity=ALICE, approve=False, args_digest=DIGEST, reason="no")
 
 
+def test_the_same_decision_sent_again_gets_the_recorded_one_and_any_other_is_refused(tmp_path):
+    """A decision whose answer was lost is retried: the same approver's same decision is answered
+    with the decision recorded first (not a second one); another decision or approver is refused."""
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    req = _request(store)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    first = store.decide(req.approval_id, identity=ALICE, approve=False, args_digest=DIGEST,
+                         reason="weight ticket missing", now=t0)
+    again = store.decide(req.approval_id, identity=ALICE, approve=False, args_digest=DIGEST,
+                         reason="weight ticket missing", now=t0 + timedelta(minutes=1))
+    assert again == first and again.decided_at == first.decided_at  # the record, not a new decision
+    bob = Identity(name="bob", roles=frozenset({Role.approver}))
+    other = args_digest("tms_adjust_billed_weight", {**ARGS, "billed_weight_kg": 0.5})
+    for who, approve, digest, reason in [
+            (ALICE, True, DIGEST, None),  # the other decision
+            (bob, False, DIGEST, "weight ticket missing"),  # another approver
+            (ALICE, False, other, "weight ticket missing"),  # another action
+            (ALICE, False, DIGEST, "another reason")]:
+        with pytest.raises(ApprovalError, match="already rejected"):
+            store.decide(req.approval_id, identity=who, approve=approve, args_digest=digest, reason=reason)
+    assert store.get(req.approval_id) == first
+    approved = store.decide(_request(store, step=4).approval_id, identity=ALICE, approve=True,
+                            args_digest=args_digest("tms_adjust_billed_weight", ARGS))
+    assert store.decide(approved.approval_id, identity=ALICE, approve=True,
+                        args_digest=approved.args_digest) == approved
+
+
 @pytest.mark.parametrize("identity,error", [
     (AGENT, ApprovalError), (SUBMITTER, AuthError),
     (Identity(name="bot", roles=frozenset({Role.approver}), kind="agent"), ApprovalError),

@@ -140,6 +140,24 @@ def test_concurrent_approve_and_reject_exactly_one_wins(state_url, monkeypatch) 
     assert len(won) == 1, won
 
 
+def test_one_approver_deciding_twice_at_once_records_one_decision(state_url, monkeypatch) -> None:
+    """The approver's retry (its first answer lost) races the first decision on another replica:
+    one decision is recorded, and both calls answer with it."""
+    monkeypatch.setattr(approvals_module, "_for_decision", approvals_module._for_decision)
+    _pause_after(approvals_module, "_for_decision", 2)
+    stores = [ApprovalStore(State(state_url)), ApprovalStore(State(state_url))]
+    held = stores[0].request(case_id="case-2", exception_type="billing_dispute", step=2, tool="credit",
+                             args={"amount": 50}, args_digest="d" * 64, risk="high", reasons=["over limit"],
+                             policy_version="v1", preview=None)
+    answers: list = []
+    _together(2, lambda i: answers.append(stores[i].decide(held.approval_id, identity=ALICE, approve=True,
+                                                            args_digest="d" * 64)))
+    recorded = stores[0].get(held.approval_id)
+    assert recorded.status == ApprovalStatus.approved and answers == [recorded, recorded]
+    for store in stores:
+        store.db.close()
+
+
 @pytest.mark.postgres
 def test_weakened_without_for_update_both_decisions_win(postgres_server, monkeypatch) -> None:
     """Demonstrates the check above can fail: the request read without FOR UPDATE."""
