@@ -212,3 +212,111 @@ def test_a_withdrawal_is_stamped_in_utc(tmp_path):
     (withdrawn,) = store.withdraw("case-1", "the case ended")
     assert withdrawn.decided_at is not None and withdrawn.decided_at.utcoffset() == timedelta(0)
     assert before <= withdrawn.decided_at <= datetime.now(UTC)
+
+
+def test_listing_stores_a_pending_request_past_its_expiry_as_expired(state_url):
+    """`list` (and `expire`) end pending requests whose time is up, and only those: a request is
+    still pending at its expiry instant, decided ones keep their decision."""
+    store = ApprovalStore(state_url, ttl=timedelta(minutes=5))
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    stale = _request(store, step=1, now=t0)
+    decided = _request(store, step=2, now=t0)
+    store.decide(decided.approval_id, identity=ALICE, approve=True, args_digest=DIGEST, now=t0 + timedelta(minutes=1))
+    assert [a.approval_id for a in store.list("pending", now=t0 + timedelta(minutes=5))] == [stale.approval_id]
+    assert store.list("pending", now=t0 + timedelta(minutes=6)) == []
+    expired = store.get(stale.approval_id)
+    assert (expired.status, expired.reason, expired.approver) == (
+        ApprovalStatus.expired, "expired before a decision", None)
+    assert expired.decided_at == t0 + timedelta(minutes=6)
+    kept = store.get(decided.approval_id)
+    assert (kept.status, kept.decided_at) == (ApprovalStatus.approved, t0 + timedelta(minutes=1))
+    with pytest.raises(ApprovalError, match=r"already expired \(expired before a decision\)"):
+        store.decide(stale.approval_id, identity=ALICE, approve=True, args_digest=DIGEST,
+                     now=t0 + timedelta(minutes=6))
+    later = _request(store, step=3, now=t0 + timedelta(minutes=6))
+    assert store.expire(now=t0 + timedelta(minutes=11)) == 0  # `later` expires after t0+11min
+    assert store.expire(now=t0 + timedelta(minutes=12)) == 1
+    assert store.get(later.approval_id).status == ApprovalStatus.expired
+
+
+def test_an_approval_counts_only_for_its_own_case_and_step(state_url):
+    """The same arguments approved for one case's step are not approved for another case or step."""
+    store = ApprovalStore(state_url)
+    held = _request(store)
+    store.decide(held.approval_id, identity=ALICE, approve=True, args_digest=DIGEST)
+    assert store.approved("case-1", 3, DIGEST).approval_id == held.approval_id
+    assert store.approved("case-2", 3, DIGEST) is None
+    assert store.approved("case-1", 4, DIGEST) is None
+
+
+def test_requests_are_listed_and_withdrawn_oldest_first(state_url, monkeypatch):
+    """Oldest first, ties by id, whatever order they were stored in (ids chosen so that neither
+    the id nor the storing order alone gives that order)."""
+    from types import SimpleNamespace
+
+    from opsagent.policy import approvals as approvals_module
+
+    ids = iter(["a" * 12, "c" * 12, "b" * 12])
+    monkeypatch.setattr(approvals_module, "uuid", SimpleNamespace(uuid4=lambda: SimpleNamespace(hex=next(ids))))
+    store = ApprovalStore(state_url)
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    newest = _request(store, step=1, now=t0 + timedelta(minutes=1))  # apr-aaa…
+    tied_c = _request(store, step=2, now=t0)  # apr-ccc…
+    tied_b = _request(store, step=3, now=t0)  # apr-bbb…
+    listed = [a.approval_id for a in store.list(now=t0 + timedelta(minutes=2))]
+    assert listed == [tied_b.approval_id, tied_c.approval_id, newest.approval_id]
+    withdrawn = store.withdraw("case-1", "the case ended", now=t0 + timedelta(minutes=2))
+    assert [a.requested_at for a in withdrawn] == [t0, t0, t0 + timedelta(minutes=1)]
+    assert {a.status for a in withdrawn} == {ApprovalStatus.expired}
+
+
+def test_deciding_an_unknown_request_is_refused(tmp_path):
+    with pytest.raises(ApprovalError, match=r"^no approval 'apr-nope'$"):
+        ApprovalStore(tmp_path / "a.sqlite").decide("apr-nope", identity=ALICE, approve=True, args_digest=DIGEST)
+
+
+def test_a_request_stores_what_the_approver_is_shown(tmp_path):
+    """The held action, its risk, reasons and dry-run preview survive a reopen as given; preview
+    values JSON cannot hold (a time, a decimal) are kept as text rather than failing the request."""
+    from decimal import Decimal
+
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    at = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    preview = {"diff": {"before": {"billed_weight_kg": 6.0}, "after": {"billed_weight_kg": 2.0}},
+               "as_of": at, "amount": Decimal("12.50")}
+    held = store.request(case_id="case-1", exception_type="weight_mismatch", step=3,
+                         tool="tms_adjust_billed_weight", args=ARGS, args_digest=DIGEST, risk="high",
+                         reasons=["irreversible", "over 1 kg"], policy_version="v7", preview=preview)
+    again = ApprovalStore(tmp_path / "a.sqlite").get(held.approval_id)
+    assert (again.case_id, again.exception_type, again.step, again.tool, again.args, again.args_digest) == (
+        "case-1", "weight_mismatch", 3, "tms_adjust_billed_weight", ARGS, DIGEST)
+    assert (again.risk, again.reasons, again.policy_version) == ("high", ["irreversible", "over 1 kg"], "v7")
+    assert again.preview == {"diff": preview["diff"], "as_of": str(at), "amount": "12.50"}
+
+
+def test_a_decision_after_the_expiry_records_why_it_expired(tmp_path):
+    store = ApprovalStore(tmp_path / "a.sqlite", ttl=timedelta(minutes=5))
+    t0 = datetime(2026, 1, 1, tzinfo=UTC)
+    req = _request(store, now=t0)
+    with pytest.raises(ApprovalError, match=rf"^{req.approval_id} expired at 2026-01-01T00:05:00\+00:00$"):
+        store.decide(req.approval_id, identity=ALICE, approve=True, args_digest=DIGEST, now=t0 + timedelta(minutes=6))
+    ended = store.get(req.approval_id)
+    assert (ended.status, ended.reason, ended.approver, ended.decided_at) == (
+        ApprovalStatus.expired, "expired before a decision", None, t0 + timedelta(minutes=6))
+
+
+def test_expiry_without_a_time_given_is_in_utc_whatever_the_hosts_zone(tmp_path, monkeypatch):
+    """Stored times are UTC: on a host ten hours behind UTC, a request an hour past its expiry
+    is still found expired (a local wall-clock time would put it nine hours in the future)."""
+    import time
+
+    store = ApprovalStore(tmp_path / "a.sqlite", ttl=timedelta(hours=1))
+    req = _request(store, now=datetime.now(UTC) - timedelta(hours=2))
+    monkeypatch.setenv("TZ", "Pacific/Honolulu")
+    time.tzset()
+    try:
+        assert store.expire() == 1
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert store.get(req.approval_id).status == ApprovalStatus.expired

@@ -251,3 +251,111 @@ def test_a_merged_verifier_accepts_either_sides_keys_and_keeps_the_file_to_rerea
     stranger = PolicyEngine(billing_policy(), registry, permit_key=new_permit_key(), clock=clock).authorize(credit())
     with pytest.raises(PermitError, match="unknown key id"):
         verify_permit(stranger.permit, CREDIT, ARGS, "CASE-1", 1, merged, clock.now)
+
+
+@pytest.mark.parametrize("not_a_signer", [KEY, SIGNER.public_pem(), KEY._raw[SIGNER.key_id], "ab" * 32])
+def test_only_the_policys_signing_key_can_issue_a_permit(not_a_signer, clock) -> None:
+    """What executors and the case manager hold (a verifier, a public key's PEM or raw bytes) or the
+    old builds' shared HMAC secret cannot be handed to `issue_permit` to make one."""
+    with pytest.raises(ConfigError, match=r"^permits are signed with the policy's PermitSigner "
+                                          r"\(an Ed25519 private key\)$"):
+        issue_permit(tool=CREDIT, args_digest=args_digest(CREDIT, ARGS), case_id="CASE-1", step=1,
+                     policy_version="v", key=not_a_signer, ttl_s=60, now=clock.now)
+
+
+@pytest.mark.parametrize("raw", [SIGNER.public_pem(), b"ab" * 32])
+def test_a_permit_is_checked_with_a_verifier_never_with_raw_key_bytes(permit, clock, raw) -> None:
+    with pytest.raises(ConfigError, match=r"^permits are verified with a PermitVerifier, got bytes$"):
+        verify_permit(permit, CREDIT, ARGS, "CASE-1", 1, raw, clock.now)
+
+
+def test_without_a_time_given_permits_are_issued_and_checked_on_the_wall_clock() -> None:
+    """The executor passes no `now`: a fresh permit verifies, a stale one is refused."""
+    import time
+
+    digest = args_digest(CREDIT, ARGS)
+    before = time.time()
+    fresh = issue_permit(tool=CREDIT, args_digest=digest, case_id="CASE-1", step=1, policy_version="v",
+                         key=SIGNER, ttl_s=60)
+    assert before <= fresh.issued_at <= time.time() and fresh.expires_at == fresh.issued_at + 60
+    assert verify_permit(fresh, CREDIT, ARGS, "CASE-1", 1, KEY) == fresh
+    stale = issue_permit(tool=CREDIT, args_digest=digest, case_id="CASE-1", step=1, policy_version="v",
+                         key=SIGNER, ttl_s=60, now=time.time() - 120)
+    with pytest.raises(PermitError, match=r"^permit expired \d+\.\ds ago$") as refused:
+        verify_permit(stale, CREDIT, ARGS, "CASE-1", 1, KEY)
+    ago = float(str(refused.value).split()[2].rstrip("s"))
+    assert 59 <= ago <= 120  # about 60 s past its expiry
+
+
+def test_a_public_keys_file_is_named_in_its_errors(tmp_path) -> None:
+    """An executor's extra public keys file that holds a private key, or cannot be read, is
+    refused with the file's path in the error (and so is the environment variable naming it)."""
+    path = tmp_path / "public.pem"
+    path.write_bytes(SIGNER.private_pem())
+    for load in (lambda: PermitVerifier.from_file(path),
+                 lambda: public_keys_from_env({PUBLIC_KEYS_ENV: f" {path} "})):
+        with pytest.raises(ConfigError, match=rf"^permit public keys file {path} holds a private key: "):
+            load()
+    with pytest.raises(ConfigError, match=rf"^cannot read permit public keys file {tmp_path / 'no.pem'}: "):
+        PermitVerifier.from_file(tmp_path / "no.pem")
+
+
+def test_a_verifier_with_several_keys_hands_out_every_one_as_pem() -> None:
+    """What the policy hands executors (`public_pem`) is each key's PEM block, loadable again."""
+    other = new_permit_key()
+    both = SIGNER.verifier().merged(other.verifier())
+    assert both.public_pem() == SIGNER.public_pem() + other.public_pem()
+    assert PermitVerifier.from_pem(both.public_pem()).key_ids == sorted([SIGNER.key_id, other.key_id])
+
+
+@pytest.mark.parametrize("where", ["key.pem", "new/folder/key.pem"])
+def test_a_signing_key_is_created_whether_or_not_its_folder_exists(tmp_path, where) -> None:
+    made = load_or_create_signer(tmp_path / where)
+    assert (tmp_path / where).read_bytes() == made.private_pem()
+    assert load_or_create_signer(tmp_path / where).key_id == made.key_id
+
+
+def test_a_signing_key_another_process_made_meanwhile_is_used_not_overwritten(tmp_path, monkeypatch) -> None:
+    """Two policy processes starting at once on one machine end up with one key: the one that
+    loses the race to create the file loads the winner's key instead of replacing it."""
+    from opsagent.policy import permits
+
+    path = tmp_path / "key.pem"
+    theirs = new_permit_key()
+    real_open = permits.os.open
+
+    def create_first(file, flags, mode=0o777):  # the other process creates the file just before us
+        path.write_bytes(theirs.private_pem())
+        return real_open(file, flags, mode)
+
+    monkeypatch.setattr(permits.os, "open", create_first)
+    ours = load_or_create_signer(path)
+    monkeypatch.undo()
+    assert ours.key_id == theirs.key_id and path.read_bytes() == theirs.private_pem()
+
+
+def test_a_verifier_refuses_a_malformed_or_non_ed25519_public_key() -> None:
+    """Only Ed25519 public keys verify permits; anything else in the PEM is refused, saying what."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ec import SECP256R1, generate_private_key
+
+    ec_public = generate_private_key(SECP256R1()).public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(ConfigError, match=r"^permit public keys: a \w*(EC|EllipticCurve)\w*PublicKey, "
+                                          r"not an Ed25519 public key$"):
+        PermitVerifier.from_pem(SIGNER.public_pem() + ec_public)
+    with pytest.raises(ConfigError, match=r"^permit public keys: not a PEM public key: "):
+        PermitVerifier.from_pem(b"-----BEGIN PUBLIC KEY-----\nnonsense\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(ConfigError, match=r"^permit public keys holds a private key: "):
+        PermitVerifier.from_pem(SIGNER.private_pem())
+    assert PermitVerifier.from_pem(SIGNER.public_pem().decode()).key_ids == [SIGNER.key_id]  # text PEM
+
+
+def test_without_a_configured_key_a_process_generates_one_and_keeps_it(monkeypatch) -> None:
+    from opsagent.policy import permits
+
+    monkeypatch.delenv(KEY_ENV, raising=False)
+    monkeypatch.delenv(LEGACY_KEY_ENV, raising=False)
+    monkeypatch.setattr(permits, "_process_signer", None)  # as in a fresh process
+    made = process_permit_key()
+    assert isinstance(made, PermitSigner) and process_permit_key() is made
