@@ -320,3 +320,35 @@ def test_expiry_without_a_time_given_is_in_utc_whatever_the_hosts_zone(tmp_path,
         monkeypatch.undo()
         time.tzset()
     assert store.get(req.approval_id).status == ApprovalStatus.expired
+
+
+BOB = Identity(name="bob", roles=frozenset({Role.approver}))
+
+
+@pytest.mark.parametrize("approve,reason", [(True, "ticket checked"), (False, "weight ticket missing")])
+@pytest.mark.parametrize("changed", ["decision", "approver", "digest", "reason"])
+def test_a_retry_differing_in_one_thing_from_the_recorded_decision_is_refused(tmp_path, approve, reason, changed):
+    """Only the identical decision is answered as a retry. Each call below differs from the
+    recorded one in exactly one thing (the others equal), so none of the four conditions stands in
+    for another: in particular the other decision sent with the same reason (an approver turning
+    an approval into a rejection, or back) must be refused, not answered with the recorded one."""
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    req = _request(store)
+    first = store.decide(req.approval_id, identity=ALICE, approve=approve, args_digest=DIGEST, reason=reason)
+    retry = {"identity": ALICE, "approve": approve, "args_digest": DIGEST, "reason": reason}
+    retry.update({"decision": {"approve": not approve}, "approver": {"identity": BOB},
+                  "digest": {"args_digest": OTHER_DIGEST}, "reason": {"reason": "another reason"}}[changed])
+    with pytest.raises(ApprovalError, match=f"already {first.status.value} \\({reason}\\)$"):
+        store.decide(req.approval_id, **retry)
+    assert store.get(req.approval_id) == first
+    assert store.decide(req.approval_id, identity=ALICE, approve=approve, args_digest=DIGEST, reason=reason) == first
+
+
+def test_a_retry_without_a_reason_matches_one_recorded_with_an_empty_reason(tmp_path):
+    """No reason and an empty one are the same decision (the API takes `""` or `null`), so the
+    retry of an approval is answered, not refused as a different one."""
+    store = ApprovalStore(tmp_path / "a.sqlite")
+    req = _request(store)
+    first = store.decide(req.approval_id, identity=ALICE, approve=True, args_digest=DIGEST, reason="")
+    assert store.decide(req.approval_id, identity=ALICE, approve=True, args_digest=DIGEST, reason=None) == first
+    assert store.decide(req.approval_id, identity=ALICE, approve=True, args_digest=DIGEST, reason="") == first
