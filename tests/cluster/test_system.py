@@ -239,7 +239,11 @@ def test_approvals_cli_lists_and_refuses_a_second_decision(scenario, decided, ca
     out = capsys.readouterr().out
     assert out.count("tms_adjust_billed_weight") == 2 and "approved" in out and "rejected" in out
     approval_id = next(line.split()[0] for line in out.splitlines() if "approved" in line)
-    assert cli(["approvals", "approve", approval_id, "--url", scenario["url"]]) == 1  # refused by the API
+    # the approver's own decision sent again (its answer lost) is answered with the recorded one;
+    # any other decision of it is refused by the API
+    assert cli(["approvals", "approve", approval_id, "--url", scenario["url"]]) == 0
+    assert "approved" in capsys.readouterr().out
+    assert cli(["approvals", "reject", approval_id, "--reason", "changed my mind", "--url", scenario["url"]]) == 1
     assert "already approved" in capsys.readouterr().err
     monkeypatch.setenv("OPSAGENT_TOKEN", "oat_forged")
     assert cli(["approvals", "list", "--url", scenario["url"]]) == 1
