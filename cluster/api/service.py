@@ -130,6 +130,14 @@ class OpsService:
         if approval.status == ApprovalStatus.pending and not context.decidable:
             raise CaseStateError(f"case {approval.case_id} is {context.case_status or 'unknown'}; "
                                  f"nothing waits for {approval_id}")
+        # Once sent, the decision and the resume after it run to the end even if the caller goes
+        # away (Serve cancels the request of a client that disconnected, e.g. on its own timeout):
+        # a decision recorded without its resume would leave the case waiting for an approval
+        # already given.
+        return await asyncio.shield(self._decide(approval_id, credential, approve, args_digest, reason))
+
+    async def _decide(self, approval_id: str, credential: Credential, approve: bool, args_digest: str,
+                      reason: str | None) -> ApprovalRequest:
         decided: ApprovalRequest = await ask(self.policy, "decide_approval", approval_id, credential, approve,
                                              args_digest, reason)
         await ask(self.cases, "resume", decided.case_id)
