@@ -167,6 +167,22 @@ def test_a_rule_with_until_withholds_closing_only_until_the_write_succeeded(regi
     assert set(_decisions(without, registry, read)) == {"erp_void_invoice", "tkt_resolve_ticket"}
 
 
+def test_a_contradicted_pickup_is_assigned_then_escalated(registry):
+    """missed_pickup's SOP: a pickup the carrier recorded as completed is not rebooked; its ticket
+    is assigned (the model picks the team among the candidates), and only then is the case
+    escalated."""
+    book = BOOKS["missed_pickup"]
+    number = next(n for n, e in enumerate(book.examples) if e.turns[1].output["tool"] == "tkt_assign_ticket")
+    read = _walked(book, number, 1)
+    assert read.steps[0].result["status"] == "completed"
+    assert {d.split("(")[0] for d in _decisions(book, registry, read)} == {"tkt_assign_ticket"}
+    assigned = _walked(book, number, 2)
+    assert _decisions(book, registry, assigned) == ["finish:escalated"]
+    without = book.model_copy(update={"rules": [r for r in book.rules if r.when.get("pickup_status") != ["completed"]]})
+    assert {"tms_reschedule_pickup", "finish:escalated"} <= {
+        d.split("(")[0] for d in _decisions(without, registry, read)}
+
+
 def _walked(book, number: int, turns: int) -> Case:
     """Worked example `number` of `book` after its first `turns` steps, as the runner records them."""
     example = book.examples[number]
