@@ -16,8 +16,8 @@ from opsagent.cluster.case_book import CaseBook
 from opsagent.cluster.case_query import CaseQuery, ReadScope
 from opsagent.cluster.console.render import diff_rows
 from opsagent.errors import CaseStateError, IdempotencyConflict, OverloadedError, RateLimited
-from opsagent.policy.records import PolicyDecision
 from opsagent.tools.registry import ToolRegistry
+from tests.fakes.book_ports import DenyingPolicy, ListTracer
 
 
 def test_the_rate_limit_slides_with_its_window():
@@ -63,28 +63,8 @@ class _Planner:
         return PlannerTurn(step=PlannedStep(tool="probe", args={"n": self.calls}))
 
 
-class _Policy:
-    async def allowed_tools(self, exception_type):
-        return ["probe"]
-
-    async def authorize(self, request):
-        return PolicyDecision(verdict="deny", risk=None, reasons=["not in this test"], checks=[],
-                              policy_version="test", args_digest="0" * 64)
-
-    async def withdraw_approvals(self, case_id, reason):
-        return []
-
-
-class _Tracer:
-    def __init__(self) -> None:
-        self.events = []
-
-    async def export(self, events):
-        self.events.extend(events)
-
-
 def _book(planner, *, max_open_cases=10):
-    return CaseBook(planner, _Policy(), executor=None, tracer=_Tracer(), registry=ToolRegistry([], {}),
+    return CaseBook(planner, DenyingPolicy(), executor=None, tracer=ListTracer(), registry=ToolRegistry([], {}),
                     max_steps=6, max_open_cases=max_open_cases)
 
 

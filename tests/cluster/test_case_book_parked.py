@@ -13,8 +13,8 @@ from opsagent.agents.tracing.records import CaseEvent
 from opsagent.cluster import case_book as case_book_module
 from opsagent.cluster.case_book import CaseBook
 from opsagent.errors import StateUnavailable
-from opsagent.policy.records import PolicyDecision
 from opsagent.tools.registry import ToolRegistry
+from tests.fakes.book_ports import DenyingPolicy, ListTracer
 
 REPORT = ExceptionReport(exception_type="weight_mismatch", description="billed too much",
                          entities={"shipment_id": "SHP-1"})
@@ -33,33 +33,18 @@ class _Planner:
         return PlannerTurn(step=PlannedStep(tool="probe", args={}))
 
 
-class _Policy:
+class _Policy(DenyingPolicy):
     """The policy's state database is away while `away` is set: every decision meets it."""
 
     def __init__(self) -> None:
         self.away = True
         self.answered = 0
 
-    async def allowed_tools(self, exception_type):
-        return ["probe"]
-
     async def authorize(self, request):
         if self.away:
             raise StateUnavailable("state database test is unavailable")
         self.answered += 1
-        return PolicyDecision(verdict="deny", risk=None, reasons=["not in this test"], checks=[],
-                              policy_version="test", args_digest="0" * 64)
-
-    async def withdraw_approvals(self, case_id, reason):
-        return []
-
-
-class _Tracer:
-    def __init__(self) -> None:
-        self.events = []
-
-    async def export(self, events):
-        self.events.extend(events)
+        return await super().authorize(request)
 
 
 def test_a_parked_case_resumes_by_itself_once_the_database_answers(monkeypatch) -> None:
@@ -67,7 +52,7 @@ def test_a_parked_case_resumes_by_itself_once_the_database_answers(monkeypatch) 
     monkeypatch.setattr(case_book_module, "PARKED_PAUSE_S", 0.05)
 
     async def scenario():
-        policy, tracer = _Policy(), _Tracer()
+        policy, tracer = _Policy(), ListTracer()
         book = CaseBook(_Planner(), policy, executor=None, tracer=tracer, registry=ToolRegistry([], {}),
                         state_wait_s=0.1)
         case_id = (await book.submit(REPORT, "alice")).entry.case.case_id

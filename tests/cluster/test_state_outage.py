@@ -103,18 +103,31 @@ def test_cases_in_flight_wait_for_the_database_and_finish_exactly_once(
                                                     late.entities["shipment_id"])).created
         cases = _wait_final(h["cases"], list(ids))
         system.flush_traces()
-        disputes: dict[str, int] = {}
-        snapshot = platform.snapshot("tms")
-        for row in snapshot["weight_disputes"]:
-            disputes[row["shipment_id"]] = disputes.get(row["shipment_id"], 0) + 1
-        keys = [r["key"] for r in snapshot["idempotency_keys"] if r["key"].split(":")[0] in ids]
-        _, finished = query(tmp_path / "traces", "SELECT case_id, count(*) FROM case_events WHERE status IN "
-                                                 "('resolved', 'escalated', 'failed', 'proposed') GROUP BY 1")
+        effects = _effects(platform, tmp_path / "traces", ids)
     finally:
         system.stop()
     # the outage met cases in flight: they waited through it (a case cannot end while the
     # database is away: its final state is not stored), then went on
     assert in_flight >= waiting > 0, (in_flight, waiting)
+    _assert_each_case_once(cases, ids, effects)
+
+
+def _effects(platform, traces, ids) -> tuple[dict[str, int], list[str], list]:
+    """What the cases `ids` did: disputes per shipment, the carrier's idempotency keys of their
+    writes, and their final case events per case in the trace."""
+    snapshot = platform.snapshot("tms")
+    disputes: dict[str, int] = {}
+    for row in snapshot["weight_disputes"]:
+        disputes[row["shipment_id"]] = disputes.get(row["shipment_id"], 0) + 1
+    keys = [r["key"] for r in snapshot["idempotency_keys"] if r["key"].split(":")[0] in ids]
+    _, finished = query(traces, "SELECT case_id, count(*) FROM case_events WHERE status IN "
+                                "('resolved', 'escalated', 'failed', 'proposed') GROUP BY 1")
+    return disputes, keys, finished
+
+
+def _assert_each_case_once(cases, ids, effects) -> None:
+    """Every case ended as its gold says, with its write made once and one final event."""
+    disputes, keys, finished = effects
     wrong = {cid: (c.status.value, ids[cid].expected_status, c.reason) for cid, c in cases.items()
              if c.status.value != ids[cid].expected_status}
     assert not wrong, wrong
@@ -179,23 +192,10 @@ def test_cases_parked_by_a_long_outage_resume_by_themselves_once_it_is_over(
         assert ray.get(h["cases"].pid.remote()) == manager_pid  # not restarted: resumed by itself
         assert ray.get(h["cases"].recovered_cases.remote()) == 0
         system.flush_traces()
-        snapshot = platform.snapshot("tms")
-        disputes: dict[str, int] = {}
-        for row in snapshot["weight_disputes"]:
-            disputes[row["shipment_id"]] = disputes.get(row["shipment_id"], 0) + 1
-        keys = [r["key"] for r in snapshot["idempotency_keys"] if r["key"].split(":")[0] in ids]
-        _, finished = query(tmp_path / "traces", "SELECT case_id, count(*) FROM case_events WHERE status IN "
-                                                 "('resolved', 'escalated', 'failed', 'proposed') GROUP BY 1")
+        effects = _effects(platform, tmp_path / "traces", ids)
     finally:
         system.stop()
-    wrong = {cid: (c.status.value, ids[cid].expected_status, c.reason) for cid, c in cases.items()
-             if c.status.value != ids[cid].expected_status}
-    assert not wrong, wrong
-    for cid, case in cases.items():
-        sid = ids[cid].entities["shipment_id"]
-        assert disputes.get(sid, 0) == (1 if case.status.value == "resolved" else 0), (cid, case.steps)
-    assert len(keys) == len(set(keys))  # each write reached the carrier's system once
-    assert dict(finished) == {cid: 1 for cid in ids}  # one final case event per case
+    _assert_each_case_once(cases, ids, effects)
 
 
 @contextlib.contextmanager

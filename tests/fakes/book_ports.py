@@ -102,6 +102,20 @@ class HoldingPolicy:
         raise AssertionError("HoldingPolicy never allows a call, so nothing is settled")
 
 
+class DenyingPolicy:
+    """Allows the one tool `probe` to be proposed and denies every call of it."""
+
+    async def allowed_tools(self, exception_type: str) -> list[str]:
+        return ["probe"]
+
+    async def authorize(self, request: ToolCallRequest) -> PolicyDecision:
+        return PolicyDecision(verdict="deny", risk=None, reasons=["not in this test"], checks=[],
+                              policy_version="test", args_digest="0" * 64)
+
+    async def withdraw_approvals(self, case_id: str, reason: str) -> list[ApprovalRequest]:
+        return []
+
+
 class ListTracer:
     def __init__(self) -> None:
         self.events: list[Any] = []
