@@ -21,6 +21,7 @@ import contextlib
 import socket
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import ray
@@ -73,16 +74,9 @@ def test_cases_in_flight_wait_for_the_database_and_finish_exactly_once(
     batch = inject_weight_mismatch(platform, count=CASES + 1, seed=8301 if stop == "fast" else 8302,
                                    suspect_share=0.2)
     late = batch.pop()  # submitted while the database is down, then again with its key
-    config = SystemConfig(state=url, traces_dir=tmp_path / "traces", state_dir=tmp_path / "state",
-                          executors=2, executor_actor_options={"num_cpus": 0},
-                          control_actor_options={"num_cpus": 0},
-                          planner=PlannerConfig(actor_options={"num_cpus": 0}))
-    system = OpsAgentSystem(config, platform.registry(), engine=GoldScriptedEngine(),
-                            playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]},
-                            policy=policy_with_rate(100_000)).start()
+    system = _weight_system(platform, url, tmp_path)
     try:
         h = system.handles
-        ray.get(h["policy"].set_mode.remote("weight_mismatch", "autonomous", credential(url), "test: outage"))
         ids = {}
         for inst in batch:
             sub = ray.get(h["cases"].submit.remote(_report(inst), "outage-test", inst.entities["shipment_id"]))
@@ -110,6 +104,25 @@ def test_cases_in_flight_wait_for_the_database_and_finish_exactly_once(
     # database is away: its final state is not stored), then went on
     assert in_flight >= waiting > 0, (in_flight, waiting)
     _assert_each_case_once(cases, ids, effects)
+
+
+def _weight_system(platform, url: str, tmp_path, **config: Any) -> OpsAgentSystem:
+    """A started system on the state database `url`: weight_mismatch autonomous, its gold steps
+    scripted, the actors taking no CPU of the 2-core machine."""
+    settings = SystemConfig(state=url, traces_dir=tmp_path / "traces", state_dir=tmp_path / "state",
+                            executors=2, executor_actor_options={"num_cpus": 0},
+                            control_actor_options={"num_cpus": 0},
+                            planner=PlannerConfig(actor_options={"num_cpus": 0}), **config)
+    system = OpsAgentSystem(settings, platform.registry(), engine=GoldScriptedEngine(),
+                            playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]},
+                            policy=policy_with_rate(100_000)).start()
+    try:
+        ray.get(system.handles["policy"].set_mode.remote("weight_mismatch", "autonomous", credential(url),
+                                                         "test: outage"))
+    except BaseException:
+        system.stop()
+        raise
+    return system
 
 
 def _effects(platform, traces, ids) -> tuple[dict[str, int], list[str], list]:
@@ -160,16 +173,9 @@ def test_cases_parked_by_a_long_outage_resume_by_themselves_once_it_is_over(
     is back they resume without a restart of the case manager, and each finishes exactly once."""
     url = server.new_database("parked")
     batch = inject_weight_mismatch(platform, count=PARK_CASES, seed=8303, suspect_share=0.0)
-    config = SystemConfig(state=url, traces_dir=tmp_path / "traces", state_dir=tmp_path / "state",
-                          executors=2, executor_actor_options={"num_cpus": 0},
-                          control_actor_options={"num_cpus": 0}, state_wait_s=STATE_WAIT_S,
-                          planner=PlannerConfig(actor_options={"num_cpus": 0}))
-    system = OpsAgentSystem(config, platform.registry(), engine=GoldScriptedEngine(),
-                            playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]},
-                            policy=policy_with_rate(100_000)).start()
+    system = _weight_system(platform, url, tmp_path, state_wait_s=STATE_WAIT_S)
     try:
         h = system.handles
-        ray.get(h["policy"].set_mode.remote("weight_mismatch", "autonomous", credential(url), "test: parked"))
         manager_pid = ray.get(h["cases"].pid.remote())
         ids = {}
         for inst in batch:
