@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -43,14 +44,15 @@ RATE = 15.0  # submissions per second
 FINAL = {"resolved", "escalated", "failed", "proposed"}
 
 
-@pytest.fixture(scope="module")
-def cluster():
+def multi_node(head: dict[str, float], worker: dict[str, float]) -> Iterator[tuple[Cluster, list]]:
+    """A Ray cluster of a head and two worker nodes, one CPU each (`head`, `worker`: their custom
+    resources), quick to notice a lost node, joined by this process; shut down afterwards."""
     for key, value in LOOPBACK_ENV.items():
         os.environ.setdefault(key, value)
     c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "resources": {"control": 1}, "include_dashboard": False,
+        "num_cpus": 1, "resources": head, "include_dashboard": False,
         "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
-    workers = [c.add_node(num_cpus=1, resources={"planner": 1, "executor_slots": 4}) for _ in range(2)]
+    workers = [c.add_node(num_cpus=1, resources=worker) for _ in range(2)]
     c.wait_for_nodes()
     ray.init(address=c.address, namespace=NAMESPACE, log_to_driver=False,
              runtime_env={"env_vars": dict(LOOPBACK_ENV)})
@@ -59,6 +61,11 @@ def cluster():
     finally:
         ray.shutdown()
         c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    yield from multi_node({"control": 1}, {"planner": 1, "executor_slots": 4})
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,10 @@ risky case.
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from sqlalchemy import select
 
@@ -27,13 +25,12 @@ from opsagent.agents.case import ExceptionReport
 from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.config import PlannerConfig, SystemConfig
-from opsagent.cluster.runtime import LOOPBACK_ENV, NAMESPACE
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.evals.bench.soak import GoldScriptedEngine, policy_with_rate
 from opsagent.policy.state import open_state
 from opsagent.policy.state._schema import ledger
 from opsagent.tools.platform import inject_weight_mismatch
-from tests.cluster.test_faults import _ask, _finish_with_approvals, _on_node
+from tests.cluster.test_faults import _ask, _finish_with_approvals, _on_node, multi_node
 from tests.fakes.autonomy import credential
 from tests.fakes.held_planner import held_then_decided
 
@@ -45,21 +42,7 @@ WRITES = ("tms_open_weight_dispute", "tms_adjust_billed_weight")
 
 @pytest.fixture(scope="module")
 def cluster():
-    for key, value in LOOPBACK_ENV.items():
-        os.environ.setdefault(key, value)
-    c = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False,
-        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 4}})
-    workers = [c.add_node(num_cpus=1, resources={"control": 1, "planner": 1, "executor_slots": 4})
-               for _ in range(2)]
-    c.wait_for_nodes()
-    ray.init(address=c.address, namespace=NAMESPACE, log_to_driver=False,
-             runtime_env={"env_vars": dict(LOOPBACK_ENV)})
-    try:
-        yield c, workers
-    finally:
-        ray.shutdown()
-        c.shutdown()
+    yield from multi_node({}, {"control": 1, "planner": 1, "executor_slots": 4})
 
 
 def _report(inst) -> ExceptionReport:
