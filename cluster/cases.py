@@ -9,11 +9,11 @@ from typing import Any, TypeVar
 
 import ray
 
+from opsagent.agents.case import Case
 from opsagent.agents.runner import STATE_WAIT_S
 from opsagent.cluster.actor_calls import ActorPort
 from opsagent.cluster.adapters import AckTally, ExecutorPool, PlannerPool, TraceHandle
 from opsagent.cluster.case_book import CaseBook
-from opsagent.agents.case import Case
 from opsagent.cluster.case_query import CaseQuery
 from opsagent.cluster.case_records import CaseEntry, CaseLease, CasePage
 from opsagent.cluster.case_store import CaseStore
