@@ -70,7 +70,7 @@ class CaseRunner:
         except StateUnavailable as exc:
             self._park(case, exc)
         except Exception as exc:  # a crashed port must not lose the case
-            await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
+            await self._fail(case, exc)
         return case
 
     async def resume(self, case: Case) -> Case:
@@ -96,7 +96,7 @@ class CaseRunner:
         except StateUnavailable as exc:
             self._park(case, exc)
         except Exception as exc:
-            await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
+            await self._fail(case, exc)
         return case
 
     async def recover(self, case: Case) -> Case:
@@ -124,8 +124,16 @@ class CaseRunner:
         except StateUnavailable as exc:
             self._park(case, exc)
         except Exception as exc:
-            await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
+            await self._fail(case, exc)
         return case
+
+    async def _fail(self, case: Case, exc: Exception) -> None:
+        """End the case `failed` for an internal error; if the state database is away too, so
+        the failure cannot be stored, park it instead (resumed from its last checkpoint)."""
+        try:
+            await self._finish(case, CaseStatus.failed, f"internal error: {type(exc).__name__}: {exc}")
+        except StateUnavailable as away:
+            self._park(case, away)
 
     def _park(self, case: Case, exc: StateUnavailable) -> None:
         self.parked.add(case.case_id)

@@ -105,3 +105,50 @@ def test_past_its_bound_a_case_is_parked_open_and_recovered_later(harness, insta
     assert [s.tool for s in case.steps] == inst.gold_tools  # the unanswered step was not planned again
     assert _disputes(platform, inst.entities["shipment_id"]) == 1
     assert store.stored[case.case_id].status == CaseStatus.resolved
+
+
+class _AwayCheckpoints(Checkpoints):
+    """Checkpoints that fail while `away` is set, as the state database would."""
+
+    away = False
+
+    async def checkpoint(self, case: Case) -> None:
+        if self.away:
+            raise StateUnavailable("state database test is unavailable")
+        await super().checkpoint(case)
+
+
+class _CrashingPlanner:
+    """The planner, but its call number `crash` raises an error of its own (the planner actor
+    died) just as the state database goes away: the failure cannot be stored."""
+
+    def __init__(self, inner: Any, store: _AwayCheckpoints, crash: int) -> None:
+        self.inner, self.store, self.crash, self.calls = inner, store, crash, 0
+
+    async def plan(self, case: Case, allowed: list[str]) -> Any:
+        self.calls += 1
+        if self.calls == self.crash:
+            self.store.away = True
+            raise RuntimeError("planner actor died")
+        return await self.inner.plan(case, allowed)
+
+
+def test_a_crash_while_the_database_is_away_parks_the_case_instead_of_losing_it(
+        harness, instance, platform) -> None:
+    """A port error (not the database) meets the outage when the runner records the failure: the
+    case is parked at its last checkpoint, not left neither running nor parked, and recovered
+    once the database is back."""
+    inst = instance(scale_ok=True)
+    h = harness([gold_step] * 3)
+    r = h.runner
+    store = _AwayCheckpoints()
+    r.state_wait_s = 0.05
+    r.cases = store
+    r.planner = _CrashingPlanner(r.planner, store, crash=2)
+    case = asyncio.run(r.run(Case(report=_report(inst))))
+    assert not case.status.final, case.reason  # not `failed`: that could not be stored
+    assert r.parked == {case.case_id}
+    store.away = False
+    case = asyncio.run(r.recover(store.stored[case.case_id]))
+    assert case.status == CaseStatus.resolved, case.reason
+    assert _disputes(platform, inst.entities["shipment_id"]) == 1
