@@ -190,14 +190,14 @@ def test_cases_parked_by_a_long_outage_resume_by_themselves_once_it_is_over(
                 break
             time.sleep(0.2)
         assert parked and set(parked) <= set(ids), parked
+        assert ray.get(h["cases"].open_cases.remote()) == 0, _where_they_wait(h)  # none stuck in a call
         time.sleep(STATE_WAIT_S * 2)  # still away: the case manager's checks find it so
         assert ray.get(h["cases"].parked_cases.remote()) == parked
         server.start()
         try:
             cases = _wait_final(h["cases"], list(ids), timeout_s=120)
-        except pytest.fail.Exception as exc:  # failed once in a whole-suite run: say where they are
-            raise AssertionError(f"{exc}; still parked: {ray.get(h['cases'].parked_cases.remote())}, "
-                                 f"tasks running: {ray.get(h['cases'].open_cases.remote())}") from None
+        except pytest.fail.Exception as exc:  # failed once in a whole-suite run: say where they wait
+            raise AssertionError(f"{exc}\n{_where_they_wait(h)}") from None
         assert ray.get(h["cases"].parked_cases.remote()) == []
         assert ray.get(h["cases"].pid.remote()) == manager_pid  # not restarted: resumed by itself
         assert ray.get(h["cases"].recovered_cases.remote()) == 0
@@ -206,6 +206,51 @@ def test_cases_parked_by_a_long_outage_resume_by_themselves_once_it_is_over(
     finally:
         system.stop()
     _assert_each_case_once(cases, ids, effects)
+
+
+def _where_they_wait(h: dict[str, Any]) -> str:
+    """Where the cases wait: the case manager's parked cases, its watch, the stack of each case
+    task and every thread; the threads of the policy, executors and trace writer (a component
+    stuck in a call shows there; one that does not answer in 20 s is named)."""
+
+    def book(manager: Any) -> str:  # defined here: pickled by value into the actor
+        import io
+        import sys
+        import traceback
+
+        out = io.StringIO()
+        watch = manager._parked_watch
+        print(f"parked {sorted(manager._runner.parked)}; resumed {manager.unparked}; watch {watch!r}"
+              + (f" ended: {watch.exception()!r}" if watch and watch.done() and not watch.cancelled() else ""),
+              file=out)
+        for case_id, task in manager._tasks.items():
+            print(f"-- task of {case_id}", file=out)
+            task.print_stack(file=out)
+        for ident, frame in sys._current_frames().items():
+            print(f"-- thread {ident}", file=out)
+            traceback.print_stack(frame, file=out)
+        return out.getvalue()
+
+    def threads(_actor: Any) -> str:
+        import io
+        import sys
+        import traceback
+
+        out = io.StringIO()
+        for ident, frame in sys._current_frames().items():
+            print(f"-- thread {ident}", file=out)
+            traceback.print_stack(frame, file=out)
+        return out.getvalue()
+
+    parts = []
+    for name, handle, fn in [("case manager", h["cases"], book), ("policy", h["policy"], threads),
+                             ("trace writer", h["tracer"], threads),
+                             *((f"executor {n}", e, threads) for n, e in enumerate(h["executors"]))]:
+        try:
+            parts.append(f"== {name}\n{ray.get(handle.__ray_call__.remote(fn), timeout=20)}")
+        except Exception as exc:  # noqa: BLE001 - a component that does not answer is the finding
+            parts.append(f"== {name}: no answer ({exc!r})")
+    return "\n".join(parts)
 
 
 @contextlib.contextmanager
