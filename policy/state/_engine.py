@@ -28,7 +28,7 @@ import random
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -116,7 +116,7 @@ class State:
         if self.dialect == "postgresql":
             url = self.url.set(drivername="postgresql+psycopg")
             return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                                 connect_args={"connect_timeout": 10})
+                                 connect_args=pg_connect_args(url.query))
         database = self.url.database
         if not database or database == ":memory:":
             self._memory_lock = threading.RLock()  # one shared connection: one transaction at a time
@@ -216,6 +216,36 @@ class State:
         self.engine.dispose()
 
 
+PG_CONNECT: dict[str, Any] = {
+    "connect_timeout": 10,  # s: a connect to a host that does not answer
+    # the client notices a server cut off: keepalive probes on an idle connection, and data sent
+    # but unacknowledged for 30 s, end the connection (an error, not a wait of the OS's 2 hours)
+    "keepalives": 1, "keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms
+}
+PG_SESSION: dict[str, str] = {
+    "lock_timeout": "30s",  # a lock held by a stuck or cut-off session is not waited for forever
+    "statement_timeout": "5min",  # nor a runaway statement
+    "idle_in_transaction_session_timeout": "5min",  # a client stuck inside a transaction loses it
+    # the server notices a client cut off and ends its session (its transaction and locks with it)
+    "tcp_keepalives_idle": "10", "tcp_keepalives_interval": "5", "tcp_keepalives_count": "3",
+}
+"""Every PostgreSQL connection's bounds, so no call waits without end on a database cut off by a
+partition or on a lock its holder never releases: the call fails as StateUnavailable and its
+caller waits the outage out (the case runner), answers 503 (the API) or tries again. A key given
+in the state URL's query (`?keepalives_idle=30`, `?options=-c lock_timeout=5s`) wins."""
+
+
+def pg_connect_args(query: Mapping[str, Any]) -> dict[str, Any]:
+    """psycopg connect arguments: `PG_CONNECT` and `PG_SESSION` (as `options`), except what the
+    URL's own query sets (its `options` come after ours, so theirs win)."""
+    args = {k: v for k, v in PG_CONNECT.items() if k not in query}
+    ours = " ".join(f"-c {k}={v}" for k, v in PG_SESSION.items())
+    theirs = query.get("options")
+    args["options"] = ours if not theirs else f"{ours} {theirs if isinstance(theirs, str) else ' '.join(theirs)}"
+    return args
+
+
 def open_state(target: State | str | Path, *, shared: bool = True) -> State:
     """The `State` of a URL or SQLite path (one per URL per process, created and migrated on
     first use); a `State` is returned as it is. An in-memory database is never shared."""
@@ -247,7 +277,9 @@ def _retryable(exc: OperationalError) -> bool:
     return "database is locked" in message or "database is busy" in message
 
 
-_AWAY = ("57P01", "57P02", "57P03", "53300")  # shutdown (admin, crash), starting up, too many clients
+# shutdown (admin, crash), starting up, too many clients; a lock or statement timeout, a session
+# ended idle in its transaction (PG_SESSION's bounds: the database did not answer in time)
+_AWAY = ("57P01", "57P02", "57P03", "53300", "55P03", "57014", "25P03")
 _AWAY_AT_CONNECT = ("the database system is", "too many clients")  # starting up, shutting down, in recovery
 
 

@@ -7,9 +7,10 @@ import threading
 import pytest
 from sqlalchemy import select, text
 
-from opsagent.errors import StateError
+from opsagent.errors import StateError, StateUnavailable
 from opsagent.policy.state import LATEST, State, open_state, redact, version
 from opsagent.policy.state import _lease
+from opsagent.policy.state._engine import PG_CONNECT, PG_SESSION
 from opsagent.policy.state._schema import schema_version
 
 
@@ -113,3 +114,38 @@ def test_without_for_update_two_contenders_can_both_win(postgres_server, monkeyp
 def test_the_state_database_answers_sql(state_url: str) -> None:
     with State(state_url).read() as conn:
         assert conn.execute(text("SELECT 1")).scalar_one() == 1
+
+
+@pytest.mark.postgres
+def test_a_lock_its_holder_never_releases_is_not_waited_for(postgres_server) -> None:
+    """A session holding a lock and never ending its transaction (a client cut off, or stuck):
+    another's wait for that lock ends at the lock timeout as StateUnavailable (its caller waits
+    the outage out or answers 503), not a thread blocked for as long as the holder lives."""
+    url = postgres_server.new_database() + "?options=-c%20lock_timeout%3D300ms"  # the URL's own wins
+    holder, waiter = State(url), State(url, check=False)
+    try:
+        with holder.write() as conn:
+            holder.lock(conn, "ledger")
+            with pytest.raises(StateUnavailable) as waited:
+                waiter.run(lambda c: waiter.lock(c, "ledger"))
+            assert "lock timeout" in str(waited.value)
+        waiter.run(lambda c: waiter.lock(c, "ledger"))  # released: taken at once
+    finally:
+        holder.close()
+        waiter.close()
+
+
+@pytest.mark.postgres
+def test_every_connection_carries_the_session_bounds(postgres_server) -> None:
+    """Keepalives both ways, and the lock, statement and idle-in-transaction timeouts, are set
+    on every pooled connection; a key in the URL's query overrides its default."""
+    state = State(postgres_server.new_database() + "?keepalives_idle=42&options=-c%20statement_timeout%3D7s")
+    try:
+        with state.read() as conn:
+            shown = {name: conn.execute(text(f"SHOW {name}")).scalar_one() for name in PG_SESSION}
+            params = conn.connection.dbapi_connection.info.get_parameters()
+        assert shown == {**PG_SESSION, "statement_timeout": "7s", "lock_timeout": "30s"}
+        assert params["keepalives_idle"] == "42" and params["keepalives"] == "1"
+        assert params["tcp_user_timeout"] == str(PG_CONNECT["tcp_user_timeout"])
+    finally:
+        state.close()
