@@ -35,6 +35,7 @@ from opsagent.agents.playbooks import Playbook
 from opsagent.agents.playbooks.model import builtin_playbooks, load_playbook
 from opsagent.agents.tracing.audit import UNSUPERVISED_HIGH_RISK_ROWS
 from opsagent.agents.tracing.views import query, sql_list
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.cluster.config import SystemConfig
 from opsagent.errors import ApprovalError, ConfigError, InputError, OpsAgentError
 from opsagent.evals.catalogue import Instance, get_class, plant
@@ -252,6 +253,13 @@ class _Api:
             raise OpsAgentError(message)
 
 
+HARNESS_LIMITS = ApiLimits(requests_per_window=1_000_000)
+"""The eval system's front door limits. Its callers are the harness alone: one submitter token
+polling every case in flight every `_Trial.poll_s`, one approver token. The default per-caller
+rate (600 a minute) throttled the harness itself: a 16-case run kept ~6 cases in flight behind
+4,409 answers 429 in 15 minutes, measuring the rate limiter instead of the agent."""
+
+
 class _Session:
     """One configuration's system, started on the first trial's platform and kept for the rest."""
 
@@ -294,7 +302,7 @@ class _Session:
         say = (lambda line: print(line, file=sys.stderr, flush=True)) if self.engine is None else None
         try:
             self.system.start(say=say)
-            url = self.system.serve(port=0)
+            url = self.system.serve(port=0, limits=HARNESS_LIMITS)
         except BaseException:
             self.system.stop()
             raise

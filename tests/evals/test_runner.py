@@ -18,8 +18,9 @@ from opsagent.evals.evalset import write_eval_set
 from opsagent.evals.gold import conversation
 from opsagent.evals.metrics import summarize
 from opsagent.evals.report import write_results
+from opsagent.cluster.api.request_limits import ApiLimits
 from opsagent.evals.runner import (
-    EvalConfig, apply_mode, approver_decision, correct_writes, run_eval, select,
+    HARNESS_LIMITS, EvalConfig, _Trial, apply_mode, approver_decision, correct_writes, run_eval, select,
 )
 from tests.fakes.planners import gold_except
 
@@ -285,3 +286,13 @@ def test_few_shot_retrieval_in_an_eval_must_name_its_store(tmp_path):
     config = EvalConfig(system=SystemConfig.model_validate({"planner": {"few_shot": {}}}))
     with pytest.raises(ConfigError, match="few_shot.traces must name"):
         _Session(config, [], tmp_path / "traces", tmp_path, None)
+
+
+def test_the_eval_front_door_never_throttles_its_own_harness():
+    """The harness polls each case in flight every `poll_s` with one submitter token (and decides
+    approvals with one approver token): at 256 cases in flight that stays inside the eval
+    system's rate limit, which the front door's default would not allow even at 16 (a 16-case
+    ladder run kept ~6 cases in flight behind its 429s)."""
+    per_window = lambda cases, limits: cases / _Trial.poll_s * limits.window_s  # noqa: E731
+    assert per_window(256, HARNESS_LIMITS) <= HARNESS_LIMITS.requests_per_window
+    assert per_window(16, ApiLimits()) > ApiLimits().requests_per_window
