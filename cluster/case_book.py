@@ -73,6 +73,7 @@ class CaseBook:
         self._case_cache = case_cache
         self._writing: dict[str, asyncio.Lock] = {}  # case id -> its writes' turn
         self._tasks: dict[str, asyncio.Task] = {}
+        self._resume_asked: set[str] = set()  # decided while their task was still ending
         self._max_open = max_open_cases
         self.recovered = 0
         self.unparked = 0  # parked cases this book resumed once the state database was back
@@ -194,10 +195,17 @@ class CaseBook:
         return entry
 
     async def resume(self, case_id: str) -> Case:
-        """Continue a case whose held action was decided; a no-op unless it awaits approval."""
+        """Continue a case whose held action was decided; a no-op unless it awaits approval.
+
+        A decision can land while the task that paused the case is still ending (its pause is
+        stored and shown, its trace still being written): the resume is then kept and made as
+        soon as that task has ended, never dropped (a case would wait for a decision already made)."""
         case = (await self._fetch(case_id)).case
-        if not case.status.final and case_id not in self._tasks:
-            self._start(case_id, self._runner.resume(case))
+        if not case.status.final:
+            if case_id in self._tasks:
+                self._resume_asked.add(case_id)
+            else:
+                self._start(case_id, self._runner.resume(case))
         return case
 
     async def cancel(self, case_id: str, by: str, reason: str | None = None) -> CaseEntry:
@@ -292,6 +300,12 @@ class CaseBook:
 
     def _task_done(self, case_id: str) -> None:
         self._tasks.pop(case_id, None)
+        if case_id in self._resume_asked:  # decided while this task was ending: resume it now
+            self._resume_asked.discard(case_id)
+            entry = self._entries.get(case_id)
+            if entry is not None and entry.case.status == CaseStatus.awaiting_approval:
+                self._start(case_id, self._runner.resume(entry.case))
+                return
         self._retire(case_id)
 
     async def _drive(self, case_id: str, work: Awaitable[Any]) -> None:
