@@ -149,7 +149,7 @@ def test_planted_inconsistencies_are_real(platform, read):
 
 def test_a_damage_claims_credit_never_exceeds_its_invoice():
     """The ERP credits at most an invoice's open balance: a small claim on a cheap invoice is
-    drawn below the invoice (the ladder's training seed 1100000 once drew 89.61 EUR on a smaller one)."""
+    at most the invoice (the ladder's training seed 1100000 once drew 89.61 EUR on a smaller one)."""
     facts = [i.facts for i in make("damage_claim", seed=1_100_000, count=200)]
     assert any(f["invoice_amount"] < 100 for f in facts)  # the case that went wrong is drawn
     assert all(f["claim"] <= f["invoice_amount"] for f in facts)

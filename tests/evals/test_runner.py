@@ -288,11 +288,12 @@ def test_few_shot_retrieval_in_an_eval_must_name_its_store(tmp_path):
         _Session(config, [], tmp_path / "traces", tmp_path, None)
 
 
-def test_the_eval_front_door_never_throttles_its_own_harness():
+def test_the_eval_front_doors_rate_limit_fits_its_harness_polling():
     """The harness polls each case in flight every `poll_s` with one submitter token (and decides
     approvals with one approver token): at 256 cases in flight that stays inside the eval
-    system's rate limit, which the front door's default would not allow even at 16 (a 16-case
-    ladder run kept ~6 cases in flight behind its 429s)."""
+    system's rate limit (`HARNESS_LIMITS`, what `_Session` serves with), which the front door's
+    default would not allow even at 16 (a 16-case ladder run kept ~6 cases in flight behind its
+    429s). A sizing check only: that the limits reach the front door is not tested here."""
     per_window = lambda cases, limits: cases / _Trial.poll_s * limits.window_s  # noqa: E731
     assert per_window(256, HARNESS_LIMITS) <= HARNESS_LIMITS.requests_per_window
     assert per_window(16, ApiLimits()) > ApiLimits().requests_per_window
