@@ -11,11 +11,19 @@ policy actor decisions and approvals. vLLM's own engine metrics (`ray_vllm_*`) c
 
 from __future__ import annotations
 
+import threading
+import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 PREFIX = "ray_"  # Ray's metrics agent prefixes every application metric
+
+GAUGE_REFRESH_S = 5.0
+"""How often every gauge's last value is set again. Ray's metrics agent stops exporting a gauge its
+process has not set lately (measured on Ray 2.60: about 20 s after the last set, whatever the report
+interval), so a gauge set once, such as the unsupervised high-risk count at 0, would vanish."""
 
 LATENCY_BUCKETS = [0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600]
 """Seconds: from a rule-decided step to a case that waited an hour."""
@@ -114,6 +122,8 @@ def exported_names() -> set[str]:
 
 class Metrics:
     """The instruments, created in the process that records (an actor), tag values as strings.
+    Each gauge's last value per tag set is kept and set again every `GAUGE_REFRESH_S` by one
+    thread of the process, so a gauge stays exported between its changes.
 
     Recording never raises: a metric that cannot be recorded is not worth a failed case."""
 
@@ -121,6 +131,8 @@ class Metrics:
         from ray.util import metrics as ray_metrics
 
         self._instruments: dict[str, Any] = {}
+        self._gauges: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
         for name in (names if names is not None else METRICS):
             spec = METRICS[name]
             if spec.kind == "counter":
@@ -137,7 +149,17 @@ class Metrics:
             self._record(name, "inc", value, tags)
 
     def set(self, name: str, value: float, **tags: Any) -> None:
-        self._record(name, "set", value, tags)
+        key = (name, tuple(sorted((k, str(v)) for k, v in tags.items())))
+        with self._lock:  # a refresh never sets a value older than this one after it
+            self._gauges[key] = value
+            self._record(name, "set", value, tags)
+        _refresher.keep(self)
+
+    def refresh(self) -> None:
+        """Set every gauge again to its last value."""
+        with self._lock:
+            for (name, tags), value in self._gauges.items():
+                self._record(name, "set", value, dict(tags))
 
     def observe(self, name: str, value: float, **tags: Any) -> None:
         self._record(name, "observe", max(0.0, value), tags)
@@ -149,3 +171,31 @@ class Metrics:
             import logging
 
             logging.getLogger(__name__).warning("metric %s not recorded: %s", name, exc)
+
+
+class _GaugeRefresher:
+    """The process's one thread that sets the gauges of every live `Metrics` again."""
+
+    def __init__(self, every_s: float) -> None:
+        self.every_s = every_s
+        self._live: weakref.WeakSet[Metrics] = weakref.WeakSet()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def keep(self, metrics: Metrics) -> None:
+        with self._lock:
+            self._live.add(metrics)
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="opsagent-gauge-refresh", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:  # a daemon thread: it ends with its process
+        while True:
+            time.sleep(self.every_s)
+            with self._lock:
+                live = list(self._live)
+            for metrics in live:
+                metrics.refresh()
+
+
+_refresher = _GaugeRefresher(GAUGE_REFRESH_S)

@@ -1,5 +1,6 @@
 """Operating the system on Ray: a scripted-planner run with Ray's metrics endpoint scraped (the
-counts match the trace: cases counted = cases run, unsupervised high-risk = 0), OTLP spans received
+counts match the trace: cases counted = cases run, unsupervised high-risk = 0, still exported long
+after it was set), OTLP spans received
 by a local collector with the Parquet trace's ids, and the approval webhooks received signed."""
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from opsagent.agents.playbooks.model import builtin_playbooks
 from opsagent.agents.tracing.otlp import OtlpConfig, trace_id_of
 from opsagent.agents.tracing.views import query
 from opsagent.cluster.config import SystemConfig
+from opsagent.cluster.metrics import GAUGE_REFRESH_S
 from opsagent.cluster.runtime import start_ray, stop_ray
 from opsagent.cluster.system import OpsAgentSystem
 from opsagent.cluster.webhooks import WebhookConfig, verify
@@ -29,6 +31,7 @@ from tests.fakes.webhook_receiver import WebhookReceiver
 
 pytestmark = pytest.mark.ray
 SECRET = "operating-secret"
+VANISHES_AFTER_S = 20.0  # Ray 2.60: how long a gauge not set again stays on the endpoint (measured)
 FINAL = {"resolved", "escalated", "failed", "proposed"}
 
 
@@ -80,6 +83,7 @@ def run(platform, tmp_path_factory):
                 approval_check_interval_s=1.0)
             system = OpsAgentSystem(config, platform.registry(), engine=engine,
                                     playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
+            started = time.monotonic()  # the policy actor set its gauges before this
             policy, cases = system.handles["policy"], system.handles["cases"]
             ray.get(policy.set_mode.remote("weight_mismatch", "autonomous", credential(system.tokens_path),
                                            "test: resolve weight mismatches"))
@@ -96,7 +100,7 @@ def run(platform, tmp_path_factory):
                            [ray.get(cases.get.remote(i)) for i in ids], what="every case final")
             system.flush_traces()
             yield dict(system=system, port=port, ids=ids, final=final, traces=traces, collector=collector,
-                       hooks=hooks, approval=approval)
+                       hooks=hooks, approval=approval, started=started)
         finally:
             if system is not None:
                 system.stop()
@@ -149,7 +153,25 @@ def test_metrics_on_rays_endpoint_match_the_run(run):
     deadline = time.monotonic() + 90.0
     while not matches() and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert {k: v for k, v in seen.items() if v != want[k]} == {}, f"expected {want}"
+    wrong = {k: v for k, v in seen.items() if v != want[k]}
+    assert wrong == {}, f"expected {want}\n{_series(run['port'], {k[0] for k in wrong})}"
+
+
+def test_a_gauge_set_once_stays_exported(run):
+    """Ray's metrics agent drops a gauge its process has not set for about 20 s: the must-stay-zero
+    gauge, set once when the policy actor starts, is still on the endpoint well after that."""
+    time.sleep(max(0.0, run["started"] + 2 * VANISHES_AFTER_S - time.monotonic()))
+    for _ in range(4):  # over two refresh periods: present on every scrape
+        samples = _scrape(run["port"])
+        assert "ray_opsagent_unsupervised_high_risk_actions" in samples
+        assert _sum(samples, "ray_opsagent_unsupervised_high_risk_actions") == 0.0
+        time.sleep(GAUGE_REFRESH_S / 2)
+
+
+def _series(port: int, names: set[str]) -> str:
+    """Every series of `names` on the endpoint, with the labels that tell the processes apart."""
+    samples = _scrape(port)
+    return "\n".join(f"{name} {tags} {value}" for name in sorted(names) for tags, value in samples.get(name, []))
 
 
 def test_spans_reach_the_collector_with_the_trace_ids(run):
