@@ -19,12 +19,14 @@ from pydantic import BaseModel, Field
 
 from opsagent.agents.case import Case
 from opsagent.agents.playbooks import Playbook
-from opsagent.agents.playbooks.rules import setback, withheld_by
+from opsagent.agents.playbooks.rules import overruled, setback, withheld_by
 from opsagent.agents.prompts import compact
 from opsagent.agents.step_schema import (
     FINISH, RESOLVED_KEY, PlannedStep, offered_tools, pins, read_value, refused, succeeded,
 )
 from opsagent.tools.spec import ToolSpec
+
+ESCALATE = f"{FINISH}:escalated"
 
 MAX_CANDIDATES = 64
 MAX_REASON = 300
@@ -112,15 +114,18 @@ def offer(playbook: Playbook, tools: list[ToolSpec], case: Case) -> Offer:
 def sop_filter(playbook: Playbook, case: Case, done: dict[str, Any],
                candidates: list[Candidate]) -> tuple[list[Candidate], list[Withheld]]:
     """`candidates` without the steps the playbook's rules withhold on the evidence pinned
-    (agents/playbooks/rules.py), and what was withheld by which rule: nothing after a setback,
-    and nothing if the rules would leave no candidate."""
-    if not playbook.rules or setback(case):
+    (agents/playbooks/rules.py), and what was withheld by which rule: never the escalation after
+    a setback, nothing after a human's rejection, and nothing if the rules would leave no
+    candidate."""
+    if not playbook.rules or overruled(case):
         return candidates, []
+    escalation_open = setback(case)
     kept: list[Candidate] = []
     withheld: dict[tuple[str, str], Withheld] = {}
     for c in candidates:
         decision = f"{FINISH}:{c.step.status}" if c.step.tool == FINISH else c.step.tool
-        rule = withheld_by(playbook.rules, decision, c.step.evidence, done)
+        rule = None if escalation_open and decision == ESCALATE else \
+            withheld_by(playbook.rules, decision, c.step.evidence, done)
         if rule is None:
             kept.append(c)
         else:

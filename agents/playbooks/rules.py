@@ -7,8 +7,12 @@ offered, until a step of `until` (if any) has succeeded: the SOP's "then". The m
 it alone (traced `decided_by = rule`).
 
 Rules only narrow the planner's choice; the policy still checks every call. They never leave a
-case stuck: after any setback (a step denied, failed, or rejected by a human) no rule applies, so
-the hand-off stays open; and a rule that would withhold every candidate withholds nothing.
+case stuck: after any setback (a step denied, failed, or rejected by a human) no rule withholds the
+escalation, so a human can always take the case; after a human's rejection no rule applies at all
+(the human has contradicted the SOP's reading of the evidence, so every step is offered again); and
+a rule that would withhold every candidate withholds nothing. A denial or a failure leaves the
+evidence as it was read, so the rest of what it rules out stays ruled out: a claim whose damage the
+carrier recorded is not handed to customer service because the day's credit budget ran out.
 Rules are reviewed like policy: typed, validated at load against the playbook's own evidence
 and tools (`Playbook._check_rules`).
 """
@@ -63,9 +67,18 @@ class SopRule(BaseModel):
 
 
 def setback(case: Case) -> bool:
-    """A step of the case was denied, failed, or not approved by a human: rules stand aside."""
-    return any(s.verdict == "deny" or s.failed
-               or (s.verdict == "require_approval" and not s.executed and s.error) for s in case.steps)
+    """A step of the case was denied, failed, or not approved by a human: the escalation is open."""
+    return any(s.verdict == "deny" or s.failed or rejected(s) for s in case.steps)
+
+
+def overruled(case: Case) -> bool:
+    """A human did not approve a step of the case: every rule stands aside."""
+    return any(rejected(s) for s in case.steps)
+
+
+def rejected(step: Any) -> bool:
+    """A held step a human did not approve."""
+    return bool(step.verdict == "require_approval" and not step.executed and step.error)
 
 
 def withheld_by(rules: Sequence[SopRule], decision: str, evidence: Mapping[str, Any],

@@ -1,5 +1,6 @@
 """SOP rules in playbooks: validated at load, they withhold only what the pinned evidence rules out,
-never a step of an approved example, and stand aside after a setback."""
+never a step of an approved example; after a setback they never withhold the escalation, and
+after a human's rejection they stand aside."""
 
 from __future__ import annotations
 
@@ -71,17 +72,47 @@ def test_routine_evidence_leaves_the_routine_step_alone(registry):
     assert any(d.startswith("tkt_assign_ticket") for d in _decisions(address, registry, unverified))
 
 
-def test_after_a_setback_no_rule_applies(registry):
-    """A denied or human-rejected step puts the hand-off back on offer."""
+def test_after_a_denial_the_evidence_still_rules_out_what_it_did(registry):
+    """A denial leaves the evidence as read: a passed scale check still rules out the rescan."""
     book = BOOKS["weight_mismatch"]
     assert "wms_request_rescan" not in _decisions(book, registry, _weight_case(scale="passed"))
     denied = _weight_case(scale="passed")
     denied.steps.append(Step(step=3, tool="tms_adjust_billed_weight", verdict="deny", reasons=["no"]))
-    assert "wms_request_rescan" in _decisions(book, registry, denied)
+    after = _decisions(book, registry, denied)
+    assert "wms_request_rescan" not in after and "finish:escalated" in after
+
+
+def test_after_a_human_rejection_no_rule_applies(registry):
+    """A human who rejects a step contradicts the SOP's reading of the evidence: every step is
+    offered again, the hand-off too."""
+    book = BOOKS["weight_mismatch"]
     rejected = _weight_case(scale="passed")
     rejected.steps.append(Step(step=3, tool="tms_open_weight_dispute", verdict="require_approval",
                                executed=False, error="not approved: wrong weight"))
     assert "wms_request_rescan" in _decisions(book, registry, rejected)
+
+
+def test_a_credit_the_days_budget_refuses_is_escalated_never_handed_to_customer_service(registry):
+    """The carrier recorded the damage, so the claim is credited, not sent back to customer service
+    for the customer's evidence. When the policy refuses the credit (the day's spending limit for
+    the class is used up), the case goes to a human: once the credit is refused for good, the
+    escalation is the one step left, decided by the rule alone, with the refusal as its reason."""
+    book = BOOKS["damage_claim"]
+    number = next(n for n, e in enumerate(book.examples) if e.turns[3].output["tool"] == "erp_issue_credit")
+    read = _walked(book, number, 3)
+    assert read.steps[-1].evidence["damage_reported"] == "yes"
+    assert [c.decision for c in build_candidates(book, _tools(registry, "damage_claim"), read)] == [
+        "erp_issue_credit"]  # before the refusal: the rule withholds the hand-off and the escalation
+    credit = book.examples[number].turns[3].output
+    limit = "daily spend on erp_issue_credit for damage_claim (EUR): 20448.4 would exceed the limit of 20000"
+    for attempt in (4, 5):
+        read.steps.append(Step(step=attempt, tool="erp_issue_credit", args=credit["args"],
+                               evidence=credit["evidence"], verdict="deny", reasons=[limit]))
+        offered = build_candidates(book, _tools(registry, "damage_claim"), read)
+        assert not any(c.step.tool == "tkt_assign_ticket" for c in offered)
+        assert "finish:escalated" in [c.decision for c in offered]
+    (last,) = offered  # the credit, refused twice, is no longer offered
+    assert last.decision == "finish:escalated" and limit in last.step.reason
 
 
 def test_a_rule_that_would_withhold_everything_withholds_nothing(registry):
@@ -151,8 +182,8 @@ def test_a_rule_may_rest_only_on_evidence_read_from_a_source(tmp_path):
 
 def test_a_rule_with_until_withholds_closing_only_until_the_write_succeeded(registry):
     """The SOP's 'then': an open duplicate is voided, then the ticket is resolved. Before the void
-    the ticket cannot be resolved; after it, it can; a failed void ends no rule (and is a setback,
-    so every step is offered again)."""
+    the ticket cannot be resolved; after it, it can; a failed void ends no rule (it is a setback:
+    the void can be tried again, or the case escalated, but the ticket is not resolved)."""
     book = BOOKS["duplicate_invoice"]
     number = next(n for n, e in enumerate(book.examples) if e.turns[1].output["tool"] == "erp_void_invoice")
     read = _walked(book, number, 1)
@@ -161,8 +192,9 @@ def test_a_rule_with_until_withholds_closing_only_until_the_write_succeeded(regi
     assert _decisions(book, registry, voided) == ["tkt_resolve_ticket"]
     failed = _walked(book, number, 2)
     failed.steps[-1] = failed.steps[-1].model_copy(update={"ok": False, "result": None, "error": "503"})
-    assert {"tkt_resolve_ticket", "tkt_assign_ticket", "finish:escalated"} <= {
-        d.split("(")[0] for d in _decisions(book, registry, failed)}
+    after = {d.split("(")[0] for d in _decisions(book, registry, failed)}
+    assert "tkt_resolve_ticket" not in after  # the duplicate is still open: not resolved
+    assert {"erp_void_invoice", "finish:escalated"} <= after
     without = book.model_copy(update={"rules": [r for r in book.rules if not r.until]})
     assert set(_decisions(without, registry, read)) == {"erp_void_invoice", "tkt_resolve_ticket"}
 
