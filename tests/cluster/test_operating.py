@@ -85,6 +85,7 @@ def run(platform, tmp_path_factory):
                                     playbooks={"weight_mismatch": builtin_playbooks()["weight_mismatch"]}).start()
             started = time.monotonic()  # the policy actor set its gauges before this
             policy, cases = system.handles["policy"], system.handles["cases"]
+            pids = _pids(system)
             ray.get(policy.set_mode.remote("weight_mismatch", "autonomous", credential(system.tokens_path),
                                            "test: resolve weight mismatches"))
             ids = [ray.get(cases.submit.remote(ExceptionReport(
@@ -100,7 +101,7 @@ def run(platform, tmp_path_factory):
                            [ray.get(cases.get.remote(i)) for i in ids], what="every case final")
             system.flush_traces()
             yield dict(system=system, port=port, ids=ids, final=final, traces=traces, collector=collector,
-                       hooks=hooks, approval=approval, started=started)
+                       hooks=hooks, approval=approval, started=started, pids=pids)
         finally:
             if system is not None:
                 system.stop()
@@ -154,7 +155,9 @@ def test_metrics_on_rays_endpoint_match_the_run(run):
     while not matches() and time.monotonic() < deadline:
         time.sleep(0.5)
     wrong = {k: v for k, v in seen.items() if v != want[k]}
-    assert wrong == {}, f"expected {want}\n{_series(run['port'], {k[0] for k in wrong})}"
+    assert wrong == {}, (f"expected {want}\n{_series(run['port'], {k[0] for k in wrong})}\n"
+                         f"actor pids at the start {run['pids']}, now {_pids(run['system'])}; cases recovered "
+                         f"{ray.get(run['system'].handles['cases'].recovered_cases.remote())}")
 
 
 def test_a_gauge_set_once_stays_exported(run):
@@ -166,6 +169,13 @@ def test_a_gauge_set_once_stays_exported(run):
         assert "ray_opsagent_unsupervised_high_risk_actions" in samples
         assert _sum(samples, "ray_opsagent_unsupervised_high_risk_actions") == 0.0
         time.sleep(GAUGE_REFRESH_S / 2)
+
+
+def _pids(system) -> dict[str, int]:
+    """The process of each actor (a restarted one has another: its counters start again)."""
+    h = system.handles
+    return {"cases": ray.get(h["cases"].pid.remote()), "policy": ray.get(h["policy"].pid.remote()),
+            "planners": ray.get([p.pid.remote() for p in h["planners"]])}
 
 
 def _series(port: int, names: set[str]) -> str:
