@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
 
-from opsagent.agents.case import Case
+from opsagent.agents.case import Case, Step
 
 FINISHES = ("finish:resolved", "finish:escalated")
 
@@ -76,7 +76,7 @@ def overruled(case: Case) -> bool:
     return any(rejected(s) for s in case.steps)
 
 
-def rejected(step: Any) -> bool:
+def rejected(step: Step) -> bool:
     """A held step a human did not approve."""
     return bool(step.verdict == "require_approval" and not step.executed and step.error)
 
