@@ -95,8 +95,10 @@ class PostgresServer:
         self._run("pg_ctl", "-D", str(self.data), *args)
 
     def stop(self) -> None:
+        """Stop the server if it runs (a test may have halted it) and remove its files."""
         try:
-            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            if (self.data / "postmaster.pid").exists():
+                self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

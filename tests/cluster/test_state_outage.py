@@ -185,12 +185,14 @@ def test_cases_parked_by_a_long_outage_resume_by_themselves_once_it_is_over(
         deadline = time.monotonic() + STATE_WAIT_S + 30
         parked: list[str] = []
         while time.monotonic() < deadline:  # every case open meets the outage, waits, is parked
-            parked = ray.get(h["cases"].parked_cases.remote())
-            if parked and ray.get(h["cases"].open_cases.remote()) == 0:
-                break
+            # in this order: with no case running, none can park, so the list read next is complete
+            if ray.get(h["cases"].open_cases.remote()) == 0:
+                parked = ray.get(h["cases"].parked_cases.remote())
+                if parked:
+                    break
             time.sleep(0.2)
-        assert parked and set(parked) <= set(ids), parked
         assert ray.get(h["cases"].open_cases.remote()) == 0, _where_they_wait(h)  # none stuck in a call
+        assert parked and set(parked) <= set(ids), parked
         time.sleep(STATE_WAIT_S * 2)  # still away: the case manager's checks find it so
         assert ray.get(h["cases"].parked_cases.remote()) == parked
         server.start()
