@@ -1,7 +1,7 @@
 """Operating the system on Ray: a scripted-planner run with Ray's metrics endpoint scraped (the
 counts match the trace: cases counted = cases run, unsupervised high-risk = 0, still exported long
-after it was set), OTLP spans received
-by a local collector with the Parquet trace's ids, and the approval webhooks received signed."""
+after it was set), OTLP spans received by a local collector with the Parquet trace's ids, and the
+approval webhooks received signed."""
 
 from __future__ import annotations
 
